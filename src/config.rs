@@ -1,0 +1,513 @@
+//! The TOML configuration: serde schema, defaults and validation into a typed
+//! [`Config`]. Every error names the key, the value and `file:line:col`.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::vrrp::packet::{Centiseconds, ChecksumForm, Version};
+
+/// A position in the config file, 1-based.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Location {
+    /// Line number.
+    pub line: usize,
+    /// Column number (in characters).
+    pub col: usize,
+}
+
+/// A config file that could not be read or is not valid.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file does not parse or a value is out of range.
+    #[error("{path}:{line}:{col}: {message}", line = at.line, col = at.col)]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// Where in it.
+        at: Location,
+        /// What is wrong, naming the key and the value.
+        message: String,
+    },
+}
+
+/// The whole validated configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Status/metrics endpoint.
+    pub control: ControlConfig,
+    /// VRRP instances.
+    pub vrrp: Vec<VrrpConfig>,
+}
+
+/// `[control]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlConfig {
+    /// Where `/status`, `/metrics` and `/` are served.
+    pub listen: SocketAddr,
+}
+
+/// A virtual IPv4 address with the prefix it is added with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VirtualIp {
+    /// The address.
+    pub addr: Ipv4Addr,
+    /// Its prefix length on the interface.
+    pub prefix_len: u8,
+}
+
+impl std::fmt::Display for VirtualIp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix_len)
+    }
+}
+
+/// One `[[vrrp]]` instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VrrpConfig {
+    /// Name used in logs and status.
+    pub name: String,
+    /// Interface the instance runs on.
+    pub interface: String,
+    /// Where `interface` was written, for errors found at run time.
+    pub interface_at: Location,
+    /// Virtual router id, 1..=255.
+    pub vrid: u8,
+    /// Priority, 1..=255 (255 = address owner).
+    pub priority: u8,
+    /// Advertisement_Interval.
+    pub advert_interval: Centiseconds,
+    /// Protocol version.
+    pub version: Version,
+    /// Preempt a lower-priority master.
+    pub preempt: bool,
+    /// Hold preemption back this long after start.
+    pub preempt_delay: Duration,
+    /// Addresses claimed as master.
+    pub virtual_ips: Vec<VirtualIp>,
+    /// Gratuitous ARPs per VIP in a burst.
+    pub garp_count: u32,
+    /// Second burst this long after becoming master; `None` for none.
+    pub garp_repeat_delay: Option<Duration>,
+    /// Checksum form sent for VRRPv3 over IPv4.
+    pub v3_checksum: ChecksumForm,
+}
+
+const DEFAULT_CONTROL: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9090);
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    control: Option<RawControl>,
+    #[serde(default)]
+    vrrp: Vec<RawVrrp>,
+    http: Option<Spanned<toml::Value>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawControl {
+    listen: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVrrp {
+    name: Spanned<String>,
+    interface: Spanned<String>,
+    vrid: Spanned<i64>,
+    priority: Spanned<i64>,
+    advert_interval: Option<Spanned<String>>,
+    version: Option<Spanned<i64>>,
+    preempt: Option<bool>,
+    preempt_delay: Option<Spanned<String>>,
+    virtual_ips: Spanned<Vec<Spanned<String>>>,
+    unicast_peers: Option<Spanned<Vec<toml::Value>>>,
+    garp_count: Option<Spanned<i64>>,
+    garp_repeat_delay: Option<Spanned<String>>,
+    v3_checksum_pseudo_header: Option<bool>,
+}
+
+/// Reads and validates a config file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(&text, path)
+}
+
+/// Validates config text; `path` is only used in messages.
+pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    let invalid = |span: Range<usize>, message: String| ConfigError::Invalid {
+        path: path.to_path_buf(),
+        at: locate(text, span.start),
+        message,
+    };
+    let raw: RawConfig = toml::from_str(text)
+        .map_err(|e| invalid(e.span().unwrap_or(0..0), e.message().trim().to_string()))?;
+    if let Some(http) = raw.http {
+        return Err(invalid(
+            http.span(),
+            "[[http]] is not supported by this version of vipd yet (VRRP only)".to_string(),
+        ));
+    }
+    let listen = match raw.control.and_then(|c| c.listen) {
+        None => DEFAULT_CONTROL,
+        Some(l) => l.get_ref().parse().map_err(|_| {
+            invalid(
+                l.span(),
+                format!("control.listen = {:?}: expected ADDRESS:PORT", l.get_ref()),
+            )
+        })?,
+    };
+    let mut vrrp = Vec::new();
+    let mut seen: HashMap<(String, u8), String> = HashMap::new();
+    for r in raw.vrrp {
+        let v = validate_vrrp(r, &invalid, text)?;
+        if let Some(other) = seen.insert((v.interface.clone(), v.vrid), v.name.clone()) {
+            return Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                at: v.interface_at,
+                message: format!(
+                    "vrrp.vrid = {}: instance {:?} uses the same VRID on interface {:?} as instance {other:?}",
+                    v.vrid, v.name, v.interface
+                ),
+            });
+        }
+        vrrp.push(v);
+    }
+    if vrrp.is_empty() {
+        return Err(invalid(0..0, "no [[vrrp]] instance configured".to_string()));
+    }
+    Ok(Config {
+        control: ControlConfig { listen },
+        vrrp,
+    })
+}
+
+fn validate_vrrp(
+    r: RawVrrp,
+    invalid: &impl Fn(Range<usize>, String) -> ConfigError,
+    text: &str,
+) -> Result<VrrpConfig, ConfigError> {
+    let in_range = |v: &Spanned<i64>, key: &str, lo: i64, hi: i64| -> Result<u8, ConfigError> {
+        let n = *v.get_ref();
+        if (lo..=hi).contains(&n) {
+            u8::try_from(n)
+                .map_err(|_| invalid(v.span(), format!("vrrp.{key} = {n}: must be {lo}..={hi}")))
+        } else {
+            Err(invalid(
+                v.span(),
+                format!("vrrp.{key} = {n}: must be {lo}..={hi}"),
+            ))
+        }
+    };
+    let name = r.name.get_ref().clone();
+    if name.is_empty() {
+        return Err(invalid(
+            r.name.span(),
+            "vrrp.name must not be empty".to_string(),
+        ));
+    }
+    let iface = r.interface.get_ref();
+    if iface.is_empty() || iface.len() > 15 || iface.contains(['/', ' ']) {
+        return Err(invalid(
+            r.interface.span(),
+            format!("vrrp.interface = {iface:?}: not a valid interface name"),
+        ));
+    }
+    let vrid = in_range(&r.vrid, "vrid", 1, 255)?;
+    let priority = in_range(&r.priority, "priority", 1, 255)?;
+    let version = match &r.version {
+        None => Version::V3,
+        Some(v) => match v.get_ref() {
+            2 => Version::V2,
+            3 => Version::V3,
+            n => {
+                return Err(invalid(
+                    v.span(),
+                    format!("vrrp.version = {n}: must be 2 or 3"),
+                ))
+            }
+        },
+    };
+    let advert_interval = match &r.advert_interval {
+        None => Centiseconds::new(100)
+            .ok_or_else(|| invalid(0..0, "internal: default interval".into()))?,
+        Some(s) => {
+            let d = duration(s, "advert_interval", invalid)?;
+            interval_for(version, d).map_err(|why| {
+                invalid(
+                    s.span(),
+                    format!("vrrp.advert_interval = {:?}: {why}", s.get_ref()),
+                )
+            })?
+        }
+    };
+    let preempt_delay = match &r.preempt_delay {
+        None => Duration::ZERO,
+        Some(s) => duration(s, "preempt_delay", invalid)?,
+    };
+    let garp_repeat_delay = match &r.garp_repeat_delay {
+        None => Some(Duration::from_secs(5)),
+        Some(s) => Some(duration(s, "garp_repeat_delay", invalid)?).filter(|d| !d.is_zero()),
+    };
+    let garp_count = match &r.garp_count {
+        None => 5,
+        Some(n) if (1..=100).contains(n.get_ref()) => *n.get_ref() as u32,
+        Some(n) => {
+            return Err(invalid(
+                n.span(),
+                format!("vrrp.garp_count = {}: must be 1..=100", n.get_ref()),
+            ))
+        }
+    };
+    if let Some(peers) = &r.unicast_peers {
+        if !peers.get_ref().is_empty() {
+            return Err(invalid(
+                peers.span(),
+                "vrrp.unicast_peers: unicast is not supported yet; leave it empty".into(),
+            ));
+        }
+    }
+    let mut virtual_ips = Vec::new();
+    for s in r.virtual_ips.get_ref() {
+        let vip = virtual_ip(s.get_ref()).map_err(|why| {
+            invalid(
+                s.span(),
+                format!("vrrp.virtual_ips: {:?}: {why}", s.get_ref()),
+            )
+        })?;
+        if virtual_ips.iter().any(|v: &VirtualIp| v.addr == vip.addr) {
+            return Err(invalid(
+                s.span(),
+                format!("vrrp.virtual_ips: {:?} is listed twice", s.get_ref()),
+            ));
+        }
+        virtual_ips.push(vip);
+    }
+    if virtual_ips.is_empty() {
+        return Err(invalid(
+            r.virtual_ips.span(),
+            "vrrp.virtual_ips must list at least one address".into(),
+        ));
+    }
+    // The count field is 8 bits and the message must fit one frame.
+    if virtual_ips.len() > 64 {
+        return Err(invalid(
+            r.virtual_ips.span(),
+            "vrrp.virtual_ips: at most 64 addresses".into(),
+        ));
+    }
+    Ok(VrrpConfig {
+        name,
+        interface: iface.clone(),
+        interface_at: locate(text, r.interface.span().start),
+        vrid,
+        priority,
+        advert_interval,
+        version,
+        preempt: r.preempt.unwrap_or(true),
+        preempt_delay,
+        virtual_ips,
+        garp_count,
+        garp_repeat_delay,
+        v3_checksum: if r.v3_checksum_pseudo_header.unwrap_or(true) {
+            ChecksumForm::PseudoHeader
+        } else {
+            ChecksumForm::MessageOnly
+        },
+    })
+}
+
+fn duration(
+    s: &Spanned<String>,
+    key: &str,
+    invalid: &impl Fn(Range<usize>, String) -> ConfigError,
+) -> Result<Duration, ConfigError> {
+    parse_duration(s.get_ref())
+        .map_err(|why| invalid(s.span(), format!("vrrp.{key} = {:?}: {why}", s.get_ref())))
+}
+
+/// v2 carries whole seconds in 8 bits; v3 centiseconds in 12 bits.
+fn interval_for(version: Version, d: Duration) -> Result<Centiseconds, String> {
+    let ms = d.as_millis();
+    match version {
+        Version::V2 if ms % 1000 != 0 || ms == 0 || ms > 255_000 => {
+            Err("VRRPv2 needs whole seconds from 1s to 255s".into())
+        }
+        Version::V3 if ms % 10 != 0 || d.subsec_nanos() % 1_000_000 != 0 => {
+            Err("VRRPv3 needs a multiple of 10ms".into())
+        }
+        _ => u16::try_from(ms / 10)
+            .ok()
+            .and_then(Centiseconds::new)
+            .ok_or_else(|| "must be from 10ms to 40.95s".into()),
+    }
+}
+
+/// Parses "100ms", "1s", "1.5s", "2m".
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let scale_ms = match unit.trim() {
+        "ms" => 1.0,
+        "s" => 1000.0,
+        "m" => 60_000.0,
+        _ => return Err("expected a duration like \"1s\" or \"100ms\"".into()),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| "expected a duration like \"1s\" or \"100ms\"".to_string())?;
+    let micros = (n * scale_ms * 1000.0).round();
+    if !(0.0..=86_400e6).contains(&micros) {
+        return Err("duration out of range".into());
+    }
+    Ok(Duration::from_micros(micros as u64))
+}
+
+fn virtual_ip(s: &str) -> Result<VirtualIp, String> {
+    let (addr, prefix) = s.split_once('/').unwrap_or((s, "32"));
+    let addr: IpAddr = addr.parse().map_err(|_| "not an IP address".to_string())?;
+    let IpAddr::V4(addr) = addr else {
+        return Err("IPv6 virtual addresses are not supported yet".into());
+    };
+    let prefix_len: u8 = prefix
+        .parse()
+        .ok()
+        .filter(|p| *p <= 32)
+        .ok_or("prefix length must be 0..=32")?;
+    if addr.is_unspecified() || addr.is_multicast() || addr.is_broadcast() || addr.is_loopback() {
+        return Err("not a usable unicast address".into());
+    }
+    Ok(VirtualIp { addr, prefix_len })
+}
+
+fn locate(text: &str, offset: usize) -> Location {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    Location { line, col }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[control]
+listen = "127.0.0.1:9191"
+
+[[vrrp]]
+name = "web"
+interface = "eth0"
+vrid = 51
+priority = 150
+advert_interval = "100ms"
+virtual_ips = ["192.0.2.10/24", "192.0.2.20"]
+"#;
+
+    fn err(text: &str) -> String {
+        parse(text, Path::new("t.toml"))
+            .expect_err("must be rejected")
+            .to_string()
+    }
+
+    fn with(line: &str) -> String {
+        GOOD.replace("priority = 150", &format!("priority = 150\n{line}"))
+    }
+
+    #[test]
+    fn good_config_and_defaults() {
+        let c = parse(GOOD, Path::new("t.toml")).expect("valid");
+        assert_eq!(c.control.listen.to_string(), "127.0.0.1:9191");
+        let v = &c.vrrp[0];
+        assert_eq!((v.vrid, v.priority, v.version), (51, 150, Version::V3));
+        assert_eq!(v.advert_interval.get(), 10);
+        assert!(v.preempt);
+        assert_eq!(
+            v.virtual_ips[1],
+            VirtualIp {
+                addr: Ipv4Addr::new(192, 0, 2, 20),
+                prefix_len: 32
+            }
+        );
+        assert_eq!(v.garp_count, 5);
+        assert_eq!(v.garp_repeat_delay, Some(Duration::from_secs(5)));
+        assert_eq!(v.v3_checksum, ChecksumForm::PseudoHeader);
+        assert_eq!(v.interface_at, Location { line: 7, col: 13 });
+    }
+
+    #[test]
+    fn out_of_range_values_name_key_value_and_line() {
+        assert_eq!(
+            err(&GOOD.replace("vrid = 51", "vrid = 0")),
+            "t.toml:8:8: vrrp.vrid = 0: must be 1..=255"
+        );
+        assert_eq!(
+            err(&GOOD.replace("priority = 150", "priority = 256")),
+            "t.toml:9:12: vrrp.priority = 256: must be 1..=255"
+        );
+        assert!(err(&with("version = 4")).contains("vrrp.version = 4: must be 2 or 3"));
+        assert!(err(&with("version = 2")).contains("VRRPv2 needs whole seconds"));
+        assert!(err(&GOOD.replace("100ms", "105ms")).contains("multiple of 10ms"));
+        assert!(err(&GOOD.replace("100ms", "41s")).contains("from 10ms to 40.95s"));
+        assert!(err(&GOOD.replace("100ms", "fast")).contains("expected a duration"));
+        assert!(err(&GOOD.replace("192.0.2.20", "192.0.2.300")).contains("not an IP address"));
+        assert!(err(&GOOD.replace("192.0.2.20", "192.0.2.10")).contains("listed twice"));
+        assert!(err(&with("garp_count = 0")).contains("garp_count = 0"));
+    }
+
+    #[test]
+    fn v2_accepts_whole_seconds() {
+        let c = parse(&with("version = 2").replace("100ms", "2s"), Path::new("t")).expect("valid");
+        assert_eq!(c.vrrp[0].advert_interval.get(), 200);
+    }
+
+    #[test]
+    fn unknown_keys_and_syntax_errors_have_a_line() {
+        let e = err(&with("prority = 3"));
+        assert!(e.starts_with("t.toml:10:1:"), "{e}");
+        assert!(e.contains("prority"), "{e}");
+        let e = err("[[vrrp]]\nname = \n");
+        assert!(e.starts_with("t.toml:2:"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_vrid_on_one_interface_is_rejected() {
+        let twice = format!(
+            "{GOOD}\n{}",
+            &GOOD[GOOD.find("[[vrrp]]").unwrap_or(0)..].replace("web", "api")
+        );
+        let e = err(&twice);
+        assert!(e.contains("same VRID"), "{e}");
+        assert!(e.starts_with("t.toml:15:13:"), "{e}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("100ms"), Ok(Duration::from_millis(100)));
+        assert_eq!(parse_duration("0.1s"), Ok(Duration::from_millis(100)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("1h").is_err());
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("").is_err());
+    }
+}

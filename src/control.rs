@@ -1,0 +1,236 @@
+//! The control endpoint: `/status` (JSON), `/metrics` (Prometheus text) and
+//! `/` (a small HTML page), served with hyper on the control address.
+
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tracing::debug;
+
+use crate::vrrp::fsm::State;
+use crate::vrrp::instance::{Snapshot, Stats};
+
+/// Everything the control endpoint reports on.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    /// One per VRRP instance, in config order.
+    pub vrrp: Vec<Arc<Stats>>,
+}
+
+/// The `/status` document.
+#[derive(Debug, Serialize)]
+pub struct Status {
+    /// VRRP instances.
+    pub vrrp: Vec<Snapshot>,
+    /// HTTP listeners (none in this version).
+    pub http: Vec<serde_json::Value>,
+}
+
+impl Sources {
+    /// A consistent view of every instance.
+    pub fn status(&self) -> Status {
+        Status {
+            vrrp: self.vrrp.iter().map(|s| s.snapshot()).collect(),
+            http: Vec::new(),
+        }
+    }
+}
+
+/// Serves the control endpoint on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, sources: Sources) {
+    let sources = Arc::new(sources);
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                debug!(error = %e, "control accept failed");
+                // Out of descriptors and the like: do not spin.
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let sources = Arc::clone(&sources);
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let sources = Arc::clone(&sources);
+                async move { Ok::<_, Infallible>(respond(&req, &sources)) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(5))
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = conn.await {
+                debug!(%peer, error = %e, "control connection ended with an error");
+            }
+        });
+    }
+}
+
+fn respond(req: &Request<Incoming>, sources: &Sources) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "only GET\n".into(),
+        );
+    }
+    match req.uri().path() {
+        "/status" => match serde_json::to_string_pretty(&sources.status()) {
+            Ok(mut json) => {
+                json.push('\n');
+                reply(StatusCode::OK, "application/json", json)
+            }
+            Err(e) => reply(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "text/plain",
+                format!("{e}\n"),
+            ),
+        },
+        "/metrics" => reply(
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            metrics(&sources.status()),
+        ),
+        "/" => reply(
+            StatusCode::OK,
+            "text/html; charset=utf-8",
+            page(&sources.status()),
+        ),
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found: try /status, /metrics or /\n".into(),
+        ),
+    }
+}
+
+fn reply(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+/// Prometheus text exposition of the status.
+pub fn metrics(status: &Status) -> String {
+    let mut out = String::new();
+    let mut family =
+        |name: &str, kind: &str, help: &str, rows: &mut dyn Iterator<Item = (String, u64)>| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (labels, value) in rows {
+                let _ = writeln!(out, "{name}{{{labels}}} {value}");
+            }
+        };
+    let id = |s: &Snapshot| format!("instance=\"{}\",vrid=\"{}\"", escape(&s.name), s.vrid);
+    let states = [
+        State::Initialize,
+        State::Backup,
+        State::Master,
+        State::Fault,
+    ];
+    family(
+        "vipd_vrrp_state",
+        "gauge",
+        "1 for the state the instance is in.",
+        &mut status.vrrp.iter().flat_map(|s| {
+            states.iter().map(move |st| {
+                (
+                    format!("{},state=\"{}\"", id(s), st.name()),
+                    u64::from(s.state == st.name()),
+                )
+            })
+        }),
+    );
+    family(
+        "vipd_vrrp_transitions_total",
+        "counter",
+        "State changes since start.",
+        &mut status.vrrp.iter().map(|s| (id(s), s.transitions)),
+    );
+    family(
+        "vipd_vrrp_adverts_received_total",
+        "counter",
+        "Valid adverts received from other routers.",
+        &mut status.vrrp.iter().map(|s| (id(s), s.rx.adverts)),
+    );
+    family(
+        "vipd_vrrp_packets_dropped_total",
+        "counter",
+        "Received packets dropped, by reason.",
+        &mut status.vrrp.iter().flat_map(|s| {
+            s.rx.dropped
+                .iter()
+                .map(move |(reason, n)| (format!("{},reason=\"{reason}\"", id(s)), *n))
+        }),
+    );
+    family(
+        "vipd_vrrp_adverts_sent_total",
+        "counter",
+        "Adverts sent.",
+        &mut status.vrrp.iter().map(|s| (id(s), s.tx.adverts)),
+    );
+    family(
+        "vipd_vrrp_gratuitous_arps_sent_total",
+        "counter",
+        "Gratuitous ARP frames sent.",
+        &mut status.vrrp.iter().map(|s| (id(s), s.tx.garps)),
+    );
+    family(
+        "vipd_vrrp_netlink_errors_total",
+        "counter",
+        "Failed virtual address changes.",
+        &mut status.vrrp.iter().map(|s| (id(s), s.tx.netlink_errors)),
+    );
+    out
+}
+
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// A one-table status page that refreshes itself.
+fn page(status: &Status) -> String {
+    let mut rows = String::new();
+    for s in &status.vrrp {
+        let dropped: u64 = s.rx.dropped.values().sum();
+        let _ = write!(
+            rows,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td><b>{}</b></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            html_escape(&s.name),
+            html_escape(&s.interface),
+            s.vrid,
+            s.state,
+            s.priority,
+            s.master_ip.map(|a| a.to_string()).unwrap_or_default(),
+            html_escape(&s.virtual_ips.join(" ")),
+            s.transitions,
+            html_escape(&s.last_reason),
+            dropped,
+        );
+    }
+    format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"2\">\
+         <title>vipd</title><style>body{{font-family:sans-serif}}td,th{{padding:2px 8px;text-align:left}}</style></head>\
+         <body><h1>vipd</h1><table><tr><th>name</th><th>interface</th><th>vrid</th><th>state</th><th>priority</th>\
+         <th>master</th><th>virtual IPs</th><th>transitions</th><th>last reason</th><th>dropped</th></tr>{rows}</table>\
+         <p><a href=\"/status\">/status</a> · <a href=\"/metrics\">/metrics</a></p></body></html>\n"
+    )
+}

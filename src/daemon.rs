@@ -1,0 +1,151 @@
+//! Wires the parts together: the control server on the main runtime, VRRP
+//! on a thread and runtime of its own (so nothing else the process does can
+//! delay an advert), signals, and the order of shutdown.
+
+use std::net::TcpListener as StdTcpListener;
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use crate::config::{Config, VrrpConfig};
+use crate::control::{self, Sources};
+use crate::net::addr::Netlink;
+use crate::vrrp::instance::{Instance, Stats};
+
+/// How long the VRRP thread gets to resign (priority 0, VIPs removed).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Runs the daemon in the foreground until SIGTERM or SIGINT.
+pub fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
+    // Bind the control address first: failing here must not leave a VIP behind.
+    let control = StdTcpListener::bind(config.control.listen)
+        .with_context(|| format!("control.listen = {}: cannot listen", config.control.listen))?;
+    control.set_nonblocking(true).context("control socket")?;
+
+    let stats: Vec<Arc<Stats>> = config
+        .vrrp
+        .iter()
+        .map(|c| Arc::new(Stats::new(c)))
+        .collect();
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (ready_tx, ready_rx) = mpsc::channel::<anyhow::Result<()>>();
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let vrrp_config = config.vrrp.clone();
+    let vrrp_stats = stats.clone();
+    let path = config_path.to_path_buf();
+    let vrrp_thread = std::thread::Builder::new()
+        .name("vrrp".into())
+        .spawn(move || {
+            let result = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the VRRP runtime")
+                .map(|rt| {
+                    rt.block_on(run_vrrp(
+                        vrrp_config,
+                        vrrp_stats,
+                        path,
+                        shutdown_rx,
+                        ready_tx.clone(),
+                    ))
+                });
+            if let Err(e) = result {
+                let _ = ready_tx.send(Err(e));
+            }
+            let _ = done_tx.send(());
+        })
+        .context("spawning the VRRP thread")?;
+    match ready_rx.recv() {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            let _ = vrrp_thread.join();
+            return Err(e);
+        }
+        Err(_) => return Err(anyhow!("the VRRP thread ended before it was ready")),
+    }
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the main runtime")?;
+    let signal_result = rt.block_on(async {
+        let listener = tokio::net::TcpListener::from_std(control).context("control socket")?;
+        info!(listen = %config.control.listen, "control endpoint up");
+        let server = tokio::spawn(control::serve(listener, Sources { vrrp: stats }));
+        let outcome = wait_for_stop_signal().await;
+        server.abort();
+        outcome
+    });
+    info!("shutting down");
+    let _ = shutdown_tx.send(true);
+    match done_rx.recv_timeout(SHUTDOWN_GRACE) {
+        Ok(()) => {
+            let _ = vrrp_thread.join();
+        }
+        Err(_) => warn!("VRRP thread did not finish within {SHUTDOWN_GRACE:?}; exiting anyway"),
+    }
+    signal_result
+}
+
+async fn wait_for_stop_signal() -> anyhow::Result<()> {
+    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => { info!("SIGTERM received"); return Ok(()); }
+            _ = int.recv() => { info!("SIGINT received"); return Ok(()); }
+            _ = hup.recv() => warn!("SIGHUP: reloading is not supported yet; restart vipd to apply a new config"),
+        }
+    }
+}
+
+/// The VRRP thread: prepares every instance (reporting the first failure
+/// through `ready`), then runs them until shutdown.
+async fn run_vrrp(
+    configs: Vec<VrrpConfig>,
+    stats: Vec<Arc<Stats>>,
+    path: PathBuf,
+    shutdown: watch::Receiver<bool>,
+    ready: mpsc::Sender<anyhow::Result<()>>,
+) {
+    let netlink = match Netlink::connect() {
+        Ok(n) => n,
+        Err(e) => {
+            let _ = ready.send(Err(anyhow!(e)));
+            return;
+        }
+    };
+    let mut instances = Vec::new();
+    for (cfg, st) in configs.into_iter().zip(stats) {
+        let at = cfg.interface_at;
+        let (name, iface) = (cfg.name.clone(), cfg.interface.clone());
+        match Instance::prepare(cfg, netlink.clone(), st).await {
+            Ok(i) => instances.push(i),
+            Err(e) => {
+                let _ = ready.send(Err(anyhow!(
+                    "{}:{}:{}: vrrp instance {name:?}, interface = {iface:?}: {e}",
+                    path.display(),
+                    at.line,
+                    at.col
+                )));
+                return;
+            }
+        }
+    }
+    let _ = ready.send(Ok(()));
+    let tasks: Vec<_> = instances
+        .into_iter()
+        .map(|i| tokio::spawn(i.run(shutdown.clone())))
+        .collect();
+    for t in tasks {
+        if let Err(e) = t.await {
+            error!(error = %e, "VRRP instance task failed");
+        }
+    }
+}

@@ -1,0 +1,11 @@
+//! vipd: VRRP failover of virtual IPs (and, later, HTTP load balancing) in one daemon.
+//!
+//! The protocol logic (`vrrp::packet`, `vrrp::fsm`, `net::frames`) is pure;
+//! the modules that touch the kernel (`vrrp::socket`, `net::addr`,
+//! `net::announce`) are thin. See DESIGN.md for the data flow.
+
+pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod net;
+pub mod vrrp;

@@ -1,0 +1,1082 @@
+//! The VRRP state machine of RFC 5798 §6.4 (RFC 9568 §6.4), sans-IO.
+//!
+//! Events and `now` go in through [`Fsm::handle`] and [`Fsm::handle_timeout`];
+//! actions come out of [`Fsm::poll_action`] and the next deadline out of
+//! [`Fsm::poll_timeout`]. Nothing here reads a clock or touches a socket.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use super::packet::{Centiseconds, Version};
+
+/// Priority of the address owner (RFC 5798 §5.2.4).
+pub const PRIORITY_OWNER: u8 = 255;
+/// Priority a master sends when it stops (RFC 5798 §5.2.4).
+pub const PRIORITY_RESIGN: u8 = 0;
+
+/// Protocol states, plus Fault for an interface that is down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum State {
+    /// Waiting for Startup (or after Shutdown).
+    Initialize,
+    /// Listening for the master; takes over when Master_Down_Timer fires.
+    Backup,
+    /// Owns the virtual addresses and advertises.
+    Master,
+    /// The interface is down; nothing is sent or claimed.
+    Fault,
+}
+
+impl State {
+    /// Lower-case name used in logs and `/status`.
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Initialize => "init",
+            State::Backup => "backup",
+            State::Master => "master",
+            State::Fault => "fault",
+        }
+    }
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Why a transition happened; shown in logs and `/status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// Startup with a priority below 255.
+    Startup,
+    /// Startup as the address owner (priority 255).
+    AddressOwner,
+    /// No advert within Master_Down_Interval.
+    MasterDownTimerExpired,
+    /// The master resigned; we waited Skew_Time.
+    PriorityZeroReceived { from: Ipv4Addr },
+    /// We ignored a lower-priority master (preempt) until our timer fired.
+    Preempted { priority: u8, from: Ipv4Addr },
+    /// A higher priority (or equal priority, higher address) master exists.
+    HigherPriority { priority: u8, from: Ipv4Addr },
+    /// Operator stop.
+    Shutdown,
+    /// The interface went down.
+    LinkDown,
+    /// The interface came back.
+    LinkUp,
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reason::Startup => f.write_str("startup"),
+            Reason::AddressOwner => f.write_str("startup as address owner (priority 255)"),
+            Reason::MasterDownTimerExpired => f.write_str("master down timer expired"),
+            Reason::PriorityZeroReceived { from } => write!(f, "priority 0 received from {from}"),
+            Reason::Preempted { priority, from } => {
+                write!(f, "preempting lower priority {priority} from {from}")
+            }
+            Reason::HigherPriority { priority, from } => {
+                write!(f, "higher priority {priority} from {from}")
+            }
+            Reason::Shutdown => f.write_str("shutdown"),
+            Reason::LinkDown => f.write_str("interface down"),
+            Reason::LinkUp => f.write_str("interface up"),
+        }
+    }
+}
+
+/// Inputs of the state machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// The instance starts (RFC 5798 §6.4.1).
+    Startup,
+    /// The instance stops (sends priority 0 if master).
+    Shutdown,
+    /// A validated advert for our VRID from another router.
+    Advert {
+        /// IP source of the advert: the sender's primary address.
+        source: Ipv4Addr,
+        /// Its priority.
+        priority: u8,
+        /// Its Max Advertise Interval.
+        interval: Centiseconds,
+    },
+    /// The interface lost carrier or went down.
+    LinkDown,
+    /// The interface is usable again.
+    LinkUp,
+}
+
+/// Outputs of the state machine, executed in order by the instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Send one advert with this priority and our interval.
+    SendAdvert { priority: u8 },
+    /// Add the virtual addresses to the interface.
+    ClaimVips,
+    /// Remove the virtual addresses from the interface.
+    ReleaseVips,
+    /// Send a burst of gratuitous ARPs for the virtual addresses.
+    Announce,
+    /// The state changed.
+    StateChanged {
+        from: State,
+        to: State,
+        reason: Reason,
+    },
+}
+
+/// Configuration of one instance as the state machine needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Params {
+    /// Protocol version; decides the Skew_Time formula.
+    pub version: Version,
+    /// Our priority, 1..=255.
+    pub priority: u8,
+    /// Our Advertisement_Interval.
+    pub advert_interval: Centiseconds,
+    /// Whether a higher priority backup takes over from a lower master.
+    pub preempt: bool,
+    /// After startup, how long preemption is held back.
+    pub preempt_delay: Duration,
+    /// Our primary address on the interface, for the tie-break.
+    pub primary_ip: Ipv4Addr,
+    /// When to repeat the gratuitous ARP burst after becoming master.
+    pub garp_repeat_delay: Option<Duration>,
+}
+
+/// Skew_Time and Master_Down_Interval for a priority and the master's
+/// interval: RFC 5798 §6.1 (v3) and RFC 3768 §6.1 (v2).
+pub fn skew_and_master_down(
+    version: Version,
+    priority: u8,
+    master_adver: Duration,
+) -> (Duration, Duration) {
+    let weight = 256 - u32::from(priority);
+    let skew = match version {
+        Version::V3 => master_adver * weight / 256,
+        Version::V2 => Duration::from_secs(1) * weight / 256,
+    };
+    (skew, master_adver * 3 + skew)
+}
+
+/// One VRRP instance's protocol state.
+#[derive(Debug)]
+pub struct Fsm {
+    params: Params,
+    state: State,
+    /// Learnt from the master's adverts (v3); our own interval otherwise.
+    master_adver_interval: Duration,
+    adver_timer: Option<Instant>,
+    master_down_timer: Option<Instant>,
+    garp_repeat_timer: Option<Instant>,
+    /// What the Master_Down_Timer firing will mean, for the log.
+    master_down_reason: Reason,
+    started_at: Option<Instant>,
+    /// Last time a lower-priority master made us re-assert ourselves.
+    last_reassert: Option<Instant>,
+    master_ip: Option<Ipv4Addr>,
+    actions: VecDeque<Action>,
+}
+
+impl Fsm {
+    /// A state machine in Initialize; nothing happens before [`Event::Startup`].
+    pub fn new(params: Params) -> Self {
+        let master_adver_interval = params.advert_interval.as_duration();
+        Fsm {
+            params,
+            state: State::Initialize,
+            master_adver_interval,
+            adver_timer: None,
+            master_down_timer: None,
+            garp_repeat_timer: None,
+            master_down_reason: Reason::MasterDownTimerExpired,
+            started_at: None,
+            last_reassert: None,
+            master_ip: None,
+            actions: VecDeque::new(),
+        }
+    }
+
+    /// Current state.
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    /// The configuration this machine runs with.
+    pub fn params(&self) -> &Params {
+        &self.params
+    }
+
+    /// Address of the current master as far as we know.
+    pub fn master_ip(&self) -> Option<Ipv4Addr> {
+        self.master_ip
+    }
+
+    /// Master_Adver_Interval (RFC 5798 §6.1).
+    pub fn master_adver_interval(&self) -> Duration {
+        self.master_adver_interval
+    }
+
+    /// Skew_Time and Master_Down_Interval as they stand now.
+    pub fn skew_and_master_down(&self) -> (Duration, Duration) {
+        skew_and_master_down(
+            self.params.version,
+            self.params.priority,
+            self.master_adver_interval,
+        )
+    }
+
+    /// The earliest pending deadline.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        [
+            self.adver_timer,
+            self.master_down_timer,
+            self.garp_repeat_timer,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Next action to execute, in order.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// Feeds one event.
+    pub fn handle(&mut self, now: Instant, event: Event) {
+        match (self.state, event) {
+            (State::Initialize, Event::Startup) => self.startup(now),
+            (State::Initialize | State::Fault, Event::Advert { .. }) => {}
+            (
+                State::Backup,
+                Event::Advert {
+                    source,
+                    priority,
+                    interval,
+                },
+            ) => self.backup_receives(now, source, priority, interval),
+            (
+                State::Master,
+                Event::Advert {
+                    source,
+                    priority,
+                    interval,
+                },
+            ) => self.master_receives(now, source, priority, interval),
+            (State::Backup | State::Master, Event::Startup) => {}
+            (State::Master, Event::Shutdown) => {
+                self.master_resigns();
+                self.transition(State::Initialize, Reason::Shutdown);
+            }
+            (State::Backup | State::Fault, Event::Shutdown) => {
+                self.cancel_timers();
+                self.transition(State::Initialize, Reason::Shutdown);
+            }
+            (State::Initialize, Event::Shutdown) => {}
+            (State::Master, Event::LinkDown) => {
+                // Adverts cannot leave a dead link, so there is no priority 0
+                // to send; the addresses go so no other interface answers.
+                self.cancel_timers();
+                self.actions.push_back(Action::ReleaseVips);
+                self.transition(State::Fault, Reason::LinkDown);
+            }
+            (State::Backup | State::Initialize, Event::LinkDown) => {
+                self.cancel_timers();
+                self.transition(State::Fault, Reason::LinkDown);
+            }
+            (State::Fault, Event::LinkUp) => {
+                self.transition(State::Initialize, Reason::LinkUp);
+                self.startup(now);
+            }
+            (State::Fault, Event::LinkDown | Event::Startup)
+            | (State::Initialize | State::Backup | State::Master, Event::LinkUp) => {}
+        }
+    }
+
+    /// Runs every timer whose deadline is at or before `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.garp_repeat_timer.is_some_and(|t| t <= now) {
+            self.garp_repeat_timer = None;
+            if self.state == State::Master {
+                self.actions.push_back(Action::Announce);
+            }
+        }
+        match self.state {
+            State::Backup if self.master_down_timer.is_some_and(|t| t <= now) => {
+                let reason = self.master_down_reason;
+                self.become_master(now, reason);
+            }
+            State::Master => {
+                if let Some(due) = self.adver_timer.filter(|t| *t <= now) {
+                    // Schedule from the deadline, not from when we woke, so a
+                    // late wake-up does not stretch every later interval.
+                    let interval = self.params.advert_interval.as_duration();
+                    let next = if due + interval > now {
+                        due + interval
+                    } else {
+                        now + interval
+                    };
+                    self.actions.push_back(Action::SendAdvert {
+                        priority: self.params.priority,
+                    });
+                    self.adver_timer = Some(next);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// §6.4.1: the owner becomes master at once, everyone else backup.
+    fn startup(&mut self, now: Instant) {
+        self.started_at = Some(now);
+        if self.params.priority == PRIORITY_OWNER {
+            self.become_master(now, Reason::AddressOwner);
+        } else {
+            self.master_adver_interval = self.params.advert_interval.as_duration();
+            self.master_ip = None;
+            self.arm_master_down(now, Reason::MasterDownTimerExpired);
+            self.transition(State::Backup, Reason::Startup);
+        }
+    }
+
+    /// §6.4.2 "If the Master_Down_Timer fires": advertise, claim, announce.
+    fn become_master(&mut self, now: Instant, reason: Reason) {
+        self.master_down_timer = None;
+        self.master_ip = Some(self.params.primary_ip);
+        self.master_adver_interval = self.params.advert_interval.as_duration();
+        self.transition(State::Master, reason);
+        self.send_advert(now);
+        self.actions.push_back(Action::ClaimVips);
+        self.actions.push_back(Action::Announce);
+        self.garp_repeat_timer = self.params.garp_repeat_delay.map(|d| now + d);
+    }
+
+    fn send_advert(&mut self, now: Instant) {
+        self.actions.push_back(Action::SendAdvert {
+            priority: self.params.priority,
+        });
+        self.adver_timer = Some(now + self.params.advert_interval.as_duration());
+    }
+
+    /// §6.4.3 "If a Shutdown event is received": priority 0, then let go.
+    fn master_resigns(&mut self) {
+        self.cancel_timers();
+        self.actions.push_back(Action::SendAdvert {
+            priority: PRIORITY_RESIGN,
+        });
+        self.actions.push_back(Action::ReleaseVips);
+    }
+
+    fn cancel_timers(&mut self) {
+        self.adver_timer = None;
+        self.master_down_timer = None;
+        self.garp_repeat_timer = None;
+    }
+
+    fn arm_master_down(&mut self, now: Instant, reason: Reason) {
+        let (_, master_down) = self.skew_and_master_down();
+        self.master_down_timer = Some(now + master_down);
+        self.master_down_reason = reason;
+    }
+
+    fn preempt_allowed(&self, now: Instant) -> bool {
+        self.params.preempt
+            && self
+                .started_at
+                .is_none_or(|t| now >= t + self.params.preempt_delay)
+    }
+
+    /// §6.4.2 "If an ADVERTISEMENT is received" in Backup.
+    fn backup_receives(
+        &mut self,
+        now: Instant,
+        source: Ipv4Addr,
+        priority: u8,
+        interval: Centiseconds,
+    ) {
+        if priority == PRIORITY_RESIGN {
+            let (skew, _) = self.skew_and_master_down();
+            self.master_down_timer = Some(now + skew);
+            self.master_down_reason = Reason::PriorityZeroReceived { from: source };
+            return;
+        }
+        if !self.preempt_allowed(now) || priority >= self.params.priority {
+            if self.params.version == Version::V3 {
+                self.master_adver_interval = interval.as_duration();
+            }
+            self.master_ip = Some(source);
+            self.arm_master_down(now, Reason::MasterDownTimerExpired);
+        } else {
+            // Discard: the timer keeps running and we take over when it fires.
+            self.master_down_reason = Reason::Preempted {
+                priority,
+                from: source,
+            };
+        }
+    }
+
+    /// §6.4.3 "If an ADVERTISEMENT is received" in Master.
+    fn master_receives(
+        &mut self,
+        now: Instant,
+        source: Ipv4Addr,
+        priority: u8,
+        interval: Centiseconds,
+    ) {
+        if priority == PRIORITY_RESIGN {
+            self.send_advert(now);
+            return;
+        }
+        let theirs_wins = priority > self.params.priority
+            || (priority == self.params.priority
+                && u32::from(source) > u32::from(self.params.primary_ip));
+        if theirs_wins {
+            self.adver_timer = None;
+            self.garp_repeat_timer = None;
+            if self.params.version == Version::V3 {
+                self.master_adver_interval = interval.as_duration();
+            }
+            self.master_ip = Some(source);
+            self.actions.push_back(Action::ReleaseVips);
+            self.arm_master_down(now, Reason::MasterDownTimerExpired);
+            self.transition(
+                State::Backup,
+                Reason::HigherPriority {
+                    priority,
+                    from: source,
+                },
+            );
+        } else {
+            self.reassert(now);
+        }
+    }
+
+    /// Another master with lower priority exists: the network was split, or
+    /// it just started. The RFC only discards its advert; we also advertise
+    /// at once (so it steps down now, not at our next tick) and announce
+    /// again, because clients may have followed its gratuitous ARPs.
+    /// Held off for a second so a misbehaving peer cannot make us flood.
+    fn reassert(&mut self, now: Instant) {
+        let holdoff = self
+            .params
+            .advert_interval
+            .as_duration()
+            .max(Duration::from_secs(1));
+        if self.last_reassert.is_some_and(|t| now < t + holdoff) {
+            return;
+        }
+        self.last_reassert = Some(now);
+        self.send_advert(now);
+        self.actions.push_back(Action::Announce);
+    }
+
+    fn transition(&mut self, to: State, reason: Reason) {
+        let from = self.state;
+        self.state = to;
+        self.actions
+            .push_back(Action::StateChanged { from, to, reason });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ME: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 11);
+    const PEER_LOW: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 5);
+    const PEER_HIGH: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 20);
+
+    fn cs(v: u16) -> Centiseconds {
+        Centiseconds::new(v).expect("valid interval")
+    }
+
+    fn params(priority: u8) -> Params {
+        Params {
+            version: Version::V3,
+            priority,
+            advert_interval: cs(100),
+            preempt: true,
+            preempt_delay: Duration::ZERO,
+            primary_ip: ME,
+            garp_repeat_delay: Some(Duration::from_secs(5)),
+        }
+    }
+
+    fn drain(fsm: &mut Fsm) -> Vec<Action> {
+        std::iter::from_fn(|| fsm.poll_action()).collect()
+    }
+
+    fn advert(source: Ipv4Addr, priority: u8) -> Event {
+        Event::Advert {
+            source,
+            priority,
+            interval: cs(100),
+        }
+    }
+
+    fn ms(v: u64) -> Duration {
+        Duration::from_millis(v)
+    }
+
+    fn backup(priority: u8, t0: Instant) -> Fsm {
+        let mut f = Fsm::new(params(priority));
+        f.handle(t0, Event::Startup);
+        drain(&mut f);
+        f
+    }
+
+    fn master(priority: u8, t0: Instant) -> Fsm {
+        let mut f = backup(priority, t0);
+        let deadline = f.poll_timeout().expect("master down armed");
+        f.handle_timeout(deadline);
+        drain(&mut f);
+        assert_eq!(f.state(), State::Master);
+        f
+    }
+
+    #[test]
+    fn rfc_timing_formulas() {
+        // v3, 1 s, priority 100: Skew = 156/256 s, MDI = 3 s + Skew.
+        let (skew, mdi) = skew_and_master_down(Version::V3, 100, ms(1000));
+        assert_eq!(skew, Duration::from_micros(609_375));
+        assert_eq!(mdi, Duration::from_micros(3_609_375));
+        // v3 at 100 ms (keepalived measured 60.9 / 360.9 ms).
+        let (skew, mdi) = skew_and_master_down(Version::V3, 100, ms(100));
+        assert_eq!(skew, Duration::from_nanos(60_937_500));
+        assert_eq!(mdi, Duration::from_nanos(360_937_500));
+        // v2 uses seconds for the skew whatever the interval.
+        let (skew, mdi) = skew_and_master_down(Version::V2, 100, ms(2000));
+        assert_eq!(skew, Duration::from_micros(609_375));
+        assert_eq!(mdi, Duration::from_micros(6_609_375));
+        // Priority 255 has the smallest skew.
+        let (skew, _) = skew_and_master_down(Version::V3, 255, ms(1000));
+        assert_eq!(
+            skew,
+            Duration::from_micros(3906) + Duration::from_nanos(250)
+        );
+    }
+
+    #[test]
+    fn startup_goes_backup_and_arms_master_down() {
+        let t0 = Instant::now();
+        let mut f = Fsm::new(params(100));
+        f.handle(t0, Event::Startup);
+        assert_eq!(
+            drain(&mut f),
+            vec![Action::StateChanged {
+                from: State::Initialize,
+                to: State::Backup,
+                reason: Reason::Startup
+            }]
+        );
+        assert_eq!(
+            f.poll_timeout(),
+            Some(t0 + Duration::from_micros(3_609_375))
+        );
+    }
+
+    #[test]
+    fn owner_starts_as_master() {
+        let t0 = Instant::now();
+        let mut f = Fsm::new(params(255));
+        f.handle(t0, Event::Startup);
+        assert_eq!(
+            drain(&mut f),
+            vec![
+                Action::StateChanged {
+                    from: State::Initialize,
+                    to: State::Master,
+                    reason: Reason::AddressOwner
+                },
+                Action::SendAdvert { priority: 255 },
+                Action::ClaimVips,
+                Action::Announce,
+            ]
+        );
+        assert_eq!(f.poll_timeout(), Some(t0 + ms(1000)));
+    }
+
+    #[test]
+    fn master_down_timer_makes_master() {
+        let t0 = Instant::now();
+        let mut f = backup(100, t0);
+        f.handle_timeout(t0 + ms(3000));
+        assert!(drain(&mut f).is_empty(), "not yet");
+        f.handle_timeout(t0 + Duration::from_micros(3_609_375));
+        assert_eq!(
+            drain(&mut f),
+            vec![
+                Action::StateChanged {
+                    from: State::Backup,
+                    to: State::Master,
+                    reason: Reason::MasterDownTimerExpired
+                },
+                Action::SendAdvert { priority: 100 },
+                Action::ClaimVips,
+                Action::Announce,
+            ]
+        );
+        assert_eq!(f.master_ip(), Some(ME));
+    }
+
+    #[test]
+    fn backup_resets_timer_on_equal_or_higher_advert() {
+        let t0 = Instant::now();
+        let mut f = backup(100, t0);
+        f.handle(t0 + ms(3000), advert(PEER_HIGH, 150));
+        assert_eq!(
+            f.poll_timeout(),
+            Some(t0 + ms(3000) + Duration::from_micros(3_609_375))
+        );
+        f.handle(t0 + ms(4000), advert(PEER_LOW, 100));
+        assert_eq!(
+            f.poll_timeout(),
+            Some(t0 + ms(4000) + Duration::from_micros(3_609_375))
+        );
+        assert_eq!(f.master_ip(), Some(PEER_LOW));
+        assert!(drain(&mut f).is_empty());
+    }
+
+    #[test]
+    fn backup_learns_master_adver_interval() {
+        let t0 = Instant::now();
+        let mut f = backup(100, t0);
+        f.handle(
+            t0,
+            Event::Advert {
+                source: PEER_HIGH,
+                priority: 150,
+                interval: cs(10),
+            },
+        );
+        assert_eq!(f.master_adver_interval(), ms(100));
+        assert_eq!(
+            f.poll_timeout(),
+            Some(t0 + Duration::from_nanos(360_937_500))
+        );
+    }
+
+    #[test]
+    fn backup_with_preempt_ignores_lower_priority_master() {
+        let t0 = Instant::now();
+        let mut f = backup(150, t0);
+        let deadline = f.poll_timeout().expect("armed");
+        f.handle(t0 + ms(1000), advert(PEER_HIGH, 100));
+        assert_eq!(f.poll_timeout(), Some(deadline), "timer not reset");
+        f.handle_timeout(deadline);
+        let actions = drain(&mut f);
+        assert_eq!(
+            actions[0],
+            Action::StateChanged {
+                from: State::Backup,
+                to: State::Master,
+                reason: Reason::Preempted {
+                    priority: 100,
+                    from: PEER_HIGH
+                }
+            }
+        );
+    }
+
+    #[test]
+    fn backup_without_preempt_follows_lower_priority_master() {
+        let t0 = Instant::now();
+        let mut f = Fsm::new(Params {
+            preempt: false,
+            ..params(150)
+        });
+        f.handle(t0, Event::Startup);
+        drain(&mut f);
+        f.handle(t0 + ms(3000), advert(PEER_HIGH, 100));
+        assert_eq!(
+            f.poll_timeout(),
+            Some(t0 + ms(3000) + skew_and_master_down(Version::V3, 150, ms(1000)).1)
+        );
+        assert_eq!(f.state(), State::Backup);
+    }
+
+    #[test]
+    fn preempt_delay_holds_back_preemption_after_startup() {
+        let t0 = Instant::now();
+        let mut f = Fsm::new(Params {
+            preempt_delay: ms(10_000),
+            ..params(150)
+        });
+        f.handle(t0, Event::Startup);
+        drain(&mut f);
+        let mdi = skew_and_master_down(Version::V3, 150, ms(1000)).1;
+        f.handle(t0 + ms(5000), advert(PEER_HIGH, 100));
+        assert_eq!(
+            f.poll_timeout(),
+            Some(t0 + ms(5000) + mdi),
+            "still following"
+        );
+        f.handle(t0 + ms(10_000), advert(PEER_HIGH, 100));
+        assert_eq!(
+            f.poll_timeout(),
+            Some(t0 + ms(5000) + mdi),
+            "now preempting"
+        );
+    }
+
+    #[test]
+    fn priority_zero_makes_backup_take_over_after_skew() {
+        let t0 = Instant::now();
+        let mut f = backup(100, t0);
+        f.handle(t0 + ms(500), advert(PEER_HIGH, 150));
+        f.handle(t0 + ms(1000), advert(PEER_HIGH, 0));
+        let skew = Duration::from_micros(609_375);
+        assert_eq!(f.poll_timeout(), Some(t0 + ms(1000) + skew));
+        f.handle_timeout(t0 + ms(1000) + skew);
+        assert_eq!(
+            drain(&mut f)[0],
+            Action::StateChanged {
+                from: State::Backup,
+                to: State::Master,
+                reason: Reason::PriorityZeroReceived { from: PEER_HIGH }
+            }
+        );
+    }
+
+    #[test]
+    fn master_advertises_every_interval() {
+        let t0 = Instant::now();
+        let mut f = master(100, t0);
+        let next = f.poll_timeout().expect("adver timer");
+        f.handle_timeout(next);
+        assert_eq!(drain(&mut f), vec![Action::SendAdvert { priority: 100 }]);
+        assert_eq!(f.poll_timeout(), Some(next + ms(1000)));
+    }
+
+    #[test]
+    fn late_wakeups_do_not_stretch_the_advert_rhythm() {
+        let t0 = Instant::now();
+        let mut f = master(100, t0);
+        let due = f.poll_timeout().expect("adver timer");
+        f.handle_timeout(due + ms(3));
+        assert_eq!(f.poll_timeout(), Some(due + ms(1000)));
+        // Far behind (e.g. the host was suspended): restart from now.
+        let late = due + ms(5000);
+        f.handle_timeout(late);
+        assert_eq!(f.poll_timeout(), Some(late + ms(1000)));
+    }
+
+    #[test]
+    fn master_steps_down_for_higher_priority() {
+        let t0 = Instant::now();
+        let mut f = master(100, t0);
+        let now = t0 + ms(10_000);
+        f.handle(
+            now,
+            Event::Advert {
+                source: PEER_LOW,
+                priority: 200,
+                interval: cs(50),
+            },
+        );
+        assert_eq!(
+            drain(&mut f),
+            vec![
+                Action::ReleaseVips,
+                Action::StateChanged {
+                    from: State::Master,
+                    to: State::Backup,
+                    reason: Reason::HigherPriority {
+                        priority: 200,
+                        from: PEER_LOW
+                    }
+                },
+            ]
+        );
+        assert_eq!(f.master_adver_interval(), ms(500));
+        let mdi = skew_and_master_down(Version::V3, 100, ms(500)).1;
+        assert_eq!(f.poll_timeout(), Some(now + mdi));
+    }
+
+    #[test]
+    fn equal_priority_tie_breaks_on_primary_address() {
+        let t0 = Instant::now();
+        let mut f = master(100, t0);
+        f.handle(t0 + ms(5000), advert(PEER_LOW, 100));
+        assert_eq!(f.state(), State::Master, "lower address loses");
+        drain(&mut f);
+        f.handle(t0 + ms(7000), advert(PEER_HIGH, 100));
+        assert_eq!(f.state(), State::Backup, "higher address wins");
+    }
+
+    #[test]
+    fn master_answers_priority_zero_with_an_advert() {
+        let t0 = Instant::now();
+        let mut f = master(100, t0);
+        let now = t0 + ms(4000);
+        f.handle(now, advert(PEER_HIGH, 0));
+        assert_eq!(drain(&mut f), vec![Action::SendAdvert { priority: 100 }]);
+        assert_eq!(f.poll_timeout(), Some(now + ms(1000)));
+    }
+
+    #[test]
+    fn master_reasserts_against_lower_master_once_per_holdoff() {
+        let t0 = Instant::now();
+        let mut f = master(150, t0);
+        let now = t0 + ms(8000);
+        f.handle(now, advert(PEER_HIGH, 100));
+        assert_eq!(
+            drain(&mut f),
+            vec![Action::SendAdvert { priority: 150 }, Action::Announce]
+        );
+        f.handle(now + ms(300), advert(PEER_HIGH, 100));
+        assert!(drain(&mut f).is_empty(), "held off");
+        f.handle(now + ms(1000), advert(PEER_HIGH, 100));
+        assert_eq!(drain(&mut f).len(), 2);
+        assert_eq!(f.state(), State::Master);
+    }
+
+    #[test]
+    fn shutdown_from_master_sends_priority_zero_and_releases() {
+        let t0 = Instant::now();
+        let mut f = master(150, t0);
+        f.handle(t0 + ms(9000), Event::Shutdown);
+        assert_eq!(
+            drain(&mut f),
+            vec![
+                Action::SendAdvert { priority: 0 },
+                Action::ReleaseVips,
+                Action::StateChanged {
+                    from: State::Master,
+                    to: State::Initialize,
+                    reason: Reason::Shutdown
+                },
+            ]
+        );
+        assert_eq!(f.poll_timeout(), None);
+    }
+
+    #[test]
+    fn shutdown_from_backup_cancels_timer() {
+        let t0 = Instant::now();
+        let mut f = backup(100, t0);
+        f.handle(t0, Event::Shutdown);
+        assert_eq!(f.state(), State::Initialize);
+        assert_eq!(f.poll_timeout(), None);
+    }
+
+    #[test]
+    fn garp_is_repeated_once_after_the_delay() {
+        let t0 = Instant::now();
+        let mut f = master(100, t0);
+        let became = t0 + Duration::from_micros(3_609_375);
+        for k in 1..=5u64 {
+            f.handle_timeout(became + ms(1000 * k));
+        }
+        let announces = drain(&mut f)
+            .iter()
+            .filter(|a| **a == Action::Announce)
+            .count();
+        assert_eq!(announces, 1);
+    }
+
+    #[test]
+    fn link_down_releases_and_link_up_restarts() {
+        let t0 = Instant::now();
+        let mut f = master(100, t0);
+        f.handle(t0 + ms(5000), Event::LinkDown);
+        assert_eq!(drain(&mut f)[0], Action::ReleaseVips);
+        assert_eq!(f.state(), State::Fault);
+        assert_eq!(f.poll_timeout(), None);
+        f.handle(t0 + ms(6000), advert(PEER_HIGH, 200));
+        assert!(drain(&mut f).is_empty(), "fault ignores adverts");
+        f.handle(t0 + ms(7000), Event::LinkUp);
+        assert_eq!(f.state(), State::Backup);
+    }
+
+    /// Two routers on a simulated LAN with virtual time: adverts are
+    /// delivered instantly, time jumps to the next deadline.
+    struct Lan {
+        nodes: Vec<(Fsm, bool)>,
+        now: Instant,
+        log: Vec<(Duration, usize, Action)>,
+        t0: Instant,
+    }
+
+    impl Lan {
+        fn new(priorities: &[u8]) -> Self {
+            let t0 = Instant::now();
+            let nodes = priorities
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    let mut f = Fsm::new(Params {
+                        primary_ip: Ipv4Addr::new(192, 0, 2, 11 + i as u8),
+                        ..params(*p)
+                    });
+                    f.handle(t0, Event::Startup);
+                    (f, true)
+                })
+                .collect();
+            Lan {
+                nodes,
+                now: t0,
+                log: Vec::new(),
+                t0,
+            }
+        }
+
+        fn deliver(&mut self) {
+            for _ in 0..100 {
+                let mut sent = Vec::new();
+                for (i, (f, up)) in self.nodes.iter_mut().enumerate() {
+                    while let Some(a) = f.poll_action() {
+                        if let Action::SendAdvert { priority } = a {
+                            if *up {
+                                sent.push((i, f.params().primary_ip, priority));
+                            }
+                        }
+                        self.log.push((self.now - self.t0, i, a));
+                    }
+                }
+                if sent.is_empty() {
+                    return;
+                }
+                for (from, source, priority) in sent {
+                    for (j, (f, up)) in self.nodes.iter_mut().enumerate() {
+                        if j != from && *up {
+                            f.handle(
+                                self.now,
+                                Event::Advert {
+                                    source,
+                                    priority,
+                                    interval: cs(100),
+                                },
+                            );
+                        }
+                    }
+                }
+            }
+        }
+
+        fn run_until(&mut self, end: Duration) {
+            self.deliver();
+            for _ in 0..10_000 {
+                let next = self
+                    .nodes
+                    .iter()
+                    .filter(|(_, up)| *up)
+                    .filter_map(|(f, _)| f.poll_timeout())
+                    .min();
+                match next {
+                    Some(t) if t <= self.t0 + end => {
+                        self.now = t;
+                        for (f, up) in self.nodes.iter_mut() {
+                            if *up {
+                                f.handle_timeout(t);
+                            }
+                        }
+                        self.deliver();
+                    }
+                    _ => break,
+                }
+            }
+            self.now = self.t0 + end;
+        }
+
+        fn masters(&self) -> Vec<usize> {
+            (0..self.nodes.len())
+                .filter(|i| self.nodes[*i].0.state() == State::Master)
+                .collect()
+        }
+
+        fn became_master_at(&self, node: usize) -> Option<Duration> {
+            self.log.iter().rev().find_map(|(t, i, a)| match a {
+                Action::StateChanged {
+                    to: State::Master, ..
+                } if *i == node => Some(*t),
+                _ => None,
+            })
+        }
+    }
+
+    #[test]
+    fn simulated_lan_elects_highest_priority_and_fails_over() {
+        let mut lan = Lan::new(&[150, 100]);
+        lan.run_until(ms(20_000));
+        assert_eq!(lan.masters(), vec![0]);
+        // Crash of the master at t = 20 s: no priority 0, just silence.
+        lan.nodes[0].1 = false;
+        let last_advert = lan
+            .log
+            .iter()
+            .rev()
+            .find_map(|(t, i, a)| {
+                matches!(a, Action::SendAdvert { .. })
+                    .then_some(*t)
+                    .filter(|_| *i == 0)
+            })
+            .expect("master advertised");
+        lan.run_until(ms(30_000));
+        let took_over = lan.became_master_at(1).expect("backup took over");
+        let mdi = skew_and_master_down(Version::V3, 100, ms(1000)).1;
+        assert_eq!(took_over - last_advert, mdi);
+        // The old master comes back and preempts at once.
+        lan.nodes[0] = (
+            Fsm::new(Params {
+                primary_ip: Ipv4Addr::new(192, 0, 2, 11),
+                ..params(150)
+            }),
+            true,
+        );
+        lan.nodes[0].0.handle(lan.now, Event::Startup);
+        lan.run_until(ms(40_000));
+        assert_eq!(lan.masters(), vec![0]);
+    }
+
+    #[test]
+    fn simulated_lan_graceful_takeover_after_skew() {
+        let mut lan = Lan::new(&[150, 100]);
+        lan.run_until(ms(10_000));
+        lan.nodes[0].0.handle(lan.now, Event::Shutdown);
+        let resigned = lan.now - lan.t0;
+        lan.deliver();
+        lan.nodes[0].1 = false;
+        lan.run_until(ms(20_000));
+        let took_over = lan.became_master_at(1).expect("took over");
+        assert_eq!(took_over - resigned, Duration::from_micros(609_375));
+    }
+
+    #[test]
+    fn simulated_lan_equal_priorities_settle_on_one_master() {
+        let mut lan = Lan::new(&[100, 100, 100]);
+        lan.run_until(ms(30_000));
+        assert_eq!(lan.masters(), vec![2], "highest address wins the tie");
+    }
+
+    proptest::proptest! {
+        /// Whatever adverts arrive, the machine never reports Master without
+        /// an advert timer, nor Backup without a master-down timer.
+        #[test]
+        fn timers_match_state(events in proptest::collection::vec((0u64..5000, 0u8..=255, 0u8..4), 0..60)) {
+            let t0 = Instant::now();
+            let mut f = Fsm::new(params(100));
+            f.handle(t0, Event::Startup);
+            let mut now = t0;
+            for (dt, prio, which) in events {
+                now += ms(dt);
+                f.handle_timeout(now);
+                let src = if which % 2 == 0 { PEER_LOW } else { PEER_HIGH };
+                f.handle(now, advert(src, prio));
+                drain(&mut f);
+                match f.state() {
+                    State::Master => proptest::prop_assert!(f.adver_timer.is_some()),
+                    State::Backup => proptest::prop_assert!(f.master_down_timer.is_some()),
+                    _ => {}
+                }
+            }
+        }
+    }
+}

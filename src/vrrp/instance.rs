@@ -1,0 +1,518 @@
+//! Drives one VRRP instance: receives on its socket, feeds the state
+//! machine, sleeps until its next deadline, and executes its actions
+//! (adverts, addresses, gratuitous ARP). Publishes what it does in [`Stats`].
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Instant, SystemTime};
+
+use serde::Serialize;
+use tokio::sync::watch;
+use tracing::{debug, error, info, info_span, warn, Instrument};
+
+use super::fsm::{Action, Event, Fsm, Params, State};
+use super::packet::{self, Advert, ChecksumForm, DropReason, Expect, MULTICAST_V4};
+use super::socket::VrrpSocket;
+use crate::config::VrrpConfig;
+use crate::net::addr::{Netlink, NetlinkError};
+use crate::net::announce::Announcer;
+use crate::net::frames;
+
+/// Why an instance could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum InstanceError {
+    /// Netlink lookups failed (e.g. the interface does not exist).
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    /// The interface has no IPv4 address of its own to send adverts from.
+    #[error(
+        "interface {0:?} has no IPv4 address (other than the virtual ones) to send adverts from"
+    )]
+    NoAddress(String),
+    /// A socket could not be opened or configured.
+    #[error("{what} on {iface:?}: {source}")]
+    Socket {
+        /// Which socket.
+        what: &'static str,
+        /// The interface.
+        iface: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Most distinct peer addresses remembered, so spoofed sources cannot grow memory.
+const MAX_PEERS: usize = 32;
+
+/// Counters and state of one instance, written by the instance and read by
+/// the control server. Counters are atomics; the rest changes on
+/// transitions only and sits behind a mutex that is never held across I/O.
+#[derive(Debug)]
+pub struct Stats {
+    name: String,
+    interface: String,
+    vrid: u8,
+    version: u8,
+    priority: u8,
+    advert_interval_ms: u64,
+    virtual_ips: Vec<String>,
+    rx_adverts: AtomicU64,
+    rx_address_mismatch: AtomicU64,
+    dropped: [AtomicU64; DropReason::ALL.len()],
+    tx_adverts: AtomicU64,
+    tx_errors: AtomicU64,
+    garps: AtomicU64,
+    netlink_errors: AtomicU64,
+    dynamic: Mutex<Dynamic>,
+}
+
+#[derive(Debug)]
+struct Dynamic {
+    state: State,
+    master_ip: Option<Ipv4Addr>,
+    master_adver_interval_ms: u64,
+    transitions: u64,
+    since: SystemTime,
+    last_reason: String,
+    peers: BTreeMap<Ipv4Addr, PeerStats>,
+}
+
+/// What we have seen from one peer.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PeerStats {
+    /// Valid adverts received.
+    pub adverts: u64,
+    /// ...whose v3 checksum covered the IPv4 pseudo-header (keepalived, FRR).
+    pub checksum_pseudo_header: u64,
+    /// ...whose checksum covered the message only (RFC 9568, VRRPv2).
+    pub checksum_plain: u64,
+    /// Priority in its last advert.
+    pub last_priority: u8,
+}
+
+/// A consistent copy of [`Stats`] for `/status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Snapshot {
+    /// Instance name.
+    pub name: String,
+    /// Interface.
+    pub interface: String,
+    /// VRID.
+    pub vrid: u8,
+    /// VRRP version.
+    pub version: u8,
+    /// "init", "backup", "master" or "fault".
+    pub state: &'static str,
+    /// Configured priority.
+    pub priority: u8,
+    /// Priority after tracking adjustments (none yet: equals `priority`).
+    pub effective_priority: u8,
+    /// The master as last seen (ourselves when master).
+    pub master_ip: Option<Ipv4Addr>,
+    /// Our Advertisement_Interval.
+    pub advert_interval_ms: u64,
+    /// Master_Adver_Interval as learnt from the master.
+    pub master_adver_interval_ms: u64,
+    /// State changes since start.
+    pub transitions: u64,
+    /// When the current state began, seconds since the Unix epoch.
+    pub since: f64,
+    /// Why the last state change happened.
+    pub last_reason: String,
+    /// Configured virtual addresses.
+    pub virtual_ips: Vec<String>,
+    /// Received-side counters.
+    pub rx: RxSnapshot,
+    /// Sent-side counters.
+    pub tx: TxSnapshot,
+    /// Per-peer counters.
+    pub peers: Vec<PeerSnapshot>,
+}
+
+/// Received-side counters.
+#[derive(Debug, Clone, Serialize)]
+pub struct RxSnapshot {
+    /// Valid adverts from other routers.
+    pub adverts: u64,
+    /// Valid adverts whose address list differs from ours (logged, not dropped).
+    pub address_mismatch: u64,
+    /// Dropped packets by reason.
+    pub dropped: BTreeMap<&'static str, u64>,
+}
+
+/// Sent-side counters.
+#[derive(Debug, Clone, Serialize)]
+pub struct TxSnapshot {
+    /// Adverts sent.
+    pub adverts: u64,
+    /// Adverts that failed to send.
+    pub errors: u64,
+    /// Gratuitous ARP frames sent.
+    pub garps: u64,
+    /// Failed address changes.
+    pub netlink_errors: u64,
+}
+
+/// One peer in `/status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerSnapshot {
+    /// Its address.
+    pub address: Ipv4Addr,
+    /// Its counters.
+    #[serde(flatten)]
+    pub stats: PeerStats,
+}
+
+fn unix_seconds(t: SystemTime) -> f64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+impl Stats {
+    /// Empty counters for the instance `cfg`.
+    pub fn new(cfg: &VrrpConfig) -> Self {
+        let interval_ms = cfg.advert_interval.as_duration().as_millis() as u64;
+        Stats {
+            name: cfg.name.clone(),
+            interface: cfg.interface.clone(),
+            vrid: cfg.vrid,
+            version: cfg.version.number(),
+            priority: cfg.priority,
+            advert_interval_ms: interval_ms,
+            virtual_ips: cfg.virtual_ips.iter().map(|v| v.to_string()).collect(),
+            rx_adverts: AtomicU64::new(0),
+            rx_address_mismatch: AtomicU64::new(0),
+            dropped: Default::default(),
+            tx_adverts: AtomicU64::new(0),
+            tx_errors: AtomicU64::new(0),
+            garps: AtomicU64::new(0),
+            netlink_errors: AtomicU64::new(0),
+            dynamic: Mutex::new(Dynamic {
+                state: State::Initialize,
+                master_ip: None,
+                master_adver_interval_ms: interval_ms,
+                transitions: 0,
+                since: SystemTime::now(),
+                last_reason: String::new(),
+                peers: BTreeMap::new(),
+            }),
+        }
+    }
+
+    fn dynamic(&self) -> MutexGuard<'_, Dynamic> {
+        // A panic while holding this lock cannot leave it inconsistent:
+        // every writer sets whole fields.
+        self.dynamic.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A consistent copy for the control server.
+    pub fn snapshot(&self) -> Snapshot {
+        let d = self.dynamic();
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Snapshot {
+            name: self.name.clone(),
+            interface: self.interface.clone(),
+            vrid: self.vrid,
+            version: self.version,
+            state: d.state.name(),
+            priority: self.priority,
+            effective_priority: self.priority,
+            master_ip: d.master_ip,
+            advert_interval_ms: self.advert_interval_ms,
+            master_adver_interval_ms: d.master_adver_interval_ms,
+            transitions: d.transitions,
+            since: unix_seconds(d.since),
+            last_reason: d.last_reason.clone(),
+            virtual_ips: self.virtual_ips.clone(),
+            rx: RxSnapshot {
+                adverts: load(&self.rx_adverts),
+                address_mismatch: load(&self.rx_address_mismatch),
+                dropped: DropReason::ALL
+                    .iter()
+                    .map(|r| (r.name(), load(&self.dropped[r.index()])))
+                    .collect(),
+            },
+            tx: TxSnapshot {
+                adverts: load(&self.tx_adverts),
+                errors: load(&self.tx_errors),
+                garps: load(&self.garps),
+                netlink_errors: load(&self.netlink_errors),
+            },
+            peers: d
+                .peers
+                .iter()
+                .map(|(a, s)| PeerSnapshot {
+                    address: *a,
+                    stats: s.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    fn count_drop(&self, reason: DropReason) {
+        self.dropped[reason.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn count_peer(&self, source: Ipv4Addr, form: ChecksumForm, priority: u8) {
+        self.rx_adverts.fetch_add(1, Ordering::Relaxed);
+        let mut d = self.dynamic();
+        if d.peers.len() >= MAX_PEERS && !d.peers.contains_key(&source) {
+            return;
+        }
+        let p = d.peers.entry(source).or_default();
+        p.adverts += 1;
+        p.last_priority = priority;
+        match form {
+            ChecksumForm::PseudoHeader => p.checksum_pseudo_header += 1,
+            ChecksumForm::MessageOnly => p.checksum_plain += 1,
+        }
+    }
+
+    fn record(&self, fsm: &Fsm, reason: Option<String>) {
+        let mut d = self.dynamic();
+        if d.state != fsm.state() {
+            d.transitions += 1;
+            d.since = SystemTime::now();
+        }
+        d.state = fsm.state();
+        d.master_ip = fsm.master_ip();
+        d.master_adver_interval_ms = fsm.master_adver_interval().as_millis() as u64;
+        if let Some(reason) = reason {
+            d.last_reason = reason;
+        }
+    }
+}
+
+/// One running instance and everything it owns.
+#[derive(Debug)]
+pub struct Instance {
+    cfg: VrrpConfig,
+    ifindex: u32,
+    mac: [u8; 6],
+    primary: Ipv4Addr,
+    expect: Expect,
+    fsm: Fsm,
+    socket: VrrpSocket,
+    announcer: Announcer,
+    netlink: Netlink,
+    stats: Arc<Stats>,
+}
+
+impl Instance {
+    /// Looks up the interface, removes VIPs a crashed run may have left,
+    /// and opens the sockets. Fails with a message naming what is missing.
+    pub async fn prepare(
+        cfg: VrrpConfig,
+        netlink: Netlink,
+        stats: Arc<Stats>,
+    ) -> Result<Self, InstanceError> {
+        let link = netlink.link(&cfg.interface).await?;
+        let primary = netlink
+            .primary_ipv4(link.index, &cfg.virtual_ips)
+            .await?
+            .ok_or_else(|| InstanceError::NoAddress(cfg.interface.clone()))?;
+        for vip in &cfg.virtual_ips {
+            if netlink.has(link.index, vip).await? {
+                warn!(vrid = cfg.vrid, iface = %cfg.interface, %vip, "removing virtual IP left by an earlier run");
+                netlink.del(link.index, vip).await?;
+            }
+        }
+        let socket_err = |what| {
+            let iface = cfg.interface.clone();
+            move |source| InstanceError::Socket {
+                what,
+                iface,
+                source,
+            }
+        };
+        let socket = VrrpSocket::open(&cfg.interface, link.index, primary)
+            .map_err(socket_err("raw VRRP socket"))?;
+        let announcer = Announcer::open(link.index).map_err(socket_err("AF_PACKET socket"))?;
+        let fsm = Fsm::new(Params {
+            version: cfg.version,
+            priority: cfg.priority,
+            advert_interval: cfg.advert_interval,
+            preempt: cfg.preempt,
+            preempt_delay: cfg.preempt_delay,
+            primary_ip: primary,
+            garp_repeat_delay: cfg.garp_repeat_delay,
+        });
+        let expect = Expect {
+            version: cfg.version,
+            vrid: cfg.vrid,
+            interval: cfg.advert_interval,
+        };
+        info!(vrid = cfg.vrid, iface = %cfg.interface, %primary, "instance {:?} ready", cfg.name);
+        Ok(Instance {
+            ifindex: link.index,
+            mac: link.mac,
+            primary,
+            expect,
+            fsm,
+            socket,
+            announcer,
+            netlink,
+            stats,
+            cfg,
+        })
+    }
+
+    /// Runs until `shutdown` flips (or its sender goes), then resigns:
+    /// priority 0 if master, VIPs removed.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let span = info_span!("vrrp", name = %self.cfg.name, vrid = self.cfg.vrid, iface = %self.cfg.interface);
+        async move {
+            self.fsm.handle(Instant::now(), Event::Startup);
+            self.execute().await;
+            let mut buf = vec![0u8; 2048];
+            let mut recv_errors = 0u32;
+            loop {
+                let deadline = self.fsm.poll_timeout().map(tokio::time::Instant::from_std);
+                tokio::select! {
+                    biased;
+                    _ = shutdown.changed() => break,
+                    _ = sleep_until(deadline) => self.fsm.handle_timeout(Instant::now()),
+                    r = self.socket.recv(&mut buf) => match r {
+                        Ok(n) => {
+                            recv_errors = 0;
+                            self.receive(n, &buf);
+                        }
+                        Err(e) => {
+                            recv_errors = recv_errors.saturating_add(1);
+                            if recv_errors == 1 {
+                                warn!(error = %e, "receiving VRRP packets failed");
+                            }
+                            // Keep a persistent error from spinning the loop.
+                            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                        }
+                    },
+                }
+                self.execute().await;
+            }
+            self.fsm.handle(Instant::now(), Event::Shutdown);
+            self.execute().await;
+        }
+        .instrument(span)
+        .await
+    }
+
+    fn receive(&mut self, n: usize, buf: &[u8]) {
+        let packet = &buf[..n.min(buf.len())];
+        let rx = match packet::parse_ipv4(packet, &self.expect) {
+            Ok(rx) => rx,
+            Err(reason) => {
+                self.stats.count_drop(reason);
+                debug!(%reason, len = n, "dropped packet");
+                return;
+            }
+        };
+        if rx.source == self.primary {
+            return;
+        }
+        let advert = &rx.advert;
+        self.stats
+            .count_peer(rx.source, rx.checksum_form, advert.priority);
+        if advert.priority != 0
+            && !self
+                .cfg
+                .virtual_ips
+                .iter()
+                .map(|v| v.addr)
+                .eq(advert.addresses.iter().copied())
+        {
+            self.stats
+                .rx_address_mismatch
+                .fetch_add(1, Ordering::Relaxed);
+            debug!(from = %rx.source, "advert's address list differs from ours (RFC 5798 §7.1: logged, not dropped)");
+        }
+        self.fsm.handle(
+            Instant::now(),
+            Event::Advert {
+                source: rx.source,
+                priority: advert.priority,
+                interval: advert.interval,
+            },
+        );
+    }
+
+    async fn execute(&mut self) {
+        while let Some(action) = self.fsm.poll_action() {
+            match action {
+                Action::SendAdvert { priority } => self.send_advert(priority),
+                Action::ClaimVips => {
+                    for vip in &self.cfg.virtual_ips {
+                        if let Err(e) = self.netlink.add(self.ifindex, vip).await {
+                            self.stats.netlink_errors.fetch_add(1, Ordering::Relaxed);
+                            error!(error = %e, "could not claim virtual IP");
+                        }
+                    }
+                }
+                Action::ReleaseVips => {
+                    for vip in &self.cfg.virtual_ips {
+                        if let Err(e) = self.netlink.del(self.ifindex, vip).await {
+                            self.stats.netlink_errors.fetch_add(1, Ordering::Relaxed);
+                            error!(error = %e, "could not release virtual IP");
+                        }
+                    }
+                }
+                Action::Announce => self.announce(),
+                Action::StateChanged { from, to, reason } => {
+                    let master = self
+                        .fsm
+                        .master_ip()
+                        .map_or_else(|| "-".to_string(), |a| a.to_string());
+                    info!(%from, %to, %reason, %master, "state change");
+                    self.stats.record(&self.fsm, Some(reason.to_string()));
+                }
+            }
+        }
+        // Master address and learnt interval change without a transition.
+        self.stats.record(&self.fsm, None);
+    }
+
+    fn send_advert(&self, priority: u8) {
+        let advert = Advert {
+            version: self.cfg.version,
+            vrid: self.cfg.vrid,
+            priority,
+            interval: self.cfg.advert_interval,
+            addresses: self.cfg.virtual_ips.iter().map(|v| v.addr).collect(),
+        };
+        let msg = advert.emit(self.cfg.v3_checksum, self.primary, MULTICAST_V4);
+        match self.socket.send(&msg, MULTICAST_V4) {
+            Ok(()) => {
+                self.stats.tx_adverts.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                self.stats.tx_errors.fetch_add(1, Ordering::Relaxed);
+                warn!(error = %e, "sending advert failed");
+            }
+        }
+    }
+
+    fn announce(&self) {
+        for vip in &self.cfg.virtual_ips {
+            let frame = frames::gratuitous_arp(self.mac, vip.addr);
+            for _ in 0..self.cfg.garp_count {
+                match self.announcer.send(&frame) {
+                    Ok(()) => {
+                        self.stats.garps.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        warn!(error = %e, %vip, "sending gratuitous ARP failed");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
