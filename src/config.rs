@@ -100,6 +100,8 @@ pub struct VrrpConfig {
     pub virtual_ips: Vec<VirtualIp>,
     /// Gratuitous ARPs per VIP in a burst.
     pub garp_count: u32,
+    /// Spacing of the ARPs within a burst (zero: back to back).
+    pub garp_interval: Duration,
     /// Second burst this long after becoming master; `None` for none.
     pub garp_repeat_delay: Option<Duration>,
     /// Checksum form sent for VRRPv3 over IPv4.
@@ -137,6 +139,7 @@ struct RawVrrp {
     virtual_ips: Spanned<Vec<Spanned<String>>>,
     unicast_peers: Option<Spanned<Vec<toml::Value>>>,
     garp_count: Option<Spanned<i64>>,
+    garp_interval: Option<Spanned<String>>,
     garp_repeat_delay: Option<Spanned<String>>,
     v3_checksum_pseudo_header: Option<bool>,
 }
@@ -276,6 +279,14 @@ fn validate_vrrp(
             ))
         }
     };
+    let garp_interval = match &r.garp_interval {
+        None => Duration::ZERO,
+        Some(s) => duration(s, "garp_interval", invalid)?,
+    };
+    if garp_interval > Duration::from_secs(1) {
+        let s = r.garp_interval.as_ref().map_or(0..0, |s| s.span());
+        return Err(invalid(s, "vrrp.garp_interval: at most 1s".into()));
+    }
     if let Some(peers) = &r.unicast_peers {
         if !peers.get_ref().is_empty() {
             return Err(invalid(
@@ -325,6 +336,7 @@ fn validate_vrrp(
         preempt_delay,
         virtual_ips,
         garp_count,
+        garp_interval,
         garp_repeat_delay,
         v3_checksum: if r.v3_checksum_pseudo_header.unwrap_or(true) {
             ChecksumForm::PseudoHeader
@@ -450,6 +462,7 @@ virtual_ips = ["192.0.2.10/24", "192.0.2.20"]
             }
         );
         assert_eq!(v.garp_count, 5);
+        assert_eq!(v.garp_interval, Duration::ZERO);
         assert_eq!(v.garp_repeat_delay, Some(Duration::from_secs(5)));
         assert_eq!(v.v3_checksum, ChecksumForm::PseudoHeader);
         assert_eq!(v.interface_at, Location { line: 7, col: 13 });
@@ -473,6 +486,7 @@ virtual_ips = ["192.0.2.10/24", "192.0.2.20"]
         assert!(err(&GOOD.replace("192.0.2.20", "192.0.2.300")).contains("not an IP address"));
         assert!(err(&GOOD.replace("192.0.2.20", "192.0.2.10")).contains("listed twice"));
         assert!(err(&with("garp_count = 0")).contains("garp_count = 0"));
+        assert!(err(&with("garp_interval = \"2s\"")).contains("garp_interval: at most 1s"));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! on a thread and runtime of its own (so nothing else the process does can
 //! delay an advert), signals, and the order of shutdown.
 
+use std::collections::HashMap;
 use std::net::TcpListener as StdTcpListener;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc};
@@ -14,7 +15,7 @@ use tracing::{error, info, warn};
 
 use crate::config::{Config, VrrpConfig};
 use crate::control::{self, Sources};
-use crate::net::addr::Netlink;
+use crate::net::addr::{watch_links, Netlink};
 use crate::vrrp::instance::{Instance, Stats};
 
 /// How long the VRRP thread gets to resign (priority 0, VIPs removed).
@@ -121,11 +122,27 @@ async fn run_vrrp(
             return;
         }
     };
+    // One watch channel per interface, subscribed before the instances read
+    // the initial link state so no change can fall in between.
+    let mut link_senders: HashMap<String, watch::Sender<bool>> = HashMap::new();
+    let link_receivers: Vec<_> = configs
+        .iter()
+        .map(|c| {
+            link_senders
+                .entry(c.interface.clone())
+                .or_insert_with(|| watch::channel(true).0)
+                .subscribe()
+        })
+        .collect();
+    if let Err(e) = watch_links(link_senders) {
+        let _ = ready.send(Err(anyhow!(e).context("subscribing to link changes")));
+        return;
+    }
     let mut instances = Vec::new();
-    for (cfg, st) in configs.into_iter().zip(stats) {
+    for ((cfg, st), link) in configs.into_iter().zip(stats).zip(link_receivers) {
         let at = cfg.interface_at;
         let (name, iface) = (cfg.name.clone(), cfg.interface.clone());
-        match Instance::prepare(cfg, netlink.clone(), st).await {
+        match Instance::prepare(cfg, netlink.clone(), link, st).await {
             Ok(i) => instances.push(i),
             Err(e) => {
                 let _ = ready.send(Err(anyhow!(

@@ -2,12 +2,16 @@
 //! virtual addresses. Adds use replace semantics so a repeat is harmless;
 //! deleting an address that is not there counts as success.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 
-use futures_util::TryStreamExt;
+use futures_util::{StreamExt, TryStreamExt};
+use rtnetlink::packet_core::NetlinkPayload;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressHeaderFlags, AddressMessage};
 use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags};
-use rtnetlink::{AddressMessageBuilder, Handle};
+use rtnetlink::packet_route::RouteNetlinkMessage;
+use rtnetlink::{AddressMessageBuilder, Handle, MulticastGroup};
+use tokio::sync::watch;
 
 use crate::config::VirtualIp;
 
@@ -192,4 +196,33 @@ impl Netlink {
             }),
         }
     }
+}
+
+/// Publishes every interface's "usable" state (up with carrier) on the
+/// watch channel registered for its name, from the kernel's link events.
+/// Subscribe before reading the initial state so no change falls between.
+pub fn watch_links(mut senders: HashMap<String, watch::Sender<bool>>) -> Result<(), NetlinkError> {
+    let (connection, _handle, mut messages) =
+        rtnetlink::new_multicast_connection(&[MulticastGroup::Link])?;
+    tokio::spawn(connection);
+    tokio::spawn(async move {
+        while let Some((message, _)) = messages.next().await {
+            let (msg, exists) = match message.payload {
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(m)) => (m, true),
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(m)) => (m, false),
+                _ => continue,
+            };
+            let name = msg.attributes.iter().find_map(|a| match a {
+                LinkAttribute::IfName(n) => Some(n.as_str()),
+                _ => None,
+            });
+            if let Some(tx) = name.and_then(|n| senders.get_mut(n)) {
+                let up = exists
+                    && msg.header.flags.contains(LinkFlags::Up)
+                    && msg.header.flags.contains(LinkFlags::LowerUp);
+                tx.send_if_modified(|old| std::mem::replace(old, up) != up);
+            }
+        }
+    });
+    Ok(())
 }

@@ -284,11 +284,13 @@ impl Fsm {
                 // Adverts cannot leave a dead link, so there is no priority 0
                 // to send; the addresses go so no other interface answers.
                 self.cancel_timers();
+                self.master_ip = None;
                 self.actions.push_back(Action::ReleaseVips);
                 self.transition(State::Fault, Reason::LinkDown);
             }
             (State::Backup | State::Initialize, Event::LinkDown) => {
                 self.cancel_timers();
+                self.master_ip = None;
                 self.transition(State::Fault, Reason::LinkDown);
             }
             (State::Fault, Event::LinkUp) => {

@@ -295,8 +295,13 @@ pub struct Instance {
     expect: Expect,
     fsm: Fsm,
     socket: VrrpSocket,
-    announcer: Announcer,
+    announcer: Arc<Announcer>,
+    /// The rest of a spaced gratuitous ARP burst, stopped if we stop being master.
+    burst: Option<tokio::task::JoinHandle<()>>,
     netlink: Netlink,
+    /// Interface usable (up with carrier), as the link watcher last said.
+    link: watch::Receiver<bool>,
+    link_up: bool,
     stats: Arc<Stats>,
 }
 
@@ -306,17 +311,18 @@ impl Instance {
     pub async fn prepare(
         cfg: VrrpConfig,
         netlink: Netlink,
+        link: watch::Receiver<bool>,
         stats: Arc<Stats>,
     ) -> Result<Self, InstanceError> {
-        let link = netlink.link(&cfg.interface).await?;
+        let iface = netlink.link(&cfg.interface).await?;
         let primary = netlink
-            .primary_ipv4(link.index, &cfg.virtual_ips)
+            .primary_ipv4(iface.index, &cfg.virtual_ips)
             .await?
             .ok_or_else(|| InstanceError::NoAddress(cfg.interface.clone()))?;
         for vip in &cfg.virtual_ips {
-            if netlink.has(link.index, vip).await? {
+            if netlink.has(iface.index, vip).await? {
                 warn!(vrid = cfg.vrid, iface = %cfg.interface, %vip, "removing virtual IP left by an earlier run");
-                netlink.del(link.index, vip).await?;
+                netlink.del(iface.index, vip).await?;
             }
         }
         let socket_err = |what| {
@@ -327,9 +333,10 @@ impl Instance {
                 source,
             }
         };
-        let socket = VrrpSocket::open(&cfg.interface, link.index, primary)
+        let socket = VrrpSocket::open(&cfg.interface, iface.index, primary)
             .map_err(socket_err("raw VRRP socket"))?;
-        let announcer = Announcer::open(link.index).map_err(socket_err("AF_PACKET socket"))?;
+        let announcer =
+            Arc::new(Announcer::open(iface.index).map_err(socket_err("AF_PACKET socket"))?);
         let fsm = Fsm::new(Params {
             version: cfg.version,
             priority: cfg.priority,
@@ -346,14 +353,17 @@ impl Instance {
         };
         info!(vrid = cfg.vrid, iface = %cfg.interface, %primary, "instance {:?} ready", cfg.name);
         Ok(Instance {
-            ifindex: link.index,
-            mac: link.mac,
+            ifindex: iface.index,
+            mac: iface.mac,
             primary,
             expect,
             fsm,
             socket,
             announcer,
+            burst: None,
             netlink,
+            link,
+            link_up: iface.up,
             stats,
             cfg,
         })
@@ -365,6 +375,10 @@ impl Instance {
         let span = info_span!("vrrp", name = %self.cfg.name, vrid = self.cfg.vrid, iface = %self.cfg.interface);
         async move {
             self.fsm.handle(Instant::now(), Event::Startup);
+            if !self.link_up {
+                warn!("interface is down");
+                self.fsm.handle(Instant::now(), Event::LinkDown);
+            }
             self.execute().await;
             let mut buf = vec![0u8; 2048];
             let mut recv_errors = 0u32;
@@ -373,6 +387,19 @@ impl Instance {
                 tokio::select! {
                     biased;
                     _ = shutdown.changed() => break,
+                    changed = self.link.changed() => {
+                        if changed.is_err() {
+                            // The watcher is gone: keep running on the last state.
+                            self.link = watch::channel(self.link_up).1;
+                            continue;
+                        }
+                        let up = *self.link.borrow_and_update();
+                        if up != self.link_up {
+                            self.link_up = up;
+                            let event = if up { Event::LinkUp } else { Event::LinkDown };
+                            self.fsm.handle(Instant::now(), event);
+                        }
+                    }
                     _ = sleep_until(deadline) => self.fsm.handle_timeout(Instant::now()),
                     r = self.socket.recv(&mut buf) => match r {
                         Ok(n) => {
@@ -393,6 +420,7 @@ impl Instance {
             }
             self.fsm.handle(Instant::now(), Event::Shutdown);
             self.execute().await;
+            self.stop_burst();
         }
         .instrument(span)
         .await
@@ -450,6 +478,7 @@ impl Instance {
                     }
                 }
                 Action::ReleaseVips => {
+                    self.stop_burst();
                     for vip in &self.cfg.virtual_ips {
                         if let Err(e) = self.netlink.del(self.ifindex, vip).await {
                             self.stats.netlink_errors.fetch_add(1, Ordering::Relaxed);
@@ -492,20 +521,52 @@ impl Instance {
         }
     }
 
-    fn announce(&self) {
-        for vip in &self.cfg.virtual_ips {
-            let frame = frames::gratuitous_arp(self.mac, vip.addr);
-            for _ in 0..self.cfg.garp_count {
-                match self.announcer.send(&frame) {
-                    Ok(()) => {
-                        self.stats.garps.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(e) => {
-                        warn!(error = %e, %vip, "sending gratuitous ARP failed");
-                        break;
-                    }
+    /// Sends `garp_count` gratuitous ARPs per VIP. The first of each goes
+    /// out now (a client must follow within a millisecond of our first
+    /// advert); with a spacing configured, the rest follow from a task.
+    fn announce(&mut self) {
+        self.stop_burst();
+        let frames: Vec<_> = self
+            .cfg
+            .virtual_ips
+            .iter()
+            .map(|v| frames::gratuitous_arp(self.mac, v.addr))
+            .collect();
+        let spacing = self.cfg.garp_interval;
+        let rounds = self.cfg.garp_count;
+        if spacing.is_zero() {
+            for _ in 0..rounds {
+                send_frames(&self.announcer, &frames, &self.stats);
+            }
+            return;
+        }
+        send_frames(&self.announcer, &frames, &self.stats);
+        let (announcer, stats) = (Arc::clone(&self.announcer), Arc::clone(&self.stats));
+        self.burst = Some(tokio::spawn(
+            async move {
+                for _ in 1..rounds {
+                    tokio::time::sleep(spacing).await;
+                    send_frames(&announcer, &frames, &stats);
                 }
             }
+            .in_current_span(),
+        ));
+    }
+
+    fn stop_burst(&mut self) {
+        if let Some(task) = self.burst.take() {
+            task.abort();
+        }
+    }
+}
+
+fn send_frames(announcer: &Announcer, frames: &[[u8; frames::GARP_LEN]], stats: &Stats) {
+    for frame in frames {
+        match announcer.send(frame) {
+            Ok(()) => {
+                stats.garps.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => warn!(error = %e, "sending gratuitous ARP failed"),
         }
     }
 }

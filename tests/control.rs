@@ -1,0 +1,78 @@
+//! The control endpoint on loopback: /status carries the fields DESIGN.md
+//! promises, /metrics is Prometheus text, unknown paths are 404.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use vipd::control::{serve, Sources};
+use vipd::vrrp::instance::Stats;
+
+const CONFIG: &str = r#"
+[[vrrp]]
+name = "web"
+interface = "eth0"
+vrid = 51
+priority = 150
+advert_interval = "100ms"
+virtual_ips = ["192.0.2.10/24"]
+"#;
+
+async fn get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.expect("read");
+    let (head, body) = out.split_once("\r\n\r\n").expect("http answer");
+    (head.to_string(), body.to_string())
+}
+
+#[tokio::test]
+async fn status_metrics_and_not_found() {
+    let config = vipd::config::parse(CONFIG, Path::new("t.toml")).expect("valid");
+    let stats = Arc::new(Stats::new(&config.vrrp[0]));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let server = tokio::spawn(serve(listener, Sources { vrrp: vec![stats] }));
+
+    let (head, body) = get(addr, "/status").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let i = &v["vrrp"][0];
+    for key in [
+        "name",
+        "state",
+        "priority",
+        "effective_priority",
+        "vrid",
+        "master_ip",
+        "transitions",
+        "since",
+    ] {
+        assert!(i.get(key).is_some(), "missing {key} in {body}");
+    }
+    assert_eq!(i["state"], "init");
+    assert_eq!(i["vrid"], 51);
+    assert_eq!(i["rx"]["dropped"]["checksum"], 0);
+    assert!(v["http"].is_array());
+
+    let (head, body) = get(addr, "/metrics").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        body.contains("vipd_vrrp_state{instance=\"web\",vrid=\"51\",state=\"init\"} 1"),
+        "{body}"
+    );
+    assert!(body.contains(
+        "vipd_vrrp_packets_dropped_total{instance=\"web\",vrid=\"51\",reason=\"ttl\"} 0"
+    ));
+
+    let (head, _) = get(addr, "/").await;
+    assert!(head.starts_with("HTTP/1.1 200"));
+    let (head, _) = get(addr, "/nope").await;
+    assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+    server.abort();
+}
