@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::proxy::balance::Algorithm;
 use crate::vrrp::packet::{Centiseconds, ChecksumForm, Version};
 
 /// A position in the config file, 1-based.
@@ -51,6 +52,68 @@ pub struct Config {
     pub control: ControlConfig,
     /// VRRP instances.
     pub vrrp: Vec<VrrpConfig>,
+    /// HTTP load-balancing listeners.
+    pub http: Vec<HttpConfig>,
+}
+
+/// One `[[http]]` listener and its backend pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpConfig {
+    /// Name used in logs and status.
+    pub name: String,
+    /// Address to listen on (wildcard, or a VIP: bound with IP_FREEBIND).
+    pub listen: SocketAddr,
+    /// Selection algorithm.
+    pub balance: Algorithm,
+    /// The app servers.
+    pub backends: Vec<BackendConfig>,
+    /// Time to establish an upstream connection before trying another backend.
+    pub connect_timeout: Duration,
+    /// Time for the backend's response head; past it the client gets a 504.
+    pub response_timeout: Duration,
+    /// Time a client has to send a complete request head, counted from when
+    /// the connection starts waiting for one (so it also bounds idle keep-alive).
+    pub client_header_timeout: Duration,
+    /// In-flight requests get this long to finish on shutdown.
+    pub drain_timeout: Duration,
+    /// Largest accepted request head, in bytes (431 past it).
+    pub max_header_size: usize,
+    /// Concurrent client connections; more wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// Extra attempts on other backends for a request that failed to be sent.
+    pub retries: u32,
+    /// One `access` log line per request.
+    pub access_log: bool,
+    /// Active checks; `None` = backends are healthy unless passively ejected.
+    pub health: Option<HealthConfig>,
+    /// Consecutive failures (connect errors or 5xx) that eject a backend; 0 = never.
+    pub eject_after: u32,
+    /// How long an ejected backend stays out before it may return.
+    pub eject_cooldown: Duration,
+}
+
+/// One backend of an `[[http]]` pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackendConfig {
+    /// Where it listens.
+    pub address: SocketAddr,
+    /// Relative share of requests, 1..=1000.
+    pub weight: u32,
+}
+
+/// `[http.health]`: active HTTP checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthConfig {
+    /// Path requested with GET; a 2xx or 3xx answer is healthy.
+    pub path: String,
+    /// Time between checks of one backend.
+    pub interval: Duration,
+    /// Time a check may take.
+    pub timeout: Duration,
+    /// Consecutive passes to become healthy.
+    pub rise: u32,
+    /// Consecutive failures to become unhealthy.
+    pub fall: u32,
 }
 
 /// `[control]`.
@@ -106,6 +169,10 @@ pub struct VrrpConfig {
     pub garp_repeat_delay: Option<Duration>,
     /// Checksum form sent for VRRPv3 over IPv4.
     pub v3_checksum: ChecksumForm,
+    /// On a planned stop as master, the longest the VIP is kept while
+    /// waiting for the new master's first advert (make-before-break);
+    /// `None` = Master_Down_Interval.
+    pub release_timeout: Option<Duration>,
 }
 
 const DEFAULT_CONTROL: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9090);
@@ -116,7 +183,46 @@ struct RawConfig {
     control: Option<RawControl>,
     #[serde(default)]
     vrrp: Vec<RawVrrp>,
-    http: Option<Spanned<toml::Value>>,
+    #[serde(default)]
+    http: Vec<RawHttp>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    name: Spanned<String>,
+    listen: Spanned<String>,
+    balance: Option<Spanned<String>>,
+    backends: Spanned<Vec<Spanned<RawBackend>>>,
+    connect_timeout: Option<Spanned<String>>,
+    response_timeout: Option<Spanned<String>>,
+    client_header_timeout: Option<Spanned<String>>,
+    idle_timeout: Option<Spanned<String>>,
+    drain_timeout: Option<Spanned<String>>,
+    max_header_size: Option<Spanned<i64>>,
+    max_connections: Option<Spanned<i64>>,
+    retries: Option<Spanned<i64>>,
+    access_log: Option<bool>,
+    health: Option<RawHealth>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawBackend {
+    Address(String),
+    Weighted { address: String, weight: Option<i64> },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    path: Option<Spanned<String>>,
+    interval: Option<Spanned<String>>,
+    timeout: Option<Spanned<String>>,
+    rise: Option<Spanned<i64>>,
+    fall: Option<Spanned<i64>>,
+    eject_after: Option<Spanned<i64>>,
+    eject_cooldown: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -142,14 +248,13 @@ struct RawVrrp {
     garp_interval: Option<Spanned<String>>,
     garp_repeat_delay: Option<Spanned<String>>,
     v3_checksum_pseudo_header: Option<bool>,
+    release_timeout: Option<Spanned<String>>,
 }
 
 /// Reads and validates a config file.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let text =
+        std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
     parse(&text, path)
 }
 
@@ -160,22 +265,14 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         at: locate(text, span.start),
         message,
     };
-    let raw: RawConfig = toml::from_str(text)
-        .map_err(|e| invalid(e.span().unwrap_or(0..0), e.message().trim().to_string()))?;
-    if let Some(http) = raw.http {
-        return Err(invalid(
-            http.span(),
-            "[[http]] is not supported by this version of vipd yet (VRRP only)".to_string(),
-        ));
-    }
+    let raw: RawConfig =
+        toml::from_str(text).map_err(|e| invalid(e.span().unwrap_or(0..0), e.message().trim().to_string()))?;
     let listen = match raw.control.and_then(|c| c.listen) {
         None => DEFAULT_CONTROL,
-        Some(l) => l.get_ref().parse().map_err(|_| {
-            invalid(
-                l.span(),
-                format!("control.listen = {:?}: expected ADDRESS:PORT", l.get_ref()),
-            )
-        })?,
+        Some(l) => l
+            .get_ref()
+            .parse()
+            .map_err(|_| invalid(l.span(), format!("control.listen = {:?}: expected ADDRESS:PORT", l.get_ref())))?,
     };
     let mut vrrp = Vec::new();
     let mut seen: HashMap<(String, u8), String> = HashMap::new();
@@ -193,13 +290,22 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         }
         vrrp.push(v);
     }
-    if vrrp.is_empty() {
-        return Err(invalid(0..0, "no [[vrrp]] instance configured".to_string()));
+    let mut http: Vec<HttpConfig> = Vec::new();
+    for r in raw.http {
+        let span = r.listen.span();
+        let h = validate_http(r, &invalid)?;
+        if let Some(other) = http.iter().find(|o| o.listen == h.listen) {
+            return Err(invalid(
+                span,
+                format!("http.listen = \"{}\": already used by [[http]] {:?}", h.listen, other.name),
+            ));
+        }
+        http.push(h);
     }
-    Ok(Config {
-        control: ControlConfig { listen },
-        vrrp,
-    })
+    if vrrp.is_empty() && http.is_empty() {
+        return Err(invalid(0..0, "nothing to do: no [[vrrp]] and no [[http]] section".to_string()));
+    }
+    Ok(Config { control: ControlConfig { listen }, vrrp, http })
 }
 
 fn validate_vrrp(
@@ -210,28 +316,18 @@ fn validate_vrrp(
     let in_range = |v: &Spanned<i64>, key: &str, lo: i64, hi: i64| -> Result<u8, ConfigError> {
         let n = *v.get_ref();
         if (lo..=hi).contains(&n) {
-            u8::try_from(n)
-                .map_err(|_| invalid(v.span(), format!("vrrp.{key} = {n}: must be {lo}..={hi}")))
+            u8::try_from(n).map_err(|_| invalid(v.span(), format!("vrrp.{key} = {n}: must be {lo}..={hi}")))
         } else {
-            Err(invalid(
-                v.span(),
-                format!("vrrp.{key} = {n}: must be {lo}..={hi}"),
-            ))
+            Err(invalid(v.span(), format!("vrrp.{key} = {n}: must be {lo}..={hi}")))
         }
     };
     let name = r.name.get_ref().clone();
     if name.is_empty() {
-        return Err(invalid(
-            r.name.span(),
-            "vrrp.name must not be empty".to_string(),
-        ));
+        return Err(invalid(r.name.span(), "vrrp.name must not be empty".to_string()));
     }
     let iface = r.interface.get_ref();
     if iface.is_empty() || iface.len() > 15 || iface.contains(['/', ' ']) {
-        return Err(invalid(
-            r.interface.span(),
-            format!("vrrp.interface = {iface:?}: not a valid interface name"),
-        ));
+        return Err(invalid(r.interface.span(), format!("vrrp.interface = {iface:?}: not a valid interface name")));
     }
     let vrid = in_range(&r.vrid, "vrid", 1, 255)?;
     let priority = in_range(&r.priority, "priority", 1, 255)?;
@@ -240,25 +336,15 @@ fn validate_vrrp(
         Some(v) => match v.get_ref() {
             2 => Version::V2,
             3 => Version::V3,
-            n => {
-                return Err(invalid(
-                    v.span(),
-                    format!("vrrp.version = {n}: must be 2 or 3"),
-                ))
-            }
+            n => return Err(invalid(v.span(), format!("vrrp.version = {n}: must be 2 or 3"))),
         },
     };
     let advert_interval = match &r.advert_interval {
-        None => Centiseconds::new(100)
-            .ok_or_else(|| invalid(0..0, "internal: default interval".into()))?,
+        None => Centiseconds::new(100).ok_or_else(|| invalid(0..0, "internal: default interval".into()))?,
         Some(s) => {
             let d = duration(s, "advert_interval", invalid)?;
-            interval_for(version, d).map_err(|why| {
-                invalid(
-                    s.span(),
-                    format!("vrrp.advert_interval = {:?}: {why}", s.get_ref()),
-                )
-            })?
+            interval_for(version, d)
+                .map_err(|why| invalid(s.span(), format!("vrrp.advert_interval = {:?}: {why}", s.get_ref())))?
         }
     };
     let preempt_delay = match &r.preempt_delay {
@@ -272,12 +358,11 @@ fn validate_vrrp(
     let garp_count = match &r.garp_count {
         None => 5,
         Some(n) if (1..=100).contains(n.get_ref()) => *n.get_ref() as u32,
-        Some(n) => {
-            return Err(invalid(
-                n.span(),
-                format!("vrrp.garp_count = {}: must be 1..=100", n.get_ref()),
-            ))
-        }
+        Some(n) => return Err(invalid(n.span(), format!("vrrp.garp_count = {}: must be 1..=100", n.get_ref()))),
+    };
+    let release_timeout = match &r.release_timeout {
+        None => None,
+        Some(s) => Some(duration(s, "release_timeout", invalid)?),
     };
     let garp_interval = match &r.garp_interval {
         None => Duration::ZERO,
@@ -297,32 +382,19 @@ fn validate_vrrp(
     }
     let mut virtual_ips = Vec::new();
     for s in r.virtual_ips.get_ref() {
-        let vip = virtual_ip(s.get_ref()).map_err(|why| {
-            invalid(
-                s.span(),
-                format!("vrrp.virtual_ips: {:?}: {why}", s.get_ref()),
-            )
-        })?;
+        let vip = virtual_ip(s.get_ref())
+            .map_err(|why| invalid(s.span(), format!("vrrp.virtual_ips: {:?}: {why}", s.get_ref())))?;
         if virtual_ips.iter().any(|v: &VirtualIp| v.addr == vip.addr) {
-            return Err(invalid(
-                s.span(),
-                format!("vrrp.virtual_ips: {:?} is listed twice", s.get_ref()),
-            ));
+            return Err(invalid(s.span(), format!("vrrp.virtual_ips: {:?} is listed twice", s.get_ref())));
         }
         virtual_ips.push(vip);
     }
     if virtual_ips.is_empty() {
-        return Err(invalid(
-            r.virtual_ips.span(),
-            "vrrp.virtual_ips must list at least one address".into(),
-        ));
+        return Err(invalid(r.virtual_ips.span(), "vrrp.virtual_ips must list at least one address".into()));
     }
     // The count field is 8 bits and the message must fit one frame.
     if virtual_ips.len() > 64 {
-        return Err(invalid(
-            r.virtual_ips.span(),
-            "vrrp.virtual_ips: at most 64 addresses".into(),
-        ));
+        return Err(invalid(r.virtual_ips.span(), "vrrp.virtual_ips: at most 64 addresses".into()));
     }
     Ok(VrrpConfig {
         name,
@@ -338,6 +410,7 @@ fn validate_vrrp(
         garp_count,
         garp_interval,
         garp_repeat_delay,
+        release_timeout,
         v3_checksum: if r.v3_checksum_pseudo_header.unwrap_or(true) {
             ChecksumForm::PseudoHeader
         } else {
@@ -346,13 +419,115 @@ fn validate_vrrp(
     })
 }
 
+fn validate_http(
+    r: RawHttp,
+    invalid: &impl Fn(Range<usize>, String) -> ConfigError,
+) -> Result<HttpConfig, ConfigError> {
+    let name = r.name.get_ref().clone();
+    if name.is_empty() {
+        return Err(invalid(r.name.span(), "http.name must not be empty".to_string()));
+    }
+    let listen: SocketAddr = r.listen.get_ref().parse().map_err(|_| {
+        invalid(r.listen.span(), format!("http.listen = {:?}: expected ADDRESS:PORT", r.listen.get_ref()))
+    })?;
+    let balance = match &r.balance {
+        None => Algorithm::RoundRobin,
+        Some(b) => {
+            b.get_ref().parse().map_err(|e| invalid(b.span(), format!("http.balance = {:?}: {e}", b.get_ref())))?
+        }
+    };
+    let mut backends: Vec<BackendConfig> = Vec::new();
+    for b in r.backends.get_ref() {
+        let (address, weight) = match b.get_ref() {
+            RawBackend::Address(a) => (a, 1),
+            RawBackend::Weighted { address, weight } => (address, weight.unwrap_or(1)),
+        };
+        let address: SocketAddr =
+            address.parse().map_err(|_| invalid(b.span(), format!("http.backends: {address:?}: expected IP:PORT")))?;
+        let weight = u32::try_from(weight)
+            .ok()
+            .filter(|w| (1..=1000).contains(w))
+            .ok_or_else(|| invalid(b.span(), format!("http.backends: weight {weight}: must be 1..=1000")))?;
+        if backends.iter().any(|o| o.address == address) {
+            return Err(invalid(b.span(), format!("http.backends: {address} is listed twice")));
+        }
+        backends.push(BackendConfig { address, weight });
+    }
+    if backends.is_empty() {
+        return Err(invalid(r.backends.span(), "http.backends must list at least one backend".into()));
+    }
+    let dur = |v: &Option<Spanned<String>>, key: &str, default: Duration| -> Result<Duration, ConfigError> {
+        match v {
+            None => Ok(default),
+            Some(s) => {
+                let d = parse_duration(s.get_ref())
+                    .map_err(|why| invalid(s.span(), format!("{key} = {:?}: {why}", s.get_ref())))?;
+                if d.is_zero() {
+                    return Err(invalid(s.span(), format!("{key} = {:?}: must be more than 0", s.get_ref())));
+                }
+                Ok(d)
+            }
+        }
+    };
+    let int = |v: &Option<Spanned<i64>>, key: &str, default: u64, lo: u64, hi: u64| -> Result<u64, ConfigError> {
+        match v {
+            None => Ok(default),
+            Some(n) => u64::try_from(*n.get_ref())
+                .ok()
+                .filter(|x| (lo..=hi).contains(x))
+                .ok_or_else(|| invalid(n.span(), format!("{key} = {}: must be {lo}..={hi}", n.get_ref()))),
+        }
+    };
+    let health = match &r.health {
+        None => None,
+        Some(h) => {
+            let path = h.path.as_ref().map_or_else(|| "/".to_string(), |p| p.get_ref().clone());
+            if !path.starts_with('/') {
+                let span = h.path.as_ref().map_or(0..0, |p| p.span());
+                return Err(invalid(span, format!("http.health.path = {path:?}: must start with /")));
+            }
+            Some(HealthConfig {
+                path,
+                interval: dur(&h.interval, "http.health.interval", Duration::from_secs(2))?,
+                timeout: dur(&h.timeout, "http.health.timeout", Duration::from_secs(1))?,
+                rise: int(&h.rise, "http.health.rise", 2, 1, 100)? as u32,
+                fall: int(&h.fall, "http.health.fall", 3, 1, 100)? as u32,
+            })
+        }
+    };
+    let (eject_after, eject_cooldown) = match &r.health {
+        None => (5, Duration::from_secs(10)),
+        Some(h) => (
+            int(&h.eject_after, "http.health.eject_after", 5, 0, 1000)? as u32,
+            dur(&h.eject_cooldown, "http.health.eject_cooldown", Duration::from_secs(10))?,
+        ),
+    };
+    Ok(HttpConfig {
+        name,
+        listen,
+        balance,
+        backends,
+        connect_timeout: dur(&r.connect_timeout, "http.connect_timeout", Duration::from_secs(1))?,
+        response_timeout: dur(&r.response_timeout, "http.response_timeout", Duration::from_secs(30))?,
+        client_header_timeout: dur(&r.client_header_timeout, "http.client_header_timeout", Duration::from_secs(10))?
+            .min(dur(&r.idle_timeout, "http.idle_timeout", Duration::from_secs(10))?),
+        drain_timeout: dur(&r.drain_timeout, "http.drain_timeout", Duration::from_secs(10))?,
+        max_header_size: int(&r.max_header_size, "http.max_header_size", 16384, 1024, 1 << 20)? as usize,
+        max_connections: int(&r.max_connections, "http.max_connections", 10_000, 1, 1_000_000)? as usize,
+        retries: int(&r.retries, "http.retries", 2, 0, 10)? as u32,
+        access_log: r.access_log.unwrap_or(true),
+        health,
+        eject_after,
+        eject_cooldown,
+    })
+}
+
 fn duration(
     s: &Spanned<String>,
     key: &str,
     invalid: &impl Fn(Range<usize>, String) -> ConfigError,
 ) -> Result<Duration, ConfigError> {
-    parse_duration(s.get_ref())
-        .map_err(|why| invalid(s.span(), format!("vrrp.{key} = {:?}: {why}", s.get_ref())))
+    parse_duration(s.get_ref()).map_err(|why| invalid(s.span(), format!("vrrp.{key} = {:?}: {why}", s.get_ref())))
 }
 
 /// v2 carries whole seconds in 8 bits; v3 centiseconds in 12 bits.
@@ -365,19 +540,16 @@ fn interval_for(version: Version, d: Duration) -> Result<Centiseconds, String> {
         Version::V3 if ms % 10 != 0 || d.subsec_nanos() % 1_000_000 != 0 => {
             Err("VRRPv3 needs a multiple of 10ms".into())
         }
-        _ => u16::try_from(ms / 10)
-            .ok()
-            .and_then(Centiseconds::new)
-            .ok_or_else(|| "must be from 10ms to 40.95s".into()),
+        _ => {
+            u16::try_from(ms / 10).ok().and_then(Centiseconds::new).ok_or_else(|| "must be from 10ms to 40.95s".into())
+        }
     }
 }
 
 /// Parses "100ms", "1s", "1.5s", "2m".
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let scale_ms = match unit.trim() {
         "ms" => 1.0,
@@ -385,9 +557,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "m" => 60_000.0,
         _ => return Err("expected a duration like \"1s\" or \"100ms\"".into()),
     };
-    let n: f64 = num
-        .parse()
-        .map_err(|_| "expected a duration like \"1s\" or \"100ms\"".to_string())?;
+    let n: f64 = num.parse().map_err(|_| "expected a duration like \"1s\" or \"100ms\"".to_string())?;
     let micros = (n * scale_ms * 1000.0).round();
     if !(0.0..=86_400e6).contains(&micros) {
         return Err("duration out of range".into());
@@ -401,11 +571,7 @@ fn virtual_ip(s: &str) -> Result<VirtualIp, String> {
     let IpAddr::V4(addr) = addr else {
         return Err("IPv6 virtual addresses are not supported yet".into());
     };
-    let prefix_len: u8 = prefix
-        .parse()
-        .ok()
-        .filter(|p| *p <= 32)
-        .ok_or("prefix length must be 0..=32")?;
+    let prefix_len: u8 = prefix.parse().ok().filter(|p| *p <= 32).ok_or("prefix length must be 0..=32")?;
     if addr.is_unspecified() || addr.is_multicast() || addr.is_broadcast() || addr.is_loopback() {
         return Err("not a usable unicast address".into());
     }
@@ -437,9 +603,7 @@ virtual_ips = ["192.0.2.10/24", "192.0.2.20"]
 "#;
 
     fn err(text: &str) -> String {
-        parse(text, Path::new("t.toml"))
-            .expect_err("must be rejected")
-            .to_string()
+        parse(text, Path::new("t.toml")).expect_err("must be rejected").to_string()
     }
 
     fn with(line: &str) -> String {
@@ -454,13 +618,7 @@ virtual_ips = ["192.0.2.10/24", "192.0.2.20"]
         assert_eq!((v.vrid, v.priority, v.version), (51, 150, Version::V3));
         assert_eq!(v.advert_interval.get(), 10);
         assert!(v.preempt);
-        assert_eq!(
-            v.virtual_ips[1],
-            VirtualIp {
-                addr: Ipv4Addr::new(192, 0, 2, 20),
-                prefix_len: 32
-            }
-        );
+        assert_eq!(v.virtual_ips[1], VirtualIp { addr: Ipv4Addr::new(192, 0, 2, 20), prefix_len: 32 });
         assert_eq!(v.garp_count, 5);
         assert_eq!(v.garp_interval, Duration::ZERO);
         assert_eq!(v.garp_repeat_delay, Some(Duration::from_secs(5)));
@@ -470,10 +628,7 @@ virtual_ips = ["192.0.2.10/24", "192.0.2.20"]
 
     #[test]
     fn out_of_range_values_name_key_value_and_line() {
-        assert_eq!(
-            err(&GOOD.replace("vrid = 51", "vrid = 0")),
-            "t.toml:8:8: vrrp.vrid = 0: must be 1..=255"
-        );
+        assert_eq!(err(&GOOD.replace("vrid = 51", "vrid = 0")), "t.toml:8:8: vrrp.vrid = 0: must be 1..=255");
         assert_eq!(
             err(&GOOD.replace("priority = 150", "priority = 256")),
             "t.toml:9:12: vrrp.priority = 256: must be 1..=255"
@@ -506,13 +661,57 @@ virtual_ips = ["192.0.2.10/24", "192.0.2.20"]
 
     #[test]
     fn duplicate_vrid_on_one_interface_is_rejected() {
-        let twice = format!(
-            "{GOOD}\n{}",
-            &GOOD[GOOD.find("[[vrrp]]").unwrap_or(0)..].replace("web", "api")
-        );
+        let twice = format!("{GOOD}\n{}", &GOOD[GOOD.find("[[vrrp]]").unwrap_or(0)..].replace("web", "api"));
         let e = err(&twice);
         assert!(e.contains("same VRID"), "{e}");
         assert!(e.starts_with("t.toml:15:13:"), "{e}");
+    }
+
+    const HTTP: &str = r#"
+[[http]]
+name = "web"
+listen = "0.0.0.0:8080"
+balance = "least_conn"
+backends = ["192.0.2.21:8080", { address = "192.0.2.22:8080", weight = 3 }]
+
+[http.health]
+path = "/healthz"
+rise = 3
+"#;
+
+    #[test]
+    fn http_section_and_defaults() {
+        let c = parse(HTTP, Path::new("t.toml")).expect("valid");
+        assert!(c.vrrp.is_empty());
+        let h = &c.http[0];
+        assert_eq!(h.balance, Algorithm::LeastConn);
+        assert_eq!(h.backends[1].weight, 3);
+        assert_eq!(h.backends[0].weight, 1);
+        let health = h.health.as_ref().expect("health");
+        assert_eq!((health.path.as_str(), health.rise, health.fall), ("/healthz", 3, 3));
+        assert_eq!(h.connect_timeout, Duration::from_secs(1));
+        assert_eq!(h.retries, 2);
+        assert!(h.access_log);
+    }
+
+    #[test]
+    fn http_errors_name_key_and_line() {
+        let e = err(&HTTP.replace("least_conn", "fastest"));
+        assert!(e.starts_with("t.toml:5:11: http.balance = \"fastest\""), "{e}");
+        let e = err(&HTTP.replace("weight = 3", "weight = 0"));
+        assert!(e.contains("weight 0: must be 1..=1000"), "{e}");
+        let e = err(&HTTP.replace("192.0.2.21:8080", "192.0.2.21"));
+        assert!(e.starts_with("t.toml:6:"), "{e}");
+        let e = err(&HTTP.replace("rise = 3", "rise = 0"));
+        assert!(e.contains("http.health.rise = 0: must be 1..=100"), "{e}");
+        let e = err(&HTTP.replace("/healthz", "healthz"));
+        assert!(e.contains("must start with /"), "{e}");
+        let e = err(&format!(
+            "{HTTP}\n{}",
+            HTTP.replace("web", "api").replace("[http.health]\npath = \"/healthz\"\nrise = 3\n", "")
+        ));
+        assert!(e.contains("already used by [[http]] \"web\""), "{e}");
+        assert!(err("").contains("nothing to do"));
     }
 
     #[test]

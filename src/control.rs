@@ -15,6 +15,7 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tracing::debug;
 
+use crate::proxy::backends::{Pool, PoolSnapshot};
 use crate::vrrp::fsm::State;
 use crate::vrrp::instance::{Snapshot, Stats};
 
@@ -23,6 +24,8 @@ use crate::vrrp::instance::{Snapshot, Stats};
 pub struct Sources {
     /// One per VRRP instance, in config order.
     pub vrrp: Vec<Arc<Stats>>,
+    /// One per HTTP listener, in config order.
+    pub http: Vec<Arc<Pool>>,
 }
 
 /// The `/status` document.
@@ -30,8 +33,8 @@ pub struct Sources {
 pub struct Status {
     /// VRRP instances.
     pub vrrp: Vec<Snapshot>,
-    /// HTTP listeners (none in this version).
-    pub http: Vec<serde_json::Value>,
+    /// HTTP listeners and their backends.
+    pub http: Vec<PoolSnapshot>,
 }
 
 impl Sources {
@@ -39,7 +42,7 @@ impl Sources {
     pub fn status(&self) -> Status {
         Status {
             vrrp: self.vrrp.iter().map(|s| s.snapshot()).collect(),
-            http: Vec::new(),
+            http: self.http.iter().map(|p| p.snapshot()).collect(),
         }
     }
 }
@@ -76,11 +79,7 @@ pub async fn serve(listener: TcpListener, sources: Sources) {
 
 fn respond(req: &Request<Incoming>, sources: &Sources) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return reply(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "text/plain",
-            "only GET\n".into(),
-        );
+        return reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "only GET\n".into());
     }
     match req.uri().path() {
         "/status" => match serde_json::to_string_pretty(&sources.status()) {
@@ -88,66 +87,38 @@ fn respond(req: &Request<Incoming>, sources: &Sources) -> Response<Full<Bytes>> 
                 json.push('\n');
                 reply(StatusCode::OK, "application/json", json)
             }
-            Err(e) => reply(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "text/plain",
-                format!("{e}\n"),
-            ),
+            Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", format!("{e}\n")),
         },
-        "/metrics" => reply(
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            metrics(&sources.status()),
-        ),
-        "/" => reply(
-            StatusCode::OK,
-            "text/html; charset=utf-8",
-            page(&sources.status()),
-        ),
-        _ => reply(
-            StatusCode::NOT_FOUND,
-            "text/plain",
-            "not found: try /status, /metrics or /\n".into(),
-        ),
+        "/metrics" => reply(StatusCode::OK, "text/plain; version=0.0.4", metrics(&sources.status())),
+        "/" => reply(StatusCode::OK, "text/html; charset=utf-8", page(&sources.status())),
+        _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found: try /status, /metrics or /\n".into()),
     }
 }
 
 fn reply(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     r
 }
 
 /// Prometheus text exposition of the status.
 pub fn metrics(status: &Status) -> String {
     let mut out = String::new();
-    let mut family =
-        |name: &str, kind: &str, help: &str, rows: &mut dyn Iterator<Item = (String, u64)>| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (labels, value) in rows {
-                let _ = writeln!(out, "{name}{{{labels}}} {value}");
-            }
-        };
+    let mut family = |name: &str, kind: &str, help: &str, rows: &mut dyn Iterator<Item = (String, u64)>| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, value) in rows {
+            let _ = writeln!(out, "{name}{{{labels}}} {value}");
+        }
+    };
     let id = |s: &Snapshot| format!("instance=\"{}\",vrid=\"{}\"", escape(&s.name), s.vrid);
-    let states = [
-        State::Initialize,
-        State::Backup,
-        State::Master,
-        State::Fault,
-    ];
+    let states = [State::Initialize, State::Backup, State::Master, State::Fault];
     family(
         "vipd_vrrp_state",
         "gauge",
         "1 for the state the instance is in.",
         &mut status.vrrp.iter().flat_map(|s| {
-            states.iter().map(move |st| {
-                (
-                    format!("{},state=\"{}\"", id(s), st.name()),
-                    u64::from(s.state == st.name()),
-                )
-            })
+            states.iter().map(move |st| (format!("{},state=\"{}\"", id(s), st.name()), u64::from(s.state == st.name())))
         }),
     );
     family(
@@ -166,11 +137,10 @@ pub fn metrics(status: &Status) -> String {
         "vipd_vrrp_packets_dropped_total",
         "counter",
         "Received packets dropped, by reason.",
-        &mut status.vrrp.iter().flat_map(|s| {
-            s.rx.dropped
-                .iter()
-                .map(move |(reason, n)| (format!("{},reason=\"{reason}\"", id(s)), *n))
-        }),
+        &mut status
+            .vrrp
+            .iter()
+            .flat_map(|s| s.rx.dropped.iter().map(move |(reason, n)| (format!("{},reason=\"{reason}\"", id(s)), *n))),
     );
     family(
         "vipd_vrrp_adverts_sent_total",
@@ -190,20 +160,46 @@ pub fn metrics(status: &Status) -> String {
         "Failed virtual address changes.",
         &mut status.vrrp.iter().map(|s| (id(s), s.tx.netlink_errors)),
     );
+    let backend_rows = |f: fn(&crate::proxy::backends::BackendSnapshot) -> u64| {
+        status.http.iter().flat_map(move |p| {
+            p.backends
+                .iter()
+                .map(move |b| (format!("listener=\"{}\",backend=\"{}\"", escape(&p.name), b.address), f(b)))
+        })
+    };
+    family(
+        "vipd_http_backend_healthy",
+        "gauge",
+        "1 if the backend gets new requests.",
+        &mut backend_rows(|b| u64::from(b.healthy)),
+    );
+    family(
+        "vipd_http_backend_in_flight",
+        "gauge",
+        "Requests being served by the backend now.",
+        &mut backend_rows(|b| b.in_flight),
+    );
+    family(
+        "vipd_http_backend_requests_total",
+        "counter",
+        "Requests sent to the backend.",
+        &mut backend_rows(|b| b.requests),
+    );
+    family(
+        "vipd_http_backend_failures_total",
+        "counter",
+        "Connect errors, broken connections, timeouts and 5xx answers.",
+        &mut backend_rows(|b| b.failures),
+    );
     out
 }
 
 fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
 /// A one-table status page that refreshes itself.

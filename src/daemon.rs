@@ -16,10 +16,13 @@ use tracing::{error, info, warn};
 use crate::config::{Config, VrrpConfig};
 use crate::control::{self, Sources};
 use crate::net::addr::{watch_links, Netlink};
+use crate::proxy::backends::Pool;
+use crate::proxy::server::{self, Listener, Proxy};
+use crate::vrrp::fsm::skew_and_master_down;
 use crate::vrrp::instance::{Instance, Stats};
 
-/// How long the VRRP thread gets to resign (priority 0, VIPs removed).
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Beyond the release timeout, how long the VRRP thread gets to finish.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 /// Runs the daemon in the foreground until SIGTERM or SIGINT.
 pub fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
@@ -28,11 +31,35 @@ pub fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("control.listen = {}: cannot listen", config.control.listen))?;
     control.set_nonblocking(true).context("control socket")?;
 
-    let stats: Vec<Arc<Stats>> = config
+    // Bind every HTTP listener before anything else runs, so a port in use
+    // fails the start; serving starts before VRRP can claim a VIP.
+    let workers = server::worker_count();
+    let mut listeners = Vec::new();
+    for h in &config.http {
+        let sockets = server::bind(h.listen, workers)
+            .with_context(|| format!("http {:?}: listen = {}: cannot listen", h.name, h.listen))?;
+        listeners.push(Listener { pool: Pool::new(h.clone()), sockets });
+    }
+    let pools: Vec<Arc<Pool>> = listeners.iter().map(|l| Arc::clone(&l.pool)).collect();
+    let proxy = if listeners.is_empty() {
+        None
+    } else {
+        info!(workers, "starting HTTP proxy");
+        Some(Proxy::start(listeners).context("starting the HTTP proxy")?)
+    };
+
+    let stats: Vec<Arc<Stats>> = config.vrrp.iter().map(|c| Arc::new(Stats::new(c))).collect();
+    // A resigning master may wait for its successor up to its release timeout.
+    let vrrp_grace = config
         .vrrp
         .iter()
-        .map(|c| Arc::new(Stats::new(c)))
-        .collect();
+        .map(|c| {
+            c.release_timeout
+                .unwrap_or_else(|| skew_and_master_down(c.version, c.priority, c.advert_interval.as_duration()).1)
+        })
+        .max()
+        .unwrap_or_default()
+        + SHUTDOWN_GRACE;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (ready_tx, ready_rx) = mpsc::channel::<anyhow::Result<()>>();
     let (done_tx, done_rx) = mpsc::channel::<()>();
@@ -46,15 +73,7 @@ pub fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
                 .enable_all()
                 .build()
                 .context("starting the VRRP runtime")
-                .map(|rt| {
-                    rt.block_on(run_vrrp(
-                        vrrp_config,
-                        vrrp_stats,
-                        path,
-                        shutdown_rx,
-                        ready_tx.clone(),
-                    ))
-                });
+                .map(|rt| rt.block_on(run_vrrp(vrrp_config, vrrp_stats, path, shutdown_rx, ready_tx.clone())));
             if let Err(e) = result {
                 let _ = ready_tx.send(Err(e));
             }
@@ -70,26 +89,31 @@ pub fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         Err(_) => return Err(anyhow!("the VRRP thread ended before it was ready")),
     }
 
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the main runtime")?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the main runtime")?;
     let signal_result = rt.block_on(async {
         let listener = tokio::net::TcpListener::from_std(control).context("control socket")?;
         info!(listen = %config.control.listen, "control endpoint up");
-        let server = tokio::spawn(control::serve(listener, Sources { vrrp: stats }));
+        let server = tokio::spawn(control::serve(listener, Sources { vrrp: stats, http: pools }));
         let outcome = wait_for_stop_signal().await;
         server.abort();
         outcome
     });
+    // Make before break: VRRP hands the VIP over first (a master keeps it
+    // until its successor advertises), the proxy serves meanwhile, then
+    // drains what is in flight.
     info!("shutting down");
     let _ = shutdown_tx.send(true);
-    match done_rx.recv_timeout(SHUTDOWN_GRACE) {
+    match done_rx.recv_timeout(vrrp_grace) {
         Ok(()) => {
             let _ = vrrp_thread.join();
         }
-        Err(_) => warn!("VRRP thread did not finish within {SHUTDOWN_GRACE:?}; exiting anyway"),
+        Err(_) => warn!("VRRP thread did not finish within {vrrp_grace:?}; exiting anyway"),
     }
+    if let Some(proxy) = proxy {
+        info!("draining HTTP connections");
+        proxy.shutdown();
+    }
+    info!("stopped");
     signal_result
 }
 
@@ -127,12 +151,7 @@ async fn run_vrrp(
     let mut link_senders: HashMap<String, watch::Sender<bool>> = HashMap::new();
     let link_receivers: Vec<_> = configs
         .iter()
-        .map(|c| {
-            link_senders
-                .entry(c.interface.clone())
-                .or_insert_with(|| watch::channel(true).0)
-                .subscribe()
-        })
+        .map(|c| link_senders.entry(c.interface.clone()).or_insert_with(|| watch::channel(true).0).subscribe())
         .collect();
     if let Err(e) = watch_links(link_senders) {
         let _ = ready.send(Err(anyhow!(e).context("subscribing to link changes")));
@@ -156,10 +175,7 @@ async fn run_vrrp(
         }
     }
     let _ = ready.send(Ok(()));
-    let tasks: Vec<_> = instances
-        .into_iter()
-        .map(|i| tokio::spawn(i.run(shutdown.clone())))
-        .collect();
+    let tasks: Vec<_> = instances.into_iter().map(|i| tokio::spawn(i.run(shutdown.clone()))).collect();
     for t in tasks {
         if let Err(e) = t.await {
             error!(error = %e, "VRRP instance task failed");

@@ -1,4 +1,4 @@
-//! vipd: VRRP failover of virtual IPs (and, later, HTTP load balancing) in one daemon.
+//! vipd: VRRP failover of virtual IPs and HTTP load balancing in one daemon.
 //!
 //! The protocol logic (`vrrp::packet`, `vrrp::fsm`, `net::frames`) is pure;
 //! the modules that touch the kernel (`vrrp::socket`, `net::addr`,
@@ -8,4 +8,5 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod net;
+pub mod proxy;
 pub mod vrrp;

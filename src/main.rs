@@ -10,11 +10,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(
-    name = "vipd",
-    version,
-    about = "VRRP virtual IP failover (keepalived-compatible) in one daemon"
-)]
+#[command(name = "vipd", version, about = "VRRP virtual IP failover (keepalived-compatible) in one daemon")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -51,11 +47,7 @@ fn main() -> ExitCode {
         Command::Run { config } => run(config),
         Command::Check { config } => match vipd::config::load(&config) {
             Ok(c) => {
-                println!(
-                    "{}: ok ({} vrrp instance(s))",
-                    config.display(),
-                    c.vrrp.len()
-                );
+                println!("{}: ok ({} vrrp instance(s))", config.display(), c.vrrp.len());
                 Ok(())
             }
             Err(e) => {
@@ -89,25 +81,15 @@ fn run(path: PathBuf) -> anyhow::Result<()> {
 
 fn status(control: SocketAddr, json: bool) -> anyhow::Result<()> {
     let timeout = Duration::from_secs(3);
-    let mut stream = TcpStream::connect_timeout(&control, timeout)
-        .with_context(|| format!("connecting to {control}"))?;
+    let mut stream =
+        TcpStream::connect_timeout(&control, timeout).with_context(|| format!("connecting to {control}"))?;
     stream.set_read_timeout(Some(timeout))?;
-    write!(
-        stream,
-        "GET /status HTTP/1.1\r\nHost: {control}\r\nConnection: close\r\n\r\n"
-    )?;
+    write!(stream, "GET /status HTTP/1.1\r\nHost: {control}\r\nConnection: close\r\n\r\n")?;
     let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .context("reading /status")?;
-    let Some((head, body)) = response.split_once("\r\n\r\n") else {
-        bail!("malformed answer from {control}")
-    };
+    stream.read_to_string(&mut response).context("reading /status")?;
+    let Some((head, body)) = response.split_once("\r\n\r\n") else { bail!("malformed answer from {control}") };
     if !head.starts_with("HTTP/1.1 200") {
-        bail!(
-            "{control} answered: {}",
-            head.lines().next().unwrap_or_default()
-        );
+        bail!("{control} answered: {}", head.lines().next().unwrap_or_default());
     }
     if json {
         print!("{body}");
@@ -120,22 +102,10 @@ fn status(control: SocketAddr, json: bool) -> anyhow::Result<()> {
             cols[0], cols[1], cols[2], cols[3], cols[4], cols[5], cols[6], cols[7]
         )
     };
-    row([
-        "NAME",
-        "IFACE",
-        "VRID",
-        "STATE",
-        "PRIO",
-        "MASTER",
-        "TRANS",
-        "LAST REASON",
-    ]);
+    row(["NAME", "IFACE", "VRID", "STATE", "PRIO", "MASTER", "TRANS", "LAST REASON"]);
     for i in v["vrrp"].as_array().into_iter().flatten() {
         let text = |k: &str| i[k].as_str().unwrap_or("-").to_string();
-        let num = |k: &str| {
-            i[k].as_u64()
-                .map_or_else(|| "-".to_string(), |n| n.to_string())
-        };
+        let num = |k: &str| i[k].as_u64().map_or_else(|| "-".to_string(), |n| n.to_string());
         row([
             &text("name"),
             &text("interface"),

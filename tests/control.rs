@@ -33,26 +33,15 @@ async fn get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
 async fn status_metrics_and_not_found() {
     let config = vipd::config::parse(CONFIG, Path::new("t.toml")).expect("valid");
     let stats = Arc::new(Stats::new(&config.vrrp[0]));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let server = tokio::spawn(serve(listener, Sources { vrrp: vec![stats] }));
+    let server = tokio::spawn(serve(listener, Sources { vrrp: vec![stats], http: Vec::new() }));
 
     let (head, body) = get(addr, "/status").await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     let v: serde_json::Value = serde_json::from_str(&body).expect("json");
     let i = &v["vrrp"][0];
-    for key in [
-        "name",
-        "state",
-        "priority",
-        "effective_priority",
-        "vrid",
-        "master_ip",
-        "transitions",
-        "since",
-    ] {
+    for key in ["name", "state", "priority", "effective_priority", "vrid", "master_ip", "transitions", "since"] {
         assert!(i.get(key).is_some(), "missing {key} in {body}");
     }
     assert_eq!(i["state"], "init");
@@ -62,13 +51,8 @@ async fn status_metrics_and_not_found() {
 
     let (head, body) = get(addr, "/metrics").await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    assert!(
-        body.contains("vipd_vrrp_state{instance=\"web\",vrid=\"51\",state=\"init\"} 1"),
-        "{body}"
-    );
-    assert!(body.contains(
-        "vipd_vrrp_packets_dropped_total{instance=\"web\",vrid=\"51\",reason=\"ttl\"} 0"
-    ));
+    assert!(body.contains("vipd_vrrp_state{instance=\"web\",vrid=\"51\",state=\"init\"} 1"), "{body}");
+    assert!(body.contains("vipd_vrrp_packets_dropped_total{instance=\"web\",vrid=\"51\",reason=\"ttl\"} 0"));
 
     let (head, _) = get(addr, "/").await;
     assert!(head.starts_with("HTTP/1.1 200"));

@@ -74,21 +74,13 @@ impl Netlink {
 
     /// Index, MAC and state of the interface `name`.
     pub async fn link(&self, name: &str) -> Result<Link, NetlinkError> {
-        let mut links = self
-            .handle
-            .link()
-            .get()
-            .match_name(name.to_string())
-            .execute();
+        let mut links = self.handle.link().get().match_name(name.to_string()).execute();
         let msg = match links.try_next().await {
             Ok(Some(msg)) => msg,
             Ok(None) => return Err(NetlinkError::NoSuchLink(name.to_string())),
             Err(e) if is_absent(&e) => return Err(NetlinkError::NoSuchLink(name.to_string())),
             Err(source) => {
-                return Err(NetlinkError::Request {
-                    what: format!("looking up interface {name:?}"),
-                    source,
-                })
+                return Err(NetlinkError::Request { what: format!("looking up interface {name:?}"), source })
             }
         };
         let mac = msg
@@ -107,16 +99,8 @@ impl Netlink {
         })
     }
 
-    async fn ipv4_addresses(
-        &self,
-        index: u32,
-    ) -> Result<Vec<(Ipv4Addr, AddressMessage)>, NetlinkError> {
-        let mut stream = self
-            .handle
-            .address()
-            .get()
-            .set_link_index_filter(index)
-            .execute();
+    async fn ipv4_addresses(&self, index: u32) -> Result<Vec<(Ipv4Addr, AddressMessage)>, NetlinkError> {
+        let mut stream = self.handle.address().get().set_link_index_filter(index).execute();
         let mut out = Vec::new();
         loop {
             match stream.try_next().await {
@@ -142,15 +126,9 @@ impl Netlink {
 
     /// The interface's primary IPv4 address that is not one of `vips`: the
     /// source of our adverts and our identity in the tie-break.
-    pub async fn primary_ipv4(
-        &self,
-        index: u32,
-        vips: &[VirtualIp],
-    ) -> Result<Option<Ipv4Addr>, NetlinkError> {
+    pub async fn primary_ipv4(&self, index: u32, vips: &[VirtualIp]) -> Result<Option<Ipv4Addr>, NetlinkError> {
         let addrs = self.ipv4_addresses(index).await?;
-        let candidates = addrs
-            .iter()
-            .filter(|(a, _)| !vips.iter().any(|v| v.addr == *a));
+        let candidates = addrs.iter().filter(|(a, _)| !vips.iter().any(|v| v.addr == *a));
         let primary = candidates
             .clone()
             .find(|(_, m)| !m.header.flags.contains(AddressHeaderFlags::Secondary))
@@ -160,11 +138,7 @@ impl Netlink {
 
     /// Whether `vip` is on the interface.
     pub async fn has(&self, index: u32, vip: &VirtualIp) -> Result<bool, NetlinkError> {
-        Ok(self
-            .ipv4_addresses(index)
-            .await?
-            .iter()
-            .any(|(a, _)| *a == vip.addr))
+        Ok(self.ipv4_addresses(index).await?.iter().any(|(a, _)| *a == vip.addr))
     }
 
     /// Adds `vip`; replaces an identical one, so repeating is harmless.
@@ -175,25 +149,16 @@ impl Netlink {
             .replace()
             .execute()
             .await
-            .map_err(|source| NetlinkError::Request {
-                what: format!("adding {vip}"),
-                source,
-            })
+            .map_err(|source| NetlinkError::Request { what: format!("adding {vip}"), source })
     }
 
     /// Deletes `vip`; an address that is not there is not an error.
     pub async fn del(&self, index: u32, vip: &VirtualIp) -> Result<(), NetlinkError> {
-        let msg = AddressMessageBuilder::<Ipv4Addr>::new()
-            .index(index)
-            .address(vip.addr, vip.prefix_len)
-            .build();
+        let msg = AddressMessageBuilder::<Ipv4Addr>::new().index(index).address(vip.addr, vip.prefix_len).build();
         match self.handle.address().del(msg).execute().await {
             Ok(()) => Ok(()),
             Err(e) if is_absent(&e) => Ok(()),
-            Err(source) => Err(NetlinkError::Request {
-                what: format!("deleting {vip}"),
-                source,
-            }),
+            Err(source) => Err(NetlinkError::Request { what: format!("deleting {vip}"), source }),
         }
     }
 }
@@ -202,8 +167,7 @@ impl Netlink {
 /// watch channel registered for its name, from the kernel's link events.
 /// Subscribe before reading the initial state so no change falls between.
 pub fn watch_links(mut senders: HashMap<String, watch::Sender<bool>>) -> Result<(), NetlinkError> {
-    let (connection, _handle, mut messages) =
-        rtnetlink::new_multicast_connection(&[MulticastGroup::Link])?;
+    let (connection, _handle, mut messages) = rtnetlink::new_multicast_connection(&[MulticastGroup::Link])?;
     tokio::spawn(connection);
     tokio::spawn(async move {
         while let Some((message, _)) = messages.next().await {
@@ -217,9 +181,8 @@ pub fn watch_links(mut senders: HashMap<String, watch::Sender<bool>>) -> Result<
                 _ => None,
             });
             if let Some(tx) = name.and_then(|n| senders.get_mut(n)) {
-                let up = exists
-                    && msg.header.flags.contains(LinkFlags::Up)
-                    && msg.header.flags.contains(LinkFlags::LowerUp);
+                let up =
+                    exists && msg.header.flags.contains(LinkFlags::Up) && msg.header.flags.contains(LinkFlags::LowerUp);
                 tx.send_if_modified(|old| std::mem::replace(old, up) != up);
             }
         }

@@ -25,9 +25,7 @@ pub fn gratuitous_arp(mac: [u8; 6], vip: Ipv4Addr) -> [u8; GARP_LEN] {
         eth.set_source(mac);
         eth.set_ethertype(EtherTypes::Arp);
     }
-    let Some(mut arp) = MutableArpPacket::new(&mut frame[14..]) else {
-        unreachable!("GARP_LEN holds an ARP packet")
-    };
+    let Some(mut arp) = MutableArpPacket::new(&mut frame[14..]) else { unreachable!("GARP_LEN holds an ARP packet") };
     arp.set_hardware_type(ArpHardwareTypes::Ethernet);
     arp.set_protocol_type(EtherTypes::Ipv4);
     arp.set_hw_addr_len(6);
@@ -48,18 +46,10 @@ mod tests {
     fn matches_keepalived_garp() {
         // v3-garp in tests/vectors/vectors.txt: lb2 (02:00:5e:10:00:12) announcing 192.0.2.10.
         let text = include_str!("../../tests/vectors/vectors.txt");
-        let arp_hex = text
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("arp_hex="))
-            .expect("a GARP vector");
-        let arp: Vec<u8> = (0..arp_hex.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&arp_hex[i..i + 2], 16).expect("hex"))
-            .collect();
-        let frame = gratuitous_arp(
-            [0x02, 0x00, 0x5e, 0x10, 0x00, 0x12],
-            Ipv4Addr::new(192, 0, 2, 10),
-        );
+        let arp_hex = text.lines().find_map(|l| l.trim().strip_prefix("arp_hex=")).expect("a GARP vector");
+        let arp: Vec<u8> =
+            (0..arp_hex.len()).step_by(2).map(|i| u8::from_str_radix(&arp_hex[i..i + 2], 16).expect("hex")).collect();
+        let frame = gratuitous_arp([0x02, 0x00, 0x5e, 0x10, 0x00, 0x12], Ipv4Addr::new(192, 0, 2, 10));
         assert_eq!(&frame[0..6], &[0xff; 6]);
         assert_eq!(&frame[6..12], &[0x02, 0x00, 0x5e, 0x10, 0x00, 0x12]);
         assert_eq!(&frame[12..14], &[0x08, 0x06]);

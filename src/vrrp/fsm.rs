@@ -64,6 +64,8 @@ pub enum Reason {
     HigherPriority { priority: u8, from: Ipv4Addr },
     /// Operator stop.
     Shutdown,
+    /// Operator stop, after the new master's first advert arrived.
+    HandedOver { to: Ipv4Addr },
     /// The interface went down.
     LinkDown,
     /// The interface came back.
@@ -84,6 +86,7 @@ impl fmt::Display for Reason {
                 write!(f, "higher priority {priority} from {from}")
             }
             Reason::Shutdown => f.write_str("shutdown"),
+            Reason::HandedOver { to } => write!(f, "shutdown: new master {to} took over"),
             Reason::LinkDown => f.write_str("interface down"),
             Reason::LinkUp => f.write_str("interface up"),
         }
@@ -124,11 +127,7 @@ pub enum Action {
     /// Send a burst of gratuitous ARPs for the virtual addresses.
     Announce,
     /// The state changed.
-    StateChanged {
-        from: State,
-        to: State,
-        reason: Reason,
-    },
+    StateChanged { from: State, to: State, reason: Reason },
 }
 
 /// Configuration of one instance as the state machine needs it.
@@ -148,15 +147,14 @@ pub struct Params {
     pub primary_ip: Ipv4Addr,
     /// When to repeat the gratuitous ARP burst after becoming master.
     pub garp_repeat_delay: Option<Duration>,
+    /// On shutdown as master, the longest the VIPs are kept while waiting
+    /// for the new master's first advert; zero releases at once (RFC).
+    pub release_timeout: Duration,
 }
 
 /// Skew_Time and Master_Down_Interval for a priority and the master's
 /// interval: RFC 5798 §6.1 (v3) and RFC 3768 §6.1 (v2).
-pub fn skew_and_master_down(
-    version: Version,
-    priority: u8,
-    master_adver: Duration,
-) -> (Duration, Duration) {
+pub fn skew_and_master_down(version: Version, priority: u8, master_adver: Duration) -> (Duration, Duration) {
     let weight = 256 - u32::from(priority);
     let skew = match version {
         Version::V3 => master_adver * weight / 256,
@@ -175,6 +173,8 @@ pub struct Fsm {
     adver_timer: Option<Instant>,
     master_down_timer: Option<Instant>,
     garp_repeat_timer: Option<Instant>,
+    /// Set while a resigning master waits for its successor.
+    release_timer: Option<Instant>,
     /// What the Master_Down_Timer firing will mean, for the log.
     master_down_reason: Reason,
     started_at: Option<Instant>,
@@ -195,6 +195,7 @@ impl Fsm {
             adver_timer: None,
             master_down_timer: None,
             garp_repeat_timer: None,
+            release_timer: None,
             master_down_reason: Reason::MasterDownTimerExpired,
             started_at: None,
             last_reassert: None,
@@ -206,6 +207,12 @@ impl Fsm {
     /// Current state.
     pub fn state(&self) -> State {
         self.state
+    }
+
+    /// A master that has sent priority 0 and keeps its VIPs until the new
+    /// master advertises (make-before-break).
+    pub fn is_resigning(&self) -> bool {
+        self.release_timer.is_some()
     }
 
     /// The configuration this machine runs with.
@@ -225,23 +232,15 @@ impl Fsm {
 
     /// Skew_Time and Master_Down_Interval as they stand now.
     pub fn skew_and_master_down(&self) -> (Duration, Duration) {
-        skew_and_master_down(
-            self.params.version,
-            self.params.priority,
-            self.master_adver_interval,
-        )
+        skew_and_master_down(self.params.version, self.params.priority, self.master_adver_interval)
     }
 
     /// The earliest pending deadline.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        [
-            self.adver_timer,
-            self.master_down_timer,
-            self.garp_repeat_timer,
-        ]
-        .into_iter()
-        .flatten()
-        .min()
+        [self.adver_timer, self.master_down_timer, self.garp_repeat_timer, self.release_timer]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Next action to execute, in order.
@@ -254,27 +253,14 @@ impl Fsm {
         match (self.state, event) {
             (State::Initialize, Event::Startup) => self.startup(now),
             (State::Initialize | State::Fault, Event::Advert { .. }) => {}
-            (
-                State::Backup,
-                Event::Advert {
-                    source,
-                    priority,
-                    interval,
-                },
-            ) => self.backup_receives(now, source, priority, interval),
-            (
-                State::Master,
-                Event::Advert {
-                    source,
-                    priority,
-                    interval,
-                },
-            ) => self.master_receives(now, source, priority, interval),
-            (State::Backup | State::Master, Event::Startup) => {}
-            (State::Master, Event::Shutdown) => {
-                self.master_resigns();
-                self.transition(State::Initialize, Reason::Shutdown);
+            (State::Backup, Event::Advert { source, priority, interval }) => {
+                self.backup_receives(now, source, priority, interval)
             }
+            (State::Master, Event::Advert { source, priority, interval }) => {
+                self.master_receives(now, source, priority, interval)
+            }
+            (State::Backup | State::Master, Event::Startup) => {}
+            (State::Master, Event::Shutdown) => self.master_resigns(now),
             (State::Backup | State::Fault, Event::Shutdown) => {
                 self.cancel_timers();
                 self.transition(State::Initialize, Reason::Shutdown);
@@ -304,6 +290,10 @@ impl Fsm {
 
     /// Runs every timer whose deadline is at or before `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self.release_timer.is_some_and(|t| t <= now) {
+            self.release(Reason::Shutdown);
+            return;
+        }
         if self.garp_repeat_timer.is_some_and(|t| t <= now) {
             self.garp_repeat_timer = None;
             if self.state == State::Master {
@@ -320,14 +310,8 @@ impl Fsm {
                     // Schedule from the deadline, not from when we woke, so a
                     // late wake-up does not stretch every later interval.
                     let interval = self.params.advert_interval.as_duration();
-                    let next = if due + interval > now {
-                        due + interval
-                    } else {
-                        now + interval
-                    };
-                    self.actions.push_back(Action::SendAdvert {
-                        priority: self.params.priority,
-                    });
+                    let next = if due + interval > now { due + interval } else { now + interval };
+                    self.actions.push_back(Action::SendAdvert { priority: self.params.priority });
                     self.adver_timer = Some(next);
                 }
             }
@@ -361,22 +345,35 @@ impl Fsm {
     }
 
     fn send_advert(&mut self, now: Instant) {
-        self.actions.push_back(Action::SendAdvert {
-            priority: self.params.priority,
-        });
+        self.actions.push_back(Action::SendAdvert { priority: self.params.priority });
         self.adver_timer = Some(now + self.params.advert_interval.as_duration());
     }
 
-    /// §6.4.3 "If a Shutdown event is received": priority 0, then let go.
-    fn master_resigns(&mut self) {
+    /// §6.4.3 "If a Shutdown event is received": priority 0 so a backup
+    /// takes over after Skew_Time. Unlike the RFC, the VIPs stay until the
+    /// new master's first advert (or `release_timeout`): clients keep being
+    /// served during the Skew_Time gap instead of losing it.
+    fn master_resigns(&mut self, now: Instant) {
+        if self.is_resigning() {
+            return;
+        }
         self.cancel_timers();
-        self.actions.push_back(Action::SendAdvert {
-            priority: PRIORITY_RESIGN,
-        });
+        self.actions.push_back(Action::SendAdvert { priority: PRIORITY_RESIGN });
+        if self.params.release_timeout.is_zero() {
+            self.release(Reason::Shutdown);
+        } else {
+            self.release_timer = Some(now + self.params.release_timeout);
+        }
+    }
+
+    fn release(&mut self, reason: Reason) {
+        self.cancel_timers();
         self.actions.push_back(Action::ReleaseVips);
+        self.transition(State::Initialize, reason);
     }
 
     fn cancel_timers(&mut self) {
+        self.release_timer = None;
         self.adver_timer = None;
         self.master_down_timer = None;
         self.garp_repeat_timer = None;
@@ -389,20 +386,11 @@ impl Fsm {
     }
 
     fn preempt_allowed(&self, now: Instant) -> bool {
-        self.params.preempt
-            && self
-                .started_at
-                .is_none_or(|t| now >= t + self.params.preempt_delay)
+        self.params.preempt && self.started_at.is_none_or(|t| now >= t + self.params.preempt_delay)
     }
 
     /// §6.4.2 "If an ADVERTISEMENT is received" in Backup.
-    fn backup_receives(
-        &mut self,
-        now: Instant,
-        source: Ipv4Addr,
-        priority: u8,
-        interval: Centiseconds,
-    ) {
+    fn backup_receives(&mut self, now: Instant, source: Ipv4Addr, priority: u8, interval: Centiseconds) {
         if priority == PRIORITY_RESIGN {
             let (skew, _) = self.skew_and_master_down();
             self.master_down_timer = Some(now + skew);
@@ -417,28 +405,28 @@ impl Fsm {
             self.arm_master_down(now, Reason::MasterDownTimerExpired);
         } else {
             // Discard: the timer keeps running and we take over when it fires.
-            self.master_down_reason = Reason::Preempted {
-                priority,
-                from: source,
-            };
+            self.master_down_reason = Reason::Preempted { priority, from: source };
         }
     }
 
     /// §6.4.3 "If an ADVERTISEMENT is received" in Master.
-    fn master_receives(
-        &mut self,
-        now: Instant,
-        source: Ipv4Addr,
-        priority: u8,
-        interval: Centiseconds,
-    ) {
+    fn master_receives_while_resigning(&mut self, source: Ipv4Addr, priority: u8) {
+        if priority != PRIORITY_RESIGN {
+            self.release(Reason::HandedOver { to: source });
+        }
+    }
+
+    fn master_receives(&mut self, now: Instant, source: Ipv4Addr, priority: u8, interval: Centiseconds) {
+        if self.is_resigning() {
+            self.master_receives_while_resigning(source, priority);
+            return;
+        }
         if priority == PRIORITY_RESIGN {
             self.send_advert(now);
             return;
         }
         let theirs_wins = priority > self.params.priority
-            || (priority == self.params.priority
-                && u32::from(source) > u32::from(self.params.primary_ip));
+            || (priority == self.params.priority && u32::from(source) > u32::from(self.params.primary_ip));
         if theirs_wins {
             self.adver_timer = None;
             self.garp_repeat_timer = None;
@@ -448,13 +436,7 @@ impl Fsm {
             self.master_ip = Some(source);
             self.actions.push_back(Action::ReleaseVips);
             self.arm_master_down(now, Reason::MasterDownTimerExpired);
-            self.transition(
-                State::Backup,
-                Reason::HigherPriority {
-                    priority,
-                    from: source,
-                },
-            );
+            self.transition(State::Backup, Reason::HigherPriority { priority, from: source });
         } else {
             self.reassert(now);
         }
@@ -466,11 +448,7 @@ impl Fsm {
     /// again, because clients may have followed its gratuitous ARPs.
     /// Held off for a second so a misbehaving peer cannot make us flood.
     fn reassert(&mut self, now: Instant) {
-        let holdoff = self
-            .params
-            .advert_interval
-            .as_duration()
-            .max(Duration::from_secs(1));
+        let holdoff = self.params.advert_interval.as_duration().max(Duration::from_secs(1));
         if self.last_reassert.is_some_and(|t| now < t + holdoff) {
             return;
         }
@@ -482,8 +460,7 @@ impl Fsm {
     fn transition(&mut self, to: State, reason: Reason) {
         let from = self.state;
         self.state = to;
-        self.actions
-            .push_back(Action::StateChanged { from, to, reason });
+        self.actions.push_back(Action::StateChanged { from, to, reason });
     }
 }
 
@@ -508,6 +485,7 @@ mod tests {
             preempt_delay: Duration::ZERO,
             primary_ip: ME,
             garp_repeat_delay: Some(Duration::from_secs(5)),
+            release_timeout: Duration::from_secs(3),
         }
     }
 
@@ -516,11 +494,7 @@ mod tests {
     }
 
     fn advert(source: Ipv4Addr, priority: u8) -> Event {
-        Event::Advert {
-            source,
-            priority,
-            interval: cs(100),
-        }
+        Event::Advert { source, priority, interval: cs(100) }
     }
 
     fn ms(v: u64) -> Duration {
@@ -559,10 +533,7 @@ mod tests {
         assert_eq!(mdi, Duration::from_micros(6_609_375));
         // Priority 255 has the smallest skew.
         let (skew, _) = skew_and_master_down(Version::V3, 255, ms(1000));
-        assert_eq!(
-            skew,
-            Duration::from_micros(3906) + Duration::from_nanos(250)
-        );
+        assert_eq!(skew, Duration::from_micros(3906) + Duration::from_nanos(250));
     }
 
     #[test]
@@ -572,16 +543,9 @@ mod tests {
         f.handle(t0, Event::Startup);
         assert_eq!(
             drain(&mut f),
-            vec![Action::StateChanged {
-                from: State::Initialize,
-                to: State::Backup,
-                reason: Reason::Startup
-            }]
+            vec![Action::StateChanged { from: State::Initialize, to: State::Backup, reason: Reason::Startup }]
         );
-        assert_eq!(
-            f.poll_timeout(),
-            Some(t0 + Duration::from_micros(3_609_375))
-        );
+        assert_eq!(f.poll_timeout(), Some(t0 + Duration::from_micros(3_609_375)));
     }
 
     #[test]
@@ -592,11 +556,7 @@ mod tests {
         assert_eq!(
             drain(&mut f),
             vec![
-                Action::StateChanged {
-                    from: State::Initialize,
-                    to: State::Master,
-                    reason: Reason::AddressOwner
-                },
+                Action::StateChanged { from: State::Initialize, to: State::Master, reason: Reason::AddressOwner },
                 Action::SendAdvert { priority: 255 },
                 Action::ClaimVips,
                 Action::Announce,
@@ -615,11 +575,7 @@ mod tests {
         assert_eq!(
             drain(&mut f),
             vec![
-                Action::StateChanged {
-                    from: State::Backup,
-                    to: State::Master,
-                    reason: Reason::MasterDownTimerExpired
-                },
+                Action::StateChanged { from: State::Backup, to: State::Master, reason: Reason::MasterDownTimerExpired },
                 Action::SendAdvert { priority: 100 },
                 Action::ClaimVips,
                 Action::Announce,
@@ -633,15 +589,9 @@ mod tests {
         let t0 = Instant::now();
         let mut f = backup(100, t0);
         f.handle(t0 + ms(3000), advert(PEER_HIGH, 150));
-        assert_eq!(
-            f.poll_timeout(),
-            Some(t0 + ms(3000) + Duration::from_micros(3_609_375))
-        );
+        assert_eq!(f.poll_timeout(), Some(t0 + ms(3000) + Duration::from_micros(3_609_375)));
         f.handle(t0 + ms(4000), advert(PEER_LOW, 100));
-        assert_eq!(
-            f.poll_timeout(),
-            Some(t0 + ms(4000) + Duration::from_micros(3_609_375))
-        );
+        assert_eq!(f.poll_timeout(), Some(t0 + ms(4000) + Duration::from_micros(3_609_375)));
         assert_eq!(f.master_ip(), Some(PEER_LOW));
         assert!(drain(&mut f).is_empty());
     }
@@ -650,19 +600,9 @@ mod tests {
     fn backup_learns_master_adver_interval() {
         let t0 = Instant::now();
         let mut f = backup(100, t0);
-        f.handle(
-            t0,
-            Event::Advert {
-                source: PEER_HIGH,
-                priority: 150,
-                interval: cs(10),
-            },
-        );
+        f.handle(t0, Event::Advert { source: PEER_HIGH, priority: 150, interval: cs(10) });
         assert_eq!(f.master_adver_interval(), ms(100));
-        assert_eq!(
-            f.poll_timeout(),
-            Some(t0 + Duration::from_nanos(360_937_500))
-        );
+        assert_eq!(f.poll_timeout(), Some(t0 + Duration::from_nanos(360_937_500)));
     }
 
     #[test]
@@ -679,10 +619,7 @@ mod tests {
             Action::StateChanged {
                 from: State::Backup,
                 to: State::Master,
-                reason: Reason::Preempted {
-                    priority: 100,
-                    from: PEER_HIGH
-                }
+                reason: Reason::Preempted { priority: 100, from: PEER_HIGH }
             }
         );
     }
@@ -690,42 +627,25 @@ mod tests {
     #[test]
     fn backup_without_preempt_follows_lower_priority_master() {
         let t0 = Instant::now();
-        let mut f = Fsm::new(Params {
-            preempt: false,
-            ..params(150)
-        });
+        let mut f = Fsm::new(Params { preempt: false, ..params(150) });
         f.handle(t0, Event::Startup);
         drain(&mut f);
         f.handle(t0 + ms(3000), advert(PEER_HIGH, 100));
-        assert_eq!(
-            f.poll_timeout(),
-            Some(t0 + ms(3000) + skew_and_master_down(Version::V3, 150, ms(1000)).1)
-        );
+        assert_eq!(f.poll_timeout(), Some(t0 + ms(3000) + skew_and_master_down(Version::V3, 150, ms(1000)).1));
         assert_eq!(f.state(), State::Backup);
     }
 
     #[test]
     fn preempt_delay_holds_back_preemption_after_startup() {
         let t0 = Instant::now();
-        let mut f = Fsm::new(Params {
-            preempt_delay: ms(10_000),
-            ..params(150)
-        });
+        let mut f = Fsm::new(Params { preempt_delay: ms(10_000), ..params(150) });
         f.handle(t0, Event::Startup);
         drain(&mut f);
         let mdi = skew_and_master_down(Version::V3, 150, ms(1000)).1;
         f.handle(t0 + ms(5000), advert(PEER_HIGH, 100));
-        assert_eq!(
-            f.poll_timeout(),
-            Some(t0 + ms(5000) + mdi),
-            "still following"
-        );
+        assert_eq!(f.poll_timeout(), Some(t0 + ms(5000) + mdi), "still following");
         f.handle(t0 + ms(10_000), advert(PEER_HIGH, 100));
-        assert_eq!(
-            f.poll_timeout(),
-            Some(t0 + ms(5000) + mdi),
-            "now preempting"
-        );
+        assert_eq!(f.poll_timeout(), Some(t0 + ms(5000) + mdi), "now preempting");
     }
 
     #[test]
@@ -775,14 +695,7 @@ mod tests {
         let t0 = Instant::now();
         let mut f = master(100, t0);
         let now = t0 + ms(10_000);
-        f.handle(
-            now,
-            Event::Advert {
-                source: PEER_LOW,
-                priority: 200,
-                interval: cs(50),
-            },
-        );
+        f.handle(now, Event::Advert { source: PEER_LOW, priority: 200, interval: cs(50) });
         assert_eq!(
             drain(&mut f),
             vec![
@@ -790,10 +703,7 @@ mod tests {
                 Action::StateChanged {
                     from: State::Master,
                     to: State::Backup,
-                    reason: Reason::HigherPriority {
-                        priority: 200,
-                        from: PEER_LOW
-                    }
+                    reason: Reason::HigherPriority { priority: 200, from: PEER_LOW }
                 },
             ]
         );
@@ -829,10 +739,7 @@ mod tests {
         let mut f = master(150, t0);
         let now = t0 + ms(8000);
         f.handle(now, advert(PEER_HIGH, 100));
-        assert_eq!(
-            drain(&mut f),
-            vec![Action::SendAdvert { priority: 150 }, Action::Announce]
-        );
+        assert_eq!(drain(&mut f), vec![Action::SendAdvert { priority: 150 }, Action::Announce]);
         f.handle(now + ms(300), advert(PEER_HIGH, 100));
         assert!(drain(&mut f).is_empty(), "held off");
         f.handle(now + ms(1000), advert(PEER_HIGH, 100));
@@ -841,23 +748,66 @@ mod tests {
     }
 
     #[test]
-    fn shutdown_from_master_sends_priority_zero_and_releases() {
+    fn shutdown_from_master_keeps_vips_until_the_new_master_advertises() {
         let t0 = Instant::now();
         let mut f = master(150, t0);
+        let now = t0 + ms(9000);
+        f.handle(now, Event::Shutdown);
+        assert_eq!(drain(&mut f), vec![Action::SendAdvert { priority: 0 }]);
+        assert!(f.is_resigning());
+        assert_eq!(f.state(), State::Master);
+        assert_eq!(f.poll_timeout(), Some(now + ms(3000)), "only the release timer");
+        f.handle(now + ms(10), Event::Shutdown);
+        f.handle(now + ms(20), advert(PEER_LOW, 0));
+        assert!(drain(&mut f).is_empty(), "repeat and priority 0 change nothing");
+        f.handle(now + ms(400), advert(PEER_LOW, 100));
+        assert_eq!(
+            drain(&mut f),
+            vec![
+                Action::ReleaseVips,
+                Action::StateChanged {
+                    from: State::Master,
+                    to: State::Initialize,
+                    reason: Reason::HandedOver { to: PEER_LOW }
+                },
+            ]
+        );
+        assert_eq!(f.poll_timeout(), None);
+    }
+
+    #[test]
+    fn resigning_master_without_successor_releases_at_timeout() {
+        let t0 = Instant::now();
+        let mut f = master(150, t0);
+        let now = t0 + ms(9000);
+        f.handle(now, Event::Shutdown);
+        drain(&mut f);
+        f.handle_timeout(now + ms(3000));
+        assert_eq!(
+            drain(&mut f),
+            vec![
+                Action::ReleaseVips,
+                Action::StateChanged { from: State::Master, to: State::Initialize, reason: Reason::Shutdown },
+            ]
+        );
+    }
+
+    #[test]
+    fn zero_release_timeout_releases_at_once_as_the_rfc_says() {
+        let t0 = Instant::now();
+        let mut f = Fsm::new(Params { release_timeout: Duration::ZERO, ..params(150) });
+        f.handle(t0, Event::Startup);
+        f.handle_timeout(f.poll_timeout().expect("armed"));
+        drain(&mut f);
         f.handle(t0 + ms(9000), Event::Shutdown);
         assert_eq!(
             drain(&mut f),
             vec![
                 Action::SendAdvert { priority: 0 },
                 Action::ReleaseVips,
-                Action::StateChanged {
-                    from: State::Master,
-                    to: State::Initialize,
-                    reason: Reason::Shutdown
-                },
+                Action::StateChanged { from: State::Master, to: State::Initialize, reason: Reason::Shutdown },
             ]
         );
-        assert_eq!(f.poll_timeout(), None);
     }
 
     #[test]
@@ -877,10 +827,7 @@ mod tests {
         for k in 1..=5u64 {
             f.handle_timeout(became + ms(1000 * k));
         }
-        let announces = drain(&mut f)
-            .iter()
-            .filter(|a| **a == Action::Announce)
-            .count();
+        let announces = drain(&mut f).iter().filter(|a| **a == Action::Announce).count();
         assert_eq!(announces, 1);
     }
 
@@ -914,20 +861,12 @@ mod tests {
                 .iter()
                 .enumerate()
                 .map(|(i, p)| {
-                    let mut f = Fsm::new(Params {
-                        primary_ip: Ipv4Addr::new(192, 0, 2, 11 + i as u8),
-                        ..params(*p)
-                    });
+                    let mut f = Fsm::new(Params { primary_ip: Ipv4Addr::new(192, 0, 2, 11 + i as u8), ..params(*p) });
                     f.handle(t0, Event::Startup);
                     (f, true)
                 })
                 .collect();
-            Lan {
-                nodes,
-                now: t0,
-                log: Vec::new(),
-                t0,
-            }
+            Lan { nodes, now: t0, log: Vec::new(), t0 }
         }
 
         fn deliver(&mut self) {
@@ -949,14 +888,7 @@ mod tests {
                 for (from, source, priority) in sent {
                     for (j, (f, up)) in self.nodes.iter_mut().enumerate() {
                         if j != from && *up {
-                            f.handle(
-                                self.now,
-                                Event::Advert {
-                                    source,
-                                    priority,
-                                    interval: cs(100),
-                                },
-                            );
+                            f.handle(self.now, Event::Advert { source, priority, interval: cs(100) });
                         }
                     }
                 }
@@ -966,12 +898,7 @@ mod tests {
         fn run_until(&mut self, end: Duration) {
             self.deliver();
             for _ in 0..10_000 {
-                let next = self
-                    .nodes
-                    .iter()
-                    .filter(|(_, up)| *up)
-                    .filter_map(|(f, _)| f.poll_timeout())
-                    .min();
+                let next = self.nodes.iter().filter(|(_, up)| *up).filter_map(|(f, _)| f.poll_timeout()).min();
                 match next {
                     Some(t) if t <= self.t0 + end => {
                         self.now = t;
@@ -989,16 +916,12 @@ mod tests {
         }
 
         fn masters(&self) -> Vec<usize> {
-            (0..self.nodes.len())
-                .filter(|i| self.nodes[*i].0.state() == State::Master)
-                .collect()
+            (0..self.nodes.len()).filter(|i| self.nodes[*i].0.state() == State::Master).collect()
         }
 
         fn became_master_at(&self, node: usize) -> Option<Duration> {
             self.log.iter().rev().find_map(|(t, i, a)| match a {
-                Action::StateChanged {
-                    to: State::Master, ..
-                } if *i == node => Some(*t),
+                Action::StateChanged { to: State::Master, .. } if *i == node => Some(*t),
                 _ => None,
             })
         }
@@ -1015,24 +938,14 @@ mod tests {
             .log
             .iter()
             .rev()
-            .find_map(|(t, i, a)| {
-                matches!(a, Action::SendAdvert { .. })
-                    .then_some(*t)
-                    .filter(|_| *i == 0)
-            })
+            .find_map(|(t, i, a)| matches!(a, Action::SendAdvert { .. }).then_some(*t).filter(|_| *i == 0))
             .expect("master advertised");
         lan.run_until(ms(30_000));
         let took_over = lan.became_master_at(1).expect("backup took over");
         let mdi = skew_and_master_down(Version::V3, 100, ms(1000)).1;
         assert_eq!(took_over - last_advert, mdi);
         // The old master comes back and preempts at once.
-        lan.nodes[0] = (
-            Fsm::new(Params {
-                primary_ip: Ipv4Addr::new(192, 0, 2, 11),
-                ..params(150)
-            }),
-            true,
-        );
+        lan.nodes[0] = (Fsm::new(Params { primary_ip: Ipv4Addr::new(192, 0, 2, 11), ..params(150) }), true);
         lan.nodes[0].0.handle(lan.now, Event::Startup);
         lan.run_until(ms(40_000));
         assert_eq!(lan.masters(), vec![0]);

@@ -12,7 +12,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
-use super::fsm::{Action, Event, Fsm, Params, State};
+use super::fsm::{skew_and_master_down, Action, Event, Fsm, Params, State};
 use super::packet::{self, Advert, ChecksumForm, DropReason, Expect, MULTICAST_V4};
 use super::socket::VrrpSocket;
 use crate::config::VrrpConfig;
@@ -27,9 +27,7 @@ pub enum InstanceError {
     #[error(transparent)]
     Netlink(#[from] NetlinkError),
     /// The interface has no IPv4 address of its own to send adverts from.
-    #[error(
-        "interface {0:?} has no IPv4 address (other than the virtual ones) to send adverts from"
-    )]
+    #[error("interface {0:?} has no IPv4 address (other than the virtual ones) to send adverts from")]
     NoAddress(String),
     /// A socket could not be opened or configured.
     #[error("{what} on {iface:?}: {source}")]
@@ -166,8 +164,7 @@ pub struct PeerSnapshot {
 }
 
 fn unix_seconds(t: SystemTime) -> f64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
+    t.duration_since(SystemTime::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 
 impl Stats {
@@ -229,10 +226,7 @@ impl Stats {
             rx: RxSnapshot {
                 adverts: load(&self.rx_adverts),
                 address_mismatch: load(&self.rx_address_mismatch),
-                dropped: DropReason::ALL
-                    .iter()
-                    .map(|r| (r.name(), load(&self.dropped[r.index()])))
-                    .collect(),
+                dropped: DropReason::ALL.iter().map(|r| (r.name(), load(&self.dropped[r.index()]))).collect(),
             },
             tx: TxSnapshot {
                 adverts: load(&self.tx_adverts),
@@ -240,14 +234,7 @@ impl Stats {
                 garps: load(&self.garps),
                 netlink_errors: load(&self.netlink_errors),
             },
-            peers: d
-                .peers
-                .iter()
-                .map(|(a, s)| PeerSnapshot {
-                    address: *a,
-                    stats: s.clone(),
-                })
-                .collect(),
+            peers: d.peers.iter().map(|(a, s)| PeerSnapshot { address: *a, stats: s.clone() }).collect(),
         }
     }
 
@@ -327,16 +314,10 @@ impl Instance {
         }
         let socket_err = |what| {
             let iface = cfg.interface.clone();
-            move |source| InstanceError::Socket {
-                what,
-                iface,
-                source,
-            }
+            move |source| InstanceError::Socket { what, iface, source }
         };
-        let socket = VrrpSocket::open(&cfg.interface, iface.index, primary)
-            .map_err(socket_err("raw VRRP socket"))?;
-        let announcer =
-            Arc::new(Announcer::open(iface.index).map_err(socket_err("AF_PACKET socket"))?);
+        let socket = VrrpSocket::open(&cfg.interface, iface.index, primary).map_err(socket_err("raw VRRP socket"))?;
+        let announcer = Arc::new(Announcer::open(iface.index).map_err(socket_err("AF_PACKET socket"))?);
         let fsm = Fsm::new(Params {
             version: cfg.version,
             priority: cfg.priority,
@@ -345,12 +326,11 @@ impl Instance {
             preempt_delay: cfg.preempt_delay,
             primary_ip: primary,
             garp_repeat_delay: cfg.garp_repeat_delay,
+            release_timeout: cfg.release_timeout.unwrap_or_else(|| {
+                skew_and_master_down(cfg.version, cfg.priority, cfg.advert_interval.as_duration()).1
+            }),
         });
-        let expect = Expect {
-            version: cfg.version,
-            vrid: cfg.vrid,
-            interval: cfg.advert_interval,
-        };
+        let expect = Expect { version: cfg.version, vrid: cfg.vrid, interval: cfg.advert_interval };
         info!(vrid = cfg.vrid, iface = %cfg.interface, %primary, "instance {:?} ready", cfg.name);
         Ok(Instance {
             ifindex: iface.index,
@@ -382,11 +362,15 @@ impl Instance {
             self.execute().await;
             let mut buf = vec![0u8; 2048];
             let mut recv_errors = 0u32;
+            let mut stopping = false;
             loop {
                 let deadline = self.fsm.poll_timeout().map(tokio::time::Instant::from_std);
                 tokio::select! {
                     biased;
-                    _ = shutdown.changed() => break,
+                    _ = shutdown.changed(), if !stopping => {
+                        stopping = true;
+                        self.fsm.handle(Instant::now(), Event::Shutdown);
+                    }
                     changed = self.link.changed() => {
                         if changed.is_err() {
                             // The watcher is gone: keep running on the last state.
@@ -417,9 +401,12 @@ impl Instance {
                     },
                 }
                 self.execute().await;
+                // A resigning master stays until its successor advertises
+                // (or its release timer fires); everyone else is done.
+                if stopping && self.fsm.state() != State::Master {
+                    break;
+                }
             }
-            self.fsm.handle(Instant::now(), Event::Shutdown);
-            self.execute().await;
             self.stop_burst();
         }
         .instrument(span)
@@ -440,28 +427,14 @@ impl Instance {
             return;
         }
         let advert = &rx.advert;
-        self.stats
-            .count_peer(rx.source, rx.checksum_form, advert.priority);
-        if advert.priority != 0
-            && !self
-                .cfg
-                .virtual_ips
-                .iter()
-                .map(|v| v.addr)
-                .eq(advert.addresses.iter().copied())
-        {
-            self.stats
-                .rx_address_mismatch
-                .fetch_add(1, Ordering::Relaxed);
+        self.stats.count_peer(rx.source, rx.checksum_form, advert.priority);
+        if advert.priority != 0 && !self.cfg.virtual_ips.iter().map(|v| v.addr).eq(advert.addresses.iter().copied()) {
+            self.stats.rx_address_mismatch.fetch_add(1, Ordering::Relaxed);
             debug!(from = %rx.source, "advert's address list differs from ours (RFC 5798 §7.1: logged, not dropped)");
         }
         self.fsm.handle(
             Instant::now(),
-            Event::Advert {
-                source: rx.source,
-                priority: advert.priority,
-                interval: advert.interval,
-            },
+            Event::Advert { source: rx.source, priority: advert.priority, interval: advert.interval },
         );
     }
 
@@ -488,10 +461,7 @@ impl Instance {
                 }
                 Action::Announce => self.announce(),
                 Action::StateChanged { from, to, reason } => {
-                    let master = self
-                        .fsm
-                        .master_ip()
-                        .map_or_else(|| "-".to_string(), |a| a.to_string());
+                    let master = self.fsm.master_ip().map_or_else(|| "-".to_string(), |a| a.to_string());
                     info!(%from, %to, %reason, %master, "state change");
                     self.stats.record(&self.fsm, Some(reason.to_string()));
                 }
@@ -526,12 +496,7 @@ impl Instance {
     /// advert); with a spacing configured, the rest follow from a task.
     fn announce(&mut self) {
         self.stop_burst();
-        let frames: Vec<_> = self
-            .cfg
-            .virtual_ips
-            .iter()
-            .map(|v| frames::gratuitous_arp(self.mac, v.addr))
-            .collect();
+        let frames: Vec<_> = self.cfg.virtual_ips.iter().map(|v| frames::gratuitous_arp(self.mac, v.addr)).collect();
         let spacing = self.cfg.garp_interval;
         let rounds = self.cfg.garp_count;
         if spacing.is_zero() {

@@ -277,13 +277,7 @@ pub fn parse(
         .map(|a| Ipv4Addr::new(a[0], a[1], a[2], a[3]))
         .collect();
     Ok(Received {
-        advert: Advert {
-            version,
-            vrid: msg[1],
-            priority: msg[2],
-            interval,
-            addresses,
-        },
+        advert: Advert { version, vrid: msg[1], priority: msg[2], interval, addresses },
         source,
         checksum_form,
     })
@@ -331,9 +325,7 @@ impl Advert {
         // Config validation bounds the list far below 255 entries.
         msg.push(self.addresses.len().min(255) as u8);
         match self.version {
-            Version::V3 => {
-                msg.extend_from_slice(&(self.interval.get() & Centiseconds::MAX).to_be_bytes())
-            }
+            Version::V3 => msg.extend_from_slice(&(self.interval.get() & Centiseconds::MAX).to_be_bytes()),
             Version::V2 => {
                 msg.push(0); // auth type 0
                 msg.push((self.interval.get() / 100).min(255) as u8);
@@ -391,10 +383,7 @@ mod tests {
     use super::*;
 
     fn hex(s: &str) -> Vec<u8> {
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
-            .collect()
+        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex")).collect()
     }
 
     fn field<'a>(line: &'a str, key: &str) -> &'a str {
@@ -438,23 +427,14 @@ mod tests {
 
     fn all_v4_vectors() -> Vec<Vector> {
         let mut v = vectors(include_str!("../../tests/vectors/vectors.txt"));
-        v.extend(vectors(include_str!(
-            "../../tests/vectors/vectors-unicast.txt"
-        )));
+        v.extend(vectors(include_str!("../../tests/vectors/vectors-unicast.txt")));
         v
     }
 
     fn expect_for(v: &Vector) -> Expect {
-        let version = if field(&v.decoded, "version") == "2" {
-            Version::V2
-        } else {
-            Version::V3
-        };
+        let version = if field(&v.decoded, "version") == "2" { Version::V2 } else { Version::V3 };
         let cs = if version == Version::V2 {
-            field(&v.decoded, "adver_int_s")
-                .parse::<u16>()
-                .expect("int")
-                * 100
+            field(&v.decoded, "adver_int_s").parse::<u16>().expect("int") * 100
         } else {
             field(&v.decoded, "max_adver_int_cs").parse().expect("int")
         };
@@ -473,18 +453,8 @@ mod tests {
             let expect = expect_for(v);
             let rx = parse_ipv4(&v.ipv4, &expect).unwrap_or_else(|e| panic!("{}: {e}", v.name));
             let a = &rx.advert;
-            assert_eq!(
-                a.priority.to_string(),
-                field(&v.decoded, "priority"),
-                "{}",
-                v.name
-            );
-            assert_eq!(
-                a.addresses.len().to_string(),
-                field(&v.decoded, "count_ip"),
-                "{}",
-                v.name
-            );
+            assert_eq!(a.priority.to_string(), field(&v.decoded, "priority"), "{}", v.name);
+            assert_eq!(a.addresses.len().to_string(), field(&v.decoded, "count_ip"), "{}", v.name);
             let addrs: Vec<String> = a.addresses.iter().map(|x| x.to_string()).collect();
             assert_eq!(addrs.join(","), field(&v.decoded, "addrs"), "{}", v.name);
             assert_eq!(a.interval, expect.interval, "{}", v.name);
@@ -510,14 +480,9 @@ mod tests {
     #[test]
     fn message_only_form_matches_rfc9568_checksum_and_is_accepted() {
         let text = include_str!("../../tests/vectors/vectors.txt");
-        let v = vectors(text)
-            .into_iter()
-            .find(|v| v.name == "v3-adverts")
-            .expect("v3 vector");
+        let v = vectors(text).into_iter().find(|v| v.name == "v3-adverts").expect("v3 vector");
         let rx = parse_ipv4(&v.ipv4, &expect_for(&v)).expect("parses");
-        let plain = rx
-            .advert
-            .emit(ChecksumForm::MessageOnly, rx.source, MULTICAST_V4);
+        let plain = rx.advert.emit(ChecksumForm::MessageOnly, rx.source, MULTICAST_V4);
         // The vector file gives this value as checksum_v2_style.
         assert_eq!(u16::from_be_bytes([plain[6], plain[7]]), 0x76b6);
         let back = parse(&plain, 255, rx.source, MULTICAST_V4, &expect_for(&v)).expect("accepted");
@@ -528,27 +493,17 @@ mod tests {
     #[test]
     fn unicast_with_multicast_pseudo_header_is_accepted() {
         let text = include_str!("../../tests/vectors/vectors-unicast.txt");
-        let v = vectors(text)
-            .into_iter()
-            .find(|v| v.name == "unicast-v3-adverts")
-            .expect("unicast vector");
+        let v = vectors(text).into_iter().find(|v| v.name == "unicast-v3-adverts").expect("unicast vector");
         let rx = parse_ipv4(&v.ipv4, &expect_for(&v)).expect("parses");
-        let old_style = rx
-            .advert
-            .emit(ChecksumForm::PseudoHeader, rx.source, MULTICAST_V4);
+        let old_style = rx.advert.emit(ChecksumForm::PseudoHeader, rx.source, MULTICAST_V4);
         assert_eq!(u16::from_be_bytes([old_style[6], old_style[7]]), 0xd3c1);
         let unicast_dst = Ipv4Addr::new(192, 0, 2, 12);
-        let back =
-            parse(&old_style, 255, rx.source, unicast_dst, &expect_for(&v)).expect("accepted");
+        let back = parse(&old_style, 255, rx.source, unicast_dst, &expect_for(&v)).expect("accepted");
         assert_eq!(back.checksum_form, ChecksumForm::PseudoHeader);
     }
 
     fn v3_expect() -> Expect {
-        Expect {
-            version: Version::V3,
-            vrid: 51,
-            interval: Centiseconds::new(10).expect("cs"),
-        }
+        Expect { version: Version::V3, vrid: 51, interval: Centiseconds::new(10).expect("cs") }
     }
 
     fn good_v3() -> Vec<u8> {
@@ -607,30 +562,17 @@ mod tests {
     #[test]
     fn v2_auth_and_interval_are_checked() {
         let msg = hex("21339601000186bfc000020a0000000000000000");
-        let expect = Expect {
-            version: Version::V2,
-            vrid: 51,
-            interval: Centiseconds::new(100).expect("cs"),
-        };
+        let expect = Expect { version: Version::V2, vrid: 51, interval: Centiseconds::new(100).expect("cs") };
         assert!(parse(&msg, 255, SRC, MULTICAST_V4, &expect).is_ok());
-        let other = Expect {
-            interval: Centiseconds::new(200).expect("cs"),
-            ..expect
-        };
-        assert_eq!(
-            parse(&msg, 255, SRC, MULTICAST_V4, &other),
-            Err(DropReason::Interval)
-        );
+        let other = Expect { interval: Centiseconds::new(200).expect("cs"), ..expect };
+        assert_eq!(parse(&msg, 255, SRC, MULTICAST_V4, &other), Err(DropReason::Interval));
         let mut m = msg.clone();
         m[4] = 1;
         m[6] = 0;
         m[7] = 0;
         let c = internet_checksum(&[&m]);
         m[6..8].copy_from_slice(&c.to_be_bytes());
-        assert_eq!(
-            parse(&m, 255, SRC, MULTICAST_V4, &expect),
-            Err(DropReason::Auth)
-        );
+        assert_eq!(parse(&m, 255, SRC, MULTICAST_V4, &expect), Err(DropReason::Auth));
     }
 
     #[test]
@@ -639,10 +581,7 @@ mod tests {
         let mut p = v.ipv4.clone();
         p[9] = 17;
         assert_eq!(parse_ipv4(&p, &expect_for(v)), Err(DropReason::NotVrrp));
-        assert_eq!(
-            parse_ipv4(&v.ipv4[..25], &expect_for(v)),
-            Err(DropReason::Truncated)
-        );
+        assert_eq!(parse_ipv4(&v.ipv4[..25], &expect_for(v)), Err(DropReason::Truncated));
         let mut p = v.ipv4.clone();
         p[8] = 1;
         assert_eq!(parse_ipv4(&p, &expect_for(v)), Err(DropReason::Ttl));
@@ -652,10 +591,7 @@ mod tests {
     fn centiseconds_bounds() {
         assert_eq!(Centiseconds::new(0), None);
         assert_eq!(Centiseconds::new(4096), None);
-        assert_eq!(
-            Centiseconds::new(4095).map(|c| c.as_duration()),
-            Some(Duration::from_millis(40950))
-        );
+        assert_eq!(Centiseconds::new(4095).map(|c| c.as_duration()), Some(Duration::from_millis(40950)));
     }
 
     proptest::proptest! {

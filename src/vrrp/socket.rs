@@ -23,11 +23,7 @@ pub struct VrrpSocket {
 impl VrrpSocket {
     /// Opens the socket on `ifname` (index `ifindex`), sending from `source`.
     pub fn open(ifname: &str, ifindex: u32, source: Ipv4Addr) -> io::Result<Self> {
-        let s = Socket::new(
-            Domain::IPV4,
-            Type::RAW,
-            Some(Protocol::from(i32::from(IPPROTO_VRRP))),
-        )?;
+        let s = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(i32::from(IPPROTO_VRRP))))?;
         // Only this interface's packets, and only the groups this socket joined.
         s.bind_device(Some(ifname.as_bytes()))?;
         s.set_multicast_all_v4(false)?;
@@ -62,17 +58,11 @@ impl VrrpSocket {
 
     /// Sends one VRRP message; the kernel adds the IP header.
     pub fn send(&self, msg: &[u8], destination: Ipv4Addr) -> io::Result<()> {
-        let n = self
-            .fd
-            .get_ref()
-            .send_to(msg, &SockAddr::from(SocketAddrV4::new(destination, 0)))?;
+        let n = self.fd.get_ref().send_to(msg, &SockAddr::from(SocketAddrV4::new(destination, 0)))?;
         if n == msg.len() {
             Ok(())
         } else {
-            Err(io::Error::new(
-                io::ErrorKind::WriteZero,
-                "short send of a VRRP advert",
-            ))
+            Err(io::Error::new(io::ErrorKind::WriteZero, "short send of a VRRP advert"))
         }
     }
 }

@@ -1,0 +1,385 @@
+//! One proxied request: rewrite it (hop-by-hop headers out, X-Forwarded-*
+//! in), send it on a pooled upstream connection, retry where that is safe,
+//! and turn the answer (or the failure) into the client's response.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http_body::Body as _;
+use hyper::body::Incoming;
+use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_TYPE, HOST, UPGRADE};
+use hyper::http::uri::PathAndQuery;
+use hyper::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tracing::{debug, warn};
+
+use super::backends::{Pool, Upstream};
+use super::body::{AccessLog, Completion, ProxyBody, UpstreamBody};
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1), besides
+/// whatever `Connection` names and every `Proxy-*` header.
+const HOP_BY_HOP: [&str; 6] = ["connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade"];
+
+/// Removes hop-by-hop headers in place.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    if headers.keys().any(|k| k.as_str().starts_with("proxy-")) {
+        let proxy: Vec<HeaderName> = headers.keys().filter(|k| k.as_str().starts_with("proxy-")).cloned().collect();
+        for name in proxy {
+            headers.remove(name);
+        }
+    }
+}
+
+/// Adds the client to `X-Forwarded-For` and sets `X-Forwarded-Proto` and
+/// `X-Forwarded-Host` (from `Host`, or the HTTP/2 authority).
+pub fn add_forwarded(headers: &mut HeaderMap, client: SocketAddr, authority: Option<&str>) {
+    let ip = client.ip().to_string();
+    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prior) => HeaderValue::from_str(&format!("{prior}, {ip}")),
+        None => HeaderValue::from_str(&ip),
+    };
+    if let Ok(v) = xff {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    let host = headers.get(HOST).cloned().or_else(|| authority.and_then(|a| HeaderValue::from_str(a).ok()));
+    if let Some(h) = host {
+        if !headers.contains_key(HOST) {
+            headers.insert(HOST, h.clone());
+        }
+        headers.insert(X_FORWARDED_HOST.clone(), h);
+    }
+}
+
+fn is_upgrade(req: &Request<Incoming>) -> bool {
+    req.headers().contains_key(UPGRADE)
+        && req
+            .headers()
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+}
+
+fn idempotent(m: &Method) -> bool {
+    matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE)
+}
+
+/// A short answer made by the proxy itself.
+fn local(status: StatusCode, text: &'static str, mut done: Completion) -> Response<ProxyBody> {
+    if let Some(l) = done.log.as_mut() {
+        l.status = status.as_u16();
+    }
+    let mut r = Response::new(ProxyBody::full(text, done));
+    *r.status_mut() = status;
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    r
+}
+
+/// Opens a new HTTP/1.1 connection to a backend.
+async fn connect(addr: SocketAddr, timeout: Duration, upgrades: bool) -> Result<Upstream, String> {
+    let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(format!("connect: {e}")),
+        Err(_) => return Err(format!("connect: timed out after {timeout:?}")),
+    };
+    let _ = stream.set_nodelay(true);
+    let (sender, conn) = hyper::client::conn::http1::Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    if upgrades {
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                debug!(error = %e, "upstream connection ended");
+            }
+        });
+    } else {
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                debug!(error = %e, "upstream connection ended");
+            }
+        });
+    }
+    Ok(sender)
+}
+
+/// A ready connection to backend `i`: a pooled one if any is still good.
+async fn checkout(pool: &Pool, i: usize, addr: SocketAddr) -> Result<Upstream, String> {
+    let timeout = pool.config.connect_timeout;
+    while let Some(mut conn) = pool.take_idle(i) {
+        if conn.is_ready() {
+            return Ok(conn);
+        }
+        // Just returned: its connection task may not have marked it idle yet.
+        if let Ok(Ok(())) = tokio::time::timeout(timeout, conn.ready()).await {
+            return Ok(conn);
+        }
+    }
+    connect(addr, timeout, false).await
+}
+
+/// Serves one client request through the pool.
+pub async fn handle(pool: Arc<Pool>, client: SocketAddr, mut req: Request<Incoming>) -> Response<ProxyBody> {
+    let started = Instant::now();
+    let mut done = Completion::default();
+    if pool.config.access_log && tracing::enabled!(target: "access", tracing::Level::INFO) {
+        done.log = Some(Box::new(AccessLog {
+            client,
+            method: req.method().clone(),
+            path: req.uri().path_and_query().map_or("/", |p| p.as_str()).to_string(),
+            status: 0,
+            backend: None,
+            started,
+        }));
+    }
+    if is_upgrade(&req) {
+        return upgrade(pool, client, req, done).await;
+    }
+
+    // Rewrite into an origin-form HTTP/1.1 request for the backend.
+    let authority = req.uri().authority().map(|a| a.as_str().to_string());
+    let path = req.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+    *req.uri_mut() = Uri::from(path);
+    *req.version_mut() = Version::HTTP_11;
+    strip_hop_by_hop(req.headers_mut());
+    add_forwarded(req.headers_mut(), client, authority.as_deref());
+    let (parts, body) = req.into_parts();
+    // A request can be sent again after its connection broke only if it is
+    // idempotent and has no body to replay.
+    let replay = (idempotent(&parts.method) && body.is_end_stream())
+        .then(|| (parts.method.clone(), parts.uri.clone(), parts.headers.clone()));
+    let mut req = Some(Request::from_parts(parts, UpstreamBody::Client(body)));
+
+    let mut tried: Vec<usize> = Vec::new();
+    let mut replayed = false;
+    let max_attempts = 1 + pool.config.retries as usize;
+    let mut attempts = 0;
+    let mut last_failure = (StatusCode::SERVICE_UNAVAILABLE, "no healthy backend\n");
+    while attempts < max_attempts {
+        let Some(i) = pool.pick(&tried) else { break };
+        let Some(addr) = pool.backends().get(i).map(|b| b.address) else { break };
+        attempts += 1;
+        tried.push(i);
+        if let Some(l) = done.log.as_mut() {
+            l.backend = Some(addr);
+        }
+        let mut conn = match checkout(&pool, i, addr).await {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(backend = %addr, error = %e, "backend unreachable; trying another");
+                if pool.failed(i) {
+                    warn!(backend = %addr, cooldown = ?pool.eject_cooldown(), "backend ejected after consecutive failures");
+                }
+                last_failure = (StatusCode::BAD_GATEWAY, "no backend reachable\n");
+                continue;
+            }
+        };
+        let Some(request) = req.take() else { break };
+        let guard = pool.start(i);
+        match tokio::time::timeout(pool.config.response_timeout, conn.try_send_request(request)).await {
+            Ok(Ok(mut resp)) => {
+                if resp.status().is_server_error() {
+                    if pool.failed(i) {
+                        warn!(backend = %addr, "backend ejected after consecutive failures");
+                    }
+                } else {
+                    pool.succeeded(i);
+                }
+                strip_hop_by_hop(resp.headers_mut());
+                if let Some(l) = done.log.as_mut() {
+                    l.status = resp.status().as_u16();
+                }
+                done.in_flight = Some(guard);
+                done.upstream = Some(conn);
+                return resp.map(|b| ProxyBody::upstream(b, done));
+            }
+            Ok(Err(mut e)) => {
+                pool.failed(i);
+                if let Some(unsent) = e.take_message() {
+                    // Never written: safe to send elsewhere whatever the method.
+                    debug!(backend = %addr, error = %e.error(), "request not sent; trying another backend");
+                    req = Some(unsent);
+                    last_failure = (StatusCode::BAD_GATEWAY, "no backend reachable\n");
+                    continue;
+                }
+                warn!(backend = %addr, error = %e.error(), "backend connection failed before the response");
+                last_failure = (StatusCode::BAD_GATEWAY, "backend connection failed\n");
+                match (&replay, replayed) {
+                    (Some((method, uri, headers)), false) => {
+                        replayed = true;
+                        let mut again = Request::new(UpstreamBody::Empty);
+                        *again.method_mut() = method.clone();
+                        *again.uri_mut() = uri.clone();
+                        *again.headers_mut() = headers.clone();
+                        req = Some(again);
+                    }
+                    _ => break,
+                }
+            }
+            Err(_) => {
+                pool.failed(i);
+                warn!(backend = %addr, timeout = ?pool.config.response_timeout, "backend response timed out");
+                return local(StatusCode::GATEWAY_TIMEOUT, "backend timed out\n", done);
+            }
+        }
+    }
+    local(last_failure.0, last_failure.1, done)
+}
+
+/// An HTTP/1.1 Upgrade (WebSocket): a fresh upstream connection, the 101
+/// passed back, then bytes copied both ways until either side closes.
+async fn upgrade(
+    pool: Arc<Pool>,
+    client: SocketAddr,
+    mut req: Request<Incoming>,
+    done: Completion,
+) -> Response<ProxyBody> {
+    let Some(i) = pool.pick(&[]) else {
+        return local(StatusCode::SERVICE_UNAVAILABLE, "no healthy backend\n", done);
+    };
+    let Some(addr) = pool.backends().get(i).map(|b| b.address) else {
+        return local(StatusCode::SERVICE_UNAVAILABLE, "no healthy backend\n", done);
+    };
+    let client_side = hyper::upgrade::on(&mut req);
+    let (mut parts, body) = req.into_parts();
+    let upgrade_to = parts.headers.get(UPGRADE).cloned();
+    let authority = parts.uri.authority().map(|a| a.as_str().to_string());
+    parts.uri = Uri::from(parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/")));
+    parts.version = Version::HTTP_11;
+    strip_hop_by_hop(&mut parts.headers);
+    add_forwarded(&mut parts.headers, client, authority.as_deref());
+    if let Some(u) = upgrade_to {
+        parts.headers.insert(UPGRADE, u);
+        parts.headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    let mut conn = match connect(addr, pool.config.connect_timeout, true).await {
+        Ok(c) => c,
+        Err(e) => {
+            pool.failed(i);
+            warn!(backend = %addr, error = %e, "backend unreachable for upgrade");
+            return local(StatusCode::BAD_GATEWAY, "no backend reachable\n", done);
+        }
+    };
+    let guard = pool.start(i);
+    let sent = conn.send_request(Request::from_parts(parts, UpstreamBody::Client(body)));
+    let mut resp = match tokio::time::timeout(pool.config.response_timeout, sent).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            pool.failed(i);
+            warn!(backend = %addr, error = %e, "upgrade request failed");
+            return local(StatusCode::BAD_GATEWAY, "backend connection failed\n", done);
+        }
+        Err(_) => {
+            pool.failed(i);
+            return local(StatusCode::GATEWAY_TIMEOUT, "backend timed out\n", done);
+        }
+    };
+    pool.succeeded(i);
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let backend_side = hyper::upgrade::on(&mut resp);
+        tokio::spawn(async move {
+            let _in_flight = guard;
+            match tokio::try_join!(client_side, backend_side) {
+                Ok((c, b)) => {
+                    let (mut c, mut b) = (TokioIo::new(c), TokioIo::new(b));
+                    if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut b).await {
+                        debug!(error = %e, "upgraded connection ended");
+                    }
+                }
+                Err(e) => debug!(error = %e, "upgrade did not complete"),
+            }
+        });
+        let mut done = done;
+        if let Some(l) = done.log.as_mut() {
+            l.status = 101;
+            l.backend = Some(addr);
+        }
+        return resp.map(|b| ProxyBody::upstream(b, done));
+    }
+    let mut done = done;
+    done.in_flight = Some(guard);
+    strip_hop_by_hop(resp.headers_mut());
+    resp.map(|b| ProxyBody::upstream(b, done))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(HeaderName::from_bytes(k.as_bytes()).expect("name"), HeaderValue::from_str(v).expect("value"));
+        }
+        h
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_are_removed() {
+        let mut h = headers(&[
+            ("connection", "close, x-trace"),
+            ("connection", "X-Other"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-authorization", "Basic x"),
+            ("proxy-connection", "keep-alive"),
+            ("te", "trailers"),
+            ("trailer", "x-sum"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "h2c"),
+            ("x-trace", "1"),
+            ("x-other", "2"),
+            ("host", "example.test"),
+            ("accept", "*/*"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort();
+        assert_eq!(left, vec!["accept", "host"]);
+    }
+
+    #[test]
+    fn forwarded_headers_are_appended_and_set() {
+        let client: SocketAddr = "198.51.100.7:4242".parse().expect("addr");
+        let mut h = headers(&[("host", "shop.test"), ("x-forwarded-for", "203.0.113.1")]);
+        add_forwarded(&mut h, client, None);
+        assert_eq!(h["x-forwarded-for"], "203.0.113.1, 198.51.100.7");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "shop.test");
+        assert_eq!(h["host"], "shop.test");
+
+        // HTTP/2 carries the host as :authority: it becomes Host.
+        let mut h = HeaderMap::new();
+        add_forwarded(&mut h, client, Some("api.test:8080"));
+        assert_eq!(h["x-forwarded-for"], "198.51.100.7");
+        assert_eq!(h["host"], "api.test:8080");
+        assert_eq!(h["x-forwarded-host"], "api.test:8080");
+    }
+
+    #[test]
+    fn idempotent_methods() {
+        assert!(idempotent(&Method::GET) && idempotent(&Method::PUT) && idempotent(&Method::DELETE));
+        assert!(!idempotent(&Method::POST) && !idempotent(&Method::PATCH));
+    }
+}

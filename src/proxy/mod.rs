@@ -1,0 +1,9 @@
+//! The HTTP reverse-proxy load balancer: listeners, forwarding, backend
+//! selection and health.
+
+pub mod backends;
+pub mod balance;
+pub mod body;
+pub mod forward;
+pub mod health;
+pub mod server;

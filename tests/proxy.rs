@@ -1,0 +1,419 @@
+//! The HTTP proxy on loopback: backends are small hyper servers in this
+//! process, the proxy runs its real workers, clients speak raw HTTP/1.1.
+//! No root needed; nothing leaves 127.0.0.1.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Bytes, Frame, Incoming};
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use vipd::proxy::backends::Pool;
+use vipd::proxy::server::{bind, Listener, Proxy};
+
+type BoxBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+fn full(s: impl Into<Bytes>) -> BoxBody {
+    Full::new(s.into()).boxed()
+}
+
+/// A test backend. `name` answers every request; special paths:
+/// `/slow` (3 s), `/headers` (echoes request headers), `/fail` (500),
+/// `/big?N` (N MiB streamed), `/upload` (counts the body), `/ws` (101 then echo).
+struct Backend {
+    addr: SocketAddr,
+    down: Arc<AtomicBool>,
+    hits: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+    conns: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Backend {
+    /// Dies: stops listening and drops every open connection.
+    fn kill(&self) {
+        self.task.abort();
+        for c in self.conns.lock().expect("lock").drain(..) {
+            c.abort();
+        }
+    }
+}
+
+async fn backend(name: &'static str) -> Backend {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind backend");
+    let addr = listener.local_addr().expect("addr");
+    let down = Arc::new(AtomicBool::new(false));
+    let hits = Arc::new(AtomicUsize::new(0));
+    let (d, h) = (down.clone(), hits.clone());
+    let conns = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let open = conns.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { return };
+            let (d, h) = (d.clone(), h.clone());
+            let conn = tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let (d, h) = (d.clone(), h.clone());
+                    async move { Ok::<_, Infallible>(answer(name, req, &d, &h).await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .with_upgrades()
+                    .await;
+            });
+            open.lock().expect("lock").push(conn.abort_handle());
+        }
+    });
+    Backend { addr, down, hits, task, conns }
+}
+
+async fn answer(
+    name: &'static str,
+    mut req: Request<Incoming>,
+    down: &AtomicBool,
+    hits: &AtomicUsize,
+) -> Response<BoxBody> {
+    hits.fetch_add(1, Ordering::Relaxed);
+    let path = req.uri().path().to_string();
+    if path == "/healthz" {
+        let status = if down.load(Ordering::Relaxed) { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+        return Response::builder().status(status).body(full("ok")).expect("response");
+    }
+    match path.as_str() {
+        "/slow" => {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            Response::new(full(name))
+        }
+        "/fail" => Response::builder().status(500).body(full("boom")).expect("response"),
+        "/headers" => {
+            let mut lines: Vec<String> =
+                req.headers().iter().map(|(k, v)| format!("{}: {}", k, v.to_str().unwrap_or("?"))).collect();
+            lines.sort();
+            Response::builder()
+                .header("connection", "x-secret")
+                .header("x-secret", "hop")
+                .header("keep-alive", "timeout=5")
+                .body(full(lines.join("\n")))
+                .expect("response")
+        }
+        "/big" => {
+            let mib: usize = req.uri().query().and_then(|q| q.parse().ok()).unwrap_or(1);
+            let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+            let stream =
+                futures_util::stream::iter((0..mib * 16).map(move |_| Ok::<_, Infallible>(Frame::data(chunk.clone()))));
+            Response::new(StreamBody::new(stream).boxed())
+        }
+        "/upload" => {
+            let mut n = 0usize;
+            let mut body = req.into_body();
+            while let Some(Ok(frame)) = body.frame().await {
+                if let Some(d) = frame.data_ref() {
+                    n += d.len();
+                }
+            }
+            Response::new(full(n.to_string()))
+        }
+        "/ws" => {
+            let upgrade = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                if let Ok(up) = upgrade.await {
+                    let mut io = TokioIo::new(up);
+                    let mut buf = [0u8; 1024];
+                    while let Ok(n) = io.read(&mut buf).await {
+                        if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            });
+            Response::builder()
+                .status(StatusCode::SWITCHING_PROTOCOLS)
+                .header("upgrade", "websocket")
+                .header("connection", "upgrade")
+                .body(full(""))
+                .expect("response")
+        }
+        _ => Response::new(full(name)),
+    }
+}
+
+/// Starts a proxy over `backends` with extra config lines; returns its address.
+fn proxy(backends: &[SocketAddr], extra: &str) -> (SocketAddr, Arc<Pool>, Proxy) {
+    let list: Vec<String> = backends.iter().map(|b| format!("\"{b}\"")).collect();
+    let text = format!(
+        "[[http]]\nname = \"t\"\nlisten = \"127.0.0.1:0\"\nbackends = [{}]\naccess_log = false\n{extra}\n",
+        list.join(", ")
+    );
+    let config = vipd::config::parse(&text, Path::new("t.toml")).expect("valid config");
+    let h = config.http[0].clone();
+    let sockets = bind(h.listen, 1).expect("bind proxy");
+    let addr = sockets[0].local_addr().expect("addr");
+    let pool = Pool::new(h);
+    let p = Proxy::start(vec![Listener { pool: pool.clone(), sockets }]).expect("start proxy");
+    (addr, pool, p)
+}
+
+/// One HTTP/1.1 request on a new connection; returns (status, headers, body).
+async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> (u16, String, String) {
+    let mut s = TcpStream::connect(addr).await.expect("connect proxy");
+    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: shop.test\r\n{extra}Connection: close\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, head.to_lowercase(), body.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_spreads_evenly_and_forwards_headers() {
+    let (a, b) = (backend("a").await, backend("b").await);
+    let (addr, pool, p) = proxy(&[a.addr, b.addr], "");
+    let mut seen = std::collections::HashMap::new();
+    for _ in 0..40 {
+        let (status, _, body) = get(addr, "/", &[]).await;
+        assert_eq!(status, 200);
+        *seen.entry(body).or_insert(0) += 1;
+    }
+    assert_eq!(seen.get("a"), Some(&20), "{seen:?}");
+    assert_eq!(seen.get("b"), Some(&20), "{seen:?}");
+
+    let (status, head, body) = get(
+        addr,
+        "/headers",
+        &[("X-Forwarded-For", "203.0.113.9"), ("Proxy-Authorization", "x"), ("Keep-Alive", "1"), ("Te", "trailers")],
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(body.contains("host: shop.test"), "{body}");
+    assert!(body.contains("x-forwarded-for: 203.0.113.9, 127.0.0.1"), "{body}");
+    assert!(body.contains("x-forwarded-proto: http"), "{body}");
+    assert!(body.contains("x-forwarded-host: shop.test"), "{body}");
+    for hop in ["proxy-authorization", "keep-alive", "te:"] {
+        assert!(!body.contains(hop), "{hop} forwarded: {body}");
+    }
+    // Hop-by-hop headers of the response stay with the backend, too.
+    assert!(!head.contains("x-secret") && !head.contains("keep-alive"), "{head}");
+    assert_eq!(pool.snapshot().backends.iter().map(|b| b.requests).sum::<u64>(), 41);
+    p.shutdown();
+    a.task.abort();
+    b.task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_backend_gets_504_and_dead_pool_503() {
+    let a = backend("a").await;
+    let (addr, _, p) = proxy(&[a.addr], "response_timeout = \"300ms\"");
+    let (status, _, body) = get(addr, "/slow", &[]).await;
+    assert_eq!((status, body.as_str()), (504, "backend timed out\n"));
+    p.shutdown();
+
+    // Nothing listens on a closed port: connect refused on every attempt.
+    let closed = TcpListener::bind("127.0.0.1:0").await.expect("bind").local_addr().expect("addr");
+    let (addr, _, p) = proxy(&[closed], "");
+    let (status, _, body) = get(addr, "/", &[]).await;
+    assert_eq!((status, body.as_str()), (502, "no backend reachable\n"));
+    p.shutdown();
+    a.task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_backend_is_ejected_and_returns_after_cooldown_and_check() {
+    let (a, b) = (backend("a").await, backend("b").await);
+    let extra = "[http.health]\npath = \"/healthz\"\ninterval = \"100ms\"\nrise = 1\nfall = 1\neject_after = 2\neject_cooldown = \"500ms\"";
+    let (addr, pool, p) = proxy(&[a.addr, b.addr], extra);
+    // a's health check fails: it goes out, everything lands on b.
+    a.down.store(true, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(!pool.snapshot().backends[0].healthy);
+    for _ in 0..10 {
+        assert_eq!(get(addr, "/", &[]).await.2, "b");
+    }
+    a.down.store(false, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(pool.snapshot().backends[0].healthy, "back after a passing check");
+
+    // Passive: two 5xx in a row eject a backend for the cool-down.
+    let before = a.hits.load(Ordering::Relaxed);
+    let mut fails = 0;
+    for _ in 0..4 {
+        if get(addr, "/fail", &[]).await.0 == 500 {
+            fails += 1;
+        }
+    }
+    assert_eq!(fails, 4, "5xx answers are passed through");
+    let snap = pool.snapshot();
+    assert!(snap.backends.iter().all(|b| b.ejected), "{snap:?}");
+    let (status, _, body) = get(addr, "/", &[]).await;
+    assert_eq!((status, body.as_str()), (503, "no healthy backend\n"));
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert!(pool.snapshot().backends.iter().all(|b| b.healthy), "cool-down over and checks pass");
+    assert_eq!(get(addr, "/", &[]).await.0, 200);
+    assert!(a.hits.load(Ordering::Relaxed) > before);
+    p.shutdown();
+    a.task.abort();
+    b.task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_a_backend_mid_run_fails_no_idempotent_request() {
+    let (a, b) = (backend("a").await, backend("b").await);
+    let (addr, _, p) = proxy(&[a.addr, b.addr], "");
+    // Keep-alive client so pooled upstream connections are in play.
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("handshake");
+    tokio::spawn(conn);
+    let mut failed = 0;
+    for i in 0..200 {
+        if i == 50 {
+            a.kill(); // pooled connections break, new ones are refused
+        }
+        let mut req = Some(
+            Request::get("/").header("host", "shop.test").body(http_body_util::Empty::<Bytes>::new()).expect("req"),
+        );
+        // hyper's client marks its connection idle a moment after the body
+        // ends; a request it hands back unsent never reached the proxy.
+        let mut result = None;
+        for _ in 0..100 {
+            let Some(r) = req.take() else { break };
+            if sender.ready().await.is_err() {
+                panic!("the proxy closed the client's connection at request {i}");
+            }
+            match sender.try_send_request(r).await {
+                Err(mut e) if e.message().is_some() => req = e.take_message(),
+                other => result = Some(other.map_err(|e| e.into_error())),
+            }
+        }
+        match result {
+            Some(Ok(r)) if r.status() == 200 => {
+                let _ = r.into_body().collect().await;
+            }
+            other => {
+                eprintln!("request {i}: {:?}", other.map(|r| r.map(|r| r.status())));
+                failed += 1
+            }
+        }
+    }
+    assert_eq!(failed, 0);
+    p.shutdown();
+    b.task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_does_not_delay_others_and_is_dropped() {
+    let a = backend("a").await;
+    let (addr, _, p) = proxy(&[a.addr], "client_header_timeout = \"500ms\"");
+    let mut slow = TcpStream::connect(addr).await.expect("connect");
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.expect("write");
+    let t = std::time::Instant::now();
+    assert_eq!(get(addr, "/", &[]).await.0, 200);
+    assert!(t.elapsed() < Duration::from_millis(400), "a normal client waited {:?}", t.elapsed());
+    let mut buf = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(3), slow.read_to_end(&mut buf)).await;
+    assert!(n.is_ok(), "the slow client was dropped");
+    p.shutdown();
+    a.task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_get_400() {
+    let a = backend("a").await;
+    let (addr, _, p) = proxy(&[a.addr], "");
+    for bad in ["GARBAGE\r\n\r\n", "GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n", "GET /\x01 HTTP/1.1\r\n\r\n"] {
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        s.write_all(bad.as_bytes()).await.expect("write");
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut out)).await;
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.starts_with("HTTP/1.1 400"), "{bad:?} -> {text:?}");
+    }
+    let long = "a".repeat(40_000);
+    let (status, _, _) = get(addr, "/", &[("x-long", &long)]).await;
+    assert_eq!(status, 431);
+    assert_eq!(get(addr, "/", &[]).await.0, 200, "still serving");
+    p.shutdown();
+    a.task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_upgrade_is_passed_through() {
+    let a = backend("a").await;
+    let (addr, _, p) = proxy(&[a.addr], "");
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && head.len() < 4096 {
+        s.read_exact(&mut byte).await.expect("read head");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
+    for msg in [&b"\x81\x05hello"[..], b"\x81\x05world"] {
+        s.write_all(msg).await.expect("write");
+        let mut echo = vec![0u8; msg.len()];
+        tokio::time::timeout(Duration::from_secs(3), s.read_exact(&mut echo)).await.expect("echo").expect("read");
+        assert_eq!(echo, msg);
+    }
+    p.shutdown();
+    a.task.abort();
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).map(|l| l.to_string()))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|n| n.parse().ok()))
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundred_megabytes_stream_through_with_flat_memory() {
+    let a = backend("a").await;
+    let (addr, _, p) = proxy(&[a.addr], "");
+    let before = rss_kib();
+    // Download 100 MiB.
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(b"GET /big?100 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.expect("write");
+    let mut total = 0usize;
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = s.read(&mut buf).await.expect("read");
+        if n == 0 {
+            break;
+        }
+        total += n;
+    }
+    assert!(total > 100 * 1024 * 1024, "got {total} bytes");
+    // Upload 100 MiB, chunked.
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("handshake");
+    tokio::spawn(conn);
+    let chunk = Bytes::from(vec![b'y'; 64 * 1024]);
+    let body = StreamBody::new(futures_util::stream::iter(
+        (0..1600).map(move |_| Ok::<_, Infallible>(Frame::data(chunk.clone()))),
+    ));
+    let req = Request::post("/upload").header("host", "x").body(body).expect("req");
+    let resp = sender.send_request(req).await.expect("upload");
+    let got = resp.into_body().collect().await.expect("body").to_bytes();
+    assert_eq!(got, (1600 * 64 * 1024).to_string());
+    let grown_mib = rss_kib().saturating_sub(before) / 1024;
+    assert!(grown_mib < 40, "memory grew by {grown_mib} MiB while streaming 2 x 100 MiB");
+    p.shutdown();
+    a.task.abort();
+}
