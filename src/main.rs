@@ -117,5 +117,33 @@ fn status(control: SocketAddr, json: bool) -> anyhow::Result<()> {
             &text("last_reason"),
         ]);
     }
+    let listeners = v["http"].as_array().map_or(&[][..], |a| a.as_slice());
+    if !listeners.is_empty() {
+        println!();
+        println!(
+            "{:<12} {:<22} {:<22} {:<8} {:>8} {:>10} {:>9}",
+            "LISTENER", "LISTEN", "BACKEND", "HEALTHY", "INFLIGHT", "REQUESTS", "FAILURES"
+        );
+    }
+    for l in listeners {
+        for b in l["backends"].as_array().into_iter().flatten() {
+            let num = |k: &str| b[k].as_u64().map_or_else(|| "-".to_string(), |n| n.to_string());
+            let health = match (b["healthy"].as_bool(), b["ejected"].as_bool()) {
+                (_, Some(true)) => "ejected",
+                (Some(true), _) => "yes",
+                _ => "no",
+            };
+            println!(
+                "{:<12} {:<22} {:<22} {:<8} {:>8} {:>10} {:>9}",
+                l["name"].as_str().unwrap_or("-"),
+                l["listen"].as_str().unwrap_or("-"),
+                b["address"].as_str().unwrap_or("-"),
+                health,
+                num("in_flight"),
+                num("requests"),
+                num("failures"),
+            );
+        }
+    }
     Ok(())
 }
