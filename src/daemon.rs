@@ -19,7 +19,7 @@ use crate::net::addr::{watch_links, Netlink};
 use crate::proxy::backends::Pool;
 use crate::proxy::server::{self, Listener, Proxy};
 use crate::vrrp::fsm::skew_and_master_down;
-use crate::vrrp::instance::{Instance, Stats};
+use crate::vrrp::instance::{DrainGate, Instance, Stats};
 
 /// Beyond the release timeout, how long the VRRP thread gets to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
@@ -41,6 +41,12 @@ pub fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         listeners.push(Listener { pool: Pool::new(h.clone()), sockets });
     }
     let pools: Vec<Arc<Pool>> = listeners.iter().map(|l| Arc::clone(&l.pool)).collect();
+    // A resigning master keeps its VIPs until requests in flight are done.
+    let drain_max = config.http.iter().map(|h| h.drain_timeout).max().unwrap_or_default();
+    let drain = (!pools.is_empty()).then(|| {
+        let watched = pools.clone();
+        DrainGate { busy: Arc::new(move || watched.iter().any(|p| p.in_flight() > 0)), max_wait: drain_max }
+    });
     let proxy = if listeners.is_empty() {
         None
     } else {
@@ -59,7 +65,8 @@ pub fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         })
         .max()
         .unwrap_or_default()
-        + SHUTDOWN_GRACE;
+        + SHUTDOWN_GRACE
+        + drain_max;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (ready_tx, ready_rx) = mpsc::channel::<anyhow::Result<()>>();
     let (done_tx, done_rx) = mpsc::channel::<()>();
@@ -73,7 +80,7 @@ pub fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
                 .enable_all()
                 .build()
                 .context("starting the VRRP runtime")
-                .map(|rt| rt.block_on(run_vrrp(vrrp_config, vrrp_stats, path, shutdown_rx, ready_tx.clone())));
+                .map(|rt| rt.block_on(run_vrrp(vrrp_config, vrrp_stats, path, shutdown_rx, ready_tx.clone(), drain)));
             if let Err(e) = result {
                 let _ = ready_tx.send(Err(e));
             }
@@ -138,6 +145,7 @@ async fn run_vrrp(
     path: PathBuf,
     shutdown: watch::Receiver<bool>,
     ready: mpsc::Sender<anyhow::Result<()>>,
+    drain: Option<DrainGate>,
 ) {
     let netlink = match Netlink::connect() {
         Ok(n) => n,
@@ -175,7 +183,7 @@ async fn run_vrrp(
         }
     }
     let _ = ready.send(Ok(()));
-    let tasks: Vec<_> = instances.into_iter().map(|i| tokio::spawn(i.run(shutdown.clone()))).collect();
+    let tasks: Vec<_> = instances.into_iter().map(|i| tokio::spawn(i.run(shutdown.clone(), drain.clone()))).collect();
     for t in tasks {
         if let Err(e) = t.await {
             error!(error = %e, "VRRP instance task failed");

@@ -216,6 +216,11 @@ impl Pool {
         }
     }
 
+    /// Requests being served by any backend of this pool.
+    pub fn in_flight(&self) -> u64 {
+        self.backends.iter().map(|b| b.in_flight.load(Ordering::Relaxed)).sum()
+    }
+
     /// Drops every idle connection (on shutdown).
     pub fn close_idle(&self) {
         for b in &self.backends {

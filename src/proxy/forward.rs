@@ -174,6 +174,7 @@ pub async fn handle(pool: Arc<Pool>, client: SocketAddr, mut req: Request<Incomi
 
     let mut tried: Vec<usize> = Vec::new();
     let mut replayed = false;
+    let mut stale_retried = false;
     let max_attempts = 1 + pool.config.retries as usize;
     let mut attempts = 0;
     let mut last_failure = (StatusCode::SERVICE_UNAVAILABLE, "no healthy backend\n");
@@ -216,14 +217,21 @@ pub async fn handle(pool: Arc<Pool>, client: SocketAddr, mut req: Request<Incomi
                 return resp.map(|b| ProxyBody::upstream(b, done));
             }
             Ok(Err(mut e)) => {
-                pool.failed(i);
                 if let Some(unsent) = e.take_message() {
-                    // Never written: safe to send elsewhere whatever the method.
-                    debug!(backend = %addr, error = %e.error(), "request not sent; trying another backend");
+                    // A pooled connection the backend had just closed: the
+                    // request was never written, so it may go anywhere, and
+                    // the backend is not at fault. Once, it may try the same
+                    // backend again on a new connection.
+                    debug!(backend = %addr, error = %e.error(), "request not sent; sending it again");
                     req = Some(unsent);
-                    last_failure = (StatusCode::BAD_GATEWAY, "no backend reachable\n");
+                    if !stale_retried {
+                        stale_retried = true;
+                        attempts -= 1;
+                        tried.pop();
+                    }
                     continue;
                 }
+                pool.failed(i);
                 warn!(backend = %addr, error = %e.error(), "backend connection failed before the response");
                 last_failure = (StatusCode::BAD_GATEWAY, "backend connection failed\n");
                 match (&replay, replayed) {

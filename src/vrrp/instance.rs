@@ -41,6 +41,26 @@ pub enum InstanceError {
     },
 }
 
+/// What a resigning master waits for before it removes its VIPs: work in
+/// flight on them (the HTTP proxy's requests) finishing, for at most
+/// `max_wait`. Removing the address under a request would drop its answer.
+#[derive(Clone)]
+pub struct DrainGate {
+    /// True while something is still being served on the VIPs.
+    pub busy: Arc<dyn Fn() -> bool + Send + Sync>,
+    /// Upper bound of the wait.
+    pub max_wait: std::time::Duration,
+}
+
+impl std::fmt::Debug for DrainGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DrainGate").field("max_wait", &self.max_wait).finish_non_exhaustive()
+    }
+}
+
+/// How often a resigning master looks at the drain gate.
+const DRAIN_POLL: std::time::Duration = std::time::Duration::from_millis(2);
+
 /// Most distinct peer addresses remembered, so spoofed sources cannot grow memory.
 const MAX_PEERS: usize = 32;
 
@@ -289,6 +309,9 @@ pub struct Instance {
     /// Interface usable (up with carrier), as the link watcher last said.
     link: watch::Receiver<bool>,
     link_up: bool,
+    /// Set once shutdown began.
+    stopping: bool,
+    drain: Option<DrainGate>,
     stats: Arc<Stats>,
 }
 
@@ -344,6 +367,8 @@ impl Instance {
             netlink,
             link,
             link_up: iface.up,
+            stopping: false,
+            drain: None,
             stats,
             cfg,
         })
@@ -351,7 +376,9 @@ impl Instance {
 
     /// Runs until `shutdown` flips (or its sender goes), then resigns:
     /// priority 0 if master, VIPs removed.
-    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+    /// `drain` holds back the VIPs' removal at shutdown (see [`DrainGate`]).
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>, drain: Option<DrainGate>) {
+        self.drain = drain;
         let span = info_span!("vrrp", name = %self.cfg.name, vrid = self.cfg.vrid, iface = %self.cfg.interface);
         async move {
             self.fsm.handle(Instant::now(), Event::Startup);
@@ -362,13 +389,12 @@ impl Instance {
             self.execute().await;
             let mut buf = vec![0u8; 2048];
             let mut recv_errors = 0u32;
-            let mut stopping = false;
             loop {
                 let deadline = self.fsm.poll_timeout().map(tokio::time::Instant::from_std);
                 tokio::select! {
                     biased;
-                    _ = shutdown.changed(), if !stopping => {
-                        stopping = true;
+                    _ = shutdown.changed(), if !self.stopping => {
+                        self.stopping = true;
                         self.fsm.handle(Instant::now(), Event::Shutdown);
                     }
                     changed = self.link.changed() => {
@@ -403,7 +429,7 @@ impl Instance {
                 self.execute().await;
                 // A resigning master stays until its successor advertises
                 // (or its release timer fires); everyone else is done.
-                if stopping && self.fsm.state() != State::Master {
+                if self.stopping && self.fsm.state() != State::Master {
                     break;
                 }
             }
@@ -452,6 +478,9 @@ impl Instance {
                 }
                 Action::ReleaseVips => {
                     self.stop_burst();
+                    if self.stopping {
+                        self.wait_for_drain().await;
+                    }
                     for vip in &self.cfg.virtual_ips {
                         if let Err(e) = self.netlink.del(self.ifindex, vip).await {
                             self.stats.netlink_errors.fetch_add(1, Ordering::Relaxed);
@@ -469,6 +498,25 @@ impl Instance {
         }
         // Master address and learnt interval change without a transition.
         self.stats.record(&self.fsm, None);
+    }
+
+    /// Bounded wait for in-flight work on the VIPs; nothing else needs this
+    /// task meanwhile, since the instance is leaving.
+    async fn wait_for_drain(&self) {
+        let Some(gate) = &self.drain else { return };
+        let started = Instant::now();
+        let rounds = gate.max_wait.as_millis() / DRAIN_POLL.as_millis() + 1;
+        for _ in 0..rounds {
+            if !(gate.busy)() {
+                break;
+            }
+            tokio::time::sleep(DRAIN_POLL).await;
+        }
+        if (gate.busy)() {
+            warn!(waited = ?started.elapsed(), "releasing virtual IPs with requests still in flight");
+        } else {
+            debug!(waited = ?started.elapsed(), "in-flight requests done; releasing virtual IPs");
+        }
     }
 
     fn send_advert(&self, priority: u8) {
