@@ -65,7 +65,7 @@ need_root() { [[ $(id -u) -eq 0 ]] || { echo "$SCENARIO: must run as root" >&2; 
 ensure_pkg() {
     command -v "$1" >/dev/null 2>&1 && return 0
     log "installing $2 (for $1)"
-    if [[ $2 == keepalived ]]; then
+    if [[ $2 == keepalived && ! -e /usr/sbin/policy-rc.d ]]; then
         # Keep Debian from starting keepalived system-wide on install.
         printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
         chmod 755 /usr/sbin/policy-rc.d
@@ -122,6 +122,7 @@ trap 'exit 130' INT TERM
 # topo_up HOST...: switch namespace with br0 plus one namespace per host.
 topo_up() {
     local h n
+    ensure_pkg bridge iproute2; ensure_pkg jq jq; ensure_pkg curl curl
     ip netns add "$SW"; NAMESPACES+=("$SW")
     ip -n "$SW" link set lo up
     # STP off (ports forward at once); no multicast snooping so 224.0.0.18 and
@@ -366,6 +367,7 @@ client_neigh_mac() {
 # wait_for TIMEOUT_MS CMD...: poll CMD every 10 ms until it succeeds. Sets
 # WAITED_MS (time from the call to success). Bounded in time and count.
 WAITED_MS=0
+# shellcheck disable=SC2034  # WAITED_MS is read by the scenarios
 wait_for() {
     local tmo=$1 t0 i
     shift
