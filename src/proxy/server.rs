@@ -144,6 +144,9 @@ async fn serve(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(cfg.client_header_timeout)
+        // One flat buffer per response: cheaper for the kernel than writev
+        // of head and small body (measured with wrk on loopback).
+        .writev(false)
         .max_buf_size(cfg.max_header_size.max(8192));
     builder.http2().timer(TokioTimer::new()).keep_alive_interval(Duration::from_secs(20));
     let builder = Arc::new(builder);
