@@ -7,18 +7,14 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hyper::client::conn::http1::SendRequest;
 use serde::Serialize;
 
 use super::balance::Selector;
-use super::body::UpstreamBody;
+pub use super::upstream::Upstream;
 use crate::config::HttpConfig;
 
 /// Idle upstream connections kept per backend; more are closed.
 const MAX_IDLE_PER_BACKEND: usize = 512;
-
-/// A pooled HTTP/1.1 connection to a backend.
-pub type Upstream = SendRequest<UpstreamBody>;
 
 /// One app server.
 #[derive(Debug)]

@@ -73,18 +73,16 @@ pub struct AccessLog {
 pub struct Completion {
     /// The backend's in-flight count, held until the body ends.
     pub in_flight: Option<InFlight>,
-    /// The upstream connection, pooled again if the body was read to its end.
-    pub upstream: Option<Upstream>,
     /// The access-log line, if enabled.
     pub log: Option<Box<AccessLog>>,
 }
 
 impl Completion {
-    fn finish(&mut self, complete: bool, bytes: u64) {
-        if let (true, Some(conn), Some(guard)) = (complete, self.upstream.take(), self.in_flight.as_ref()) {
+    /// `upstream` goes back to the pool if the body was read to its end.
+    fn finish(&mut self, complete: bool, bytes: u64, upstream: Option<Upstream>) {
+        if let (true, Some(conn), Some(guard)) = (complete, upstream, self.in_flight.as_ref()) {
             guard.pool().put_idle(guard.index(), conn);
         }
-        self.upstream = None;
         self.in_flight = None;
         if let Some(l) = self.log.take() {
             info!(
@@ -112,14 +110,16 @@ pub struct ProxyBody {
 
 #[derive(Debug)]
 enum Inner {
-    Upstream(Incoming),
+    /// A backend's body, and the connection that must be driven for it to
+    /// arrive (`None` when a task of its own drives it).
+    Upstream(Incoming, Option<Upstream>),
     Full(Option<Bytes>),
 }
 
 impl ProxyBody {
-    /// Streams a backend's response body.
-    pub fn upstream(body: Incoming, done: Completion) -> Self {
-        ProxyBody { inner: Inner::Upstream(body), bytes: 0, done: Some(done) }
+    /// Streams a backend's response body, driving `conn` as it goes.
+    pub fn upstream(body: Incoming, conn: Option<Upstream>, done: Completion) -> Self {
+        ProxyBody { inner: Inner::Upstream(body, conn), bytes: 0, done: Some(done) }
     }
 
     /// A short body made here (errors, 503s).
@@ -129,7 +129,11 @@ impl ProxyBody {
 
     fn settle(&mut self, complete: bool) {
         if let Some(mut d) = self.done.take() {
-            d.finish(complete, self.bytes);
+            let conn = match &mut self.inner {
+                Inner::Upstream(_, conn) => conn.take(),
+                Inner::Full(_) => None,
+            };
+            d.finish(complete, self.bytes, conn);
         }
     }
 }
@@ -141,7 +145,12 @@ impl Body for ProxyBody {
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = &mut *self;
         let polled = match &mut this.inner {
-            Inner::Upstream(b) => Pin::new(b).poll_frame(cx),
+            Inner::Upstream(b, conn) => {
+                if let Some(c) = conn {
+                    c.poll_drive(cx);
+                }
+                Pin::new(b).poll_frame(cx)
+            }
             Inner::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
         };
         match &polled {
@@ -159,14 +168,14 @@ impl Body for ProxyBody {
 
     fn is_end_stream(&self) -> bool {
         match &self.inner {
-            Inner::Upstream(b) => b.is_end_stream(),
+            Inner::Upstream(b, _) => b.is_end_stream(),
             Inner::Full(b) => b.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
-            Inner::Upstream(b) => b.size_hint(),
+            Inner::Upstream(b, _) => b.size_hint(),
             Inner::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             Inner::Full(None) => SizeHint::with_exact(0),
         }

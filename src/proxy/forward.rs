@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use http_body::Body as _;
 use hyper::body::Incoming;
@@ -12,11 +12,11 @@ use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_TYPE
 use hyper::http::uri::PathAndQuery;
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
 use super::backends::{Pool, Upstream};
 use super::body::{AccessLog, Completion, ProxyBody, UpstreamBody};
+use super::upstream::connect_for_upgrade;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -93,48 +93,16 @@ fn local(status: StatusCode, text: &'static str, mut done: Completion) -> Respon
     r
 }
 
-/// Opens a new HTTP/1.1 connection to a backend.
-async fn connect(addr: SocketAddr, timeout: Duration, upgrades: bool) -> Result<Upstream, String> {
-    let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(format!("connect: {e}")),
-        Err(_) => return Err(format!("connect: timed out after {timeout:?}")),
-    };
-    let _ = stream.set_nodelay(true);
-    let (sender, conn) = hyper::client::conn::http1::Builder::new()
-        .writev(false)
-        .handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| format!("handshake: {e}"))?;
-    if upgrades {
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                debug!(error = %e, "upstream connection ended");
-            }
-        });
-    } else {
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                debug!(error = %e, "upstream connection ended");
-            }
-        });
-    }
-    Ok(sender)
-}
-
 /// A ready connection to backend `i`: a pooled one if any is still good.
 async fn checkout(pool: &Pool, i: usize, addr: SocketAddr) -> Result<Upstream, String> {
     let timeout = pool.config.connect_timeout;
     while let Some(mut conn) = pool.take_idle(i) {
-        if conn.is_ready() {
-            return Ok(conn);
-        }
-        // Just returned: its connection task may not have marked it idle yet.
-        if let Ok(Ok(())) = tokio::time::timeout(timeout, conn.ready()).await {
+        // Driving it here also finds out whether the backend closed it.
+        if let Ok(true) = tokio::time::timeout(timeout, conn.ready()).await {
             return Ok(conn);
         }
     }
-    connect(addr, timeout, false).await
+    Upstream::connect(addr, timeout).await
 }
 
 /// Serves one client request through the pool.
@@ -196,7 +164,7 @@ pub async fn handle(pool: Arc<Pool>, client: SocketAddr, mut req: Request<Incomi
         };
         let Some(request) = req.take() else { break };
         let guard = pool.start(i);
-        match tokio::time::timeout(pool.config.response_timeout, conn.try_send_request(request)).await {
+        match tokio::time::timeout(pool.config.response_timeout, conn.send(request)).await {
             Ok(Ok(mut resp)) => {
                 if resp.status().is_server_error() {
                     if pool.failed(i) {
@@ -210,8 +178,7 @@ pub async fn handle(pool: Arc<Pool>, client: SocketAddr, mut req: Request<Incomi
                     l.status = resp.status().as_u16();
                 }
                 done.in_flight = Some(guard);
-                done.upstream = Some(conn);
-                return resp.map(|b| ProxyBody::upstream(b, done));
+                return resp.map(|b| ProxyBody::upstream(b, Some(conn), done));
             }
             Ok(Err(mut e)) => {
                 if let Some(unsent) = e.take_message() {
@@ -279,7 +246,7 @@ async fn upgrade(
         parts.headers.insert(UPGRADE, u);
         parts.headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
     }
-    let mut conn = match connect(addr, pool.config.connect_timeout, true).await {
+    let mut conn = match connect_for_upgrade(addr, pool.config.connect_timeout).await {
         Ok(c) => c,
         Err(e) => {
             pool.failed(i);
@@ -321,12 +288,12 @@ async fn upgrade(
             l.status = 101;
             l.backend = Some(addr);
         }
-        return resp.map(|b| ProxyBody::upstream(b, done));
+        return resp.map(|b| ProxyBody::upstream(b, None, done));
     }
     let mut done = done;
     done.in_flight = Some(guard);
     strip_hop_by_hop(resp.headers_mut());
-    resp.map(|b| ProxyBody::upstream(b, done))
+    resp.map(|b| ProxyBody::upstream(b, None, done))
 }
 
 #[cfg(test)]

@@ -7,3 +7,4 @@ pub mod body;
 pub mod forward;
 pub mod health;
 pub mod server;
+pub mod upstream;
