@@ -20,12 +20,15 @@ use tracing::debug;
 
 use super::body::UpstreamBody;
 
+/// hyper's state machine of one client connection.
+type Driver = Pin<Box<Connection<TokioIo<TcpStream>, UpstreamBody>>>;
+
 /// A pooled connection to a backend and the state machine that drives it.
 pub struct Upstream {
     sender: SendRequest<UpstreamBody>,
     /// `None` once the connection finished. Dropping it then matters: only
     /// that fails a request still queued on it, instead of leaving it hang.
-    conn: Option<Pin<Box<Connection<TokioIo<TcpStream>, UpstreamBody>>>>,
+    conn: Option<Driver>,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -100,7 +103,7 @@ impl Upstream {
 }
 
 /// Polls the connection; once it finishes, drops it. Returns whether it lives.
-fn drive(conn: &mut Option<Pin<Box<Connection<TokioIo<TcpStream>, UpstreamBody>>>>, cx: &mut Context<'_>) -> bool {
+fn drive(conn: &mut Option<Driver>, cx: &mut Context<'_>) -> bool {
     let Some(c) = conn else { return false };
     if let Poll::Ready(result) = c.as_mut().poll(cx) {
         if let Err(e) = result {
