@@ -7,22 +7,22 @@
 # the VIP back on lb1's MAC, because lb1, as master, re-announces the VIP when
 # it sees the lower-priority master's advert.
 #
-# Why the heal is staged (HEAL=staged, the default): if the link simply comes
-# back, whichever advert crosses first decides. When lb1's does, lb2 steps
-# down without sending another advert, lb1 never sees a lower-priority master
-# and has no reason to re-announce: the client keeps lb2's MAC until its own
-# ARP entry times out (seconds). That is a coin toss per run for any RFC
-# implementation (keepalived included), so by default we stop multicast
-# towards lb2 for a moment (bridge port flag mcast_flood off): lb1 surely sees
-# lb2's advert first. HEAL=natural does the plain heal and only reports where
-# the client's entry ended up.
+# The heal: if the link simply comes back (HEAL=natural, the default for
+# vipd), whichever advert crosses first decides. When lb1's does, a plain RFC
+# router in lb2's place steps down silently, lb1 never sees a lower-priority
+# master and has no reason to re-announce: the client keeps lb2's MAC until
+# its own ARP entry times out (seconds). vipd's lb2 sends a priority-0 advert
+# when it steps down, and lb1 re-announces on it, so the client must come
+# back either way. For keepalived (IMPL=keepalived, a baseline) the default is
+# HEAL=staged: multicast towards lb2 is stopped for a moment (bridge port flag
+# mcast_flood off) so lb1 surely sees lb2's advert first.
 source "$(dirname "$0")/lib.sh"
 need_root
 [[ $IMPL == vipd ]] && need_vipd
 
 INTERVAL=100ms
 MARGIN_MS=${MARGIN_MS:-250}
-HEAL=${HEAL:-staged}
+if [[ $IMPL == vipd ]]; then HEAL=${HEAL:-natural}; else HEAL=${HEAL:-staged}; fi
 GARP_REPEAT=5s                  # the default; the waits below depend on it
 topo_up lb1 lb2 client
 start_node "$IMPL" lb1 150 $INTERVAL 3 true
@@ -74,9 +74,14 @@ heal=$(($(now_ms) - t0))
 if [[ $HEAL == staged ]]; then
     neigh_is "${HOST_MAC[lb1]}" || fail "heal: client's entry went back to $(client_neigh_mac)"
     ns_exec client ping -c 1 -W 1 "$VIP" >/dev/null || fail "heal: client cannot ping the VIP"
+elif [[ $IMPL == vipd ]]; then
+    wait_for "$limit" neigh_is "${HOST_MAC[lb1]}" ||
+        fail "natural heal: the client's entry stays $(client_neigh_mac): nobody re-announced"
+    ns_exec client ping -c 1 -W 1 "$VIP" >/dev/null || fail "heal: client cannot ping the VIP"
+    note="(natural heal: client entry back on lb1 after ${WAITED_MS} ms); "
 else
-    # Informational only: when lb1's advert crossed first, the client stays on
-    # lb2's MAC (and cannot reach the VIP) until its ARP entry is re-resolved.
+    # Informational for keepalived: when lb1's advert crossed first, the
+    # client stays on lb2's MAC until its ARP entry is re-resolved.
     if wait_for "$limit" neigh_is "${HOST_MAC[lb1]}"; then
         note="(natural heal: client entry back on lb1); "
     else
@@ -89,7 +94,7 @@ stop_capture "$cap"
 # now it must not send it (that would steal the VIP's traffic from lb1).
 sleep "$(awk -v t="$((t_lb2 + 6000 - $(now_ms)))" 'BEGIN{print (t > 0 ? t/1000 : 0)}')"
 pair_settled lb1 lb2 || fail "after heal: lb1=$(node_state lb1) lb2=$(node_state lb2) VIP on: $(vip_holder)"
-[[ $HEAL == natural ]] || neigh_is "${HOST_MAC[lb1]}" ||
+[[ $HEAL == natural && $IMPL != vipd ]] || neigh_is "${HOST_MAC[lb1]}" ||
     fail "after heal the client's entry moved to $(client_neigh_mac): a backup sent gratuitous ARP for the VIP"
 
 tail="client -> lb1, still so 6 s after lb2's takeover (no stray GARP from the backup)"

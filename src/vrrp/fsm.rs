@@ -128,6 +128,9 @@ pub enum Action {
     Announce,
     /// The state changed.
     StateChanged { from: State, to: State, reason: Reason },
+    /// Another router acted as master beside us (a split network healing,
+    /// or it stepping down); we re-advertise and re-announce. For the log.
+    Reasserted { against: Ipv4Addr, priority: u8 },
 }
 
 /// Configuration of one instance as the state machine needs it.
@@ -422,7 +425,11 @@ impl Fsm {
             return;
         }
         if priority == PRIORITY_RESIGN {
+            // RFC 5798 §6.4.3: answer at once so backups do not take over.
             self.send_advert(now);
+            if self.reassert_allowed(now) {
+                self.reassert(source, priority);
+            }
             return;
         }
         let theirs_wins = priority > self.params.priority
@@ -434,27 +441,40 @@ impl Fsm {
                 self.master_adver_interval = interval.as_duration();
             }
             self.master_ip = Some(source);
+            // Not in the RFC: a priority 0 tells the winner that we were
+            // master too (it may never have seen an advert of ours when a
+            // split heals), so it re-announces and clients that followed
+            // our gratuitous ARPs come back to it.
+            self.actions.push_back(Action::SendAdvert { priority: PRIORITY_RESIGN });
             self.actions.push_back(Action::ReleaseVips);
             self.arm_master_down(now, Reason::MasterDownTimerExpired);
             self.transition(State::Backup, Reason::HigherPriority { priority, from: source });
-        } else {
-            self.reassert(now);
+        } else if self.reassert_allowed(now) {
+            self.send_advert(now);
+            self.reassert(source, priority);
         }
     }
 
-    /// Another master with lower priority exists: the network was split, or
-    /// it just started. The RFC only discards its advert; we also advertise
-    /// at once (so it steps down now, not at our next tick) and announce
-    /// again, because clients may have followed its gratuitous ARPs.
-    /// Held off for a second so a misbehaving peer cannot make us flood.
-    fn reassert(&mut self, now: Instant) {
+    /// Another router acted as master beside us: a lower-priority master
+    /// (the network was split, or it just started), or one stepping down
+    /// with priority 0. The RFC only discards (or answers) its advert; we
+    /// also announce again, because clients may have followed its
+    /// gratuitous ARPs. Our advert goes out just before, so a lower master
+    /// steps down now, not at our next tick.
+    fn reassert(&mut self, against: Ipv4Addr, priority: u8) {
+        self.actions.push_back(Action::Reasserted { against, priority });
+        self.actions.push_back(Action::Announce);
+    }
+
+    /// At most one reassertion a second, so a misbehaving peer cannot make
+    /// us flood the segment.
+    fn reassert_allowed(&mut self, now: Instant) -> bool {
         let holdoff = self.params.advert_interval.as_duration().max(Duration::from_secs(1));
         if self.last_reassert.is_some_and(|t| now < t + holdoff) {
-            return;
+            return false;
         }
         self.last_reassert = Some(now);
-        self.send_advert(now);
-        self.actions.push_back(Action::Announce);
+        true
     }
 
     fn transition(&mut self, to: State, reason: Reason) {
@@ -699,6 +719,7 @@ mod tests {
         assert_eq!(
             drain(&mut f),
             vec![
+                Action::SendAdvert { priority: 0 },
                 Action::ReleaseVips,
                 Action::StateChanged {
                     from: State::Master,
@@ -729,8 +750,18 @@ mod tests {
         let mut f = master(100, t0);
         let now = t0 + ms(4000);
         f.handle(now, advert(PEER_HIGH, 0));
-        assert_eq!(drain(&mut f), vec![Action::SendAdvert { priority: 100 }]);
+        // Someone else was master and steps down: clients may point at it.
+        assert_eq!(
+            drain(&mut f),
+            vec![
+                Action::SendAdvert { priority: 100 },
+                Action::Reasserted { against: PEER_HIGH, priority: 0 },
+                Action::Announce
+            ]
+        );
         assert_eq!(f.poll_timeout(), Some(now + ms(1000)));
+        f.handle(now + ms(100), advert(PEER_HIGH, 0));
+        assert_eq!(drain(&mut f), vec![Action::SendAdvert { priority: 100 }], "the advert is never held off");
     }
 
     #[test]
@@ -739,11 +770,18 @@ mod tests {
         let mut f = master(150, t0);
         let now = t0 + ms(8000);
         f.handle(now, advert(PEER_HIGH, 100));
-        assert_eq!(drain(&mut f), vec![Action::SendAdvert { priority: 150 }, Action::Announce]);
+        assert_eq!(
+            drain(&mut f),
+            vec![
+                Action::SendAdvert { priority: 150 },
+                Action::Reasserted { against: PEER_HIGH, priority: 100 },
+                Action::Announce
+            ]
+        );
         f.handle(now + ms(300), advert(PEER_HIGH, 100));
         assert!(drain(&mut f).is_empty(), "held off");
         f.handle(now + ms(1000), advert(PEER_HIGH, 100));
-        assert_eq!(drain(&mut f).len(), 2);
+        assert_eq!(drain(&mut f).len(), 3);
         assert_eq!(f.state(), State::Master);
     }
 

@@ -489,6 +489,9 @@ impl Instance {
                     }
                 }
                 Action::Announce => self.announce(),
+                Action::Reasserted { against, priority } => {
+                    info!(%against, priority, "another router acted as master; advertising and announcing again");
+                }
                 Action::StateChanged { from, to, reason } => {
                     let master = self.fsm.master_ip().map_or_else(|| "-".to_string(), |a| a.to_string());
                     info!(%from, %to, %reason, %master, "state change");
