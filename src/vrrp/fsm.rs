@@ -395,6 +395,12 @@ impl Fsm {
     /// §6.4.2 "If an ADVERTISEMENT is received" in Backup.
     fn backup_receives(&mut self, now: Instant, source: Ipv4Addr, priority: u8, interval: Centiseconds) {
         if priority == PRIORITY_RESIGN {
+            // Only the master we follow can resign for us. A priority 0 from
+            // another router (one stepping down after a split) leaves us be:
+            // the RFC's rule would have every backup jump to Skew_Time.
+            if self.master_ip.is_some_and(|m| m != source) {
+                return;
+            }
             let (skew, _) = self.skew_and_master_down();
             self.master_down_timer = Some(now + skew);
             self.master_down_reason = Reason::PriorityZeroReceived { from: source };
@@ -685,6 +691,20 @@ mod tests {
                 reason: Reason::PriorityZeroReceived { from: PEER_HIGH }
             }
         );
+    }
+
+    #[test]
+    fn priority_zero_from_a_router_we_do_not_follow_is_ignored() {
+        let t0 = Instant::now();
+        let mut f = backup(100, t0);
+        f.handle(t0 + ms(500), advert(PEER_HIGH, 150));
+        let deadline = f.poll_timeout();
+        f.handle(t0 + ms(600), advert(PEER_LOW, 0));
+        assert_eq!(f.poll_timeout(), deadline, "a loser stepping down is not our master resigning");
+        // Before any master was seen, a priority 0 counts (RFC 5798 §6.4.2).
+        let mut g = backup(100, t0);
+        g.handle(t0 + ms(600), advert(PEER_LOW, 0));
+        assert_eq!(g.poll_timeout(), Some(t0 + ms(600) + Duration::from_micros(609_375)));
     }
 
     #[test]
