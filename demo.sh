@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The vipd demo, as root: builds vipd, starts two VRRP nodes (lb1 priority 150,
-# lb2 priority 100) and a client in network namespaces on a private bridge,
-# shows who is master, crashes it (kill -9), and shows the takeover with its
-# time and the pings the client lost; then lb1 comes back and preempts.
+# The vipd demo, as root: builds vipd, starts two LB nodes running vipd (VRRP
+# + HTTP load balancer; lb1 priority 150, lb2 priority 100), two app servers
+# (nginx) and a client in network namespaces on a private bridge. The client
+# sends an HTTP request to the VIP every 20 ms. The demo crashes the master
+# (kill -9), shows the takeover with its time and the requests lost; lb1
+# comes back and preempts; then a planned stop (SIGTERM) that loses nothing.
 # Everything runs in namespaces this script creates and removes on exit.
 # INTERVAL=1s ./demo.sh for keepalived's default rhythm (default 100ms).
 set -euo pipefail
@@ -13,10 +15,13 @@ echo "== building vipd"
 cargo build --quiet
 # shellcheck source=netns-tests/lib.sh
 source netns-tests/lib.sh
-ensure_pkg ping iputils-ping
+# shellcheck source=netns-tests/lib-http.sh
+source netns-tests/lib-http.sh
 ensure_pkg jq jq
 ensure_pkg curl curl
+ensure_pkg_nosvc nginx nginx
 INTERVAL=${INTERVAL:-100ms}
+URL="http://$VIP:$APP_PORT/"
 
 say() { printf '\n== %s\n' "$*"; }
 status_both() {
@@ -26,45 +31,68 @@ status_both() {
         ns_exec "$h" "$VIPD" status --control "$CONTROL" || true
     done
 }
+lb_conf() {
+    local f
+    f=$(vipd_conf "$1" "$2" "$INTERVAL" 3 true)
+    vipd_http_section web "0.0.0.0:$APP_PORT" round_robin 500ms 5s \
+        "${HOST_IP[app1]}:$APP_PORT" "${HOST_IP[app2]}:$APP_PORT" >>"$f"
+    echo "$f"
+}
+# traffic TAG MS: the client's request loop for MS milliseconds, in the background.
+traffic() {
+    TRAFFIC_OUT="$WORK/$1.client"
+    start_client_loop client "$URL" "$1" "$2" 20 1 "$TRAFFIC_OUT"
+    TRAFFIC_PID=$CLIENT_PID
+}
+report() {
+    wait_client_loop "$TRAFFIC_PID" "$1" 1
+    eval "$(loop_stats "$TRAFFIC_OUT" "$2")"
+    echo "client: $total requests, $failed failed$( ((failed > 0)) && echo " (between ${first_fail_ms} and ${last_fail_ms} ms after the event)"), slowest ${max_lat_ms} ms"
+}
 
-say "topology: bridge in namespace $SW; lb1 ${HOST_IP[lb1]}, lb2 ${HOST_IP[lb2]}, client ${HOST_IP[client]}; VIP $VIP_CIDR"
-topo_up lb1 lb2 client
-start_node vipd lb2 100 "$INTERVAL" 3 true
-start_node vipd lb1 150 "$INTERVAL" 3 true
+say "topology: bridge in namespace $SW; lb1 ${HOST_IP[lb1]}, lb2 ${HOST_IP[lb2]}, app1 ${HOST_IP[app1]}, app2 ${HOST_IP[app2]}, client ${HOST_IP[client]}; VIP $VIP_CIDR"
+topo_up lb1 lb2 app1 app2 client
+for a in app1 app2; do
+    app_server "$a"
+    nginx_ready "$a" "$STARTED_PID" "http://${HOST_IP[$a]}:$APP_PORT/healthz" 5000 || fail "$a: $WHY"
+done
+start_vipd lb2 "$(lb_conf lb2 100)" "$WORK/lb2.log"
+start_vipd lb1 "$(lb_conf lb1 150)" "$WORK/lb1.log"
 wait_pair_settled lb1 lb2 15000
-say "lb1 is master and holds the VIP (VIP on: $(vip_holder))"
+for h in lb1 lb2; do wait_for 10000 vipd_backends_healthy "$h" || fail "$h: backends not healthy"; done
+say "lb1 is master and holds the VIP (VIP on: $(vip_holder)); both balance over app1 and app2"
 status_both
+printf 'four requests to %s: ' "$URL"
+for _ in 1 2 3 4; do printf '%s ' "$(ns_exec client curl -s -m 1 "$URL")"; done
+echo
 
-say "client pings the VIP every 20 ms for 5 s"
-ns_exec client ping -n -i 0.02 -W 1 -w 5 "$VIP" >"$WORK/ping.log" 2>&1 &
-EXTRA_PIDS+=("$!")
-PING_PID=$!
-wait_for 3000 neigh_is "${HOST_MAC[lb1]}" || fail "client cannot reach the VIP on lb1"
-echo "client's neighbour entry for $VIP: $(client_neigh_mac) (lb1)"
-sleep 1
-
-say "kill -9 of lb1 (a crash: no priority-0 advert)"
+say "the client sends a request every 20 ms (a new connection each); kill -9 of lb1 after 1.5 s"
+traffic crash 5000
+sleep 1.5
+t_ev=$(now_ms)
 crash_node lb1
 wait_for 10000 state_is lb2 master || fail "lb2 did not take over"
-took=$WAITED_MS
+echo "lb2 became master ${WAITED_MS} ms after the kill (RFC bound: Master_Down_Interval = $(mdi_ms 100 "$INTERVAL") ms after lb1's last advert)"
 wait_for 3000 neigh_is "${HOST_MAC[lb2]}" || fail "client's neighbour entry did not move to lb2"
-echo "lb2 became master ${took} ms after the kill (RFC bound: Master_Down_Interval = $(mdi_ms 100 "$INTERVAL") ms after lb1's last advert)"
-echo "client's neighbour entry for $VIP now: $(client_neigh_mac) (lb2)"
-wait_for 8000 eval '! pid_alive "$PING_PID"' || true
-echo "ping: $(grep -E 'packets transmitted' "$WORK/ping.log" || echo "no summary")"
+echo "client's neighbour entry for $VIP now: $(client_neigh_mac) (lb2's MAC)"
+report 5000 "$t_ev"
 status_both
 
 say "lb1 comes back (it removes the VIP its crash left behind) and preempts"
-start_node vipd lb1 150 "$INTERVAL" 3 true
+start_vipd lb1 "$(lb_conf lb1 150)" "$WORK/lb1.log"
 wait_pair_settled lb1 lb2 15000
+wait_for 10000 vipd_backends_healthy lb1 || fail "lb1: backends not healthy"
 echo "lb1 is master again; VIP on: $(vip_holder); client's entry: $(client_neigh_mac)"
-status_both
 
-say "graceful stop of lb1 (SIGTERM: priority 0, VIP released)"
-t0=$(now_ms)
+say "planned stop of lb1 (SIGTERM): priority 0, VIP kept until lb2 advertises, then drained"
+traffic graceful 4000
+sleep 1.5
+t_ev=$(now_ms)
 kill -TERM "${NODE_PID[lb1]}"
 wait_for 5000 state_is lb2 master || fail "lb2 did not take over"
 echo "lb2 master ${WAITED_MS} ms after SIGTERM (Skew_Time: $(skew_ms 100 "$INTERVAL") ms)"
 reap_node lb1 || true
+report 4000 "$t_ev"
 echo "VIP on: $(vip_holder)"
+grep -E "took over|releasing|draining|stopped" "$WORK/lb1.log" | tail -n 4 | sed 's/^/lb1 log: /'
 say "done; namespaces are removed on exit"
