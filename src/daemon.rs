@@ -21,6 +21,9 @@ use crate::proxy::server::{self, Listener, Proxy};
 use crate::vrrp::fsm::skew_and_master_down;
 use crate::vrrp::instance::{DrainGate, Instance, Stats};
 
+/// Longest a resigning master keeps its VIPs for requests in flight.
+const VIP_HOLD_MAX: Duration = Duration::from_secs(1);
+
 /// Beyond the release timeout, how long the VRRP thread gets to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
@@ -41,11 +44,17 @@ pub fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         listeners.push(Listener { pool: Pool::new(h.clone()), sockets });
     }
     let pools: Vec<Arc<Pool>> = listeners.iter().map(|l| Arc::clone(&l.pool)).collect();
-    // A resigning master keeps its VIPs until requests in flight are done.
+    // A resigning master keeps its VIPs until requests in flight are done,
+    // but not long: once the new master has announced itself, clients'
+    // packets go there anyway, and two holders of the VIP both answer ARP.
+    // (Long requests and WebSockets still finish their drain afterwards.)
     let drain_max = config.http.iter().map(|h| h.drain_timeout).max().unwrap_or_default();
     let drain = (!pools.is_empty()).then(|| {
         let watched = pools.clone();
-        DrainGate { busy: Arc::new(move || watched.iter().any(|p| p.in_flight() > 0)), max_wait: drain_max }
+        DrainGate {
+            busy: Arc::new(move || watched.iter().any(|p| p.in_flight() > 0)),
+            max_wait: drain_max.min(VIP_HOLD_MAX),
+        }
     });
     let proxy = if listeners.is_empty() {
         None
@@ -66,7 +75,7 @@ pub fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         .max()
         .unwrap_or_default()
         + SHUTDOWN_GRACE
-        + drain_max;
+        + VIP_HOLD_MAX;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (ready_tx, ready_rx) = mpsc::channel::<anyhow::Result<()>>();
     let (done_tx, done_rx) = mpsc::channel::<()>();

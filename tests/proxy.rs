@@ -417,3 +417,27 @@ async fn hundred_megabytes_stream_through_with_flat_memory() {
     p.shutdown();
     a.task.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_prior_knowledge_is_served_and_forwarded_as_http11() {
+    let a = backend("a").await;
+    let (addr, _, p) = proxy(&[a.addr], "");
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(conn);
+    for _ in 0..3 {
+        let req = Request::get("http://shop.test/headers").body(http_body_util::Empty::<Bytes>::new()).expect("req");
+        let resp = sender.send_request(req).await.expect("h2 response");
+        assert_eq!(resp.status(), 200);
+        let body =
+            String::from_utf8(resp.into_body().collect().await.expect("body").to_bytes().to_vec()).expect("utf8");
+        // The :authority becomes Host for the HTTP/1.1 backend.
+        assert!(body.contains("host: shop.test"), "{body}");
+        assert!(body.contains("x-forwarded-host: shop.test"), "{body}");
+    }
+    p.shutdown();
+    a.task.abort();
+}

@@ -78,6 +78,33 @@ fn is_upgrade(req: &Request<Incoming>) -> bool {
             .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
 }
 
+/// The backends one request has tried, without allocating.
+#[derive(Default)]
+struct Tried {
+    list: [usize; MAX_TRIED],
+    len: usize,
+}
+
+/// 1 + the largest `retries`, plus the one stale-connection retry.
+const MAX_TRIED: usize = 12;
+
+impl Tried {
+    fn push(&mut self, i: usize) {
+        if let Some(slot) = self.list.get_mut(self.len) {
+            *slot = i;
+            self.len += 1;
+        }
+    }
+
+    fn pop(&mut self) {
+        self.len = self.len.saturating_sub(1);
+    }
+
+    fn as_slice(&self) -> &[usize] {
+        &self.list[..self.len]
+    }
+}
+
 fn idempotent(m: &Method) -> bool {
     matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE)
 }
@@ -137,14 +164,15 @@ pub async fn handle(pool: Arc<Pool>, client: SocketAddr, mut req: Request<Incomi
         .then(|| (parts.method.clone(), parts.uri.clone(), parts.headers.clone()));
     let mut req = Some(Request::from_parts(parts, UpstreamBody::Client(body)));
 
-    let mut tried: Vec<usize> = Vec::new();
+    // Backends tried so far; attempts are few (retries <= 10), so no heap.
+    let mut tried = Tried::default();
     let mut replayed = false;
     let mut stale_retried = false;
     let max_attempts = 1 + pool.config.retries as usize;
     let mut attempts = 0;
     let mut last_failure = (StatusCode::SERVICE_UNAVAILABLE, "no healthy backend\n");
     while attempts < max_attempts {
-        let Some(i) = pool.pick(&tried) else { break };
+        let Some(i) = pool.pick(tried.as_slice()) else { break };
         let Some(addr) = pool.backends().get(i).map(|b| b.address) else { break };
         attempts += 1;
         tried.push(i);
