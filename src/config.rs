@@ -313,14 +313,6 @@ fn validate_vrrp(
     invalid: &impl Fn(Range<usize>, String) -> ConfigError,
     text: &str,
 ) -> Result<VrrpConfig, ConfigError> {
-    let in_range = |v: &Spanned<i64>, key: &str, lo: i64, hi: i64| -> Result<u8, ConfigError> {
-        let n = *v.get_ref();
-        if (lo..=hi).contains(&n) {
-            u8::try_from(n).map_err(|_| invalid(v.span(), format!("vrrp.{key} = {n}: must be {lo}..={hi}")))
-        } else {
-            Err(invalid(v.span(), format!("vrrp.{key} = {n}: must be {lo}..={hi}")))
-        }
-    };
     let name = r.name.get_ref().clone();
     if name.is_empty() {
         return Err(invalid(r.name.span(), "vrrp.name must not be empty".to_string()));
@@ -329,8 +321,9 @@ fn validate_vrrp(
     if iface.is_empty() || iface.len() > 15 || iface.contains(['/', ' ']) {
         return Err(invalid(r.interface.span(), format!("vrrp.interface = {iface:?}: not a valid interface name")));
     }
-    let vrid = in_range(&r.vrid, "vrid", 1, 255)?;
-    let priority = in_range(&r.priority, "priority", 1, 255)?;
+    // Both ranges fit a u8.
+    let vrid = int_in(&r.vrid, "vrrp.vrid", 1, 255, invalid)? as u8;
+    let priority = int_in(&r.priority, "vrrp.priority", 1, 255, invalid)? as u8;
     let version = match &r.version {
         None => Version::V3,
         Some(v) => match v.get_ref() {
@@ -342,31 +335,30 @@ fn validate_vrrp(
     let advert_interval = match &r.advert_interval {
         None => Centiseconds::new(100).ok_or_else(|| invalid(0..0, "internal: default interval".into()))?,
         Some(s) => {
-            let d = duration(s, "advert_interval", invalid)?;
+            let d = duration(s, "vrrp.advert_interval", invalid)?;
             interval_for(version, d)
                 .map_err(|why| invalid(s.span(), format!("vrrp.advert_interval = {:?}: {why}", s.get_ref())))?
         }
     };
     let preempt_delay = match &r.preempt_delay {
         None => Duration::ZERO,
-        Some(s) => duration(s, "preempt_delay", invalid)?,
+        Some(s) => duration(s, "vrrp.preempt_delay", invalid)?,
     };
     let garp_repeat_delay = match &r.garp_repeat_delay {
         None => Some(Duration::from_secs(5)),
-        Some(s) => Some(duration(s, "garp_repeat_delay", invalid)?).filter(|d| !d.is_zero()),
+        Some(s) => Some(duration(s, "vrrp.garp_repeat_delay", invalid)?).filter(|d| !d.is_zero()),
     };
     let garp_count = match &r.garp_count {
         None => 5,
-        Some(n) if (1..=100).contains(n.get_ref()) => *n.get_ref() as u32,
-        Some(n) => return Err(invalid(n.span(), format!("vrrp.garp_count = {}: must be 1..=100", n.get_ref()))),
+        Some(n) => int_in(n, "vrrp.garp_count", 1, 100, invalid)? as u32,
     };
     let release_timeout = match &r.release_timeout {
         None => None,
-        Some(s) => Some(duration(s, "release_timeout", invalid)?),
+        Some(s) => Some(duration(s, "vrrp.release_timeout", invalid)?),
     };
     let garp_interval = match &r.garp_interval {
         None => Duration::ZERO,
-        Some(s) => duration(s, "garp_interval", invalid)?,
+        Some(s) => duration(s, "vrrp.garp_interval", invalid)?,
     };
     if garp_interval > Duration::from_secs(1) {
         let s = r.garp_interval.as_ref().map_or(0..0, |s| s.span());
@@ -456,27 +448,18 @@ fn validate_http(
     if backends.is_empty() {
         return Err(invalid(r.backends.span(), "http.backends must list at least one backend".into()));
     }
+    // Every HTTP timeout must be more than zero.
     let dur = |v: &Option<Spanned<String>>, key: &str, default: Duration| -> Result<Duration, ConfigError> {
-        match v {
-            None => Ok(default),
-            Some(s) => {
-                let d = parse_duration(s.get_ref())
-                    .map_err(|why| invalid(s.span(), format!("{key} = {:?}: {why}", s.get_ref())))?;
-                if d.is_zero() {
-                    return Err(invalid(s.span(), format!("{key} = {:?}: must be more than 0", s.get_ref())));
-                }
-                Ok(d)
-            }
+        let Some(s) = v else { return Ok(default) };
+        let d = duration(s, key, invalid)?;
+        if d.is_zero() {
+            return Err(invalid(s.span(), format!("{key} = {:?}: must be more than 0", s.get_ref())));
         }
+        Ok(d)
     };
-    let int = |v: &Option<Spanned<i64>>, key: &str, default: u64, lo: u64, hi: u64| -> Result<u64, ConfigError> {
-        match v {
-            None => Ok(default),
-            Some(n) => u64::try_from(*n.get_ref())
-                .ok()
-                .filter(|x| (lo..=hi).contains(x))
-                .ok_or_else(|| invalid(n.span(), format!("{key} = {}: must be {lo}..={hi}", n.get_ref()))),
-        }
+    // All ranges here are non-negative.
+    let int = |v: &Option<Spanned<i64>>, key: &str, default: u64, lo: i64, hi: i64| -> Result<u64, ConfigError> {
+        v.as_ref().map_or(Ok(default), |n| int_in(n, key, lo, hi, invalid).map(|n| n as u64))
     };
     let health = match &r.health {
         None => None,
@@ -522,12 +505,29 @@ fn validate_http(
     })
 }
 
+/// A duration value; `key` is the full key for the message.
 fn duration(
     s: &Spanned<String>,
     key: &str,
     invalid: &impl Fn(Range<usize>, String) -> ConfigError,
 ) -> Result<Duration, ConfigError> {
-    parse_duration(s.get_ref()).map_err(|why| invalid(s.span(), format!("vrrp.{key} = {:?}: {why}", s.get_ref())))
+    parse_duration(s.get_ref()).map_err(|why| invalid(s.span(), format!("{key} = {:?}: {why}", s.get_ref())))
+}
+
+/// An integer in `lo..=hi`; `key` is the full key for the message.
+fn int_in(
+    v: &Spanned<i64>,
+    key: &str,
+    lo: i64,
+    hi: i64,
+    invalid: &impl Fn(Range<usize>, String) -> ConfigError,
+) -> Result<i64, ConfigError> {
+    let n = *v.get_ref();
+    if (lo..=hi).contains(&n) {
+        Ok(n)
+    } else {
+        Err(invalid(v.span(), format!("{key} = {n}: must be {lo}..={hi}")))
+    }
 }
 
 /// v2 carries whole seconds in 8 bits; v3 centiseconds in 12 bits.

@@ -15,6 +15,7 @@ use tracing::{debug, error, info, info_span, warn, Instrument};
 use super::fsm::{skew_and_master_down, Action, Event, Fsm, Params, State};
 use super::packet::{self, Advert, ChecksumForm, DropReason, Expect, MULTICAST_V4};
 use super::socket::VrrpSocket;
+use super::timer::PreciseTimer;
 use crate::config::VrrpConfig;
 use crate::net::addr::{Netlink, NetlinkError};
 use crate::net::announce::Announcer;
@@ -302,6 +303,7 @@ pub struct Instance {
     expect: Expect,
     fsm: Fsm,
     socket: VrrpSocket,
+    timer: PreciseTimer,
     announcer: Arc<Announcer>,
     /// The rest of a spaced gratuitous ARP burst, stopped if we stop being master.
     burst: Option<tokio::task::JoinHandle<()>>,
@@ -340,6 +342,7 @@ impl Instance {
             move |source| InstanceError::Socket { what, iface, source }
         };
         let socket = VrrpSocket::open(&cfg.interface, iface.index, primary).map_err(socket_err("raw VRRP socket"))?;
+        let timer = PreciseTimer::new().map_err(socket_err("timerfd"))?;
         let announcer = Arc::new(Announcer::open(iface.index).map_err(socket_err("AF_PACKET socket"))?);
         let fsm = Fsm::new(Params {
             version: cfg.version,
@@ -362,6 +365,7 @@ impl Instance {
             expect,
             fsm,
             socket,
+            timer,
             announcer,
             burst: None,
             netlink,
@@ -390,7 +394,7 @@ impl Instance {
             let mut buf = vec![0u8; 2048];
             let mut recv_errors = 0u32;
             loop {
-                let deadline = self.fsm.poll_timeout().map(tokio::time::Instant::from_std);
+                let deadline = self.fsm.poll_timeout();
                 tokio::select! {
                     biased;
                     _ = shutdown.changed(), if !self.stopping => {
@@ -410,7 +414,7 @@ impl Instance {
                             self.fsm.handle(Instant::now(), event);
                         }
                     }
-                    _ = sleep_until(deadline) => self.fsm.handle_timeout(Instant::now()),
+                    _ = self.timer.sleep_until(deadline) => self.fsm.handle_timeout(Instant::now()),
                     r = self.socket.recv(&mut buf) => match r {
                         Ok(n) => {
                             recv_errors = 0;
@@ -584,12 +588,5 @@ fn send_frames(announcer: &Announcer, frames: &[[u8; frames::GARP_LEN]], stats: 
             }
             Err(e) => warn!(error = %e, "sending gratuitous ARP failed"),
         }
-    }
-}
-
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
     }
 }

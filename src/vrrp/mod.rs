@@ -4,3 +4,4 @@ pub mod fsm;
 pub mod instance;
 pub mod packet;
 pub mod socket;
+pub mod timer;
