@@ -23,6 +23,7 @@
 # reason, and the others still run.
 #
 # Env: VIPD (default ../target/release/vipd), VIPD_RUST_LOG (info,access=off),
+#      VIPD_MAX_HEADER_SIZE (unset: vipd's default 16384),
 #      RUNS (3), DURATION (10s),
 #      CONNS ("64 256"), TARGETS ("direct vipd haproxy nginx"), WARMUP (1s),
 #      KEEP=1 keeps the work dir (configs, logs, raw wrk output).
@@ -77,6 +78,11 @@ VIPD_CONF="$WORK/vipd.toml"
     printf '[control]\nlisten = "%s"\n' "$VIPD_CONTROL"
     vipd_http_section bench "127.0.0.1:${PORT[vipd]}" round_robin 2s 2s "$BACKEND"
 } >"$VIPD_CONF"
+# VIPD_MAX_HEADER_SIZE=8192 measures the smaller per-connection read buffer
+# (hyper sizes it to fit the largest accepted request head).
+if [[ -n ${VIPD_MAX_HEADER_SIZE:-} ]]; then
+    sed -i "s/^retries = .*/&\nmax_header_size = $VIPD_MAX_HEADER_SIZE/" "$VIPD_CONF"
+fi
 
 HAPROXY_CONF=$(haproxy_conf haproxy "127.0.0.1:${PORT[haproxy]}" "$BACKEND")
 
