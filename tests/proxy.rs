@@ -441,3 +441,26 @@ async fn http2_prior_knowledge_is_served_and_forwarded_as_http11() {
     p.shutdown();
     a.task.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_limit_wait_for_a_free_slot() {
+    let a = backend("a").await;
+    let (addr, _, p) = proxy(&[a.addr], "max_connections = 1");
+    // The first client holds the only slot with an idle keep-alive connection.
+    let first = TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(first)).await.expect("handshake");
+    let held = tokio::spawn(conn);
+    let req = Request::get("/").header("host", "x").body(http_body_util::Empty::<Bytes>::new()).expect("req");
+    assert_eq!(sender.send_request(req).await.expect("first").status(), 200);
+    // The second waits in the backlog: no answer while the slot is taken...
+    let second = tokio::spawn(get(addr, "/", &[]));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!second.is_finished(), "served past max_connections");
+    // ...and is served once it frees up.
+    drop(sender);
+    held.abort();
+    let (status, _, body) = tokio::time::timeout(Duration::from_secs(5), second).await.expect("served").expect("task");
+    assert_eq!((status, body.as_str()), (200, "a"));
+    p.shutdown();
+    a.task.abort();
+}
