@@ -71,9 +71,12 @@ pub struct HttpConfig {
     pub connect_timeout: Duration,
     /// Time for the backend's response head; past it the client gets a 504.
     pub response_timeout: Duration,
-    /// Time a client has to send a complete request head, counted from when
-    /// the connection starts waiting for one (so it also bounds idle keep-alive).
+    /// Time a client has to send a complete request head, counted from the
+    /// connection's start or from the request's first byte.
     pub client_header_timeout: Duration,
+    /// Time an open connection may wait for the next request, and a client
+    /// may take to read what it is sent.
+    pub idle_timeout: Duration,
     /// In-flight requests get this long to finish on shutdown.
     pub drain_timeout: Duration,
     /// Largest accepted request head, in bytes (431 past it).
@@ -492,8 +495,8 @@ fn validate_http(
         backends,
         connect_timeout: dur(&r.connect_timeout, "http.connect_timeout", Duration::from_secs(1))?,
         response_timeout: dur(&r.response_timeout, "http.response_timeout", Duration::from_secs(30))?,
-        client_header_timeout: dur(&r.client_header_timeout, "http.client_header_timeout", Duration::from_secs(10))?
-            .min(dur(&r.idle_timeout, "http.idle_timeout", Duration::from_secs(10))?),
+        client_header_timeout: dur(&r.client_header_timeout, "http.client_header_timeout", Duration::from_secs(10))?,
+        idle_timeout: dur(&r.idle_timeout, "http.idle_timeout", Duration::from_secs(10))?,
         drain_timeout: dur(&r.drain_timeout, "http.drain_timeout", Duration::from_secs(10))?,
         max_header_size: int(&r.max_header_size, "http.max_header_size", 16384, 1024, 1 << 20)? as usize,
         max_connections: int(&r.max_connections, "http.max_connections", 10_000, 1, 1_000_000)? as usize,

@@ -57,7 +57,7 @@ pub struct AccessLog {
     /// Client address.
     pub client: SocketAddr,
     /// Request method.
-    pub method: hyper::Method,
+    pub method: String,
     /// Request path and query.
     pub path: String,
     /// Response status.
@@ -66,6 +66,23 @@ pub struct AccessLog {
     pub backend: Option<SocketAddr>,
     /// When the request arrived.
     pub started: Instant,
+}
+
+impl AccessLog {
+    /// Writes the line: `bytes` of response body sent, `complete` if all.
+    pub fn emit(&self, bytes: u64, complete: bool) {
+        info!(
+            target: "access",
+            client = %self.client,
+            method = %self.method,
+            path = %self.path,
+            status = self.status,
+            backend = %self.backend.map_or_else(|| "-".to_string(), |b| b.to_string()),
+            bytes,
+            duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
+            complete,
+        );
+    }
 }
 
 /// Bookkeeping settled when the response body is done.
@@ -85,17 +102,7 @@ impl Completion {
         }
         self.in_flight = None;
         if let Some(l) = self.log.take() {
-            info!(
-                target: "access",
-                client = %l.client,
-                method = %l.method,
-                path = %l.path,
-                status = l.status,
-                backend = %l.backend.map_or_else(|| "-".to_string(), |b| b.to_string()),
-                bytes,
-                duration_ms = l.started.elapsed().as_secs_f64() * 1000.0,
-                complete,
-            );
+            l.emit(bytes, complete);
         }
     }
 }

@@ -80,7 +80,7 @@ fn is_upgrade(req: &Request<Incoming>) -> bool {
 
 /// The backends one request has tried, without allocating.
 #[derive(Default)]
-struct Tried {
+pub(crate) struct Tried {
     list: [usize; MAX_TRIED],
     len: usize,
 }
@@ -89,18 +89,18 @@ struct Tried {
 const MAX_TRIED: usize = 12;
 
 impl Tried {
-    fn push(&mut self, i: usize) {
+    pub(crate) fn push(&mut self, i: usize) {
         if let Some(slot) = self.list.get_mut(self.len) {
             *slot = i;
             self.len += 1;
         }
     }
 
-    fn pop(&mut self) {
+    pub(crate) fn pop(&mut self) {
         self.len = self.len.saturating_sub(1);
     }
 
-    fn as_slice(&self) -> &[usize] {
+    pub(crate) fn as_slice(&self) -> &[usize] {
         &self.list[..self.len]
     }
 }
@@ -139,7 +139,7 @@ pub async fn handle(pool: Arc<Pool>, client: SocketAddr, mut req: Request<Incomi
         let started = Instant::now();
         done.log = Some(Box::new(AccessLog {
             client,
-            method: req.method().clone(),
+            method: req.method().to_string(),
             path: req.uri().path_and_query().map_or("/", |p| p.as_str()).to_string(),
             status: 0,
             backend: None,

@@ -5,6 +5,7 @@ pub mod backends;
 pub mod balance;
 pub mod body;
 pub mod forward;
+pub mod h1;
 pub mod health;
 pub mod server;
 pub mod upstream;

@@ -1,8 +1,9 @@
 //! Listeners and client connections. One worker thread per core the process
 //! may use, each with its own single-threaded runtime and its own
 //! SO_REUSEPORT socket per listener (the kernel spreads connections; no
-//! work crosses threads). hyper serves HTTP/1.1 and h2c with prior
-//! knowledge; shutdown stops accepting and drains connections.
+//! work crosses threads). HTTP/1.x is served by the proxy's own path
+//! (`h1`), h2c with prior knowledge by hyper; shutdown stops accepting and
+//! drains connections.
 
 use std::convert::Infallible;
 use std::io;
@@ -11,15 +12,20 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::sync::{watch, Semaphore};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc as tokio_mpsc, watch, Semaphore};
 use tracing::{debug, info, warn};
 
 use super::backends::Pool;
+use super::h1::conn::{self, Ended};
 use super::{forward, health};
 
 /// Pending connections the kernel queues per listening socket.
@@ -131,7 +137,8 @@ impl Proxy {
     }
 }
 
-/// Accepts and serves one listener on this worker until `stop`.
+/// Accepts and serves one listener on this worker until `stop`, then
+/// waits up to the drain timeout for its connections to finish.
 async fn serve(
     listener: tokio::net::TcpListener,
     pool: Arc<Pool>,
@@ -139,18 +146,11 @@ async fn serve(
     mut stop: watch::Receiver<bool>,
 ) {
     let cfg = &pool.config;
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(cfg.client_header_timeout)
-        // One flat buffer per response: cheaper for the kernel than writev
-        // of head and small body (measured with wrk on loopback).
-        .writev(false)
-        .max_buf_size(cfg.max_header_size.max(8192));
-    builder.http2().timer(TokioTimer::new()).keep_alive_interval(Duration::from_secs(20));
-    let builder = Arc::new(builder);
-    let graceful = GracefulShutdown::new();
+    let mut h2 = http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new()).keep_alive_interval(Duration::from_secs(20));
+    let h2 = Arc::new(h2);
+    // Every connection task holds a sender; all dropped = all finished.
+    let (alive, mut all_done) = tokio_mpsc::channel::<()>(1);
     info!(listener = %cfg.name, listen = %cfg.listen, "HTTP listener up");
     loop {
         // Past max_connections, connections wait in the kernel's backlog.
@@ -174,22 +174,83 @@ async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let pool = Arc::clone(&pool);
-        let service = service_fn(move |req| {
-            let pool = Arc::clone(&pool);
-            async move { Ok::<_, Infallible>(forward::handle(pool, peer, req).await) }
-        });
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
-        let conn = graceful.watch(conn);
+        let h2 = Arc::clone(&h2);
+        let mut stop = stop.clone();
+        let alive = alive.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            if let Err(e) = conn.await {
-                debug!(%peer, error = %e, "client connection ended with an error");
+            let _alive = alive;
+            if let Ended::H2(stream, read) = conn::serve(stream, peer, &pool, &mut stop).await {
+                serve_h2(&h2, Prefixed { read, pos: 0, stream }, peer, pool, stop).await;
             }
         });
     }
     drop(listener);
-    if tokio::time::timeout(cfg.drain_timeout, graceful.shutdown()).await.is_err() {
+    drop(alive);
+    if tokio::time::timeout(cfg.drain_timeout, all_done.recv()).await.is_err() {
         warn!(listener = %cfg.name, timeout = ?cfg.drain_timeout, "connections still open after the drain timeout");
     }
     pool.close_idle();
+}
+
+/// An HTTP/2 (prior knowledge) client, served by hyper until it closes or
+/// the proxy stops (then it is told to finish what it has in flight).
+async fn serve_h2(
+    builder: &http2::Builder<TokioExecutor>,
+    io: Prefixed,
+    peer: SocketAddr,
+    pool: Arc<Pool>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let service = service_fn(move |req| {
+        let pool = Arc::clone(&pool);
+        async move { Ok::<_, Infallible>(forward::handle(pool, peer, req).await) }
+    });
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    let mut conn = std::pin::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = stop.changed() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        debug!(%peer, error = %e, "HTTP/2 client connection ended with an error");
+    }
+}
+
+/// A socket with bytes already read from it in front: what the HTTP/1
+/// reader took before it saw the HTTP/2 preface.
+struct Prefixed {
+    read: Vec<u8>,
+    pos: usize,
+    stream: TcpStream,
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.pos < this.read.len() {
+            let n = buf.remaining().min(this.read.len() - this.pos);
+            buf.put_slice(&this.read[this.pos..this.pos + n]);
+            this.pos += n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Prefixed {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
 }

@@ -1,0 +1,109 @@
+//! The read buffer of one connection: bytes read and not yet used. It
+//! starts small and grows only as far as a caller allows (a request head up
+//! to `max_header_size`, a body copy to [`BODY_CHUNK`]), then shrinks back
+//! between messages, so a thousand idle keep-alive connections cost little.
+
+use std::io;
+
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// Size a buffer starts at, and returns to between messages: room for a
+/// typical request or response head.
+pub const BASE: usize = 4096;
+
+/// Largest read while copying a body.
+pub const BODY_CHUNK: usize = 64 * 1024;
+
+/// `data[start..end]` holds bytes read and not yet used.
+#[derive(Debug)]
+pub struct ReadBuf {
+    data: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl Default for ReadBuf {
+    fn default() -> Self {
+        ReadBuf { data: vec![0; BASE], start: 0, end: 0 }
+    }
+}
+
+impl ReadBuf {
+    /// The unused bytes.
+    pub fn filled(&self) -> &[u8] {
+        &self.data[self.start..self.end]
+    }
+
+    /// Number of unused bytes.
+    pub fn len(&self) -> usize {
+        self.end - self.start
+    }
+
+    /// No unused bytes.
+    pub fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+
+    /// Marks the first `n` unused bytes as used.
+    pub fn consume(&mut self, n: usize) {
+        self.start = (self.start + n).min(self.end);
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
+    /// Returns to [`BASE`] size once empty, after a large head or body.
+    pub fn shrink(&mut self) {
+        if self.is_empty() && self.data.len() > BASE {
+            self.data = vec![0; BASE];
+        }
+    }
+
+    /// One read from `r`, after making room: unused bytes move to the front
+    /// and the buffer grows up to `limit`. `Ok(0)` is end of stream. With
+    /// `limit` unused bytes already held, fails without reading.
+    pub async fn read_from<R: AsyncRead + Unpin>(&mut self, r: &mut R, limit: usize) -> io::Result<usize> {
+        if self.end == self.data.len() {
+            if self.start > 0 {
+                self.data.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            } else if self.data.len() < limit {
+                let size = (self.data.len() * 2).clamp(BASE, limit);
+                self.data.resize(size, 0);
+            } else {
+                return Err(io::Error::other("read buffer full"));
+            }
+        }
+        let n = r.read(&mut self.data[self.end..]).await?;
+        self.end += n;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn grows_to_the_limit_then_refuses_and_shrinks_when_used() {
+        let input = vec![7u8; 3 * BASE];
+        let mut src: &[u8] = &input;
+        let mut b = ReadBuf::default();
+        let mut total = 0;
+        while total < 2 * BASE {
+            total += b.read_from(&mut src, 2 * BASE).await.expect("read");
+        }
+        assert_eq!(b.len(), 2 * BASE);
+        assert!(b.read_from(&mut src, 2 * BASE).await.is_err());
+        b.consume(BASE);
+        assert_eq!(b.filled().len(), BASE);
+        // Room again: the rest moves to the front.
+        assert!(b.read_from(&mut src, 2 * BASE).await.expect("read") > 0);
+        b.consume(usize::MAX);
+        assert!(b.is_empty());
+        b.shrink();
+        assert_eq!(b.data.len(), BASE);
+    }
+}

@@ -1,0 +1,604 @@
+//! One client connection over HTTP/1.x: read a request head, send it and
+//! its body to a backend connection, relay the response, and again. All of
+//! it runs in the connection's own task with one read buffer per side and
+//! one write buffer: a small response goes out head and body in a single
+//! write, and nothing is allocated per request on the way.
+//!
+//! Timeouts: `client_header_timeout` for a whole request head (from the
+//! connection's start, or from the first byte of a later request),
+//! `idle_timeout` between requests and for the client to take what it is
+//! sent, `connect_timeout` per connection attempt, `response_timeout` for
+//! the response head and then between pieces of the response body.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant as StdInstant;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::{timeout, timeout_at, Duration, Instant};
+use tracing::{debug, warn};
+
+use super::buf::{ReadBuf, BODY_CHUNK};
+use super::upstream::Upstream;
+use super::wire::{self, ChunkError, ChunkedScanner, Framing, HeadError, Request, ResponseContext};
+use crate::proxy::backends::Pool;
+use crate::proxy::body::AccessLog;
+use crate::proxy::forward::Tried;
+
+/// How long a connection closed after an error answer keeps reading (and
+/// discarding) what the client still sends, so the answer is not lost to a
+/// reset; and how much it reads at most.
+const LINGER: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 256 * 1024;
+
+/// How a connection ended.
+#[derive(Debug)]
+pub enum Ended {
+    /// Closed; nothing more to do.
+    Closed,
+    /// The client speaks HTTP/2 with prior knowledge: the socket and the
+    /// bytes already read from it, for the HTTP/2 server.
+    H2(TcpStream, Vec<u8>),
+}
+
+/// The client side of the connection.
+struct Client {
+    stream: TcpStream,
+    peer: SocketAddr,
+    buf: ReadBuf,
+    /// Bytes on their way to the client (or, briefly, to a backend).
+    out: Vec<u8>,
+    /// Time the client gets to take a write.
+    write_timeout: Duration,
+}
+
+impl Client {
+    async fn write_out(&mut self) -> bool {
+        let ok = matches!(timeout(self.write_timeout, self.stream.write_all(&self.out)).await, Ok(Ok(())));
+        self.out.clear();
+        ok
+    }
+
+    /// A short answer of the proxy's own.
+    async fn reply(&mut self, status: u16, reason: &str, text: &str, close: bool) -> bool {
+        wire::local_response(status, reason, text, close, &mut self.out);
+        self.write_out().await
+    }
+
+    /// Closes after an answer while the client may still be sending: stop
+    /// writing, then read and drop its bytes for a while so that the kernel
+    /// does not reset the connection under the answer.
+    async fn linger(mut self) {
+        let _ = timeout(LINGER, async {
+            let _ = self.stream.shutdown().await;
+            let mut read = 0;
+            while read < LINGER_BYTES {
+                self.buf.consume(usize::MAX);
+                match self.buf.read_from(&mut self.stream, super::buf::BASE).await {
+                    Ok(n) if n > 0 => read += n,
+                    _ => break,
+                }
+            }
+        })
+        .await;
+    }
+}
+
+/// Serves one client connection until it closes, fails, idles out or the
+/// proxy stops.
+pub async fn serve(stream: TcpStream, peer: SocketAddr, pool: &Arc<Pool>, stop: &mut watch::Receiver<bool>) -> Ended {
+    let cfg = &pool.config;
+    let mut c = Client {
+        stream,
+        peer,
+        buf: ReadBuf::default(),
+        out: Vec::with_capacity(1024),
+        write_timeout: cfg.idle_timeout,
+    };
+    let mut up_head = Vec::with_capacity(1024);
+    let mut head_deadline = Instant::now() + cfg.client_header_timeout;
+    let mut first = true;
+    loop {
+        if c.buf.is_empty() {
+            if *stop.borrow() {
+                return Ended::Closed;
+            }
+            c.buf.shrink();
+            let idle_until = if first { head_deadline } else { Instant::now() + cfg.idle_timeout };
+            let read = tokio::select! {
+                biased;
+                r = c.buf.read_from(&mut c.stream, cfg.max_header_size) => r,
+                _ = tokio::time::sleep_until(idle_until) => return Ended::Closed,
+                _ = stop.changed() => return Ended::Closed,
+            };
+            if !matches!(read, Ok(n) if n > 0) {
+                return Ended::Closed;
+            }
+        }
+        if !first {
+            head_deadline = Instant::now() + cfg.client_header_timeout;
+        }
+        let req = loop {
+            match wire::parse_request(c.buf.filled(), peer.ip(), &mut up_head) {
+                Ok(Some(r)) if r.head_len <= cfg.max_header_size => break r,
+                Ok(Some(_)) | Err(HeadError::TooManyHeaders) => {
+                    c.reply(431, "Request Header Fields Too Large", "request head too large\n", true).await;
+                    c.linger().await;
+                    return Ended::Closed;
+                }
+                Ok(None) if c.buf.len() >= cfg.max_header_size => {
+                    c.reply(431, "Request Header Fields Too Large", "request head too large\n", true).await;
+                    c.linger().await;
+                    return Ended::Closed;
+                }
+                Ok(None) => {
+                    match timeout_at(head_deadline, c.buf.read_from(&mut c.stream, cfg.max_header_size)).await {
+                        Ok(Ok(n)) if n > 0 => {}
+                        Ok(_) => return Ended::Closed,
+                        Err(_) => {
+                            debug!(%peer, "client did not finish its request head in time");
+                            c.reply(408, "Request Timeout", "request head timed out\n", true).await;
+                            return Ended::Closed;
+                        }
+                    }
+                }
+                Err(HeadError::Malformed(_)) if first && c.buf.filled().starts_with(wire::H2_PREFACE_START) => {
+                    let read = c.buf.filled().to_vec();
+                    return Ended::H2(c.stream, read);
+                }
+                Err(HeadError::Malformed(why)) => {
+                    debug!(%peer, why, "bad request");
+                    c.reply(400, "Bad Request", "bad request\n", true).await;
+                    c.linger().await;
+                    return Ended::Closed;
+                }
+            }
+        };
+        first = false;
+        match forward(&mut c, &req, &up_head, pool, stop).await {
+            Next::KeepOpen => {}
+            Next::Close => return Ended::Closed,
+            Next::Linger => {
+                c.linger().await;
+                return Ended::Closed;
+            }
+        }
+    }
+}
+
+/// What becomes of the client connection after a request.
+enum Next {
+    KeepOpen,
+    Close,
+    /// Close, but the client may still be sending (an unread body).
+    Linger,
+}
+
+/// What one attempt on one backend connection came to.
+enum Exchange {
+    /// A response was relayed to the client, completely or not.
+    Answered(Answer),
+    /// The backend closed or broke the connection before any response byte.
+    NoAnswer(String),
+    /// The response head is not valid HTTP, or is too large.
+    BadResponse(String),
+    /// No response head within `response_timeout`.
+    TimedOut,
+    /// The backend switched protocols: its 101 head is in the client's
+    /// write buffer, bytes after it in the upstream buffer.
+    Switched,
+    /// The client went away while the request was being sent.
+    ClientGone,
+    /// The client's chunked body is broken.
+    BadRequestBody(ChunkError),
+}
+
+struct Answer {
+    status: u16,
+    /// Body bytes sent to the client.
+    bytes: u64,
+    /// The whole response went out.
+    complete: bool,
+    keep_client: bool,
+    /// The backend connection may serve another request.
+    reuse: bool,
+}
+
+/// The part of a message body still to be copied.
+#[derive(Debug)]
+enum Remaining {
+    Done,
+    Length(u64),
+    Chunked(ChunkedScanner),
+    UntilClose,
+}
+
+impl Remaining {
+    fn new(framing: Framing) -> Self {
+        match framing {
+            Framing::Empty => Remaining::Done,
+            Framing::Length(n) => Remaining::Length(n),
+            Framing::Chunked => Remaining::Chunked(ChunkedScanner::default()),
+            Framing::UntilClose => Remaining::UntilClose,
+        }
+    }
+
+    fn is_done(&self) -> bool {
+        matches!(self, Remaining::Done)
+    }
+
+    /// How many bytes at the front of `avail` belong to the body; `data`
+    /// gets the body's content (chunk data without the coding).
+    fn take(&mut self, avail: &[u8], mut data: impl FnMut(&[u8])) -> Result<usize, ChunkError> {
+        let n = match self {
+            Remaining::Done => 0,
+            Remaining::Length(left) => {
+                let n = avail.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
+                data(&avail[..n]);
+                *left -= n as u64;
+                if *left == 0 {
+                    *self = Remaining::Done;
+                }
+                n
+            }
+            Remaining::Chunked(scanner) => {
+                let n = scanner.scan(avail, data)?;
+                if scanner.is_done() {
+                    *self = Remaining::Done;
+                }
+                n
+            }
+            Remaining::UntilClose => {
+                data(avail);
+                avail.len()
+            }
+        };
+        Ok(n)
+    }
+
+    /// The sender closed: the end of a body delimited that way.
+    fn end_of_stream(&mut self) -> bool {
+        let ended = matches!(self, Remaining::UntilClose);
+        if ended {
+            *self = Remaining::Done;
+        }
+        ended
+    }
+}
+
+/// Serves one parsed request whose upstream head is `up_head`.
+async fn forward(
+    c: &mut Client,
+    req: &Request,
+    up_head: &[u8],
+    pool: &Arc<Pool>,
+    stop: &watch::Receiver<bool>,
+) -> Next {
+    let cfg = &pool.config;
+    let mut log = (cfg.access_log && tracing::enabled!(target: "access", tracing::Level::INFO)).then(|| {
+        let head = c.buf.filled();
+        let text = |r: std::ops::Range<usize>| String::from_utf8_lossy(head.get(r).unwrap_or_default()).into_owned();
+        Box::new(AccessLog {
+            client: c.peer,
+            method: text(req.method.clone()),
+            path: text(req.target.clone()),
+            status: 0,
+            backend: None,
+            started: StdInstant::now(),
+        })
+    });
+    c.buf.consume(req.head_len);
+    let mut body = Remaining::new(req.framing);
+    // An upgrade gets a connection of its own; a body on it is not expected.
+    let upgrade = req.upgrade && req.framing == Framing::Empty;
+    // Only a bodiless idempotent request may be sent a second time after a
+    // connection broke under it.
+    let replayable = req.framing == Framing::Empty && req.idempotent;
+
+    let mut tried = Tried::default();
+    let mut stale_retried = false;
+    let mut replayed = false;
+    let max_attempts = 1 + cfg.retries as usize;
+    let mut attempts = 0;
+    let mut failure = (503, "Service Unavailable", "no healthy backend\n");
+    while attempts < max_attempts {
+        let Some(i) = pool.pick(tried.as_slice()) else { break };
+        let Some(addr) = pool.backends().get(i).map(|b| b.address) else { break };
+        attempts += 1;
+        tried.push(i);
+        if let Some(l) = log.as_mut() {
+            l.backend = Some(addr);
+        }
+        let pooled = if upgrade { None } else { pool.take_idle_h1(i) };
+        let mut up = match pooled {
+            Some(up) => up,
+            None => match Upstream::connect(addr, cfg.connect_timeout).await {
+                Ok(up) => up,
+                Err(e) => {
+                    // Nothing was sent: any request may go to another backend.
+                    warn!(backend = %addr, error = %e, "backend unreachable; trying another");
+                    if pool.failed(i) {
+                        warn!(backend = %addr, cooldown = ?pool.eject_cooldown(), "backend ejected after consecutive failures");
+                    }
+                    failure = (502, "Bad Gateway", "no backend reachable\n");
+                    continue;
+                }
+            },
+        };
+        let in_flight = pool.start(i);
+        let outcome = exchange(c, &mut up, req, up_head, &mut body, upgrade, pool, stop).await;
+        match outcome {
+            Exchange::Answered(a) => {
+                if a.status >= 500 {
+                    if pool.failed(i) {
+                        warn!(backend = %addr, "backend ejected after consecutive failures");
+                    }
+                } else {
+                    pool.succeeded(i);
+                }
+                if a.reuse {
+                    up.reused = true;
+                    pool.put_idle_h1(i, up);
+                }
+                drop(in_flight);
+                if let Some(mut l) = log {
+                    l.status = a.status;
+                    l.emit(a.bytes, a.complete);
+                }
+                return if a.keep_client { Next::KeepOpen } else { Next::Close };
+            }
+            Exchange::Switched => {
+                pool.succeeded(i);
+                if let Some(mut l) = log {
+                    l.status = 101;
+                    l.emit(0, true);
+                }
+                tunnel(c, up).await;
+                drop(in_flight);
+                return Next::Close;
+            }
+            Exchange::ClientGone => {
+                debug!(peer = %c.peer, backend = %addr, "client went away during its request");
+                if let Some(l) = log {
+                    l.emit(0, false);
+                }
+                return Next::Close;
+            }
+            Exchange::BadRequestBody(e) => {
+                debug!(peer = %c.peer, backend = %addr, error = %e, "bad request body");
+                let sent = c.reply(400, "Bad Request", "bad request body\n", true).await;
+                if let Some(mut l) = log {
+                    l.status = 400;
+                    l.emit(0, sent);
+                }
+                return Next::Linger;
+            }
+            Exchange::NoAnswer(why) => {
+                drop(in_flight);
+                if up.reused && replayable && !stale_retried {
+                    // Most likely a pooled connection the backend had just
+                    // closed: not its fault; once, try it again afresh.
+                    debug!(backend = %addr, why, "pooled connection closed under the request; sending it again");
+                    stale_retried = true;
+                    attempts -= 1;
+                    tried.pop();
+                    continue;
+                }
+                if !up.reused {
+                    pool.failed(i);
+                }
+                warn!(backend = %addr, why, "backend connection failed before the response");
+                failure = (502, "Bad Gateway", "backend connection failed\n");
+                if replayable && !replayed {
+                    replayed = true;
+                    continue;
+                }
+                break;
+            }
+            Exchange::BadResponse(why) => {
+                pool.failed(i);
+                warn!(backend = %addr, why, "invalid response from backend");
+                failure = (502, "Bad Gateway", "invalid response from backend\n");
+                break;
+            }
+            Exchange::TimedOut => {
+                pool.failed(i);
+                warn!(backend = %addr, timeout = ?cfg.response_timeout, "backend response timed out");
+                failure = (504, "Gateway Timeout", "backend timed out\n");
+                break;
+            }
+        }
+    }
+    let (status, reason, text) = failure;
+    // A body the client is still sending cannot be skipped over.
+    let unread_body = !body.is_done();
+    let close = !req.keep_alive || unread_body || *stop.borrow();
+    let sent = c.reply(status, reason, text, close).await;
+    if let Some(mut l) = log {
+        l.status = status;
+        l.emit(text.len() as u64, sent);
+    }
+    match (sent, close, unread_body) {
+        (true, false, _) => Next::KeepOpen,
+        (true, true, true) => Next::Linger,
+        _ => Next::Close,
+    }
+}
+
+/// Sends the request (head, then body as it arrives) on `up` and relays the
+/// response to the client.
+#[allow(clippy::too_many_arguments)]
+async fn exchange(
+    c: &mut Client,
+    up: &mut Upstream,
+    req: &Request,
+    up_head: &[u8],
+    body: &mut Remaining,
+    upgrade: bool,
+    pool: &Pool,
+    stop: &watch::Receiver<bool>,
+) -> Exchange {
+    let cfg = &pool.config;
+    // First write: the head and as much of the body as has arrived; for an
+    // upgrade, whatever the client sent after its head.
+    c.out.clear();
+    c.out.extend_from_slice(up_head);
+    if upgrade {
+        c.out.extend_from_slice(c.buf.filled());
+        c.buf.consume(usize::MAX);
+    } else if !body.is_done() {
+        let avail = c.buf.filled();
+        match body.take(avail, |_| {}) {
+            Ok(n) => {
+                c.out.extend_from_slice(&avail[..n]);
+                c.buf.consume(n);
+            }
+            Err(e) => return Exchange::BadRequestBody(e),
+        }
+    }
+    let deadline = Instant::now() + cfg.response_timeout;
+    match timeout_at(deadline, up.stream.write_all(&c.out)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Exchange::NoAnswer(format!("send: {e}")),
+        Err(_) => return Exchange::TimedOut,
+    }
+    c.out.clear();
+
+    // The response head; meanwhile the rest of the request body goes up.
+    let mut heard = false;
+    let resp = loop {
+        if !up.buf.is_empty() {
+            let ctx = ResponseContext {
+                is_head: req.is_head,
+                client_http10: req.http10,
+                close_client: !req.keep_alive || !body.is_done() || *stop.borrow(),
+                upgrade,
+            };
+            match wire::parse_response(up.buf.filled(), ctx, &mut c.out) {
+                Ok(Some(r)) if r.interim => {
+                    up.buf.consume(r.head_len);
+                    if !c.out.is_empty() && !c.write_out().await {
+                        return Exchange::ClientGone;
+                    }
+                    continue;
+                }
+                Ok(Some(r)) => break r,
+                Ok(None) if up.buf.len() >= cfg.max_header_size => {
+                    return Exchange::BadResponse("response head too large".into());
+                }
+                Ok(None) => {}
+                Err(e) => return Exchange::BadResponse(e.to_string()),
+            }
+        }
+        let read = if body.is_done() {
+            match timeout_at(deadline, up.buf.read_from(&mut up.stream, cfg.max_header_size)).await {
+                Ok(r) => r,
+                Err(_) => return Exchange::TimedOut,
+            }
+        } else {
+            tokio::select! {
+                biased;
+                r = up.buf.read_from(&mut up.stream, cfg.max_header_size) => r,
+                r = c.buf.read_from(&mut c.stream, BODY_CHUNK) => {
+                    if !matches!(r, Ok(n) if n > 0) {
+                        return Exchange::ClientGone;
+                    }
+                    let avail = c.buf.filled();
+                    let n = match body.take(avail, |_| {}) {
+                        Ok(n) => n,
+                        Err(e) => return Exchange::BadRequestBody(e),
+                    };
+                    match timeout_at(deadline, up.stream.write_all(&avail[..n])).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => return Exchange::NoAnswer(format!("send: {e}")),
+                        Err(_) => return Exchange::TimedOut,
+                    }
+                    c.buf.consume(n);
+                    continue;
+                }
+                _ = tokio::time::sleep_until(deadline) => return Exchange::TimedOut,
+            }
+        };
+        match read {
+            Ok(n) if n > 0 => heard = true,
+            Ok(_) if !heard => return Exchange::NoAnswer("closed".into()),
+            Err(e) if !heard => return Exchange::NoAnswer(format!("receive: {e}")),
+            _ => return Exchange::BadResponse("connection ended inside the response head".into()),
+        }
+    };
+    up.buf.consume(resp.head_len);
+    if resp.status == 101 {
+        return Exchange::Switched;
+    }
+
+    // The body: what is buffered goes out with the head, then piece by piece.
+    let mut left = Remaining::new(resp.framing);
+    let mut bytes = 0u64;
+    let mut complete = true;
+    loop {
+        if !left.is_done() && !up.buf.is_empty() {
+            let avail = up.buf.filled();
+            let out = &mut c.out;
+            let taken = if resp.dechunk {
+                left.take(avail, |d| {
+                    out.extend_from_slice(d);
+                    bytes += d.len() as u64;
+                })
+            } else {
+                left.take(avail, |d| bytes += d.len() as u64).inspect(|&n| out.extend_from_slice(&avail[..n]))
+            };
+            match taken {
+                Ok(n) => up.buf.consume(n),
+                Err(e) => {
+                    warn!(why = %e, "backend sent a broken response body");
+                    complete = false;
+                }
+            }
+        }
+        if !c.out.is_empty() && !c.write_out().await {
+            complete = false;
+        }
+        if left.is_done() || !complete {
+            break;
+        }
+        match timeout(cfg.response_timeout, up.buf.read_from(&mut up.stream, BODY_CHUNK)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            Ok(Ok(_)) if left.end_of_stream() => break,
+            Ok(_) => {
+                warn!("backend closed the connection inside the response body");
+                complete = false;
+            }
+            Err(_) => {
+                warn!(timeout = ?cfg.response_timeout, "backend stalled inside the response body");
+                complete = false;
+            }
+        }
+        if !complete {
+            break;
+        }
+    }
+    let reuse = complete && resp.backend_keep_alive && up.buf.is_empty() && body.is_done();
+    up.buf.shrink();
+    Exchange::Answered(Answer {
+        status: resp.status,
+        bytes,
+        complete,
+        keep_client: complete && !resp.close_client && body.is_done(),
+        reuse,
+    })
+}
+
+/// After a 101: the switch goes to the client with whatever the backend
+/// already sent, then bytes flow both ways until either side closes.
+async fn tunnel(c: &mut Client, mut up: Upstream) {
+    c.out.extend_from_slice(up.buf.filled());
+    up.buf.consume(usize::MAX);
+    if !c.write_out().await {
+        return;
+    }
+    if let Err(e) = tokio::io::copy_bidirectional(&mut c.stream, &mut up.stream).await {
+        debug!(peer = %c.peer, error = %e, "upgraded connection ended");
+    }
+}
