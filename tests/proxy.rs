@@ -464,3 +464,130 @@ async fn connections_past_the_limit_wait_for_a_free_slot() {
     p.shutdown();
     a.task.abort();
 }
+
+/// Reads one response from `s` (bytes past it stay in `pending`): status,
+/// lower-cased head, body (de-chunked). `no_body` for answers to HEAD.
+async fn read_response(s: &mut TcpStream, pending: &mut Vec<u8>, no_body: bool) -> (u16, String, Vec<u8>) {
+    async fn fill(s: &mut TcpStream, pending: &mut Vec<u8>) {
+        let mut chunk = [0u8; 16384];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk)).await.expect("in time").expect("read");
+        assert!(n > 0, "connection closed early: {:?}", String::from_utf8_lossy(pending));
+        pending.extend_from_slice(&chunk[..n]);
+    }
+    let head_end = loop {
+        if let Some(i) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        fill(s, pending).await;
+    };
+    let head = String::from_utf8_lossy(&pending[..head_end]).to_lowercase();
+    pending.drain(..head_end);
+    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let field =
+        |name: &str| head.lines().find_map(|l| l.strip_prefix(&format!("{name}: ")).map(|v| v.trim().to_string()));
+    let mut body = Vec::new();
+    if no_body || status == 100 || status == 204 || status == 304 {
+        return (status, head, body);
+    }
+    if let Some(n) = field("content-length").and_then(|v| v.parse::<usize>().ok()) {
+        while pending.len() < n {
+            fill(s, pending).await;
+        }
+        body.extend(pending.drain(..n));
+    } else if field("transfer-encoding").as_deref() == Some("chunked") {
+        loop {
+            let line_end = loop {
+                if let Some(i) = pending.windows(2).position(|w| w == b"\r\n") {
+                    break i;
+                }
+                fill(s, pending).await;
+            };
+            let size =
+                usize::from_str_radix(std::str::from_utf8(&pending[..line_end]).expect("size"), 16).expect("hex");
+            pending.drain(..line_end + 2);
+            while pending.len() < size + 2 {
+                fill(s, pending).await;
+            }
+            body.extend(pending.drain(..size));
+            pending.drain(..2);
+            if size == 0 {
+                break;
+            }
+        }
+    } else {
+        // Delimited by close.
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(pending)).await;
+        body.append(pending);
+    }
+    (status, head, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_framing_cases_on_one_connection() {
+    let a = backend("a").await;
+    let (addr, _, p) = proxy(&[a.addr], "");
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let mut pending = Vec::new();
+
+    // Pipelined: both requests in one write, answered in order.
+    s.write_all(b"GET /headers HTTP/1.1\r\nHost: one.test\r\n\r\nGET / HTTP/1.1\r\nHost: two.test\r\n\r\n")
+        .await
+        .expect("write");
+    let (status, _, body) = read_response(&mut s, &mut pending, false).await;
+    assert_eq!(status, 200);
+    assert!(String::from_utf8_lossy(&body).contains("host: one.test"));
+    assert_eq!(read_response(&mut s, &mut pending, false).await.2, b"a");
+
+    // A chunked upload, sent in pieces.
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+        .await
+        .expect("write");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    s.write_all(b"6;note=x\r\n world\r\n0\r\n\r\n").await.expect("write");
+    let (status, _, body) = read_response(&mut s, &mut pending, false).await;
+    assert_eq!((status, body.as_slice()), (200, &b"11"[..]));
+
+    // Expect: 100-continue: the interim answer comes through, then the body goes up.
+    s.write_all(b"PUT /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n")
+        .await
+        .expect("write");
+    let (status, _, _) = read_response(&mut s, &mut pending, false).await;
+    assert_eq!(status, 100);
+    s.write_all(b"abcd").await.expect("write");
+    let (status, _, body) = read_response(&mut s, &mut pending, false).await;
+    assert_eq!((status, body.as_slice()), (200, &b"4"[..]));
+
+    // HEAD: no body, and the connection goes on.
+    s.write_all(b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("write");
+    let (status, head, _) = read_response(&mut s, &mut pending, true).await;
+    assert_eq!(status, 200);
+    assert!(head.contains("content-length: 1"), "{head}");
+
+    // A streamed (chunked) answer passes through chunked.
+    s.write_all(b"GET /big?1 HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("write");
+    let (status, head, body) = read_response(&mut s, &mut pending, false).await;
+    assert!(head.contains("transfer-encoding: chunked"), "{head}");
+    assert_eq!((status, body.len()), (200, 1024 * 1024));
+
+    // Ambiguous framing is refused, and the connection closed.
+    s.write_all(
+        b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    let (status, head, _) = read_response(&mut s, &mut pending, false).await;
+    assert_eq!(status, 400);
+    assert!(head.contains("connection: close"), "{head}");
+
+    // An HTTP/1.0 client gets a streamed answer de-chunked, ended by close.
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(b"GET /big?1 HTTP/1.0\r\n\r\n").await.expect("write");
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await.expect("in time").expect("read");
+    let text = String::from_utf8_lossy(&out);
+    let (head, body) = text.split_once("\r\n\r\n").expect("a head");
+    assert!(head.starts_with("HTTP/1.1 200") && !head.to_lowercase().contains("chunked"), "{head}");
+    assert_eq!(body.len(), 1024 * 1024);
+    p.shutdown();
+    a.task.abort();
+}
