@@ -16,7 +16,10 @@
 # warms it up for 1 s, then runs wrk -t1 -c64 and -c256 for DURATION with
 # --latency. Targets alternate within a round (direct, vipd, haproxy, nginx;
 # then again) so that drift of the machine hits all of them alike. The table
-# shows the median over RUNS rounds of requests/s, p50, p99 and peak RSS.
+# shows the median over RUNS rounds of requests/s, p50, p99, peak RSS, the
+# proxy's CPU use during the run (user + system, % of one core) and requests
+# per CPU-second (req/s divided by that): when the load core is the limit,
+# the last says which proxy does the work for less.
 # RSS is the proxy's VmHWM: vipd and HAProxy are one process each; for nginx
 # it is the worker (the master only parses the config and waits).
 # A target whose binary is missing or that fails to start is skipped with the
@@ -197,7 +200,20 @@ parse_wrk() {
         }' "$1"
 }
 
-RESULTS="$WORK/results.txt"    # target conns round rps p50 p99 rss_kib errors
+RESULTS="$WORK/results.txt"    # target conns round rps p50 p99 rss_kib errors cpu_pct
+
+# cpu_ticks PID...: user + system CPU time the processes used so far, in
+# clock ticks (all threads; fields 14 and 15 of /proc/PID/stat).
+cpu_ticks() {
+    local p total=0 t
+    for p in "$@"; do
+        t=$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null | awk '{ print $12 + $13 }') || return 1
+        [[ -n $t ]] || return 1
+        total=$((total + t))
+    done
+    echo "$total"
+}
+CLK_TCK=$(getconf CLK_TCK)
 : >"$RESULTS"
 
 # cpu_busy_pct: share of all CPUs busy over the next second (from /proc/stat).
@@ -226,8 +242,15 @@ for ((r = 1; r <= RUNS; r++)); do
         [[ $t == direct ]] || run_wrk 64 "$WARMUP" "$url" "$WORK/warmup-$t-$r.txt" || true
         for c in $CONNS; do
             out="$WORK/wrk-$t-c$c-r$r.txt"
+            ticks0=NA
+            [[ $t == direct ]] || ticks0=$(cpu_ticks "${TARGET_RSS_PIDS[@]}") || ticks0=NA
             run_wrk "$c" "$DURATION" "$url" "$out" || log "wrk exited non-zero for $t c$c round $r"
             read -r rps p50 p99 errs <<<"$(parse_wrk "$out")"
+            # The proxy's CPU use over the run, in % of one core.
+            cpu=NA
+            if [[ $ticks0 != NA ]] && ticks1=$(cpu_ticks "${TARGET_RSS_PIDS[@]}"); then
+                cpu=$(awk -v d="$((ticks1 - ticks0))" -v hz="$CLK_TCK" -v s="$dur_s" 'BEGIN { printf "%.1f", 100 * d / hz / s }')
+            fi
             rss=NA
             if [[ $t != direct ]]; then
                 if pid_alive "$TARGET_PID"; then
@@ -237,8 +260,8 @@ for ((r = 1; r <= RUNS; r++)); do
                     rps=NA
                 fi
             fi
-            echo "$t $c $r $rps $p50 $p99 $rss $errs" >>"$RESULTS"
-            log "round $r $t c$c: $rps req/s p50 $p50 ms p99 $p99 ms rss ${rss} KiB errors $errs"
+            echo "$t $c $r $rps $p50 $p99 $rss $errs $cpu" >>"$RESULTS"
+            log "round $r $t c$c: $rps req/s p50 $p50 ms p99 $p99 ms rss ${rss} KiB errors $errs proxy CPU ${cpu}%"
         done
         stop_target
     done
@@ -260,7 +283,7 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "NA" || b == "NA" || b == 0)
 declare -A M=()
 echo
 echo "bench-proxy: wrk -t1, $DURATION, median of $RUNS round(s); proxy on CPU $PROXY_CPU, wrk + backend on CPU $LOAD_CPU; loopback in one namespace"
-printf '%-8s %5s %10s %9s %9s %10s %7s %5s\n' target conns "req/s" "p50 ms" "p99 ms" "RSS MiB" errors runs
+printf '%-8s %5s %10s %9s %9s %10s %7s %7s %10s %5s\n' target conns "req/s" "p50 ms" "p99 ms" "RSS MiB" errors "CPU %" "req/CPU-s" runs
 for t in $TARGETS; do
     if [[ -n ${SKIPPED[$t]:-} ]]; then
         printf '%-8s skipped: %s\n' "$t" "${SKIPPED[$t]}"
@@ -271,9 +294,15 @@ for t in $TARGETS; do
         M[$t,$c,p50]=$(median 5 "$t" "$c")
         M[$t,$c,p99]=$(median 6 "$t" "$c")
         M[$t,$c,rss]=$(median 7 "$t" "$c")
+        M[$t,$c,cpu]=$(median 9 "$t" "$c")
+        # Requests per second of the proxy's own CPU time: what it costs,
+        # whichever side (proxy core or load core) capped the req/s.
+        M[$t,$c,eff]=$(awk -v r="${M[$t,$c,rps]}" -v p="${M[$t,$c,cpu]}" \
+            'BEGIN { if (r == "NA" || p == "NA" || p == 0) print "NA"; else printf "%.0f", r / (p / 100) }')
         rss_mib=$(awk -v k="${M[$t,$c,rss]}" 'BEGIN { if (k == "NA") print "-"; else printf "%.1f", k / 1024 }')
-        printf '%-8s %5s %10s %9s %9s %10s %7s %5s\n' "$t" "$c" "${M[$t,$c,rps]}" \
-            "${M[$t,$c,p50]}" "${M[$t,$c,p99]}" "$rss_mib" "$(errsum "$t" "$c")" "$(nruns "$t" "$c")/$RUNS"
+        printf '%-8s %5s %10s %9s %9s %10s %7s %7s %10s %5s\n' "$t" "$c" "${M[$t,$c,rps]}" \
+            "${M[$t,$c,p50]}" "${M[$t,$c,p99]}" "$rss_mib" "$(errsum "$t" "$c")" "${M[$t,$c,cpu]/NA/-}" \
+            "${M[$t,$c,eff]/NA/-}" "$(nruns "$t" "$c")/$RUNS"
     done
 done
 if [[ " $TARGETS " == *" vipd "* && -z ${SKIPPED[vipd]:-} ]]; then
@@ -281,10 +310,11 @@ if [[ " $TARGETS " == *" vipd "* && -z ${SKIPPED[vipd]:-} ]]; then
     for o in haproxy nginx; do
         [[ " $TARGETS " == *" $o "* && -z ${SKIPPED[$o]:-} ]] || continue
         for c in $CONNS; do
-            printf 'vipd/%-7s c%-4s rps %5s   p99 %5s   RSS %5s\n' "$o" "$c" \
+            printf 'vipd/%-7s c%-4s rps %5s   p99 %5s   RSS %5s   req/CPU-s %5s\n' "$o" "$c" \
                 "$(ratio "${M[vipd,$c,rps]}" "${M[$o,$c,rps]}")" \
                 "$(ratio "${M[vipd,$c,p99]}" "${M[$o,$c,p99]}")" \
-                "$(ratio "${M[vipd,$c,rss]}" "${M[$o,$c,rss]}")"
+                "$(ratio "${M[vipd,$c,rss]}" "${M[$o,$c,rss]}")" \
+                "$(ratio "${M[vipd,$c,eff]}" "${M[$o,$c,eff]}")"
         done
     done
 fi
