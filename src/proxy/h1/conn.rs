@@ -8,7 +8,8 @@
 //! connection's start, or from the first byte of a later request),
 //! `idle_timeout` between requests and for the client to take what it is
 //! sent, `connect_timeout` per connection attempt, `response_timeout` for
-//! the response head and then between pieces of the response body.
+//! the response head (from the last request byte sent) and then between
+//! pieces of the response body.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -347,7 +348,12 @@ async fn forward(
                     l.status = a.status;
                     l.emit(a.bytes, a.complete);
                 }
-                return if a.keep_client { Next::KeepOpen } else { Next::Close };
+                return match (a.keep_client, body.is_done()) {
+                    (true, _) => Next::KeepOpen,
+                    // Answered before the client finished sending its body.
+                    (false, false) => Next::Linger,
+                    (false, true) => Next::Close,
+                };
             }
             Exchange::Switched => {
                 pool.succeeded(i);
@@ -458,7 +464,9 @@ async fn exchange(
             Err(e) => return Exchange::BadRequestBody(e),
         }
     }
-    let deadline = Instant::now() + cfg.response_timeout;
+    // Counted from the last request byte sent: a long upload is not a slow
+    // backend.
+    let mut deadline = Instant::now() + cfg.response_timeout;
     match timeout_at(deadline, up.stream.write_all(&c.out)).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => return Exchange::NoAnswer(format!("send: {e}")),
@@ -516,6 +524,7 @@ async fn exchange(
                         Err(_) => return Exchange::TimedOut,
                     }
                     c.buf.consume(n);
+                    deadline = Instant::now() + cfg.response_timeout;
                     continue;
                 }
                 _ = tokio::time::sleep_until(deadline) => return Exchange::TimedOut,
