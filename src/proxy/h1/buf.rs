@@ -1,7 +1,9 @@
 //! The read buffer of one connection: bytes read and not yet used. It
 //! starts small and grows only as far as a caller allows (a request head up
-//! to `max_header_size`, a body copy to [`BODY_CHUNK`]), then shrinks back
-//! between messages, so a thousand idle keep-alive connections cost little.
+//! to `max_header_size`, a body copy to [`BODY_CHUNK`]): when it is full, or
+//! when a read filled all the room there was (a large body is streaming,
+//! so fewer, larger reads pay). It shrinks back between messages, so a
+//! thousand idle keep-alive connections cost little.
 
 use std::io;
 
@@ -20,11 +22,13 @@ pub struct ReadBuf {
     data: Vec<u8>,
     start: usize,
     end: usize,
+    /// The last read took all the room it had.
+    filled_room: bool,
 }
 
 impl Default for ReadBuf {
     fn default() -> Self {
-        ReadBuf { data: vec![0; BASE], start: 0, end: 0 }
+        ReadBuf { data: vec![0; BASE], start: 0, end: 0, filled_room: false }
     }
 }
 
@@ -58,12 +62,17 @@ impl ReadBuf {
         if self.is_empty() && self.data.len() > BASE {
             self.data = vec![0; BASE];
         }
+        self.filled_room = false;
     }
 
     /// One read from `r`, after making room: unused bytes move to the front
     /// and the buffer grows up to `limit`. `Ok(0)` is end of stream. With
     /// `limit` unused bytes already held, fails without reading.
     pub async fn read_from<R: AsyncRead + Unpin>(&mut self, r: &mut R, limit: usize) -> io::Result<usize> {
+        if self.filled_room && self.is_empty() && self.data.len() < limit {
+            let size = (self.data.len() * 2).min(limit);
+            self.data.resize(size, 0);
+        }
         if self.end == self.data.len() {
             if self.start > 0 {
                 self.data.copy_within(self.start..self.end, 0);
@@ -76,8 +85,10 @@ impl ReadBuf {
                 return Err(io::Error::other("read buffer full"));
             }
         }
+        let room = self.data.len() - self.end;
         let n = r.read(&mut self.data[self.end..]).await?;
         self.end += n;
+        self.filled_room = n == room;
         Ok(n)
     }
 }
@@ -104,6 +115,25 @@ mod tests {
         b.consume(usize::MAX);
         assert!(b.is_empty());
         b.shrink();
+        assert_eq!(b.data.len(), BASE);
+    }
+
+    #[tokio::test]
+    async fn reads_that_fill_the_room_make_it_larger() {
+        let input = vec![1u8; 1 << 20];
+        let mut src: &[u8] = &input;
+        let mut b = ReadBuf::default();
+        let mut sizes = Vec::new();
+        for _ in 0..6 {
+            sizes.push(b.read_from(&mut src, BODY_CHUNK).await.expect("read"));
+            b.consume(usize::MAX);
+        }
+        assert_eq!(sizes, [BASE, 2 * BASE, 4 * BASE, 8 * BASE, 16 * BASE, BODY_CHUNK]);
+        // A short read stops the growth.
+        let mut short: &[u8] = &input[..100];
+        b.shrink();
+        assert_eq!(b.read_from(&mut short, BODY_CHUNK).await.expect("read"), 100);
+        b.consume(usize::MAX);
         assert_eq!(b.data.len(), BASE);
     }
 }
