@@ -882,4 +882,75 @@ mod tests {
         let (_, used, done) = scan_all(&[b"3\r\nab"]).expect("valid so far");
         assert_eq!((used, done), (5, false));
     }
+
+    /// A request head built from arbitrary field names and values.
+    fn arbitrary_head(fields: &[(String, String)], tail: &[u8]) -> Vec<u8> {
+        let mut head = b"POST /p HTTP/1.1\r\n".to_vec();
+        for (k, v) in fields {
+            head.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
+        }
+        head.extend_from_slice(b"\r\n");
+        head.extend_from_slice(tail);
+        head
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parsing_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            let mut out = Vec::new();
+            let _ = parse_request(&bytes, CLIENT, &mut out);
+            for ctx in [ctx(), ResponseContext { is_head: true, client_http10: true, close_client: true, upgrade: true }] {
+                let _ = parse_response(&bytes, ctx, &mut out);
+            }
+            let _ = ChunkedScanner::default().scan(&bytes, |_| {});
+        }
+
+        /// Whatever the client sends, the head for the backend parses again,
+        /// states the same framing and carries no hop-by-hop field.
+        #[test]
+        fn rewritten_heads_are_clean(
+            fields in proptest::collection::vec(
+                ("(?i)(host|connection|content-length|transfer-encoding|upgrade|te|x-a|proxy-b|keep-alive)",
+                 "[ -~]{0,12}"),
+                0..8),
+        ) {
+            let head = arbitrary_head(&fields, b"");
+            let mut out = Vec::new();
+            if let Ok(Some(r)) = parse_request(&head, CLIENT, &mut out) {
+                let mut again = Vec::new();
+                let r2 = parse_request(&out, CLIENT, &mut again).expect("rewritten head parses").expect("complete");
+                proptest::prop_assert_eq!(r2.framing, r.framing);
+                proptest::prop_assert_eq!(r2.head_len, out.len());
+                let text = String::from_utf8_lossy(&out).to_ascii_lowercase();
+                for hop in ["\r\nte:", "\r\nkeep-alive:", "\r\nproxy-b:"] {
+                    proptest::prop_assert!(!text.contains(hop), "{} in {}", hop, text);
+                }
+                proptest::prop_assert_eq!(text.matches("\r\nhost:").count(), 1);
+            }
+        }
+
+        /// The chunked scanner finds the same end and data however the
+        /// input is cut.
+        #[test]
+        fn chunked_scan_is_split_invariant(
+            sizes in proptest::collection::vec(0usize..40, 0..6),
+            cut in 0usize..400,
+        ) {
+            let mut body = Vec::new();
+            let mut want = Vec::new();
+            for (i, n) in sizes.iter().enumerate().filter(|(_, n)| **n > 0) {
+                body.extend_from_slice(format!("{n:x}\r\n").as_bytes());
+                let data = vec![b'a' + (i % 26) as u8; *n];
+                body.extend_from_slice(&data);
+                body.extend_from_slice(b"\r\n");
+                want.extend_from_slice(&data);
+            }
+            body.extend_from_slice(b"0\r\n\r\nrest");
+            let cut = cut.min(body.len());
+            let (data, used, done) = scan_all(&[&body[..cut], &body[cut..]]).expect("valid");
+            proptest::prop_assert!(done);
+            proptest::prop_assert_eq!(used, body.len() - 4);
+            proptest::prop_assert_eq!(data, want);
+        }
+    }
 }
