@@ -29,6 +29,15 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 /// Runs the daemon in the foreground until SIGTERM or SIGINT.
 pub fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
+    // Signal handlers go in before anything starts: a SIGTERM during
+    // start-up is kept and answered with the ordered shutdown below, not
+    // with the default action (which would leave a claimed VIP behind).
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the main runtime")?;
+    let signals = {
+        let _entered = rt.enter();
+        StopSignals::install()?
+    };
+
     // Bind the control address first: failing here must not leave a VIP behind.
     let control = StdTcpListener::bind(config.control.listen)
         .with_context(|| format!("control.listen = {}: cannot listen", config.control.listen))?;
@@ -105,12 +114,11 @@ pub fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         Err(_) => return Err(anyhow!("the VRRP thread ended before it was ready")),
     }
 
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the main runtime")?;
     let signal_result = rt.block_on(async {
         let listener = tokio::net::TcpListener::from_std(control).context("control socket")?;
         info!(listen = %config.control.listen, "control endpoint up");
         let server = tokio::spawn(control::serve(listener, Sources { vrrp: stats, http: pools }));
-        let outcome = wait_for_stop_signal().await;
+        let outcome = signals.wait().await;
         server.abort();
         outcome
     });
@@ -133,15 +141,30 @@ pub fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
     signal_result
 }
 
-async fn wait_for_stop_signal() -> anyhow::Result<()> {
-    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
-    loop {
-        tokio::select! {
-            _ = term.recv() => { info!("SIGTERM received"); return Ok(()); }
-            _ = int.recv() => { info!("SIGINT received"); return Ok(()); }
-            _ = hup.recv() => warn!("SIGHUP: reloading is not supported yet; restart vipd to apply a new config"),
+/// The signals that stop (or would reload) the daemon.
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    /// Needs a runtime context.
+    fn install() -> anyhow::Result<Self> {
+        Ok(StopSignals {
+            term: signal(SignalKind::terminate()).context("installing SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing SIGINT handler")?,
+            hup: signal(SignalKind::hangup()).context("installing SIGHUP handler")?,
+        })
+    }
+
+    async fn wait(mut self) -> anyhow::Result<()> {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => { info!("SIGTERM received"); return Ok(()); }
+                _ = self.int.recv() => { info!("SIGINT received"); return Ok(()); }
+                _ = self.hup.recv() => warn!("SIGHUP: reloading is not supported yet; restart vipd to apply a new config"),
+            }
         }
     }
 }
