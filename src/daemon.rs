@@ -197,12 +197,19 @@ async fn run_vrrp(
         let _ = ready.send(Err(anyhow!(e).context("subscribing to link changes")));
         return;
     }
+    let siblings: Vec<Vec<u8>> = configs
+        .iter()
+        .map(|c| configs.iter().filter(|o| o.interface == c.interface && o.vrid != c.vrid).map(|o| o.vrid).collect())
+        .collect();
     let mut instances = Vec::new();
-    for ((cfg, st), link) in configs.into_iter().zip(stats).zip(link_receivers) {
+    for (((cfg, st), link), siblings) in configs.into_iter().zip(stats).zip(link_receivers).zip(siblings) {
         let at = cfg.interface_at;
         let (name, iface) = (cfg.name.clone(), cfg.interface.clone());
         match Instance::prepare(cfg, netlink.clone(), link, st).await {
-            Ok(i) => instances.push(i),
+            Ok(mut i) => {
+                i.set_siblings(siblings);
+                instances.push(i);
+            }
             Err(e) => {
                 let _ = ready.send(Err(anyhow!(
                     "{}:{}:{}: vrrp instance {name:?}, interface = {iface:?}: {e}",

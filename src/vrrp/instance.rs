@@ -313,11 +313,19 @@ pub struct Instance {
     link_up: bool,
     /// Set once shutdown began.
     stopping: bool,
+    /// VRIDs of this process's other instances on the same interface.
+    siblings: Vec<u8>,
     drain: Option<DrainGate>,
     stats: Arc<Stats>,
 }
 
 impl Instance {
+    /// Names the VRIDs of this process's other instances on the same
+    /// interface, whose adverts it sees too.
+    pub fn set_siblings(&mut self, vrids: Vec<u8>) {
+        self.siblings = vrids;
+    }
+
     /// Looks up the interface, removes VIPs a crashed run may have left,
     /// and opens the sockets. Fails with a message naming what is missing.
     pub async fn prepare(
@@ -372,6 +380,7 @@ impl Instance {
             link,
             link_up: iface.up,
             stopping: false,
+            siblings: Vec::new(),
             drain: None,
             stats,
             cfg,
@@ -447,6 +456,13 @@ impl Instance {
         let packet = &buf[..n.min(buf.len())];
         let rx = match packet::parse_ipv4(packet, &self.expect) {
             Ok(rx) => rx,
+            // Another instance of this process on the same interface: its
+            // adverts are not bad packets.
+            Err(DropReason::Vrid | DropReason::Version)
+                if packet::claimed_vrid_ipv4(packet).is_some_and(|v| self.siblings.contains(&v)) =>
+            {
+                return;
+            }
             Err(reason) => {
                 self.stats.count_drop(reason);
                 debug!(%reason, len = n, "dropped packet");

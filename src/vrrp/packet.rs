@@ -220,6 +220,13 @@ pub fn parse_ipv4(packet: &[u8], expect: &Expect) -> Result<Received, DropReason
     parse(&packet[ihl..total_len], ttl, source, destination, expect)
 }
 
+/// The VRID an IPv4 VRRP packet claims, read without validating anything:
+/// enough to tell another local instance's traffic from a stranger's.
+pub fn claimed_vrid_ipv4(packet: &[u8]) -> Option<u8> {
+    let ihl = usize::from(*packet.first()? & 0x0f) * 4;
+    packet.get(ihl + 1).copied()
+}
+
 /// Validates a VRRP message (the IP payload) in the order of RFC 5798 §7.1.
 pub fn parse(
     msg: &[u8],
@@ -592,6 +599,18 @@ mod tests {
         assert_eq!(Centiseconds::new(0), None);
         assert_eq!(Centiseconds::new(4096), None);
         assert_eq!(Centiseconds::new(4095).map(|c| c.as_duration()), Some(Duration::from_millis(40950)));
+    }
+
+    #[test]
+    fn claimed_vrid_is_read_past_any_ip_header() {
+        let mut p = vec![0x45u8; 20];
+        p.extend_from_slice(&[0x31, 51, 100, 1]);
+        assert_eq!(claimed_vrid_ipv4(&p), Some(51));
+        let mut opts = vec![0x46u8; 24];
+        opts.extend_from_slice(&[0x31, 7]);
+        assert_eq!(claimed_vrid_ipv4(&opts), Some(7));
+        assert_eq!(claimed_vrid_ipv4(&[0x45; 20]), None);
+        assert_eq!(claimed_vrid_ipv4(&[]), None);
     }
 
     proptest::proptest! {
