@@ -132,7 +132,9 @@ pub fn parse_request(input: &[u8], client: IpAddr, out: &mut Vec<u8>) -> Result<
     if host.is_none() && !http10 {
         return Err(HeadError::Malformed("HTTP/1.1 request without Host"));
     }
-    let upgrade = upgrade_to.is_some() && conn.upgrade;
+    // A body before the switch is not supported: such a request goes as a
+    // plain one, the upgrade wish dropped.
+    let upgrade = upgrade_to.is_some() && conn.upgrade && framing == Framing::Empty;
 
     out.clear();
     out.extend_from_slice(method.as_bytes());
@@ -172,7 +174,10 @@ pub fn parse_request(input: &[u8], client: IpAddr, out: &mut Vec<u8>) -> Result<
         Framing::Length(n) => {
             let _ = write!(out, "content-length: {n}\r\n");
         }
-        Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        // An explicit zero stays: some servers want a length on POST or PUT.
+        Framing::Empty if content_length == Some(0) => out.extend_from_slice(b"content-length: 0\r\n"),
+        // The codings as sent (chunked last): the body passes through coded.
+        Framing::Chunked => put_transfer_encoding(out, headers),
         Framing::Empty | Framing::UntilClose => {}
     }
     if let (true, Some(to)) = (upgrade, upgrade_to) {
@@ -296,9 +301,11 @@ pub fn parse_response(input: &[u8], ctx: ResponseContext, out: &mut Vec<u8>) -> 
         if is_hop_by_hop(name) || conn.names(name) {
             continue;
         }
-        // A stated length goes with the body as the backend framed it; with
-        // chunked coding (which wins over it) it is dropped.
-        if name.eq_ignore_ascii_case(b"content-length") && matches!(framing, Framing::Chunked | Framing::Length(_)) {
+        // A stated length goes with the body as the backend framed it;
+        // with a transfer coding (which wins over it) it is dropped.
+        if name.eq_ignore_ascii_case(b"content-length")
+            && (matches!(framing, Framing::Length(_)) || transfer_encoding != TransferEncoding::None)
+        {
             continue;
         }
         put_field(out, name, h.value);
@@ -307,7 +314,9 @@ pub fn parse_response(input: &[u8], ctx: ResponseContext, out: &mut Vec<u8>) -> 
         Framing::Length(n) => {
             let _ = write!(out, "content-length: {n}\r\n");
         }
-        Framing::Chunked if !dechunk => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Framing::Chunked if !dechunk => put_transfer_encoding(out, headers),
+        // Codings without chunked: the body is delimited by close, coded.
+        Framing::UntilClose if transfer_encoding != TransferEncoding::None => put_transfer_encoding(out, headers),
         _ => {}
     }
     if status == 101 {
@@ -337,6 +346,13 @@ pub fn local_response(status: u16, reason: &str, body: &str, close: bool, out: &
     );
 }
 
+/// The message's `Transfer-Encoding` fields, as received.
+fn put_transfer_encoding(out: &mut Vec<u8>, headers: &[httparse::Header<'_>]) {
+    for h in headers.iter().filter(|h| h.name.eq_ignore_ascii_case("transfer-encoding")) {
+        put_field(out, b"transfer-encoding", h.value);
+    }
+}
+
 fn put_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
@@ -345,9 +361,12 @@ fn put_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 }
 
 /// Fields that describe one hop, never forwarded (RFC 9110 §7.6.1); besides
-/// these, whatever `Connection` names and every `Proxy-*` field.
+/// these, whatever `Connection` names and every `Proxy-*` field. `Proxy`
+/// itself is no standard field: CGI backends would read it as their proxy
+/// setting ("httpoxy").
 fn is_hop_by_hop(name: &[u8]) -> bool {
-    const HOP: [&[u8]; 6] = [b"connection", b"keep-alive", b"te", b"trailer", b"transfer-encoding", b"upgrade"];
+    const HOP: [&[u8]; 7] =
+        [b"connection", b"keep-alive", b"te", b"trailer", b"transfer-encoding", b"upgrade", b"proxy"];
     HOP.iter().any(|h| name.eq_ignore_ascii_case(h)) || (name.len() >= 6 && name[..6].eq_ignore_ascii_case(b"proxy-"))
 }
 
@@ -443,6 +462,11 @@ fn split_target(target: &str) -> Result<(&[u8], Option<&[u8]>), HeadError> {
     Ok((if path.is_empty() { b"/" } else { path }, Some(authority)))
 }
 
+/// A character of a token (RFC 9110 §5.6.2).
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
 fn trim(s: &[u8]) -> &[u8] {
     let start = s.iter().position(|b| !matches!(b, b' ' | b'\t')).unwrap_or(s.len());
     let end = s.iter().rposition(|b| !matches!(b, b' ' | b'\t')).map_or(start, |e| e + 1);
@@ -471,7 +495,9 @@ enum Chunk {
     DataLf,
     /// At the start of a trailer line, or the final CRLF.
     TrailerStart,
-    /// In a trailer field line, up to CR.
+    /// In a trailer field's name, up to the colon.
+    TrailerName,
+    /// In a trailer field's value, up to CR.
     Trailer,
     /// After a trailer line's CR.
     TrailerLf,
@@ -582,13 +608,30 @@ impl ChunkedScanner {
                     }
                     self.state = Chunk::Size { digits: 0 };
                 }
+                // Trailer lines must be fields (a name of token characters,
+                // a colon): whatever else a lenient backend might read as
+                // the end of the body and the start of a request.
                 Chunk::TrailerStart => {
                     if b == b'\r' {
                         self.state = Chunk::EndLf;
-                    } else {
+                    } else if is_tchar(b) {
                         self.line = 1;
                         self.trailers += 1;
+                        self.state = Chunk::TrailerName;
+                    } else {
+                        return Err(ChunkError("malformed trailer field"));
+                    }
+                }
+                Chunk::TrailerName => {
+                    self.line += 1;
+                    self.trailers += 1;
+                    if self.line > MAX_CHUNK_LINE {
+                        return Err(ChunkError("trailer section too long"));
+                    }
+                    if b == b':' {
                         self.state = Chunk::Trailer;
+                    } else if !is_tchar(b) {
+                        return Err(ChunkError("malformed trailer field"));
                     }
                 }
                 Chunk::Trailer => {
@@ -703,10 +746,17 @@ mod tests {
 
     #[test]
     fn framing_of_requests() {
-        assert_eq!(ok("PUT / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n").0.framing, Framing::Empty);
+        // An explicit zero length is kept; none stays none.
+        let (r, out) = ok("PUT / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n");
+        assert_eq!(r.framing, Framing::Empty);
+        assert!(out.ends_with("content-length: 0\r\n\r\n"), "{out}");
+        assert!(!ok("GET / HTTP/1.1\r\nHost: a\r\n\r\n").1.contains("content-length"));
+        // The codings pass as sent: the body stays coded.
         let (r, out) = ok("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n");
         assert_eq!(r.framing, Framing::Chunked);
-        assert!(out.ends_with("transfer-encoding: chunked\r\n\r\n") && !out.contains("gzip"), "{out}");
+        assert!(out.ends_with("transfer-encoding: gzip, chunked\r\n\r\n"), "{out}");
+        // httpoxy: a `Proxy` field never reaches the backend.
+        assert!(!ok("GET / HTTP/1.1\r\nHost: a\r\nProxy: http://evil\r\n\r\n").1.contains("evil"));
         // Repeated equal lengths are one length.
         let (r, _) = ok("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\nContent-Length: 5\r\n\r\n");
         assert_eq!(r.framing, Framing::Length(5));
@@ -753,6 +803,10 @@ mod tests {
         assert!(r.upgrade);
         assert!(out.ends_with("connection: upgrade\r\nupgrade: websocket\r\n\r\n"), "{out}");
         assert!(out.contains("Sec-WebSocket-Key: k\r\n"));
+        // With a body, it goes as a plain request.
+        let (r, out) = ok("POST /ws HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\
+             Content-Length: 2\r\n\r\n");
+        assert!(!r.upgrade && !out.contains("upgrade"), "{out}");
         // Upgrade without the Connection option is just a field to drop.
         let (r, out) = ok("GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n");
         assert!(!r.upgrade && !out.to_lowercase().contains("upgrade"), "{out}");
@@ -781,6 +835,12 @@ mod tests {
         let (r, out) = resp(chunked, old).expect("ok").expect("complete");
         assert!(r.dechunk && r.close_client);
         assert_eq!(out, "HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n");
+        // A coding without chunked: until close, labelled, no length.
+        let (r, out) = resp("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nContent-Length: 9\r\n\r\n", ctx())
+            .expect("ok")
+            .expect("complete");
+        assert_eq!((r.framing, r.close_client), (Framing::UntilClose, true));
+        assert_eq!(out, "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\nconnection: close\r\n\r\n");
         // No length at all: until close, and the client connection closes too.
         let r = f("HTTP/1.1 200 OK\r\n\r\n", ctx());
         assert_eq!((r.framing, r.backend_keep_alive, r.close_client), (Framing::UntilClose, false, true));
@@ -872,9 +932,18 @@ mod tests {
 
     #[test]
     fn chunked_body_errors() {
-        for bad in
-            [&b"x\r\n"[..], b"5\nhello\r\n", b"5\r\nhelloX\r\n", b"\r\n", b"1000000000000000\r\n", b"0\r\nX-A: 1\nX"]
-        {
+        for bad in [
+            &b"x\r\n"[..],
+            b"5\nhello\r\n",
+            b"5\r\nhelloX\r\n",
+            b"\r\n",
+            b"1000000000000000\r\n",
+            b"0\r\nX-A: 1\nX",
+            // What a lenient backend could take for the end and a new request.
+            b"0\r\n\nGET /admin HTTP/1.1\r\n\r\n",
+            b"0\r\nGET /admin HTTP/1.1\r\n\r\n",
+            b"0\r\n: x\r\n\r\n",
+        ] {
             assert!(scan_all(&[bad]).is_err(), "{:?}", String::from_utf8_lossy(bad));
         }
         let long = [b"1;".as_slice(), &[b'e'; MAX_CHUNK_LINE + 1]].concat();
