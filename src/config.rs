@@ -77,6 +77,8 @@ pub struct HttpConfig {
     /// Time an open connection may wait for the next request, and a client
     /// may take to read what it is sent.
     pub idle_timeout: Duration,
+    /// Longest silence (both ways) on an upgraded connection (WebSocket).
+    pub tunnel_timeout: Duration,
     /// In-flight requests get this long to finish on shutdown.
     pub drain_timeout: Duration,
     /// Largest accepted request head, in bytes (431 past it).
@@ -201,6 +203,7 @@ struct RawHttp {
     response_timeout: Option<Spanned<String>>,
     client_header_timeout: Option<Spanned<String>>,
     idle_timeout: Option<Spanned<String>>,
+    tunnel_timeout: Option<Spanned<String>>,
     drain_timeout: Option<Spanned<String>>,
     max_header_size: Option<Spanned<i64>>,
     max_connections: Option<Spanned<i64>>,
@@ -497,6 +500,7 @@ fn validate_http(
         response_timeout: dur(&r.response_timeout, "http.response_timeout", Duration::from_secs(30))?,
         client_header_timeout: dur(&r.client_header_timeout, "http.client_header_timeout", Duration::from_secs(10))?,
         idle_timeout: dur(&r.idle_timeout, "http.idle_timeout", Duration::from_secs(10))?,
+        tunnel_timeout: dur(&r.tunnel_timeout, "http.tunnel_timeout", Duration::from_secs(3600))?,
         drain_timeout: dur(&r.drain_timeout, "http.drain_timeout", Duration::from_secs(10))?,
         max_header_size: int(&r.max_header_size, "http.max_header_size", 16384, 1024, 1 << 20)? as usize,
         max_connections: int(&r.max_connections, "http.max_connections", 10_000, 1, 1_000_000)? as usize,

@@ -27,7 +27,8 @@ fn full(s: impl Into<Bytes>) -> BoxBody {
 
 /// A test backend. `name` answers every request; special paths:
 /// `/slow` (3 s), `/headers` (echoes request headers), `/fail` (500),
-/// `/big?N` (N MiB streamed), `/upload` (counts the body), `/ws` (101 then echo).
+/// `/big?N` (N MiB streamed), `/upload` (counts the body), `/ws` (101 then echo),
+/// `/early` (413 without reading the body).
 struct Backend {
     addr: SocketAddr,
     down: Arc<AtomicBool>,
@@ -92,6 +93,7 @@ async fn answer(
             Response::new(full(name))
         }
         "/fail" => Response::builder().status(500).body(full("boom")).expect("response"),
+        "/early" => Response::builder().status(413).body(full("too large")).expect("response"),
         "/headers" => {
             let mut lines: Vec<String> =
                 req.headers().iter().map(|(k, v)| format!("{}: {}", k, v.to_str().unwrap_or("?"))).collect();
@@ -588,6 +590,90 @@ async fn http1_framing_cases_on_one_connection() {
     let (head, body) = text.split_once("\r\n\r\n").expect("a head");
     assert!(head.starts_with("HTTP/1.1 200") && !head.to_lowercase().contains("chunked"), "{head}");
     assert_eq!(body.len(), 1024 * 1024);
+    p.shutdown();
+    a.task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_after_an_upgrade_request_are_not_smuggled() {
+    let a = backend("a").await;
+    let (addr, _, p) = proxy(&[a.addr], "");
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    // The backend does not switch for "/": the second request must go
+    // through the proxy's parsing and rewriting, not raw to the backend.
+    s.write_all(
+        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n\
+          GET /headers HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 10.9.9.9\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    let mut pending = Vec::new();
+    let (status, _, body) = read_response(&mut s, &mut pending, false).await;
+    assert_eq!((status, body.as_slice()), (200, &b"a"[..]));
+    let (status, _, body) = read_response(&mut s, &mut pending, false).await;
+    assert_eq!(status, 200);
+    assert!(String::from_utf8_lossy(&body).contains("x-forwarded-for: 10.9.9.9, 127.0.0.1"), "{body:?}");
+    p.shutdown();
+    a.task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_stalling_in_its_body_gets_408_and_the_backend_is_not_blamed() {
+    let a = backend("a").await;
+    let (addr, pool, p) = proxy(&[a.addr], "response_timeout = \"400ms\"");
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789").await.expect("write");
+    let mut pending = Vec::new();
+    let (status, _, _) = read_response(&mut s, &mut pending, false).await;
+    assert_eq!(status, 408);
+    let snap = pool.snapshot();
+    assert_eq!(snap.backends[0].failures, 0, "{snap:?}");
+    p.shutdown();
+    a.task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_early_answer_comes_through_an_unfinished_upload() {
+    let a = backend("a").await;
+    let (addr, _, p) = proxy(&[a.addr], "response_timeout = \"3s\"");
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(b"POST /early HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\n").await.expect("write");
+    // Keep sending while the answer is on its way.
+    let chunk = vec![b'x'; 64 * 1024];
+    let t = std::time::Instant::now();
+    for _ in 0..16 {
+        if s.write_all(&chunk).await.is_err() {
+            break;
+        }
+    }
+    let mut pending = Vec::new();
+    let (status, head, _) = read_response(&mut s, &mut pending, false).await;
+    assert_eq!(status, 413);
+    assert!(head.contains("connection: close"), "{head}");
+    assert!(t.elapsed() < Duration::from_secs(2), "answer took {:?}", t.elapsed());
+    p.shutdown();
+    a.task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_tunnel_is_closed_after_tunnel_timeout() {
+    let a = backend("a").await;
+    let (addr, _, p) = proxy(&[a.addr], "tunnel_timeout = \"300ms\"");
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+        .await
+        .expect("write");
+    let mut pending = Vec::new();
+    let (status, _, _) = read_response(&mut s, &mut pending, true).await;
+    assert_eq!(status, 101);
+    s.write_all(b"ping").await.expect("write");
+    let mut echo = [0u8; 4];
+    s.read_exact(&mut echo).await.expect("echo");
+    let t = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "still open after 3 s of silence");
+    assert!(t.elapsed() >= Duration::from_millis(250), "closed too early: {:?}", t.elapsed());
     p.shutdown();
     a.task.abort();
 }

@@ -1,21 +1,17 @@
 //! The backend set of one `[[http]]` listener: each backend's identity, its
 //! live state (health, ejection, in-flight and counters as atomics, shared by
-//! every worker thread), its idle upstream connections, and the selector.
+//! every worker thread), and the selector. Idle connections are per worker
+//! (`idle`).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 use super::balance::Selector;
-use super::h1;
-pub use super::upstream::Upstream;
 use crate::config::HttpConfig;
-
-/// Idle upstream connections kept per backend; more are closed.
-const MAX_IDLE_PER_BACKEND: usize = 512;
 
 /// One app server.
 #[derive(Debug)]
@@ -32,42 +28,6 @@ pub struct Backend {
     in_flight: AtomicU64,
     requests: AtomicU64,
     failures: AtomicU64,
-    /// Idle connections for HTTP/2 clients' requests (hyper's client).
-    idle: Idle<Upstream>,
-    /// Idle connections for HTTP/1 clients' requests.
-    idle_h1: Idle<h1::Upstream>,
-}
-
-/// Idle connections of one kind to one backend, newest last.
-#[derive(Debug)]
-struct Idle<T>(Mutex<Vec<T>>);
-
-impl<T> Idle<T> {
-    fn new() -> Self {
-        Idle(Mutex::new(Vec::new()))
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<T>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// The newest (warmest) connection that is still `usable`.
-    fn take(&self, usable: impl Fn(&T) -> bool) -> Option<T> {
-        let mut idle = self.lock();
-        while let Some(c) = idle.pop() {
-            if usable(&c) {
-                return Some(c);
-            }
-        }
-        None
-    }
-
-    fn put(&self, conn: T) {
-        let mut idle = self.lock();
-        if idle.len() < MAX_IDLE_PER_BACKEND {
-            idle.push(conn);
-        }
-    }
 }
 
 /// `/status` view of one backend.
@@ -126,8 +86,6 @@ impl Pool {
                 in_flight: AtomicU64::new(0),
                 requests: AtomicU64::new(0),
                 failures: AtomicU64::new(0),
-                idle: Idle::new(),
-                idle_h1: Idle::new(),
             })
             .collect();
         Arc::new(Pool { selector: Selector::new(config.balance, &weights), config, backends, epoch: Instant::now() })
@@ -224,41 +182,9 @@ impl Pool {
         false
     }
 
-    /// An idle connection to `i` for an HTTP/2 client's request.
-    pub fn take_idle(&self, i: usize) -> Option<Upstream> {
-        self.backends.get(i)?.idle.take(|c| !c.is_closed())
-    }
-
-    /// Returns a connection whose response has been read to the end.
-    pub fn put_idle(&self, i: usize, conn: Upstream) {
-        if let (false, Some(b)) = (conn.is_closed(), self.backends.get(i)) {
-            b.idle.put(conn);
-        }
-    }
-
-    /// An idle connection to `i` for an HTTP/1 client's request.
-    pub fn take_idle_h1(&self, i: usize) -> Option<h1::Upstream> {
-        self.backends.get(i)?.idle_h1.take(h1::Upstream::is_usable)
-    }
-
-    /// Returns an HTTP/1 connection whose exchange finished cleanly.
-    pub fn put_idle_h1(&self, i: usize, conn: h1::Upstream) {
-        if let Some(b) = self.backends.get(i) {
-            b.idle_h1.put(conn);
-        }
-    }
-
     /// Requests being served by any backend of this pool.
     pub fn in_flight(&self) -> u64 {
         self.backends.iter().map(|b| b.in_flight.load(Ordering::Relaxed)).sum()
-    }
-
-    /// Drops every idle connection (on shutdown).
-    pub fn close_idle(&self) {
-        for b in &self.backends {
-            b.idle.lock().clear();
-            b.idle_h1.lock().clear();
-        }
     }
 
     /// For `/status`.

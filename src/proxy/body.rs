@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -12,7 +13,9 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::{Bytes, Incoming};
 use tracing::info;
 
-use super::backends::{InFlight, Upstream};
+use super::backends::InFlight;
+use super::idle::IdleConns;
+use super::upstream::Upstream;
 
 /// What is sent upstream: the client's streaming body, or nothing (health
 /// checks, and a bodiless idempotent request sent again after a broken
@@ -90,6 +93,8 @@ impl AccessLog {
 pub struct Completion {
     /// The backend's in-flight count, held until the body ends.
     pub in_flight: Option<InFlight>,
+    /// Where the upstream connection waits for its next request.
+    pub idle: Option<Arc<IdleConns<Upstream>>>,
     /// The access-log line, if enabled.
     pub log: Option<Box<AccessLog>>,
 }
@@ -97,8 +102,10 @@ pub struct Completion {
 impl Completion {
     /// `upstream` goes back to the pool if the body was read to its end.
     fn finish(&mut self, complete: bool, bytes: u64, upstream: Option<Upstream>) {
-        if let (true, Some(conn), Some(guard)) = (complete, upstream, self.in_flight.as_ref()) {
-            guard.pool().put_idle(guard.index(), conn);
+        if let (true, Some(conn), Some(guard), Some(idle)) = (complete, upstream, &self.in_flight, &self.idle) {
+            if !conn.is_closed() {
+                idle.put(guard.index(), conn, Instant::now());
+            }
         }
         self.in_flight = None;
         if let Some(l) = self.log.take() {

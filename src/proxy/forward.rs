@@ -14,9 +14,11 @@ use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::TokioIo;
 use tracing::{debug, warn};
 
-use super::backends::{Pool, Upstream};
+use super::backends::Pool;
 use super::body::{AccessLog, Completion, ProxyBody, UpstreamBody};
+use super::idle::IdleConns;
 use super::upstream::connect_for_upgrade;
+use super::upstream::Upstream;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -121,9 +123,9 @@ fn local(status: StatusCode, text: &'static str, mut done: Completion) -> Respon
 }
 
 /// A ready connection to backend `i`: a pooled one if any is still good.
-async fn checkout(pool: &Pool, i: usize, addr: SocketAddr) -> Result<Upstream, String> {
+async fn checkout(pool: &Pool, idle: &IdleConns<Upstream>, i: usize, addr: SocketAddr) -> Result<Upstream, String> {
     let timeout = pool.config.connect_timeout;
-    while let Some(mut conn) = pool.take_idle(i) {
+    while let Some(mut conn) = idle.take(i, Instant::now(), |c| !c.is_closed()) {
         // Driving it here also finds out whether the backend closed it.
         if let Ok(true) = tokio::time::timeout(timeout, conn.ready()).await {
             return Ok(conn);
@@ -133,7 +135,12 @@ async fn checkout(pool: &Pool, i: usize, addr: SocketAddr) -> Result<Upstream, S
 }
 
 /// Serves one client request through the pool.
-pub async fn handle(pool: Arc<Pool>, client: SocketAddr, mut req: Request<Incoming>) -> Response<ProxyBody> {
+pub async fn handle(
+    pool: Arc<Pool>,
+    idle: Arc<IdleConns<Upstream>>,
+    client: SocketAddr,
+    mut req: Request<Incoming>,
+) -> Response<ProxyBody> {
     let mut done = Completion::default();
     if pool.config.access_log && tracing::enabled!(target: "access", tracing::Level::INFO) {
         let started = Instant::now();
@@ -179,7 +186,7 @@ pub async fn handle(pool: Arc<Pool>, client: SocketAddr, mut req: Request<Incomi
         if let Some(l) = done.log.as_mut() {
             l.backend = Some(addr);
         }
-        let mut conn = match checkout(&pool, i, addr).await {
+        let mut conn = match checkout(&pool, &idle, i, addr).await {
             Ok(c) => c,
             Err(e) => {
                 warn!(backend = %addr, error = %e, "backend unreachable; trying another");
@@ -206,6 +213,7 @@ pub async fn handle(pool: Arc<Pool>, client: SocketAddr, mut req: Request<Incomi
                     l.status = resp.status().as_u16();
                 }
                 done.in_flight = Some(guard);
+                done.idle = Some(idle);
                 return resp.map(|b| ProxyBody::upstream(b, Some(conn), done));
             }
             Ok(Err(mut e)) => {

@@ -7,5 +7,6 @@ pub mod body;
 pub mod forward;
 pub mod h1;
 pub mod health;
+pub mod idle;
 pub mod server;
 pub mod upstream;

@@ -26,6 +26,8 @@ use tracing::{debug, info, warn};
 
 use super::backends::Pool;
 use super::h1::conn::{self, Ended};
+use super::idle::IdleConns;
+use super::upstream::Upstream;
 use super::{forward, health};
 
 /// Pending connections the kernel queues per listening socket.
@@ -151,6 +153,9 @@ async fn serve(
     let h2 = Arc::new(h2);
     // Every connection task holds a sender; all dropped = all finished.
     let (alive, mut all_done) = tokio_mpsc::channel::<()>(1);
+    // This worker's idle backend connections (HTTP/1 clients', HTTP/2's).
+    let idle = Arc::new(IdleConns::new(pool.backends().len()));
+    let idle_h2 = Arc::new(IdleConns::new(pool.backends().len()));
     info!(listener = %cfg.name, listen = %cfg.listen, "HTTP listener up");
     loop {
         // Past max_connections, connections wait in the kernel's backlog.
@@ -177,11 +182,12 @@ async fn serve(
         let h2 = Arc::clone(&h2);
         let mut stop = stop.clone();
         let alive = alive.clone();
+        let (idle, idle_h2) = (Arc::clone(&idle), Arc::clone(&idle_h2));
         tokio::spawn(async move {
             let _permit = permit;
             let _alive = alive;
-            if let Ended::H2(stream, read) = conn::serve(stream, peer, &pool, &mut stop).await {
-                serve_h2(&h2, Prefixed { read, pos: 0, stream }, peer, pool, stop).await;
+            if let Ended::H2(stream, read) = conn::serve(stream, peer, &pool, &idle, &mut stop).await {
+                serve_h2(&h2, Prefixed { read, pos: 0, stream }, peer, pool, idle_h2, stop).await;
             }
         });
     }
@@ -190,7 +196,8 @@ async fn serve(
     if tokio::time::timeout(cfg.drain_timeout, all_done.recv()).await.is_err() {
         warn!(listener = %cfg.name, timeout = ?cfg.drain_timeout, "connections still open after the drain timeout");
     }
-    pool.close_idle();
+    idle.clear();
+    idle_h2.clear();
 }
 
 /// An HTTP/2 (prior knowledge) client, served by hyper until it closes or
@@ -200,11 +207,12 @@ async fn serve_h2(
     io: Prefixed,
     peer: SocketAddr,
     pool: Arc<Pool>,
+    idle: Arc<IdleConns<Upstream>>,
     mut stop: watch::Receiver<bool>,
 ) {
     let service = service_fn(move |req| {
-        let pool = Arc::clone(&pool);
-        async move { Ok::<_, Infallible>(forward::handle(pool, peer, req).await) }
+        let (pool, idle) = (Arc::clone(&pool), Arc::clone(&idle));
+        async move { Ok::<_, Infallible>(forward::handle(pool, idle, peer, req).await) }
     });
     let conn = builder.serve_connection(TokioIo::new(io), service);
     let mut conn = std::pin::pin!(conn);

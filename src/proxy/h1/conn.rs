@@ -9,7 +9,8 @@
 //! `idle_timeout` between requests and for the client to take what it is
 //! sent, `connect_timeout` per connection attempt, `response_timeout` for
 //! the response head (from the last request byte sent) and then between
-//! pieces of the response body.
+//! pieces of the response body, `tunnel_timeout` for silence on an upgraded
+//! connection.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,10 +24,11 @@ use tracing::{debug, warn};
 
 use super::buf::{ReadBuf, BODY_CHUNK};
 use super::upstream::Upstream;
-use super::wire::{self, ChunkError, ChunkedScanner, Framing, HeadError, Request, ResponseContext};
+use super::wire::{self, ChunkError, ChunkedScanner, Framing, HeadError, Preface, Request, ResponseContext};
 use crate::proxy::backends::Pool;
 use crate::proxy::body::AccessLog;
 use crate::proxy::forward::Tried;
+use crate::proxy::idle::IdleConns;
 
 /// How long a connection closed after an error answer keeps reading (and
 /// discarding) what the client still sends, so the answer is not lost to a
@@ -89,7 +91,13 @@ impl Client {
 
 /// Serves one client connection until it closes, fails, idles out or the
 /// proxy stops.
-pub async fn serve(stream: TcpStream, peer: SocketAddr, pool: &Arc<Pool>, stop: &mut watch::Receiver<bool>) -> Ended {
+pub async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    pool: &Arc<Pool>,
+    idle: &IdleConns<Upstream>,
+    stop: &mut watch::Receiver<bool>,
+) -> Ended {
     let cfg = &pool.config;
     let mut c = Client {
         stream,
@@ -122,7 +130,15 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, pool: &Arc<Pool>, stop: 
             head_deadline = Instant::now() + cfg.client_header_timeout;
         }
         let req = loop {
-            match wire::parse_request(c.buf.filled(), peer.ip(), &mut up_head) {
+            let parsed = match (first, wire::preface(c.buf.filled())) {
+                (true, Preface::H2) => {
+                    let read = c.buf.filled().to_vec();
+                    return Ended::H2(c.stream, read);
+                }
+                (true, Preface::Maybe) => Ok(None),
+                _ => wire::parse_request(c.buf.filled(), peer.ip(), &mut up_head),
+            };
+            match parsed {
                 Ok(Some(r)) if r.head_len <= cfg.max_header_size => break r,
                 Ok(Some(_)) | Err(HeadError::TooManyHeaders) => {
                     c.reply(431, "Request Header Fields Too Large", "request head too large\n", true).await;
@@ -145,10 +161,6 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, pool: &Arc<Pool>, stop: 
                         }
                     }
                 }
-                Err(HeadError::Malformed(_)) if first && c.buf.filled().starts_with(wire::H2_PREFACE_START) => {
-                    let read = c.buf.filled().to_vec();
-                    return Ended::H2(c.stream, read);
-                }
                 Err(HeadError::Malformed(why)) => {
                     debug!(%peer, why, "bad request");
                     c.reply(400, "Bad Request", "bad request\n", true).await;
@@ -158,7 +170,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, pool: &Arc<Pool>, stop: 
             }
         };
         first = false;
-        match forward(&mut c, &req, &up_head, pool, stop).await {
+        match forward(&mut c, &req, &up_head, pool, idle, stop).await {
             Next::KeepOpen => {}
             Next::Close => return Ended::Closed,
             Next::Linger => {
@@ -192,6 +204,8 @@ enum Exchange {
     Switched,
     /// The client went away while the request was being sent.
     ClientGone,
+    /// The client stopped sending its body for `response_timeout`.
+    ClientStalled,
     /// The client's chunked body is broken.
     BadRequestBody(ChunkError),
 }
@@ -275,6 +289,7 @@ async fn forward(
     req: &Request,
     up_head: &[u8],
     pool: &Arc<Pool>,
+    idle: &IdleConns<Upstream>,
     stop: &watch::Receiver<bool>,
 ) -> Next {
     let cfg = &pool.config;
@@ -292,8 +307,8 @@ async fn forward(
     });
     c.buf.consume(req.head_len);
     let mut body = Remaining::new(req.framing);
-    // An upgrade gets a connection of its own; a body on it is not expected.
-    let upgrade = req.upgrade && req.framing == Framing::Empty;
+    // An upgrade (never with a body) gets a connection of its own.
+    let upgrade = req.upgrade;
     // Only a bodiless idempotent request may be sent a second time after a
     // connection broke under it.
     let replayable = req.framing == Framing::Empty && req.idempotent;
@@ -312,7 +327,7 @@ async fn forward(
         if let Some(l) = log.as_mut() {
             l.backend = Some(addr);
         }
-        let pooled = if upgrade { None } else { pool.take_idle_h1(i) };
+        let pooled = if upgrade { None } else { idle.take(i, StdInstant::now(), Upstream::is_usable) };
         let mut up = match pooled {
             Some(up) => up,
             None => match Upstream::connect(addr, cfg.connect_timeout).await {
@@ -329,10 +344,12 @@ async fn forward(
             },
         };
         let in_flight = pool.start(i);
-        let outcome = exchange(c, &mut up, req, up_head, &mut body, upgrade, pool, stop).await;
+        let outcome = exchange(c, &mut up, req, up_head, &mut body, pool, stop).await;
         match outcome {
             Exchange::Answered(a) => {
-                if a.status >= 500 {
+                // 501 and 505 answer the client's method or version, not a
+                // failing backend.
+                if a.status >= 500 && a.status != 501 && a.status != 505 {
                     if pool.failed(i) {
                         warn!(backend = %addr, "backend ejected after consecutive failures");
                     }
@@ -341,7 +358,7 @@ async fn forward(
                 }
                 if a.reuse {
                     up.reused = true;
-                    pool.put_idle_h1(i, up);
+                    idle.put(i, up, StdInstant::now());
                 }
                 drop(in_flight);
                 if let Some(mut l) = log {
@@ -361,7 +378,7 @@ async fn forward(
                     l.status = 101;
                     l.emit(0, true);
                 }
-                tunnel(c, up).await;
+                tunnel(c, up, cfg.tunnel_timeout).await;
                 drop(in_flight);
                 return Next::Close;
             }
@@ -369,6 +386,15 @@ async fn forward(
                 debug!(peer = %c.peer, backend = %addr, "client went away during its request");
                 if let Some(l) = log {
                     l.emit(0, false);
+                }
+                return Next::Close;
+            }
+            Exchange::ClientStalled => {
+                debug!(peer = %c.peer, backend = %addr, "client stalled inside its request body");
+                let sent = c.reply(408, "Request Timeout", "request body timed out\n", true).await;
+                if let Some(mut l) = log {
+                    l.status = 408;
+                    l.emit(0, sent);
                 }
                 return Next::Close;
             }
@@ -433,28 +459,23 @@ async fn forward(
     }
 }
 
-/// Sends the request (head, then body as it arrives) on `up` and relays the
-/// response to the client.
-#[allow(clippy::too_many_arguments)]
+/// Sends the request on `up` (the head, then the body as the client sends
+/// it and the backend takes it) and relays the response to the client.
 async fn exchange(
     c: &mut Client,
     up: &mut Upstream,
     req: &Request,
     up_head: &[u8],
     body: &mut Remaining,
-    upgrade: bool,
     pool: &Pool,
     stop: &watch::Receiver<bool>,
 ) -> Exchange {
     let cfg = &pool.config;
-    // First write: the head and as much of the body as has arrived; for an
-    // upgrade, whatever the client sent after its head.
+    // First write: the head and as much of the body as has arrived. (After
+    // an upgrade's head, bytes are not the backend's until it switches.)
     c.out.clear();
     c.out.extend_from_slice(up_head);
-    if upgrade {
-        c.out.extend_from_slice(c.buf.filled());
-        c.buf.consume(usize::MAX);
-    } else if !body.is_done() {
+    if !body.is_done() {
         let avail = c.buf.filled();
         match body.take(avail, |_| {}) {
             Ok(n) => {
@@ -474,7 +495,13 @@ async fn exchange(
     }
     c.out.clear();
 
-    // The response head; meanwhile the rest of the request body goes up.
+    // The response head. Meanwhile the rest of the body goes up, read from
+    // the client only once the backend has taken the previous piece, and
+    // never blocking the read side: a backend may answer early (413, 401)
+    // and stop reading.
+    let mut pending: Vec<u8> = Vec::new();
+    let mut sent = 0;
+    let mut upload_broken = false;
     let mut heard = false;
     let resp = loop {
         if !up.buf.is_empty() {
@@ -482,7 +509,7 @@ async fn exchange(
                 is_head: req.is_head,
                 client_http10: req.http10,
                 close_client: !req.keep_alive || !body.is_done() || *stop.borrow(),
-                upgrade,
+                upgrade: req.upgrade,
             };
             match wire::parse_response(up.buf.filled(), ctx, &mut c.out) {
                 Ok(Some(r)) if r.interim => {
@@ -500,34 +527,51 @@ async fn exchange(
                 Err(e) => return Exchange::BadResponse(e.to_string()),
             }
         }
-        let read = if body.is_done() {
+        let writing = sent < pending.len();
+        let uploading = !upload_broken && (writing || !body.is_done());
+        let read = if !uploading {
             match timeout_at(deadline, up.buf.read_from(&mut up.stream, cfg.max_header_size)).await {
                 Ok(r) => r,
                 Err(_) => return Exchange::TimedOut,
             }
         } else {
+            let (mut from_backend, mut to_backend) = up.stream.split();
             tokio::select! {
                 biased;
-                r = up.buf.read_from(&mut up.stream, cfg.max_header_size) => r,
-                r = c.buf.read_from(&mut c.stream, BODY_CHUNK) => {
+                r = up.buf.read_from(&mut from_backend, cfg.max_header_size) => r,
+                w = to_backend.write(&pending[sent..]), if writing => {
+                    match w {
+                        Ok(n) if n > 0 => {
+                            sent += n;
+                            if sent == pending.len() {
+                                pending.clear();
+                                sent = 0;
+                            }
+                            deadline = Instant::now() + cfg.response_timeout;
+                        }
+                        // The backend may have answered and closed: read on.
+                        _ => upload_broken = true,
+                    }
+                    continue;
+                }
+                r = c.buf.read_from(&mut c.stream, BODY_CHUNK), if !writing => {
                     if !matches!(r, Ok(n) if n > 0) {
                         return Exchange::ClientGone;
                     }
                     let avail = c.buf.filled();
-                    let n = match body.take(avail, |_| {}) {
-                        Ok(n) => n,
+                    match body.take(avail, |_| {}) {
+                        Ok(n) => {
+                            pending.extend_from_slice(&avail[..n]);
+                            c.buf.consume(n);
+                        }
                         Err(e) => return Exchange::BadRequestBody(e),
-                    };
-                    match timeout_at(deadline, up.stream.write_all(&avail[..n])).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => return Exchange::NoAnswer(format!("send: {e}")),
-                        Err(_) => return Exchange::TimedOut,
                     }
-                    c.buf.consume(n);
                     deadline = Instant::now() + cfg.response_timeout;
                     continue;
                 }
-                _ = tokio::time::sleep_until(deadline) => return Exchange::TimedOut,
+                _ = tokio::time::sleep_until(deadline) => {
+                    return if writing { Exchange::TimedOut } else { Exchange::ClientStalled };
+                }
             }
         };
         match read {
@@ -541,6 +585,8 @@ async fn exchange(
     if resp.status == 101 {
         return Exchange::Switched;
     }
+    // Whether the backend got the whole request (else it is not reused).
+    let request_sent = body.is_done() && pending.is_empty() && !upload_broken;
 
     // The body: what is buffered goes out with the head, then piece by piece.
     let mut left = Remaining::new(resp.framing);
@@ -578,17 +624,16 @@ async fn exchange(
             Ok(_) => {
                 warn!("backend closed the connection inside the response body");
                 complete = false;
+                break;
             }
             Err(_) => {
                 warn!(timeout = ?cfg.response_timeout, "backend stalled inside the response body");
                 complete = false;
+                break;
             }
         }
-        if !complete {
-            break;
-        }
     }
-    let reuse = complete && resp.backend_keep_alive && up.buf.is_empty() && body.is_done();
+    let reuse = complete && resp.backend_keep_alive && up.buf.is_empty() && request_sent && !req.upgrade;
     up.buf.shrink();
     Exchange::Answered(Answer {
         status: resp.status,
@@ -600,14 +645,58 @@ async fn exchange(
 }
 
 /// After a 101: the switch goes to the client with whatever the backend
-/// already sent, then bytes flow both ways until either side closes.
-async fn tunnel(c: &mut Client, mut up: Upstream) {
+/// sent after it, whatever the client sent after its request goes up, then
+/// bytes flow both ways until both sides have closed, or neither has sent
+/// anything for `silence`.
+async fn tunnel(c: &mut Client, mut up: Upstream, silence: Duration) {
     c.out.extend_from_slice(up.buf.filled());
     up.buf.consume(usize::MAX);
     if !c.write_out().await {
         return;
     }
-    if let Err(e) = tokio::io::copy_bidirectional(&mut c.stream, &mut up.stream).await {
-        debug!(peer = %c.peer, error = %e, "upgraded connection ended");
+    if !c.buf.is_empty() {
+        if !matches!(timeout(silence, up.stream.write_all(c.buf.filled())).await, Ok(Ok(()))) {
+            return;
+        }
+        c.buf.consume(usize::MAX);
+    }
+    let (mut client_open, mut backend_open) = (true, true);
+    while client_open || backend_open {
+        let (mut from_client, mut to_client) = c.stream.split();
+        let (mut from_backend, mut to_backend) = up.stream.split();
+        tokio::select! {
+            r = c.buf.read_from(&mut from_client, BODY_CHUNK), if client_open => {
+                let relayed = match r {
+                    Ok(n) if n > 0 => matches!(timeout(silence, to_backend.write_all(c.buf.filled())).await, Ok(Ok(()))),
+                    _ => {
+                        client_open = false;
+                        let _ = to_backend.shutdown().await;
+                        true
+                    }
+                };
+                c.buf.consume(usize::MAX);
+                if !relayed {
+                    break;
+                }
+            }
+            r = up.buf.read_from(&mut from_backend, BODY_CHUNK), if backend_open => {
+                let relayed = match r {
+                    Ok(n) if n > 0 => matches!(timeout(silence, to_client.write_all(up.buf.filled())).await, Ok(Ok(()))),
+                    _ => {
+                        backend_open = false;
+                        let _ = to_client.shutdown().await;
+                        true
+                    }
+                };
+                up.buf.consume(usize::MAX);
+                if !relayed {
+                    break;
+                }
+            }
+            _ = tokio::time::sleep(silence) => {
+                debug!(peer = %c.peer, ?silence, "upgraded connection silent; closing");
+                break;
+            }
+        }
     }
 }

@@ -12,7 +12,29 @@ use std::ops::Range;
 pub const MAX_HEADERS: usize = 100;
 
 /// What a client sends first on an HTTP/2 connection with prior knowledge.
-pub const H2_PREFACE_START: &[u8] = b"PRI * HTTP/2.0\r\n";
+const H2_PREFACE_START: &[u8] = b"PRI * HTTP/2.0\r\n";
+
+/// Whether a connection's first bytes are HTTP/2's preface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Preface {
+    /// They are.
+    H2,
+    /// Too few bytes to tell.
+    Maybe,
+    /// They are not.
+    No,
+}
+
+/// Looks at the first bytes a client sent.
+pub fn preface(input: &[u8]) -> Preface {
+    if input.starts_with(H2_PREFACE_START) {
+        Preface::H2
+    } else if H2_PREFACE_START.starts_with(input) {
+        Preface::Maybe
+    } else {
+        Preface::No
+    }
+}
 
 /// Distinct tokens a `Connection` field may name; more is malformed.
 const MAX_CONNECTION_TOKENS: usize = 16;
@@ -703,6 +725,14 @@ mod tests {
             "GET /a?b=1 HTTP/1.1\r\nhost: shop.test\r\nAccept: */*\r\nx-forwarded-for: 198.51.100.7\r\n\
              x-forwarded-proto: http\r\nx-forwarded-host: shop.test\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn http2_preface_is_told_apart() {
+        assert_eq!(preface(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), Preface::H2);
+        assert_eq!(preface(b"PRI * HTTP/2"), Preface::Maybe);
+        assert_eq!(preface(b""), Preface::Maybe);
+        assert_eq!(preface(b"POST / HTTP/1.1\r\n"), Preface::No);
     }
 
     #[test]
