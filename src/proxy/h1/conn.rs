@@ -664,39 +664,42 @@ async fn tunnel(c: &mut Client, mut up: Upstream, silence: Duration) {
     while client_open || backend_open {
         let (mut from_client, mut to_client) = c.stream.split();
         let (mut from_backend, mut to_backend) = up.stream.split();
-        tokio::select! {
+        let relayed = tokio::select! {
             r = c.buf.read_from(&mut from_client, BODY_CHUNK), if client_open => {
-                let relayed = match r {
-                    Ok(n) if n > 0 => matches!(timeout(silence, to_backend.write_all(c.buf.filled())).await, Ok(Ok(()))),
-                    _ => {
-                        client_open = false;
-                        let _ = to_backend.shutdown().await;
-                        true
-                    }
-                };
-                c.buf.consume(usize::MAX);
-                if !relayed {
-                    break;
-                }
+                relay(r, &mut c.buf, &mut to_backend, &mut client_open, silence).await
             }
             r = up.buf.read_from(&mut from_backend, BODY_CHUNK), if backend_open => {
-                let relayed = match r {
-                    Ok(n) if n > 0 => matches!(timeout(silence, to_client.write_all(up.buf.filled())).await, Ok(Ok(()))),
-                    _ => {
-                        backend_open = false;
-                        let _ = to_client.shutdown().await;
-                        true
-                    }
-                };
-                up.buf.consume(usize::MAX);
-                if !relayed {
-                    break;
-                }
+                relay(r, &mut up.buf, &mut to_client, &mut backend_open, silence).await
             }
             _ = tokio::time::sleep(silence) => {
                 debug!(peer = %c.peer, ?silence, "upgraded connection silent; closing");
-                break;
+                false
             }
+        };
+        if !relayed {
+            break;
         }
     }
+}
+
+/// One read's worth of a tunnel: passes on what `read` brought into `buf`,
+/// or at the end of the stream marks the side closed and closes the other
+/// side's writing half. Returns false when the write failed.
+async fn relay<W: tokio::io::AsyncWrite + Unpin>(
+    read: std::io::Result<usize>,
+    buf: &mut ReadBuf,
+    to: &mut W,
+    open: &mut bool,
+    silence: Duration,
+) -> bool {
+    let relayed = match read {
+        Ok(n) if n > 0 => matches!(timeout(silence, to.write_all(buf.filled())).await, Ok(Ok(()))),
+        _ => {
+            *open = false;
+            let _ = to.shutdown().await;
+            true
+        }
+    };
+    buf.consume(usize::MAX);
+    relayed
 }

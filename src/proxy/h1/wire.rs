@@ -100,41 +100,15 @@ pub struct Request {
 pub fn parse_request(input: &[u8], client: IpAddr, out: &mut Vec<u8>) -> Result<Option<Request>, HeadError> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut fields);
-    let head_len = match req.parse(input) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyHeaders),
-        Err(httparse::Error::Version) => return Err(HeadError::Malformed("unsupported HTTP version")),
-        Err(_) => return Err(HeadError::Malformed("malformed request head")),
-    };
+    let Some(head_len) = complete(req.parse(input), "malformed request head")? else { return Ok(None) };
     let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version) else {
         return Err(HeadError::Malformed("malformed request line"));
     };
     let http10 = minor == 0;
     let headers: &[httparse::Header<'_>] = req.headers;
-
-    let conn = ConnectionField::scan(headers)?;
-    let mut content_length: Option<u64> = None;
-    let mut transfer_encoding = TransferEncoding::None;
-    let mut host: Option<&[u8]> = None;
-    let mut upgrade_to: Option<&[u8]> = None;
-    let mut has_xff = false;
-    for h in headers {
-        let name = h.name.as_bytes();
-        if name.eq_ignore_ascii_case(b"content-length") {
-            content_length = Some(merge_content_length(content_length, h.value)?);
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            transfer_encoding = transfer_encoding.add(h.value);
-        } else if name.eq_ignore_ascii_case(b"host") {
-            if host.is_some() {
-                return Err(HeadError::Malformed("more than one Host field"));
-            }
-            host = Some(h.value);
-        } else if name.eq_ignore_ascii_case(b"upgrade") {
-            upgrade_to = Some(h.value);
-        } else if name.eq_ignore_ascii_case(b"x-forwarded-for") {
-            has_xff = true;
-        }
+    let Fields { conn, content_length, transfer_encoding, upgrade_to, host, hosts, has_xff } = Fields::scan(headers)?;
+    if hosts > 1 {
+        return Err(HeadError::Malformed("more than one Host field"));
     }
 
     // Body framing, RFC 9112 §6.3. Both fields at once is how requests are
@@ -266,31 +240,13 @@ pub struct Response {
 pub fn parse_response(input: &[u8], ctx: ResponseContext, out: &mut Vec<u8>) -> Result<Option<Response>, HeadError> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut fields);
-    let head_len = match resp.parse(input) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooManyHeaders),
-        Err(_) => return Err(HeadError::Malformed("malformed response head")),
-    };
+    let Some(head_len) = complete(resp.parse(input), "malformed response head")? else { return Ok(None) };
     let (Some(minor), Some(status)) = (resp.version, resp.code) else {
         return Err(HeadError::Malformed("malformed status line"));
     };
     let reason = resp.reason.unwrap_or("");
     let headers: &[httparse::Header<'_>] = resp.headers;
-    let conn = ConnectionField::scan(headers)?;
-    let mut content_length: Option<u64> = None;
-    let mut transfer_encoding = TransferEncoding::None;
-    let mut upgrade_to: Option<&[u8]> = None;
-    for h in headers {
-        let name = h.name.as_bytes();
-        if name.eq_ignore_ascii_case(b"content-length") {
-            content_length = Some(merge_content_length(content_length, h.value)?);
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            transfer_encoding = transfer_encoding.add(h.value);
-        } else if name.eq_ignore_ascii_case(b"upgrade") {
-            upgrade_to = Some(h.value);
-        }
-    }
+    let Fields { conn, content_length, transfer_encoding, upgrade_to, .. } = Fields::scan(headers)?;
     let interim = (100..200).contains(&status) && status != 101;
     if status == 101 && !(ctx.upgrade && upgrade_to.is_some()) {
         return Err(HeadError::Malformed("101 Switching Protocols without an upgrade"));
@@ -355,6 +311,59 @@ pub fn parse_response(input: &[u8], ctx: ResponseContext, out: &mut Vec<u8>) -> 
     }
     out.extend_from_slice(b"\r\n");
     Ok(Some(Response { head_len, status, framing, interim, backend_keep_alive, close_client, dechunk }))
+}
+
+/// The head's length once httparse has all of it.
+fn complete(parsed: httparse::Result<usize>, malformed: &'static str) -> Result<Option<usize>, HeadError> {
+    match parsed {
+        Ok(httparse::Status::Complete(n)) => Ok(Some(n)),
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(httparse::Error::TooManyHeaders) => Err(HeadError::TooManyHeaders),
+        Err(httparse::Error::Version) => Err(HeadError::Malformed("unsupported HTTP version")),
+        Err(_) => Err(HeadError::Malformed(malformed)),
+    }
+}
+
+/// What a head's fields say about framing, routing and forwarding.
+struct Fields<'a> {
+    conn: ConnectionField<'a>,
+    content_length: Option<u64>,
+    transfer_encoding: TransferEncoding,
+    upgrade_to: Option<&'a [u8]>,
+    host: Option<&'a [u8]>,
+    /// Host fields seen (a request may have one).
+    hosts: usize,
+    has_xff: bool,
+}
+
+impl<'a> Fields<'a> {
+    fn scan(headers: &[httparse::Header<'a>]) -> Result<Self, HeadError> {
+        let mut f = Fields {
+            conn: ConnectionField::scan(headers)?,
+            content_length: None,
+            transfer_encoding: TransferEncoding::None,
+            upgrade_to: None,
+            host: None,
+            hosts: 0,
+            has_xff: false,
+        };
+        for h in headers {
+            let name = h.name.as_bytes();
+            if name.eq_ignore_ascii_case(b"content-length") {
+                f.content_length = Some(merge_content_length(f.content_length, h.value)?);
+            } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+                f.transfer_encoding = f.transfer_encoding.add(h.value);
+            } else if name.eq_ignore_ascii_case(b"host") {
+                f.host = Some(h.value);
+                f.hosts += 1;
+            } else if name.eq_ignore_ascii_case(b"upgrade") {
+                f.upgrade_to = Some(h.value);
+            } else if name.eq_ignore_ascii_case(b"x-forwarded-for") {
+                f.has_xff = true;
+            }
+        }
+        Ok(f)
+    }
 }
 
 /// A short answer made by the proxy itself, written into `out`.
