@@ -677,3 +677,42 @@ async fn a_silent_tunnel_is_closed_after_tunnel_timeout() {
     p.shutdown();
     a.task.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tunnel_carries_both_directions_at_once() {
+    let a = backend("a").await;
+    let (addr, _, p) = proxy(&[a.addr], "");
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+        .await
+        .expect("write");
+    let mut pending = Vec::new();
+    let (status, _, _) = read_response(&mut s, &mut pending, true).await;
+    assert_eq!(status, 101);
+    // The backend echoes as it reads; far more than socket buffers hold goes
+    // up before anything is read back, so a proxy relaying one direction at
+    // a time would stall.
+    const TOTAL: usize = 8 * 1024 * 1024;
+    let (mut rd, mut wr) = s.into_split();
+    let writer = tokio::spawn(async move {
+        let chunk = vec![b'z'; 64 * 1024];
+        for _ in 0..TOTAL / chunk.len() {
+            wr.write_all(&chunk).await.expect("write up");
+        }
+        wr
+    });
+    let mut got = pending.len();
+    let mut buf = vec![0u8; 64 * 1024];
+    let read = tokio::time::timeout(Duration::from_secs(20), async {
+        while got < TOTAL {
+            let n = rd.read(&mut buf).await.expect("read echo");
+            assert!(n > 0, "closed after {got} bytes");
+            got += n;
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "echo stalled after {got} of {TOTAL} bytes");
+    let _ = writer.await;
+    p.shutdown();
+    a.task.abort();
+}

@@ -55,12 +55,20 @@ impl<T> IdleConns<T> {
     pub fn put(&self, i: usize, conn: T, now: Instant) {
         let Some(slot) = self.backends.get(i) else { return };
         let mut idle = slot.lock().unwrap_or_else(|p| p.into_inner());
-        while idle.front().is_some_and(|p| now.saturating_duration_since(p.since) > MAX_IDLE_AGE)
-            || idle.len() >= MAX_PER_BACKEND
-        {
+        drop_expired(&mut idle, now);
+        if idle.len() >= MAX_PER_BACKEND {
             idle.pop_front();
         }
         idle.push_back(Parked { conn, since: now });
+    }
+
+    /// Closes every connection too old to use (run now and then, so a quiet
+    /// backend's connections do not stay open, half-closed, until traffic
+    /// returns).
+    pub fn sweep(&self, now: Instant) {
+        for b in &self.backends {
+            drop_expired(&mut b.lock().unwrap_or_else(|p| p.into_inner()), now);
+        }
     }
 
     /// Closes them all.
@@ -68,6 +76,13 @@ impl<T> IdleConns<T> {
         for b in &self.backends {
             b.lock().unwrap_or_else(|p| p.into_inner()).clear();
         }
+    }
+}
+
+/// Drops the oldest entries while they are past [`MAX_IDLE_AGE`].
+fn drop_expired<T>(idle: &mut VecDeque<Parked<T>>, now: Instant) {
+    while idle.front().is_some_and(|p| now.saturating_duration_since(p.since) > MAX_IDLE_AGE) {
+        idle.pop_front();
     }
 }
 
@@ -92,6 +107,8 @@ mod tests {
         idle.put(1, 8, t0);
         idle.put(1, 9, t0 + MAX_IDLE_AGE + Duration::from_secs(1));
         assert_eq!(idle.backends[1].lock().expect("lock").len(), 1);
+        idle.sweep(t0 + 2 * MAX_IDLE_AGE + Duration::from_secs(2));
+        assert!(idle.backends[1].lock().expect("lock").is_empty());
         assert_eq!(idle.take(5, t0, |_| true), None, "no such backend");
     }
 

@@ -26,7 +26,7 @@ use tracing::{debug, info, warn};
 
 use super::backends::Pool;
 use super::h1::conn::{self, Ended};
-use super::idle::IdleConns;
+use super::idle::{IdleConns, MAX_IDLE_AGE};
 use super::upstream::Upstream;
 use super::{forward, health};
 
@@ -156,6 +156,19 @@ async fn serve(
     // This worker's idle backend connections (HTTP/1 clients', HTTP/2's).
     let idle = Arc::new(IdleConns::new(pool.backends().len()));
     let idle_h2 = Arc::new(IdleConns::new(pool.backends().len()));
+    let sweeper = {
+        let (idle, idle_h2) = (Arc::clone(&idle), Arc::clone(&idle_h2));
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(MAX_IDLE_AGE);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                let now = std::time::Instant::now();
+                idle.sweep(now);
+                idle_h2.sweep(now);
+            }
+        })
+    };
     info!(listener = %cfg.name, listen = %cfg.listen, "HTTP listener up");
     loop {
         // Past max_connections, connections wait in the kernel's backlog.
@@ -196,6 +209,7 @@ async fn serve(
     if tokio::time::timeout(cfg.drain_timeout, all_done.recv()).await.is_err() {
         warn!(listener = %cfg.name, timeout = ?cfg.drain_timeout, "connections still open after the drain timeout");
     }
+    sweeper.abort();
     idle.clear();
     idle_h2.clear();
 }

@@ -396,7 +396,7 @@ async fn forward(
                     l.status = 408;
                     l.emit(0, sent);
                 }
-                return Next::Close;
+                return Next::Linger;
             }
             Exchange::BadRequestBody(e) => {
                 debug!(peer = %c.peer, backend = %addr, error = %e, "bad request body");
@@ -485,15 +485,15 @@ async fn exchange(
             Err(e) => return Exchange::BadRequestBody(e),
         }
     }
-    // Counted from the last request byte sent: a long upload is not a slow
-    // backend.
-    let mut deadline = Instant::now() + cfg.response_timeout;
-    match timeout_at(deadline, up.stream.write_all(&c.out)).await {
+    match timeout(cfg.response_timeout, up.stream.write_all(&c.out)).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => return Exchange::NoAnswer(format!("send: {e}")),
         Err(_) => return Exchange::TimedOut,
     }
     c.out.clear();
+    // Counted from the last request byte sent: a long upload is not a slow
+    // backend.
+    let mut deadline = Instant::now() + cfg.response_timeout;
 
     // The response head. Meanwhile the rest of the body goes up, read from
     // the client only once the backend has taken the previous piece, and
@@ -646,60 +646,62 @@ async fn exchange(
 
 /// After a 101: the switch goes to the client with whatever the backend
 /// sent after it, whatever the client sent after its request goes up, then
-/// bytes flow both ways until both sides have closed, or neither has sent
-/// anything for `silence`.
+/// bytes flow both ways at once until both sides have closed, or neither
+/// direction has moved for `silence`.
 async fn tunnel(c: &mut Client, mut up: Upstream, silence: Duration) {
     c.out.extend_from_slice(up.buf.filled());
     up.buf.consume(usize::MAX);
     if !c.write_out().await {
         return;
     }
-    if !c.buf.is_empty() {
-        if !matches!(timeout(silence, up.stream.write_all(c.buf.filled())).await, Ok(Ok(()))) {
-            return;
-        }
-        c.buf.consume(usize::MAX);
-    }
     let (mut client_open, mut backend_open) = (true, true);
-    while client_open || backend_open {
+    loop {
+        // A direction is live while its reader is open or bytes wait to be written.
+        let upward = client_open || !c.buf.is_empty();
+        let downward = backend_open || !up.buf.is_empty();
+        if !upward && !downward {
+            break;
+        }
         let (mut from_client, mut to_client) = c.stream.split();
         let (mut from_backend, mut to_backend) = up.stream.split();
-        let relayed = tokio::select! {
-            r = c.buf.read_from(&mut from_client, BODY_CHUNK), if client_open => {
-                relay(r, &mut c.buf, &mut to_backend, &mut client_open, silence).await
-            }
-            r = up.buf.read_from(&mut from_backend, BODY_CHUNK), if backend_open => {
-                relay(r, &mut up.buf, &mut to_client, &mut backend_open, silence).await
-            }
+        let moved = tokio::select! {
+            ok = tunnel_step(&mut c.buf, &mut from_client, &mut to_backend, &mut client_open), if upward => ok,
+            ok = tunnel_step(&mut up.buf, &mut from_backend, &mut to_client, &mut backend_open), if downward => ok,
             _ = tokio::time::sleep(silence) => {
                 debug!(peer = %c.peer, ?silence, "upgraded connection silent; closing");
                 false
             }
         };
-        if !relayed {
+        if !moved {
             break;
         }
     }
 }
 
-/// One read's worth of a tunnel: passes on what `read` brought into `buf`,
-/// or at the end of the stream marks the side closed and closes the other
-/// side's writing half. Returns false when the write failed.
-async fn relay<W: tokio::io::AsyncWrite + Unpin>(
-    read: std::io::Result<usize>,
-    buf: &mut ReadBuf,
-    to: &mut W,
-    open: &mut bool,
-    silence: Duration,
-) -> bool {
-    let relayed = match read {
-        Ok(n) if n > 0 => matches!(timeout(silence, to.write_all(buf.filled())).await, Ok(Ok(()))),
+/// One step of one tunnel direction: write some of what `buf` holds, or,
+/// when it is empty, read more; at the end of the stream, mark the side
+/// closed and close the other side's writing half. False when a write
+/// failed. Cancel-safe: a read or write that did not finish did nothing.
+async fn tunnel_step<R, W>(buf: &mut ReadBuf, from: &mut R, to: &mut W, open: &mut bool) -> bool
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    if !buf.is_empty() {
+        return match to.write(buf.filled()).await {
+            Ok(n) if n > 0 => {
+                buf.consume(n);
+                true
+            }
+            _ => false,
+        };
+    }
+    match buf.read_from(from, BODY_CHUNK).await {
+        Ok(n) if n > 0 => {}
         _ => {
             *open = false;
             let _ = to.shutdown().await;
-            true
         }
-    };
-    buf.consume(usize::MAX);
-    relayed
+    }
+    true
 }
