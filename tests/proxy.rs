@@ -655,10 +655,9 @@ async fn an_early_answer_comes_through_an_unfinished_upload() {
     a.task.abort();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_silent_tunnel_is_closed_after_tunnel_timeout() {
-    let a = backend("a").await;
-    let (addr, _, p) = proxy(&[a.addr], "tunnel_timeout = \"300ms\"");
+/// A WebSocket upgrade to the echo backend through the proxy: the stream
+/// and any echoed bytes read along with the 101.
+async fn open_tunnel(addr: SocketAddr) -> (TcpStream, Vec<u8>) {
     let mut s = TcpStream::connect(addr).await.expect("connect");
     s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
         .await
@@ -666,6 +665,14 @@ async fn a_silent_tunnel_is_closed_after_tunnel_timeout() {
     let mut pending = Vec::new();
     let (status, _, _) = read_response(&mut s, &mut pending, true).await;
     assert_eq!(status, 101);
+    (s, pending)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_tunnel_is_closed_after_tunnel_timeout() {
+    let a = backend("a").await;
+    let (addr, _, p) = proxy(&[a.addr], "tunnel_timeout = \"300ms\"");
+    let (mut s, _) = open_tunnel(addr).await;
     s.write_all(b"ping").await.expect("write");
     let mut echo = [0u8; 4];
     s.read_exact(&mut echo).await.expect("echo");
@@ -682,13 +689,7 @@ async fn a_silent_tunnel_is_closed_after_tunnel_timeout() {
 async fn a_tunnel_carries_both_directions_at_once() {
     let a = backend("a").await;
     let (addr, _, p) = proxy(&[a.addr], "");
-    let mut s = TcpStream::connect(addr).await.expect("connect");
-    s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
-        .await
-        .expect("write");
-    let mut pending = Vec::new();
-    let (status, _, _) = read_response(&mut s, &mut pending, true).await;
-    assert_eq!(status, 101);
+    let (s, pending) = open_tunnel(addr).await;
     // The backend echoes as it reads; far more than socket buffers hold goes
     // up before anything is read back, so a proxy relaying one direction at
     // a time would stall.
