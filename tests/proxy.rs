@@ -590,6 +590,14 @@ async fn http1_framing_cases_on_one_connection() {
     let (head, body) = text.split_once("\r\n\r\n").expect("a head");
     assert!(head.starts_with("HTTP/1.1 200") && !head.to_lowercase().contains("chunked"), "{head}");
     assert_eq!(body.len(), 1024 * 1024);
+
+    // Without Host, the backend hears the address the client connected to.
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(b"GET /headers HTTP/1.0\r\n\r\n").await.expect("write");
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await.expect("in time").expect("read");
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.contains(&format!("host: {addr}")), "{text}");
     p.shutdown();
     a.task.abort();
 }

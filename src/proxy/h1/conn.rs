@@ -170,6 +170,12 @@ pub async fn serve(
             }
         };
         first = false;
+        if req.needs_host {
+            // What the client connected to is the host it meant.
+            if let Ok(local) = c.stream.local_addr() {
+                wire::insert_host(&mut up_head, &local.to_string());
+            }
+        }
         match forward(&mut c, &req, &up_head, pool, idle, stop).await {
             Next::KeepOpen => {}
             Next::Close => return Ended::Closed,

@@ -92,6 +92,9 @@ pub struct Request {
     /// Asks to switch protocols (WebSocket); the head sent upstream keeps
     /// `Connection: upgrade` and `Upgrade`.
     pub upgrade: bool,
+    /// An HTTP/1.0 request named no host: the head sent upstream (as
+    /// HTTP/1.1, which requires one) needs [`insert_host`].
+    pub needs_host: bool,
 }
 
 /// Parses a request head at the start of `input` and, if complete, writes
@@ -197,7 +200,16 @@ pub fn parse_request(input: &[u8], client: IpAddr, out: &mut Vec<u8>) -> Result<
         is_head: method == "HEAD",
         idempotent: matches!(method, "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"),
         upgrade,
+        needs_host: host.is_none(),
     }))
+}
+
+/// Adds a Host field to an upstream head that lacks one (see
+/// [`Request::needs_host`]), right after its request line.
+pub fn insert_host(head: &mut Vec<u8>, host: &str) {
+    let at = head.windows(2).position(|w| w == b"\r\n").map_or(0, |i| i + 2);
+    let field = format!("host: {host}\r\n");
+    head.splice(at..at, field.bytes());
 }
 
 /// What the response head depends on besides its own bytes.
@@ -830,8 +842,13 @@ mod tests {
     #[test]
     fn http10_keep_alive_only_when_asked() {
         let (r, out) = ok("GET / HTTP/1.0\r\n\r\n");
-        assert!(r.http10 && !r.keep_alive);
+        assert!(r.http10 && !r.keep_alive && r.needs_host);
         assert!(!out.contains("host:") && !out.contains("x-forwarded-host"), "{out}");
+        let mut head = out.into_bytes();
+        insert_host(&mut head, "192.0.2.10:8080");
+        assert!(
+            String::from_utf8_lossy(&head).starts_with("GET / HTTP/1.1\r\nhost: 192.0.2.10:8080\r\nx-forwarded-for")
+        );
         assert!(ok("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").0.keep_alive);
     }
 
