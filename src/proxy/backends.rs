@@ -228,11 +228,6 @@ impl InFlight {
     pub fn index(&self) -> usize {
         self.index
     }
-
-    /// The pool it belongs to.
-    pub fn pool(&self) -> &Arc<Pool> {
-        &self.pool
-    }
 }
 
 impl Drop for InFlight {

@@ -16,6 +16,7 @@ use tracing::{debug, warn};
 
 use super::backends::Pool;
 use super::body::{AccessLog, Completion, ProxyBody, UpstreamBody};
+use super::h1::wire::is_idempotent;
 use super::idle::IdleConns;
 use super::upstream::connect_for_upgrade;
 use super::upstream::Upstream;
@@ -108,7 +109,7 @@ impl Tried {
 }
 
 fn idempotent(m: &Method) -> bool {
-    matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE)
+    is_idempotent(m.as_str())
 }
 
 /// A short answer made by the proxy itself.

@@ -19,6 +19,7 @@ use tokio::net::TcpStream;
 use tracing::debug;
 
 use super::body::UpstreamBody;
+use super::h1::upstream::connect_tcp;
 
 /// hyper's state machine of one client connection.
 type Driver = Pin<Box<Connection<TokioIo<TcpStream>, UpstreamBody>>>;
@@ -37,17 +38,6 @@ impl std::fmt::Debug for Upstream {
     }
 }
 
-async fn tcp(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, String> {
-    match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-        Ok(Ok(s)) => {
-            let _ = s.set_nodelay(true);
-            Ok(s)
-        }
-        Ok(Err(e)) => Err(format!("connect: {e}")),
-        Err(_) => Err(format!("connect: timed out after {timeout:?}")),
-    }
-}
-
 fn builder() -> Builder {
     let mut b = Builder::new();
     // One flat buffer per request: cheaper for the kernel than writev.
@@ -58,7 +48,7 @@ fn builder() -> Builder {
 impl Upstream {
     /// Opens a new connection.
     pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Self, String> {
-        let stream = tcp(addr, timeout).await?;
+        let stream = connect_tcp(addr, timeout).await?;
         let (sender, conn) = builder().handshake(TokioIo::new(stream)).await.map_err(|e| format!("handshake: {e}"))?;
         Ok(Upstream { sender, conn: Some(Box::pin(conn)) })
     }
@@ -118,7 +108,7 @@ fn drive(conn: &mut Option<Driver>, cx: &mut Context<'_>) -> bool {
 /// A connection for an HTTP Upgrade: its own task (the upgraded stream
 /// outlives the request), never pooled.
 pub async fn connect_for_upgrade(addr: SocketAddr, timeout: Duration) -> Result<SendRequest<UpstreamBody>, String> {
-    let stream = tcp(addr, timeout).await?;
+    let stream = connect_tcp(addr, timeout).await?;
     let (sender, conn) = builder().handshake(TokioIo::new(stream)).await.map_err(|e| format!("handshake: {e}"))?;
     tokio::spawn(async move {
         if let Err(e) = conn.with_upgrades().await {

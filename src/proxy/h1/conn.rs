@@ -70,6 +70,22 @@ impl Client {
         self.write_out().await
     }
 
+    /// Answers with `(status, reason, text)` of the proxy's own and writes
+    /// the request's access-log line, if any. Returns whether it went out.
+    async fn reply_logged(
+        &mut self,
+        log: Option<Box<AccessLog>>,
+        (status, reason, text): (u16, &str, &str),
+        close: bool,
+    ) -> bool {
+        let sent = self.reply(status, reason, text, close).await;
+        if let Some(mut l) = log {
+            l.status = status;
+            l.emit(text.len() as u64, sent);
+        }
+        sent
+    }
+
     /// Closes after an answer while the client may still be sending: stop
     /// writing, then read and drop its bytes for a while so that the kernel
     /// does not reset the connection under the answer.
@@ -397,20 +413,12 @@ async fn forward(
             }
             Exchange::ClientStalled => {
                 debug!(peer = %c.peer, backend = %addr, "client stalled inside its request body");
-                let sent = c.reply(408, "Request Timeout", "request body timed out\n", true).await;
-                if let Some(mut l) = log {
-                    l.status = 408;
-                    l.emit(0, sent);
-                }
+                c.reply_logged(log, (408, "Request Timeout", "request body timed out\n"), true).await;
                 return Next::Linger;
             }
             Exchange::BadRequestBody(e) => {
                 debug!(peer = %c.peer, backend = %addr, error = %e, "bad request body");
-                let sent = c.reply(400, "Bad Request", "bad request body\n", true).await;
-                if let Some(mut l) = log {
-                    l.status = 400;
-                    l.emit(0, sent);
-                }
+                c.reply_logged(log, (400, "Bad Request", "bad request body\n"), true).await;
                 return Next::Linger;
             }
             Exchange::NoAnswer(why) => {
@@ -449,15 +457,10 @@ async fn forward(
             }
         }
     }
-    let (status, reason, text) = failure;
     // A body the client is still sending cannot be skipped over.
     let unread_body = !body.is_done();
     let close = !req.keep_alive || unread_body || *stop.borrow();
-    let sent = c.reply(status, reason, text, close).await;
-    if let Some(mut l) = log {
-        l.status = status;
-        l.emit(text.len() as u64, sent);
-    }
+    let sent = c.reply_logged(log, failure, close).await;
     match (sent, close, unread_body) {
         (true, false, _) => Next::KeepOpen,
         (true, true, true) => Next::Linger,

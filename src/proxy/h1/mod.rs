@@ -7,5 +7,3 @@ pub mod buf;
 pub mod conn;
 pub mod upstream;
 pub mod wire;
-
-pub use upstream::Upstream;

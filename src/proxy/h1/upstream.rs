@@ -21,17 +21,24 @@ pub struct Upstream {
     pub reused: bool,
 }
 
+/// A TCP connection to a backend within `timeout`, Nagle off; the error
+/// says which of the two failed.
+pub async fn connect_tcp(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, String> {
+    match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(stream)) => {
+            let _ = stream.set_nodelay(true);
+            Ok(stream)
+        }
+        Ok(Err(e)) => Err(format!("connect: {e}")),
+        Err(_) => Err(format!("connect: timed out after {timeout:?}")),
+    }
+}
+
 impl Upstream {
     /// Opens a connection, within `timeout`.
     pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Self, String> {
-        match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-            Ok(Ok(stream)) => {
-                let _ = stream.set_nodelay(true);
-                Ok(Upstream { stream, buf: ReadBuf::default(), reused: false })
-            }
-            Ok(Err(e)) => Err(format!("connect: {e}")),
-            Err(_) => Err(format!("connect: timed out after {timeout:?}")),
-        }
+        let stream = connect_tcp(addr, timeout).await?;
+        Ok(Upstream { stream, buf: ReadBuf::default(), reused: false })
     }
 
     /// An idle connection is still usable: the backend has not closed it

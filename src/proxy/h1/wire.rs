@@ -198,7 +198,7 @@ pub fn parse_request(input: &[u8], client: IpAddr, out: &mut Vec<u8>) -> Result<
         keep_alive: if http10 { conn.keep_alive } else { !conn.close },
         http10,
         is_head: method == "HEAD",
-        idempotent: matches!(method, "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"),
+        idempotent: is_idempotent(method),
         upgrade,
         needs_host: host.is_none(),
     }))
@@ -503,6 +503,11 @@ fn split_target(target: &str) -> Result<(&[u8], Option<&[u8]>), HeadError> {
         return Err(HeadError::Malformed("unsupported request target"));
     }
     Ok((if path.is_empty() { b"/" } else { path }, Some(authority)))
+}
+
+/// Safe to send twice (RFC 9110 §9.2.2).
+pub fn is_idempotent(method: &str) -> bool {
+    matches!(method, "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE")
 }
 
 /// A character of a token (RFC 9110 §5.6.2).
