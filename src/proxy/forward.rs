@@ -16,7 +16,7 @@ use tracing::{debug, warn};
 
 use super::backends::Pool;
 use super::body::{AccessLog, Completion, ProxyBody, UpstreamBody};
-use super::h1::wire::is_idempotent;
+use super::h1::wire::{is_hop_by_hop, is_idempotent};
 use super::idle::IdleConns;
 use super::upstream::connect_for_upgrade;
 use super::upstream::Upstream;
@@ -25,15 +25,12 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1), besides
-/// whatever `Connection` names and every `Proxy-*` header.
-const HOP_BY_HOP: [&str; 6] = ["connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade"];
-
-/// Removes hop-by-hop headers in place.
+/// Removes hop-by-hop headers in place: the same rule as the HTTP/1
+/// path's ([`is_hop_by_hop`]), and whatever `Connection` names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // One pass to see whether there is anything to do: on the hot path
-    // there usually is not, and each removal costs a hash and a probe.
-    let is_hop = |k: &HeaderName| HOP_BY_HOP.contains(&k.as_str()) || k.as_str().starts_with("proxy-");
+    // One pass to see whether there is anything to do: there usually is
+    // not, and each removal costs a hash and a probe.
+    let is_hop = |k: &HeaderName| is_hop_by_hop(k.as_str().as_bytes());
     if !headers.keys().any(is_hop) {
         return;
     }

@@ -407,7 +407,7 @@ fn put_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 /// these, whatever `Connection` names and every `Proxy-*` field. `Proxy`
 /// itself is no standard field: CGI backends would read it as their proxy
 /// setting ("httpoxy").
-fn is_hop_by_hop(name: &[u8]) -> bool {
+pub fn is_hop_by_hop(name: &[u8]) -> bool {
     const HOP: [&[u8]; 7] =
         [b"connection", b"keep-alive", b"te", b"trailer", b"transfer-encoding", b"upgrade", b"proxy"];
     HOP.iter().any(|h| name.eq_ignore_ascii_case(h)) || (name.len() >= 6 && name[..6].eq_ignore_ascii_case(b"proxy-"))
