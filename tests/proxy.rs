@@ -725,3 +725,181 @@ async fn a_tunnel_carries_both_directions_at_once() {
     p.shutdown();
     a.task.abort();
 }
+
+/// What a lenient backend read as one request.
+#[derive(Debug, Clone)]
+struct Seen {
+    line: String,
+    fields: Vec<String>,
+    /// The body as it came on the wire (chunked framing included).
+    raw_body: Vec<u8>,
+}
+
+/// A backend that frames requests as gunicorn 20.1 does: chunked only for
+/// a Transfer-Encoding of exactly `chunked` (the last such field wins),
+/// else Content-Length, else no body; chunk sizes read up to a `;`. Answers
+/// each request with its request line and Cookie, on a kept-alive
+/// connection. Returns its address and what it read.
+async fn lenient_backend() -> (SocketAddr, Arc<std::sync::Mutex<Vec<Seen>>>, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind backend");
+    let addr = listener.local_addr().expect("addr");
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut r = tokio::io::BufReader::new(stream);
+                for _ in 0..100 {
+                    let Some(seen) = lenient_read(&mut r).await else { return };
+                    let cookie = seen
+                        .fields
+                        .iter()
+                        .find_map(|f| f.to_ascii_lowercase().strip_prefix("cookie: ").map(str::to_string))
+                        .unwrap_or_default();
+                    let body = format!("{} cookie={cookie}", seen.line);
+                    log.lock().expect("lock").push(seen);
+                    let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+                    if r.get_mut().write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen, task)
+}
+
+/// One line into `into`; `None` at the end of the stream or after 5 s.
+async fn read_line(r: &mut tokio::io::BufReader<TcpStream>, into: &mut String) -> Option<()> {
+    use tokio::io::AsyncBufReadExt;
+    into.clear();
+    let n = tokio::time::timeout(Duration::from_secs(5), r.read_line(into)).await.ok()?.ok()?;
+    (n > 0).then_some(())
+}
+
+async fn lenient_read(r: &mut tokio::io::BufReader<TcpStream>) -> Option<Seen> {
+    let mut line = String::new();
+    read_line(r, &mut line).await?;
+    let line = line.trim_end().to_string();
+    let mut fields = Vec::new();
+    let (mut chunked, mut length) = (false, 0usize);
+    loop {
+        let mut f = String::new();
+        read_line(r, &mut f).await?;
+        let f = f.trim_end().to_string();
+        if f.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = f.split_once(':') {
+            match name.trim().to_ascii_uppercase().as_str() {
+                "TRANSFER-ENCODING" => chunked = value.trim().to_lowercase() == "chunked",
+                "CONTENT-LENGTH" => length = value.trim().parse().unwrap_or(0),
+                _ => {}
+            }
+        }
+        fields.push(f);
+    }
+    let mut raw_body = Vec::new();
+    if chunked {
+        loop {
+            let mut size = String::new();
+            read_line(r, &mut size).await?;
+            raw_body.extend_from_slice(size.as_bytes());
+            let n = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16).ok()?;
+            if n == 0 {
+                loop {
+                    let mut t = String::new();
+                    read_line(r, &mut t).await?;
+                    raw_body.extend_from_slice(t.as_bytes());
+                    if t.trim_end().is_empty() {
+                        break;
+                    }
+                }
+                break;
+            }
+            let mut data = vec![0u8; n + 2];
+            r.read_exact(&mut data).await.ok()?;
+            raw_body.extend_from_slice(&data);
+        }
+    } else if length > 0 {
+        let mut data = vec![0u8; length];
+        r.read_exact(&mut data).await.ok()?;
+        raw_body = data;
+    }
+    Some(Seen { line, fields, raw_body })
+}
+
+/// The request-smuggling attack of issue 7 §1.1: a Transfer-Encoding list
+/// the proxy read as chunked but a backend matching an exact `chunked` read
+/// as no body, so the body became a request the proxy never saw, whose
+/// Content-Length swallowed the next client's request on the pooled
+/// connection. Each variant must be refused before it reaches the backend,
+/// and the next client must get its own answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfer_encoding_lists_cannot_smuggle_a_request_past_a_lenient_backend() {
+    let (backend, seen, task) = lenient_backend().await;
+    let (addr, _, p) = proxy(&[backend], "retries = 0");
+    let smuggled = "000 /smuggled HTTP/1.1\r\nHost: x\r\nContent-Length: 60\r\n\r\n";
+    let variants: [(&str, u16); 9] = [
+        ("Transfer-Encoding: chunked,\r\n", 400),
+        ("Transfer-Encoding: gzip, chunked\r\n", 501),
+        ("Transfer-Encoding: identity, chunked\r\n", 501),
+        ("Transfer-Encoding: , chunked\r\n", 400),
+        ("Transfer-Encoding: chunked , chunked\r\n", 400),
+        ("Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n", 400),
+        ("Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n", 501),
+        // An exact `chunked`, but a size line a lenient parser reads as a
+        // request line: RFC 9112 §7.1.1 allows only `;` after the size.
+        ("Transfer-Encoding: chunked\r\n", 400),
+        ("Transfer-Encoding: Chunked\r\n", 400),
+    ];
+    for (te, want) in variants {
+        let mut attacker = TcpStream::connect(addr).await.expect("connect");
+        attacker
+            .write_all(format!("POST / HTTP/1.1\r\nHost: x\r\n{te}\r\n{smuggled}").as_bytes())
+            .await
+            .expect("write");
+        let mut pending = Vec::new();
+        let (status, head, _) = read_response(&mut attacker, &mut pending, false).await;
+        assert_eq!(status, want, "{te:?}: {head}");
+        // The victim, on what would be the same pooled backend connection.
+        let (status, _, body) = get(addr, "/victim", &[("Cookie", "secret=1")]).await;
+        assert_eq!((status, body.as_str()), (200, "GET /victim HTTP/1.1 cookie=secret=1"), "{te:?}");
+    }
+    let lines: Vec<String> = seen.lock().expect("lock").iter().map(|s| s.line.clone()).collect();
+    assert!(lines.iter().all(|l| l == "GET /victim HTTP/1.1"), "the backend read {lines:?}");
+    p.shutdown();
+    task.abort();
+}
+
+/// A chunked body reaches the backend in the proxy's own framing: one
+/// `transfer-encoding: chunked`, fresh size lines, no extensions, and no
+/// framing or routing fields in the trailer section.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_bodies_reach_the_backend_reframed() {
+    let (backend, seen, task) = lenient_backend().await;
+    let (addr, _, p) = proxy(&[backend], "retries = 0");
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(
+        b"POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\
+          005;a=b\r\nhello\r\n0;last\r\nContent-Length: 60\r\nHost: evil\r\nX-Sum: 5\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    let mut pending = Vec::new();
+    let (status, _, body) = read_response(&mut s, &mut pending, false).await;
+    assert_eq!((status, body.as_slice()), (200, &b"POST /up HTTP/1.1 cookie="[..]));
+    // The next request on the same connection is its own.
+    s.write_all(b"GET /after HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("write");
+    let (status, _, body) = read_response(&mut s, &mut pending, false).await;
+    assert_eq!((status, body.as_slice()), (200, &b"GET /after HTTP/1.1 cookie="[..]));
+    let seen = seen.lock().expect("lock").clone();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    let te: Vec<&String> =
+        seen[0].fields.iter().filter(|f| f.to_lowercase().starts_with("transfer-encoding")).collect();
+    assert_eq!(te, ["transfer-encoding: chunked"]);
+    assert_eq!(String::from_utf8_lossy(&seen[0].raw_body), "5\r\nhello\r\n0\r\nX-Sum: 5\r\n\r\n");
+    p.shutdown();
+    task.abort();
+}

@@ -24,7 +24,7 @@ use tracing::{debug, warn};
 
 use super::buf::{ReadBuf, BODY_CHUNK};
 use super::upstream::Upstream;
-use super::wire::{self, ChunkError, ChunkedScanner, Framing, HeadError, Preface, Request, ResponseContext};
+use super::wire::{self, ChunkError, Framing, HeadError, Preface, Rechunker, Request, ResponseContext};
 use crate::proxy::backends::Pool;
 use crate::proxy::body::AccessLog;
 use crate::proxy::forward::Tried;
@@ -177,9 +177,10 @@ pub async fn serve(
                         }
                     }
                 }
-                Err(HeadError::Malformed(why)) => {
-                    debug!(%peer, why, "bad request");
-                    c.reply(400, "Bad Request", "bad request\n", true).await;
+                Err(e) => {
+                    let (status, reason) = e.status();
+                    debug!(%peer, why = %e, status, "request refused");
+                    c.reply(status, reason, refusal_text(&e), true).await;
                     c.linger().await;
                     return Ended::Closed;
                 }
@@ -200,6 +201,17 @@ pub async fn serve(
                 return Ended::Closed;
             }
         }
+    }
+}
+
+/// The body of the answer to a request head refused as `e` says.
+fn refusal_text(e: &HeadError) -> &'static str {
+    match e {
+        HeadError::Malformed(_) => "bad request\n",
+        HeadError::TooManyHeaders => "request head too large\n",
+        HeadError::UnknownCoding => "transfer coding not implemented\n",
+        HeadError::Version => "HTTP version not supported\n",
+        HeadError::Method => "method not allowed\n",
     }
 }
 
@@ -248,7 +260,7 @@ struct Answer {
 enum Remaining {
     Done,
     Length(u64),
-    Chunked(ChunkedScanner),
+    Chunked(Rechunker),
     UntilClose,
 }
 
@@ -257,7 +269,7 @@ impl Remaining {
         match framing {
             Framing::Empty => Remaining::Done,
             Framing::Length(n) => Remaining::Length(n),
-            Framing::Chunked => Remaining::Chunked(ChunkedScanner::default()),
+            Framing::Chunked => Remaining::Chunked(Rechunker::default()),
             Framing::UntilClose => Remaining::UntilClose,
         }
     }
@@ -266,29 +278,30 @@ impl Remaining {
         matches!(self, Remaining::Done)
     }
 
-    /// How many bytes at the front of `avail` belong to the body; `data`
-    /// gets the body's content (chunk data without the coding).
-    fn take(&mut self, avail: &[u8], mut data: impl FnMut(&[u8])) -> Result<usize, ChunkError> {
+    /// Takes the body bytes at the front of `avail` and appends them to
+    /// `out` as the next hop gets them: a chunked body re-framed, or with
+    /// `decode` its data alone. Returns how many bytes of `avail` it took.
+    fn relay(&mut self, avail: &[u8], out: &mut Vec<u8>, decode: bool) -> Result<usize, ChunkError> {
         let n = match self {
             Remaining::Done => 0,
             Remaining::Length(left) => {
                 let n = avail.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
-                data(&avail[..n]);
+                out.extend_from_slice(&avail[..n]);
                 *left -= n as u64;
                 if *left == 0 {
                     *self = Remaining::Done;
                 }
                 n
             }
-            Remaining::Chunked(scanner) => {
-                let n = scanner.scan(avail, data)?;
-                if scanner.is_done() {
+            Remaining::Chunked(chunks) => {
+                let n = if decode { chunks.decode(avail, out)? } else { chunks.reframe(avail, out)? };
+                if chunks.is_done() {
                     *self = Remaining::Done;
                 }
                 n
             }
             Remaining::UntilClose => {
-                data(avail);
+                out.extend_from_slice(avail);
                 avail.len()
             }
         };
@@ -485,12 +498,8 @@ async fn exchange(
     c.out.clear();
     c.out.extend_from_slice(up_head);
     if !body.is_done() {
-        let avail = c.buf.filled();
-        match body.take(avail, |_| {}) {
-            Ok(n) => {
-                c.out.extend_from_slice(&avail[..n]);
-                c.buf.consume(n);
-            }
+        match body.relay(c.buf.filled(), &mut c.out, false) {
+            Ok(n) => c.buf.consume(n),
             Err(e) => return Exchange::BadRequestBody(e),
         }
     }
@@ -567,12 +576,8 @@ async fn exchange(
                     if !matches!(r, Ok(n) if n > 0) {
                         return Exchange::ClientGone;
                     }
-                    let avail = c.buf.filled();
-                    match body.take(avail, |_| {}) {
-                        Ok(n) => {
-                            pending.extend_from_slice(&avail[..n]);
-                            c.buf.consume(n);
-                        }
+                    match body.relay(c.buf.filled(), &mut pending, false) {
+                        Ok(n) => c.buf.consume(n),
                         Err(e) => return Exchange::BadRequestBody(e),
                     }
                     deadline = Instant::now() + cfg.response_timeout;
@@ -603,16 +608,9 @@ async fn exchange(
     let mut complete = true;
     loop {
         if !left.is_done() && !up.buf.is_empty() {
-            let avail = up.buf.filled();
-            let out = &mut c.out;
-            let taken = if resp.dechunk {
-                left.take(avail, |d| {
-                    out.extend_from_slice(d);
-                    bytes += d.len() as u64;
-                })
-            } else {
-                left.take(avail, |d| bytes += d.len() as u64).inspect(|&n| out.extend_from_slice(&avail[..n]))
-            };
+            let before = c.out.len();
+            let taken = left.relay(up.buf.filled(), &mut c.out, resp.dechunk);
+            bytes += (c.out.len() - before) as u64;
             match taken {
                 Ok(n) => up.buf.consume(n),
                 Err(e) => {

@@ -59,6 +59,26 @@ pub enum HeadError {
     Malformed(&'static str),
     /// More than [`MAX_HEADERS`] fields.
     TooManyHeaders,
+    /// A request body in a transfer coding other than chunked alone, which
+    /// the proxy does not decode (RFC 9112 §6.1).
+    UnknownCoding,
+    /// An HTTP major version other than 1 (RFC 9110 §15.6.6).
+    Version,
+    /// A method this proxy does not serve (CONNECT: no tunnelling).
+    Method,
+}
+
+impl HeadError {
+    /// The status and reason phrase a client is answered with.
+    pub fn status(&self) -> (u16, &'static str) {
+        match self {
+            HeadError::Malformed(_) => (400, "Bad Request"),
+            HeadError::TooManyHeaders => (431, "Request Header Fields Too Large"),
+            HeadError::UnknownCoding => (501, "Not Implemented"),
+            HeadError::Version => (505, "HTTP Version Not Supported"),
+            HeadError::Method => (405, "Method Not Allowed"),
+        }
+    }
 }
 
 impl std::fmt::Display for HeadError {
@@ -66,6 +86,9 @@ impl std::fmt::Display for HeadError {
         match self {
             HeadError::Malformed(why) => f.write_str(why),
             HeadError::TooManyHeaders => write!(f, "more than {MAX_HEADERS} header fields"),
+            HeadError::UnknownCoding => f.write_str("request body in a transfer coding other than chunked"),
+            HeadError::Version => f.write_str("unsupported HTTP major version"),
+            HeadError::Method => f.write_str("CONNECT is not served"),
         }
     }
 }
@@ -101,33 +124,100 @@ pub struct Request {
 /// the head to send upstream into `out` (cleared first). `Ok(None)`: the
 /// head is not complete yet.
 pub fn parse_request(input: &[u8], client: IpAddr, out: &mut Vec<u8>) -> Result<Option<Request>, HeadError> {
+    match parse_request_as_given(input, client, out) {
+        // A later HTTP/1.x is served as HTTP/1.1, the highest minor version
+        // this proxy implements (RFC 9110 §2.5, §6.2). httparse knows only
+        // 1.0 and 1.1, so it reads a copy with the version restated; the
+        // copy keeps every offset.
+        Err(HeadError::Version) => match as_http11(input)? {
+            Some(copy) => parse_request_as_given(&copy, client, out).map_err(|e| match e {
+                HeadError::Version => HeadError::Malformed("malformed request line"),
+                e => e,
+            }),
+            None => Ok(None),
+        },
+        parsed => parsed,
+    }
+}
+
+/// `input` with a request line ending in `HTTP/1.D` (D > 1) restated as
+/// HTTP/1.1; `None` while the request line is incomplete.
+fn as_http11(input: &[u8]) -> Result<Option<Vec<u8>>, HeadError> {
+    let Some(line_end) = input.windows(2).position(|w| w == b"\r\n") else { return Ok(None) };
+    let line = &input[..line_end];
+    if line.iter().filter(|&&b| b == b' ').count() != 2 {
+        return Err(HeadError::Malformed("malformed request line"));
+    }
+    let version = line.rsplit(|&b| b == b' ').next().unwrap_or_default();
+    match version {
+        [b'H', b'T', b'T', b'P', b'/', b'1', b'.', b'2'..=b'9'] => {
+            let mut copy = input.to_vec();
+            copy[line_end - 1] = b'1';
+            Ok(Some(copy))
+        }
+        [b'H', b'T', b'T', b'P', b'/', major, b'.', minor] if major.is_ascii_digit() && minor.is_ascii_digit() => {
+            Err(HeadError::Version)
+        }
+        _ => Err(HeadError::Malformed("malformed request line")),
+    }
+}
+
+fn parse_request_as_given(input: &[u8], client: IpAddr, out: &mut Vec<u8>) -> Result<Option<Request>, HeadError> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut fields);
     let Some(head_len) = complete(req.parse(input), "malformed request head")? else { return Ok(None) };
     let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version) else {
         return Err(HeadError::Malformed("malformed request line"));
     };
+    // A proxy that does not tunnel answers CONNECT itself rather than pass
+    // it to a backend that might (RFC 9110 §9.3.6).
+    if method == "CONNECT" {
+        return Err(HeadError::Method);
+    }
     let http10 = minor == 0;
     let headers: &[httparse::Header<'_>] = req.headers;
-    let Fields { conn, content_length, transfer_encoding, upgrade_to, host, hosts, has_xff } = Fields::scan(headers)?;
+    let Fields { conn, content_length, codings, upgrade_to, host, hosts, has_xff } = Fields::scan(headers)?;
+    // RFC 9112 §3.2: one Host, and a valid one.
     if hosts > 1 {
         return Err(HeadError::Malformed("more than one Host field"));
     }
+    if host.is_some_and(|h| !is_valid_authority(h)) {
+        return Err(HeadError::Malformed("invalid Host"));
+    }
 
-    // Body framing, RFC 9112 §6.3. Both fields at once is how requests are
-    // smuggled past a proxy: refused rather than guessed at.
-    let framing = match (transfer_encoding, content_length) {
-        (TransferEncoding::None, None | Some(0)) => Framing::Empty,
-        (TransferEncoding::None, Some(n)) => Framing::Length(n),
-        (_, Some(_)) => return Err(HeadError::Malformed("both Content-Length and Transfer-Encoding")),
-        (_, None) if http10 => return Err(HeadError::Malformed("Transfer-Encoding in an HTTP/1.0 request")),
-        (TransferEncoding::Chunked, None) => Framing::Chunked,
-        (TransferEncoding::Other, None) => return Err(HeadError::Malformed("request body coding is not chunked")),
+    // Body framing, RFC 9112 §6.3. Only what has one reading is accepted:
+    // a backend that reads a field list differently from the proxy would
+    // take the body for the next request.
+    let framing = if codings.present {
+        if content_length.is_some() {
+            // Both fields at once is the classic smuggling request.
+            return Err(HeadError::Malformed("both Content-Length and Transfer-Encoding"));
+        }
+        if http10 {
+            return Err(HeadError::Malformed("Transfer-Encoding in an HTTP/1.0 request"));
+        }
+        if let Some(why) = codings.broken {
+            return Err(HeadError::Malformed(why));
+        }
+        // §6.3 rule 4: chunked not final leaves the length unknown: 400.
+        if codings.chunked_seen && !codings.chunked_last {
+            return Err(HeadError::Malformed("chunked is not the final transfer coding"));
+        }
+        // §6.1: a coding the proxy would have to decode to frame: 501.
+        if codings.other {
+            return Err(HeadError::UnknownCoding);
+        }
+        Framing::Chunked
+    } else {
+        match content_length {
+            None | Some(0) => Framing::Empty,
+            Some(n) => Framing::Length(n),
+        }
     };
 
     // An absolute-form target names the host itself (RFC 9112 §3.2.2).
-    let (path, authority) = split_target(target)?;
-    let host = authority.or(host);
+    let target_parts = split_target(target, method == "OPTIONS")?;
+    let host = target_parts.authority.or(host);
     if host.is_none() && !http10 {
         return Err(HeadError::Malformed("HTTP/1.1 request without Host"));
     }
@@ -138,7 +228,8 @@ pub fn parse_request(input: &[u8], client: IpAddr, out: &mut Vec<u8>) -> Result<
     out.clear();
     out.extend_from_slice(method.as_bytes());
     out.push(b' ');
-    out.extend_from_slice(path);
+    out.extend_from_slice(target_parts.prefix);
+    out.extend_from_slice(target_parts.path);
     out.extend_from_slice(b" HTTP/1.1\r\n");
     if let Some(h) = host {
         put_field(out, b"host", h);
@@ -175,8 +266,9 @@ pub fn parse_request(input: &[u8], client: IpAddr, out: &mut Vec<u8>) -> Result<
         }
         // An explicit zero stays: some servers want a length on POST or PUT.
         Framing::Empty if content_length == Some(0) => out.extend_from_slice(b"content-length: 0\r\n"),
-        // The codings as sent (chunked last): the body passes through coded.
-        Framing::Chunked => put_transfer_encoding(out, headers),
+        // The proxy's own framing, never the client's field: the body is
+        // re-chunked on its way (see [`Rechunker`]).
+        Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         Framing::Empty | Framing::UntilClose => {}
     }
     if let (true, Some(to)) = (upgrade, upgrade_to) {
@@ -258,7 +350,14 @@ pub fn parse_response(input: &[u8], ctx: ResponseContext, out: &mut Vec<u8>) -> 
     };
     let reason = resp.reason.unwrap_or("");
     let headers: &[httparse::Header<'_>] = resp.headers;
-    let Fields { conn, content_length, transfer_encoding, upgrade_to, .. } = Fields::scan(headers)?;
+    let Fields { conn, content_length, codings, upgrade_to, .. } = Fields::scan(headers)?;
+    // Three digits, the first 1 to 5 (RFC 9110 §15): `099` is no status.
+    if !(100..600).contains(&status) {
+        return Err(HeadError::Malformed("invalid status code"));
+    }
+    if let Some(why) = codings.broken {
+        return Err(HeadError::Malformed(why));
+    }
     let interim = (100..200).contains(&status) && status != 101;
     if status == 101 && !(ctx.upgrade && upgrade_to.is_some()) {
         return Err(HeadError::Malformed("101 Switching Protocols without an upgrade"));
@@ -267,15 +366,19 @@ pub fn parse_response(input: &[u8], ctx: ResponseContext, out: &mut Vec<u8>) -> 
     let framing = if ctx.is_head || interim || status == 101 || status == 204 || status == 304 {
         Framing::Empty
     } else {
-        match (transfer_encoding, content_length) {
-            (TransferEncoding::Chunked, _) => Framing::Chunked,
-            (TransferEncoding::Other, _) => Framing::UntilClose,
-            (TransferEncoding::None, Some(0)) => Framing::Empty,
-            (TransferEncoding::None, Some(n)) => Framing::Length(n),
-            (TransferEncoding::None, None) => Framing::UntilClose,
+        match (codings.present, content_length) {
+            (true, _) if codings.chunked_last => Framing::Chunked,
+            (true, _) => Framing::UntilClose,
+            (false, Some(0)) => Framing::Empty,
+            (false, Some(n)) => Framing::Length(n),
+            (false, None) => Framing::UntilClose,
         }
     };
-    let backend_keep_alive = framing != Framing::UntilClose && if minor == 0 { conn.keep_alive } else { !conn.close };
+    // RFC 9112 §6.1: Transfer-Encoding in an HTTP/1.0 message is faulty
+    // framing: the connection closes after it.
+    let backend_keep_alive = framing != Framing::UntilClose
+        && !(minor == 0 && codings.present)
+        && if minor == 0 { conn.keep_alive } else { !conn.close };
     let dechunk = framing == Framing::Chunked && ctx.client_http10;
     let close_client = ctx.close_client || framing == Framing::UntilClose || dechunk;
 
@@ -293,9 +396,7 @@ pub fn parse_response(input: &[u8], ctx: ResponseContext, out: &mut Vec<u8>) -> 
         }
         // A stated length goes with the body as the backend framed it;
         // with a transfer coding (which wins over it) it is dropped.
-        if name.eq_ignore_ascii_case(b"content-length")
-            && (matches!(framing, Framing::Length(_)) || transfer_encoding != TransferEncoding::None)
-        {
+        if name.eq_ignore_ascii_case(b"content-length") && (matches!(framing, Framing::Length(_)) || codings.present) {
             continue;
         }
         put_field(out, name, h.value);
@@ -304,9 +405,9 @@ pub fn parse_response(input: &[u8], ctx: ResponseContext, out: &mut Vec<u8>) -> 
         Framing::Length(n) => {
             let _ = write!(out, "content-length: {n}\r\n");
         }
-        Framing::Chunked if !dechunk => put_transfer_encoding(out, headers),
+        Framing::Chunked if !dechunk => put_codings(out, headers),
         // Codings without chunked: the body is delimited by close, coded.
-        Framing::UntilClose if transfer_encoding != TransferEncoding::None => put_transfer_encoding(out, headers),
+        Framing::UntilClose if codings.present => put_codings(out, headers),
         _ => {}
     }
     if status == 101 {
@@ -331,7 +432,7 @@ fn complete(parsed: httparse::Result<usize>, malformed: &'static str) -> Result<
         Ok(httparse::Status::Complete(n)) => Ok(Some(n)),
         Ok(httparse::Status::Partial) => Ok(None),
         Err(httparse::Error::TooManyHeaders) => Err(HeadError::TooManyHeaders),
-        Err(httparse::Error::Version) => Err(HeadError::Malformed("unsupported HTTP version")),
+        Err(httparse::Error::Version) => Err(HeadError::Version),
         Err(_) => Err(HeadError::Malformed(malformed)),
     }
 }
@@ -340,7 +441,7 @@ fn complete(parsed: httparse::Result<usize>, malformed: &'static str) -> Result<
 struct Fields<'a> {
     conn: ConnectionField<'a>,
     content_length: Option<u64>,
-    transfer_encoding: TransferEncoding,
+    codings: Codings,
     upgrade_to: Option<&'a [u8]>,
     host: Option<&'a [u8]>,
     /// Host fields seen (a request may have one).
@@ -353,7 +454,7 @@ impl<'a> Fields<'a> {
         let mut f = Fields {
             conn: ConnectionField::scan(headers)?,
             content_length: None,
-            transfer_encoding: TransferEncoding::None,
+            codings: Codings::default(),
             upgrade_to: None,
             host: None,
             hosts: 0,
@@ -364,7 +465,7 @@ impl<'a> Fields<'a> {
             if name.eq_ignore_ascii_case(b"content-length") {
                 f.content_length = Some(merge_content_length(f.content_length, h.value)?);
             } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-                f.transfer_encoding = f.transfer_encoding.add(h.value);
+                f.codings.add(h.value);
             } else if name.eq_ignore_ascii_case(b"host") {
                 f.host = Some(h.value);
                 f.hosts += 1;
@@ -389,11 +490,23 @@ pub fn local_response(status: u16, reason: &str, body: &str, close: bool, out: &
     );
 }
 
-/// The message's `Transfer-Encoding` fields, as received.
-fn put_transfer_encoding(out: &mut Vec<u8>, headers: &[httparse::Header<'_>]) {
-    for h in headers.iter().filter(|h| h.name.eq_ignore_ascii_case("transfer-encoding")) {
-        put_field(out, b"transfer-encoding", h.value);
+/// The message's transfer codings as one `Transfer-Encoding` field of the
+/// proxy's own writing, whatever the spacing and field count they came in.
+fn put_codings(out: &mut Vec<u8>, headers: &[httparse::Header<'_>]) {
+    out.extend_from_slice(b"transfer-encoding: ");
+    let items = headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("transfer-encoding"))
+        .flat_map(|h| h.value.split(|&b| b == b','))
+        .map(trim)
+        .filter(|t| !t.is_empty());
+    for (n, item) in items.enumerate() {
+        if n > 0 {
+            out.extend_from_slice(b", ");
+        }
+        out.extend_from_slice(item);
     }
+    out.extend_from_slice(b"\r\n");
 }
 
 fn put_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
@@ -449,21 +562,40 @@ impl<'a> ConnectionField<'a> {
     }
 }
 
-/// The `Transfer-Encoding` fields seen so far.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum TransferEncoding {
-    None,
-    /// The final coding is chunked.
-    Chunked,
-    /// Some coding, and the final one is not chunked.
-    Other,
+/// What a message's `Transfer-Encoding` fields say, all of them read as
+/// one list in order (RFC 9110 §5.3, RFC 9112 §6.1).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Codings {
+    /// Some Transfer-Encoding field is present.
+    present: bool,
+    /// chunked is the final coding.
+    chunked_last: bool,
+    /// chunked is in the list.
+    chunked_seen: bool,
+    /// A coding other than chunked is in the list.
+    other: bool,
+    /// Why the list has no single reading: an empty element (which some
+    /// parsers skip and others take for the end), or chunked twice (§6.1
+    /// forbids it; a backend may match only an exact `chunked`).
+    broken: Option<&'static str>,
 }
 
-impl TransferEncoding {
-    fn add(self, value: &[u8]) -> Self {
-        match value.rsplit(|&b| b == b',').map(trim).find(|t| !t.is_empty()) {
-            Some(last) if last.eq_ignore_ascii_case(b"chunked") => TransferEncoding::Chunked,
-            _ => TransferEncoding::Other,
+impl Codings {
+    fn add(&mut self, value: &[u8]) {
+        self.present = true;
+        for item in value.split(|&b| b == b',').map(trim) {
+            if item.is_empty() {
+                self.broken.get_or_insert("empty element in Transfer-Encoding");
+            } else if item.eq_ignore_ascii_case(b"chunked") {
+                if self.chunked_seen {
+                    self.broken.get_or_insert("chunked applied more than once");
+                }
+                self.chunked_seen = true;
+                self.chunked_last = true;
+            } else {
+                self.other = true;
+                self.chunked_last = false;
+            }
         }
     }
 }
@@ -484,12 +616,20 @@ fn merge_content_length(prior: Option<u64>, value: &[u8]) -> Result<u64, HeadErr
     merged.ok_or(HeadError::Malformed("invalid Content-Length"))
 }
 
-/// Splits a request target into the origin-form path to send upstream and,
-/// for absolute form, the authority.
-fn split_target(target: &str) -> Result<(&[u8], Option<&[u8]>), HeadError> {
+/// A request target as it goes upstream: origin form, `prefix` then `path`.
+struct Target<'a> {
+    prefix: &'static [u8],
+    path: &'a [u8],
+    /// The authority of an absolute-form target.
+    authority: Option<&'a [u8]>,
+}
+
+/// Splits a request target into the origin-form target to send upstream
+/// and, for absolute form, the authority (RFC 9112 §3.2).
+fn split_target(target: &str, options: bool) -> Result<Target<'_>, HeadError> {
     let t = target.as_bytes();
     if t.first() == Some(&b'/') || t == b"*" {
-        return Ok((t, None));
+        return Ok(Target { prefix: b"", path: t, authority: None });
     }
     let scheme_end =
         t.windows(3).position(|w| w == b"://").ok_or(HeadError::Malformed("unsupported request target"))?;
@@ -499,10 +639,54 @@ fn split_target(target: &str) -> Result<(&[u8], Option<&[u8]>), HeadError> {
     let rest = &t[scheme_end + 3..];
     let authority_end = rest.iter().position(|&b| b == b'/' || b == b'?').unwrap_or(rest.len());
     let (authority, path) = rest.split_at(authority_end);
-    if authority.is_empty() || authority.contains(&b'@') {
-        return Err(HeadError::Malformed("unsupported request target"));
+    if !is_valid_authority(authority) {
+        return Err(HeadError::Malformed("invalid authority in request target"));
     }
-    Ok((if path.is_empty() { b"/" } else { path }, Some(authority)))
+    // An empty path is "/" (§3.2.1), and "*" for OPTIONS without a query
+    // (§3.2.4); a query alone keeps its "/" before it.
+    let (prefix, path): (&'static [u8], &[u8]) = match path {
+        [] if options => (b"*", path),
+        [] | [b'?', ..] => (b"/", path),
+        _ => (b"", path),
+    };
+    Ok(Target { prefix, path, authority: Some(authority) })
+}
+
+/// `uri-host [ ":" port ]` as Host and absolute-form targets carry it
+/// (RFC 9110 §7.2, RFC 3986 §3.2.2): an IP literal in brackets or a
+/// name of letters, digits, `-._~` and %-escapes. The sub-delimiters RFC
+/// 3986 also allows in a name (`,;=!$&'()*+`) are refused: no DNS name has
+/// them, and backends split lists at them.
+fn is_valid_authority(a: &[u8]) -> bool {
+    let (host_ok, port) = if let Some(literal) = a.strip_prefix(b"[") {
+        let Some(end) = literal.iter().position(|&b| b == b']') else { return false };
+        let ip = &literal[..end];
+        let ok = !ip.is_empty() && ip.iter().all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'));
+        match &literal[end + 1..] {
+            [] => (ok, None),
+            [b':', port @ ..] => (ok, Some(port)),
+            _ => return false,
+        }
+    } else {
+        let (host, port) = match a.iter().rposition(|&b| b == b':') {
+            Some(i) => (&a[..i], Some(&a[i + 1..])),
+            None => (a, None),
+        };
+        let mut ok = !host.is_empty();
+        let mut i = 0;
+        while ok && i < host.len() {
+            let b = host[i];
+            if b == b'%' {
+                ok = host.get(i + 1..i + 3).is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit));
+                i += 3;
+            } else {
+                ok = b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~');
+                i += 1;
+            }
+        }
+        (ok, port)
+    };
+    host_ok && port.is_none_or(|p| p.len() <= 5 && p.iter().all(u8::is_ascii_digit))
 }
 
 /// Safe to send twice (RFC 9110 §9.2.2).
@@ -531,6 +715,8 @@ const MAX_TRAILERS: usize = 16384;
 enum Chunk {
     /// In the hex size; `digits` read so far.
     Size { digits: u8 },
+    /// In whitespace after the size, before `;` or CR.
+    SizeSpace,
     /// In a chunk extension, up to CR.
     Extension,
     /// After the size line's CR.
@@ -565,8 +751,24 @@ impl std::fmt::Display for ChunkError {
     }
 }
 
+/// What the chunked scanner finds in a body, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Piece<'a> {
+    /// Chunk data.
+    Data(&'a [u8]),
+    /// The last chunk (size 0) was read; trailer fields may follow.
+    LastChunk,
+    /// Bytes of a trailer field line, without its CRLF; one line may come
+    /// in several pieces.
+    Trailer(&'a [u8]),
+    /// A trailer field line ended.
+    TrailerEnd,
+    /// The body ended (its final CRLF).
+    End,
+}
+
 /// Follows a chunked body (RFC 9112 §7.1) byte by byte to find where it
-/// ends, handing out the data it carries. Holds no buffer: input may be cut
+/// ends, handing out what it carries. Holds no buffer: input may be cut
 /// anywhere.
 #[derive(Debug, Clone)]
 pub struct ChunkedScanner {
@@ -584,15 +786,21 @@ impl Default for ChunkedScanner {
     }
 }
 
+/// A control character other than HTAB: never in a field value or a chunk
+/// extension (RFC 9110 §5.5).
+fn is_ctl(b: u8) -> bool {
+    (b < 0x20 && b != b'\t') || b == 0x7f
+}
+
 impl ChunkedScanner {
     /// The terminating chunk and trailers have been seen.
     pub fn is_done(&self) -> bool {
         self.state == Chunk::Done
     }
 
-    /// Scans `input`; calls `data` with each piece of chunk data. Returns the
-    /// bytes that belong to the body: all of `input` unless it ended inside.
-    pub fn scan(&mut self, input: &[u8], mut data: impl FnMut(&[u8])) -> Result<usize, ChunkError> {
+    /// Scans `input`, handing each [`Piece`] to `found`. Returns the bytes
+    /// that belong to the body: all of `input` unless it ended inside.
+    pub fn scan(&mut self, input: &[u8], mut found: impl FnMut(Piece<'_>)) -> Result<usize, ChunkError> {
         let mut i = 0;
         while i < input.len() {
             let b = input[i];
@@ -600,7 +808,7 @@ impl ChunkedScanner {
                 Chunk::Done => return Ok(i),
                 Chunk::Data => {
                     let n = (input.len() - i).min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
-                    data(&input[i..i + n]);
+                    found(Piece::Data(&input[i..i + n]));
                     self.remaining -= n as u64;
                     i += n;
                     if self.remaining == 0 {
@@ -608,6 +816,10 @@ impl ChunkedScanner {
                     }
                     continue;
                 }
+                // chunk-size [ chunk-ext ] CRLF, chunk-ext = *( BWS ";" ... ):
+                // after the digits only whitespace, then `;` or the CR. A
+                // size line like `0 /x HTTP/1.1` is refused, not read as a
+                // size and an extension.
                 Chunk::Size { digits } => {
                     self.line += 1;
                     if let Some(d) = (b as char).to_digit(16) {
@@ -618,13 +830,16 @@ impl ChunkedScanner {
                         self.state = Chunk::Size { digits: digits + 1 };
                     } else if digits == 0 {
                         return Err(ChunkError("expected a chunk size"));
-                    } else if b == b'\r' {
-                        self.state = Chunk::SizeLf;
-                    } else if matches!(b, b';' | b' ' | b'\t') {
-                        self.state = Chunk::Extension;
                     } else {
-                        return Err(ChunkError("bad chunk size"));
+                        self.after_size(b)?;
                     }
+                }
+                Chunk::SizeSpace => {
+                    self.line += 1;
+                    if self.line > MAX_CHUNK_LINE {
+                        return Err(ChunkError("chunk size line too long"));
+                    }
+                    self.after_size(b)?;
                 }
                 Chunk::Extension => {
                     self.line += 1;
@@ -634,6 +849,7 @@ impl ChunkedScanner {
                     match b {
                         b'\r' => self.state = Chunk::SizeLf,
                         b'\n' => return Err(ChunkError("bare LF in chunk extension")),
+                        _ if is_ctl(b) => return Err(ChunkError("control character in chunk extension")),
                         _ => {}
                     }
                 }
@@ -642,7 +858,12 @@ impl ChunkedScanner {
                         return Err(ChunkError("expected LF after chunk size"));
                     }
                     self.line = 0;
-                    self.state = if self.remaining == 0 { Chunk::TrailerStart } else { Chunk::Data };
+                    self.state = if self.remaining == 0 {
+                        found(Piece::LastChunk);
+                        Chunk::TrailerStart
+                    } else {
+                        Chunk::Data
+                    };
                 }
                 Chunk::DataCr => {
                     if b != b'\r' {
@@ -666,6 +887,7 @@ impl ChunkedScanner {
                         self.line = 1;
                         self.trailers += 1;
                         self.state = Chunk::TrailerName;
+                        found(Piece::Trailer(&input[i..=i]));
                     } else {
                         return Err(ChunkError("malformed trailer field"));
                     }
@@ -681,6 +903,7 @@ impl ChunkedScanner {
                     } else if !is_tchar(b) {
                         return Err(ChunkError("malformed trailer field"));
                     }
+                    found(Piece::Trailer(&input[i..=i]));
                 }
                 Chunk::Trailer => {
                     self.line += 1;
@@ -691,7 +914,8 @@ impl ChunkedScanner {
                     match b {
                         b'\r' => self.state = Chunk::TrailerLf,
                         b'\n' => return Err(ChunkError("bare LF in trailer")),
-                        _ => {}
+                        _ if is_ctl(b) => return Err(ChunkError("control character in trailer")),
+                        _ => found(Piece::Trailer(&input[i..=i])),
                     }
                 }
                 Chunk::TrailerLf => {
@@ -699,18 +923,120 @@ impl ChunkedScanner {
                         return Err(ChunkError("expected LF after trailer"));
                     }
                     self.state = Chunk::TrailerStart;
+                    found(Piece::TrailerEnd);
                 }
                 Chunk::EndLf => {
                     if b != b'\n' {
                         return Err(ChunkError("expected LF at end of body"));
                     }
                     self.state = Chunk::Done;
+                    found(Piece::End);
                 }
             }
             i += 1;
         }
         Ok(i)
     }
+
+    /// A byte after the chunk size's digits.
+    fn after_size(&mut self, b: u8) -> Result<(), ChunkError> {
+        self.state = match b {
+            b'\r' => Chunk::SizeLf,
+            b';' => Chunk::Extension,
+            b' ' | b'\t' => Chunk::SizeSpace,
+            _ => return Err(ChunkError("bad chunk size")),
+        };
+        Ok(())
+    }
+}
+
+/// Carries a chunked body to the next hop in a framing of the proxy's own
+/// (RFC 9112 §7.1): the data in chunks with fresh size lines, extensions
+/// dropped, and only the trailer fields a recipient may act on after the
+/// content. Nothing of the sender's framing passes as it was sent, so no
+/// quirk of it can be read one way here and another way by the receiver.
+#[derive(Debug, Clone, Default)]
+pub struct Rechunker {
+    scanner: ChunkedScanner,
+    /// The trailer line being read (empty, not allocated, without trailers).
+    line: Vec<u8>,
+}
+
+impl Rechunker {
+    /// The whole body has been read.
+    pub fn is_done(&self) -> bool {
+        self.scanner.is_done()
+    }
+
+    /// Reads body bytes from `input` and appends them, re-framed, to `out`.
+    /// Returns the bytes of `input` that belong to the body.
+    pub fn reframe(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<usize, ChunkError> {
+        let line = &mut self.line;
+        self.scanner.scan(input, |piece| match piece {
+            Piece::Data(d) => {
+                let _ = write!(out, "{:x}\r\n", d.len());
+                out.extend_from_slice(d);
+                out.extend_from_slice(b"\r\n");
+            }
+            Piece::LastChunk => out.extend_from_slice(b"0\r\n"),
+            Piece::Trailer(bytes) => line.extend_from_slice(bytes),
+            Piece::TrailerEnd => {
+                if trailer_may_pass(line) {
+                    out.extend_from_slice(line);
+                    out.extend_from_slice(b"\r\n");
+                }
+                line.clear();
+            }
+            Piece::End => out.extend_from_slice(b"\r\n"),
+        })
+    }
+
+    /// Reads body bytes from `input` and appends only their data to `out`
+    /// (for a recipient that does not take the chunked coding).
+    pub fn decode(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<usize, ChunkError> {
+        self.scanner.scan(input, |piece| {
+            if let Piece::Data(d) = piece {
+                out.extend_from_slice(d);
+            }
+        })
+    }
+}
+
+/// Whether a trailer field line goes on to the next hop. Held back: what a
+/// recipient must know before the content to act on it rightly (RFC 9110
+/// §6.5.1: framing, routing, authentication, request modifiers, response
+/// control, content format), hop-by-hop fields, and what the proxy itself
+/// states (X-Forwarded-*).
+fn trailer_may_pass(line: &[u8]) -> bool {
+    const HELD: [&[u8]; 24] = [
+        b"content-length",
+        b"content-type",
+        b"content-encoding",
+        b"content-range",
+        b"content-location",
+        b"host",
+        b"authorization",
+        b"www-authenticate",
+        b"cookie",
+        b"set-cookie",
+        b"expect",
+        b"max-forwards",
+        b"range",
+        b"cache-control",
+        b"pragma",
+        b"age",
+        b"expires",
+        b"vary",
+        b"location",
+        b"retry-after",
+        b"forwarded",
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+    ];
+    let name = line.split(|&b| b == b':').next().unwrap_or_default();
+    let conditional = name.len() >= 3 && name[..3].eq_ignore_ascii_case(b"if-");
+    !(is_hop_by_hop(name) || conditional || HELD.iter().any(|h| name.eq_ignore_ascii_case(h)))
 }
 
 #[cfg(test)]
@@ -794,10 +1120,82 @@ mod tests {
         let (_, out) = ok("GET http://api.test:8080/v1?q HTTP/1.1\r\nHost: other\r\n\r\n");
         assert!(out.starts_with("GET /v1?q HTTP/1.1\r\nhost: api.test:8080\r\n"), "{out}");
         assert!(out.contains("x-forwarded-host: api.test:8080\r\n") && !out.contains("other"), "{out}");
+        // RFC 9112 §3.2.4: OPTIONS to a bare authority asks about the server.
         let (_, out) = ok("OPTIONS http://api.test HTTP/1.1\r\n\r\n");
-        assert!(out.starts_with("OPTIONS / HTTP/1.1\r\nhost: api.test\r\n"), "{out}");
-        assert!(req("CONNECT api.test:443 HTTP/1.1\r\nHost: api.test:443\r\n\r\n").is_err());
-        assert!(req("GET https://api.test/ HTTP/1.1\r\nHost: a\r\n\r\n").is_err());
+        assert!(out.starts_with("OPTIONS * HTTP/1.1\r\nhost: api.test\r\n"), "{out}");
+        let (_, out) = ok("OPTIONS http://api.test?x HTTP/1.1\r\n\r\n");
+        assert!(out.starts_with("OPTIONS /?x HTTP/1.1\r\n"), "{out}");
+        // §3.2.1: an empty path before a query is "/".
+        let (_, out) = ok("GET http://x.test?q=1 HTTP/1.1\r\nHost: x.test\r\n\r\n");
+        assert!(out.starts_with("GET /?q=1 HTTP/1.1\r\nhost: x.test\r\n"), "{out}");
+        let (_, out) = ok("GET http://x.test HTTP/1.1\r\nHost: x.test\r\n\r\n");
+        assert!(out.starts_with("GET / HTTP/1.1\r\n"), "{out}");
+        assert!(matches!(req("GET https://api.test/ HTTP/1.1\r\nHost: a\r\n\r\n"), Err(HeadError::Malformed(_))));
+    }
+
+    #[test]
+    fn connect_is_answered_not_forwarded() {
+        for head in
+            ["CONNECT api.test:443 HTTP/1.1\r\nHost: api.test:443\r\n\r\n", "CONNECT / HTTP/1.1\r\nHost: a\r\n\r\n"]
+        {
+            let e = req(head).expect_err("refused");
+            assert_eq!((e, e.status().0), (HeadError::Method, 405));
+        }
+    }
+
+    #[test]
+    fn later_http1_minor_versions_are_served_as_http11() {
+        // RFC 9110 §2.5: HTTP/1.2 is understood as the HTTP/1.1 we speak.
+        let input = "GET /v HTTP/1.2\r\nHost: a\r\n\r\nrest";
+        let (r, out) = ok(input);
+        assert!(!r.http10 && r.keep_alive);
+        assert_eq!((&input[r.target.clone()], r.head_len), ("/v", input.len() - 4));
+        assert!(out.starts_with("GET /v HTTP/1.1\r\nhost: a\r\n"), "{out}");
+        assert_eq!(req("GET /v HTTP/1.9\r\nHost: a\r\n").expect("ok"), None);
+        for v in ["HTTP/2.0", "HTTP/3.0", "HTTP/0.9"] {
+            let e = req(&format!("GET / {v}\r\nHost: a\r\n\r\n")).expect_err("refused");
+            assert_eq!((e, e.status().0), (HeadError::Version, 505), "{v}");
+        }
+        assert!(matches!(req("GET / HTTP/1.10\r\nHost: a\r\n\r\n"), Err(HeadError::Malformed(_))));
+        assert!(matches!(req("GET / FTP/1.1\r\nHost: a\r\n\r\n"), Err(HeadError::Malformed(_))));
+    }
+
+    #[test]
+    fn host_and_authority_must_be_a_host_and_port() {
+        // RFC 9112 §3.2: an invalid Host is a 400.
+        for good in
+            ["shop.test", "shop.test:8080", "192.0.2.1:80", "[2001:db8::1]:443", "[::1]", "a_b-c~d.test", "x%41y"]
+        {
+            let (_, out) = ok(&format!("GET / HTTP/1.1\r\nHost: {good}\r\n\r\n"));
+            assert!(out.contains(&format!("host: {good}\r\n")), "{good}: {out}");
+        }
+        for bad in [
+            "a b/c@d",
+            "x.test,evil:1",
+            "x.test#frag",
+            "x.test/p",
+            "user@x.test",
+            "x.test:80a",
+            "x.test:123456",
+            "",
+            "[2001:db8::1",
+            "[x]",
+            "[::1]x",
+            ":80",
+            "x%4",
+            "x;y",
+            "x\\y",
+        ] {
+            let head = format!("GET / HTTP/1.1\r\nHost: {bad}\r\n\r\n");
+            assert!(matches!(req(&head), Err(HeadError::Malformed(_))), "Host {bad:?}");
+            if bad == "x.test/p" {
+                continue; // an authority and a path there
+            }
+            let head = format!("GET http://{bad}/ HTTP/1.1\r\nHost: a\r\n\r\n");
+            assert!(matches!(req(&head), Err(HeadError::Malformed(_))), "authority {bad:?}");
+        }
+        // HTTP/1.0 names a host rarely, but a bad one is as bad.
+        assert!(req("GET / HTTP/1.0\r\nHost: a b\r\n\r\n").is_err());
     }
 
     #[test]
@@ -807,10 +1205,6 @@ mod tests {
         assert_eq!(r.framing, Framing::Empty);
         assert!(out.ends_with("content-length: 0\r\n\r\n"), "{out}");
         assert!(!ok("GET / HTTP/1.1\r\nHost: a\r\n\r\n").1.contains("content-length"));
-        // The codings pass as sent: the body stays coded.
-        let (r, out) = ok("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n");
-        assert_eq!(r.framing, Framing::Chunked);
-        assert!(out.ends_with("transfer-encoding: gzip, chunked\r\n\r\n"), "{out}");
         // httpoxy: a `Proxy` field never reaches the backend.
         assert!(!ok("GET / HTTP/1.1\r\nHost: a\r\nProxy: http://evil\r\n\r\n").1.contains("evil"));
         // Repeated equal lengths are one length.
@@ -821,10 +1215,43 @@ mod tests {
             "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n",
             "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999\r\n\r\n",
             "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
-            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
             "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
         ] {
             assert!(matches!(req(bad), Err(HeadError::Malformed(_))), "{bad}");
+        }
+    }
+
+    #[test]
+    fn transfer_encoding_has_one_reading_or_is_refused() {
+        // Accepted: chunked alone, once, in any case and spacing; sent on
+        // as the proxy's own field.
+        for good in ["chunked", "Chunked", " chunked \t", "CHUNKED"] {
+            let (r, out) = ok(&format!("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: {good}\r\n\r\n"));
+            assert_eq!(r.framing, Framing::Chunked, "{good:?}");
+            assert!(out.ends_with("x-forwarded-host: a\r\ntransfer-encoding: chunked\r\n\r\n"), "{good:?}: {out}");
+            assert_eq!(out.matches("transfer-encoding").count(), 1);
+        }
+        // What a backend matching an exact "chunked" would read as no body.
+        let te = |v: &[&str]| {
+            let fields: String = v.iter().map(|v| format!("Transfer-Encoding: {v}\r\n")).collect();
+            req(&format!("POST / HTTP/1.1\r\nHost: a\r\n{fields}\r\n"))
+        };
+        let malformed = |v: &[&str]| matches!(te(v), Err(HeadError::Malformed(_)));
+        // Empty elements and chunked twice: 400.
+        for bad in
+            [&["chunked,"][..], &[", chunked"], &["chunked , chunked"], &["chunked", "chunked"], &[""], &["chunked,,"]]
+        {
+            assert!(malformed(bad), "{bad:?}");
+        }
+        // chunked not final: 400 (RFC 9112 §6.3 rule 4).
+        for bad in [&["chunked, gzip"][..], &["chunked", "gzip"]] {
+            assert!(malformed(bad), "{bad:?}");
+        }
+        // Any other coding: 501 (§6.1), the proxy does not decode it.
+        for other in [&["gzip, chunked"][..], &["identity, chunked"], &["gzip", "chunked"], &["gzip"], &["chunked;x=1"]]
+        {
+            let e = te(other).expect_err("refused");
+            assert_eq!((e, e.status().0), (HeadError::UnknownCoding, 501), "{other:?}");
         }
     }
 
@@ -833,7 +1260,6 @@ mod tests {
         for bad in [
             "GET / HTTP/1.1\r\n\r\n",
             "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
-            "GET / HTTP/3.0\r\nHost: a\r\n\r\n",
             "GET /\x01 HTTP/1.1\r\nHost: a\r\n\r\n",
             "GET / HTTP/1.1\r\nBad Name: a\r\n\r\n",
             "GET / HTTP/1.1\r\nHost: a\r\nX: a\rb\r\n\r\n",
@@ -922,6 +1348,40 @@ mod tests {
     }
 
     #[test]
+    fn response_codings_are_restated_and_checked() {
+        // Two fields, odd spacing: one field of the proxy's own writing.
+        let (r, out) =
+            resp("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip \r\nTransfer-Encoding:  chunked\r\n\r\n", ctx())
+                .expect("ok")
+                .expect("complete");
+        assert_eq!(r.framing, Framing::Chunked);
+        assert_eq!(out, "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n");
+        // No single reading: a broken backend (502), not relayed as is.
+        for bad in [
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked,\r\n\r\n",
+        ] {
+            assert!(matches!(resp(bad, ctx()), Err(HeadError::Malformed(_))), "{bad:?}");
+        }
+        // RFC 9112 §6.1: HTTP/1.0 with Transfer-Encoding: read, then close.
+        let (r, _) = resp("HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n", ctx())
+            .expect("ok")
+            .expect("complete");
+        assert_eq!((r.framing, r.backend_keep_alive), (Framing::Chunked, false));
+    }
+
+    #[test]
+    fn status_codes_below_100_are_malformed() {
+        for bad in ["099", "000", "042"] {
+            let head = format!("HTTP/1.1 {bad} Odd\r\nContent-Length: 0\r\n\r\n");
+            assert!(matches!(resp(&head, ctx()), Err(HeadError::Malformed(_))), "{bad}");
+        }
+        assert!(resp("HTTP/1.1 100 Continue\r\n\r\n", ctx()).is_ok());
+        assert!(resp("HTTP/1.1 599 Odd\r\nContent-Length: 0\r\n\r\n", ctx()).is_ok());
+        assert!(resp("HTTP/1.1 600 Odd\r\nContent-Length: 0\r\n\r\n", ctx()).is_err());
+    }
+
+    #[test]
     fn client_connection_header_follows_the_decision() {
         let closing = ResponseContext { close_client: true, ..ctx() };
         let (r, out) = resp("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", closing).expect("ok").expect("complete");
@@ -971,7 +1431,11 @@ mod tests {
         let mut data = Vec::new();
         let mut used = 0;
         for p in pieces {
-            used += s.scan(p, |d| data.extend_from_slice(d))?;
+            used += s.scan(p, |piece| {
+                if let Piece::Data(d) = piece {
+                    data.extend_from_slice(d);
+                }
+            })?;
         }
         Ok((data, used, s.is_done()))
     }
@@ -1004,13 +1468,62 @@ mod tests {
             b"0\r\n\nGET /admin HTTP/1.1\r\n\r\n",
             b"0\r\nGET /admin HTTP/1.1\r\n\r\n",
             b"0\r\n: x\r\n\r\n",
+            // RFC 9112 §7.1.1: after the size only BWS, then `;` or CRLF.
+            b"5 junk\r\nhello\r\n",
+            b"000 /smuggled HTTP/1.1\r\nHost: x\r\nContent-Length: 40\r\n\r\n",
+            b"5\x0b\r\nhello\r\n",
+            b"5 5\r\nhello\r\n",
+            b"5;a\x00b\r\nhello\r\n",
+            b"0\r\nX-A: a\x00b\r\n\r\n",
         ] {
             assert!(scan_all(&[bad]).is_err(), "{:?}", String::from_utf8_lossy(bad));
         }
         let long = [b"1;".as_slice(), &[b'e'; MAX_CHUNK_LINE + 1]].concat();
         assert!(scan_all(&[&long]).is_err());
+        let spaces = [b"1".as_slice(), &[b' '; MAX_CHUNK_LINE + 1]].concat();
+        assert!(scan_all(&[&spaces]).is_err());
+        // Whitespace before an extension or the CRLF is BWS: fine.
+        for good in [&b"5 \r\nhello\r\n0\r\n\r\n"[..], b"5 \t;x=\"a b\"\r\nhello\r\n0\r\n\r\n"] {
+            let (data, _, done) = scan_all(&[good]).expect("valid");
+            assert_eq!((data.as_slice(), done), (&b"hello"[..], true));
+        }
         let (_, used, done) = scan_all(&[b"3\r\nab"]).expect("valid so far");
         assert_eq!((used, done), (5, false));
+    }
+
+    fn reframe_all(pieces: &[&[u8]]) -> Result<(Vec<u8>, usize, bool), ChunkError> {
+        let mut r = Rechunker::default();
+        let mut out = Vec::new();
+        let mut used = 0;
+        for p in pieces {
+            used += r.reframe(p, &mut out)?;
+        }
+        Ok((out, used, r.is_done()))
+    }
+
+    #[test]
+    fn chunked_bodies_go_on_in_the_proxys_own_framing() {
+        // Extensions dropped, sizes restated, fields that frame, route or
+        // authenticate held back from the trailer section.
+        let body: &[u8] = b"05;name=\"v\"\r\nhello\r\n000\r\nContent-Length: 40\r\nX-Sum: 12\r\nHost: evil\r\n\
+            Transfer-Encoding: chunked\r\nCookie: s=1\r\nIf-Match: x\r\nGrpc-Status: 0\r\n\r\nNEXT";
+        let (out, used, done) = reframe_all(&[body]).expect("valid");
+        assert_eq!((used, done), (body.len() - 4, true));
+        assert_eq!(String::from_utf8_lossy(&out), "5\r\nhello\r\n0\r\nX-Sum: 12\r\nGrpc-Status: 0\r\n\r\n");
+        // However the input is cut, the output carries the same data and
+        // trailers and is itself a clean chunked body.
+        for cut in 0..body.len() {
+            let (out, used, done) = reframe_all(&[&body[..cut], &body[cut..]]).expect("valid");
+            assert_eq!((used, done), (body.len() - 4, true), "cut at {cut}");
+            let (data, again, done) = scan_all(&[&out]).expect("reframed body scans");
+            assert_eq!((data.as_slice(), again, done), (&b"hello"[..], out.len(), true), "cut at {cut}");
+            assert!(String::from_utf8_lossy(&out).ends_with("0\r\nX-Sum: 12\r\nGrpc-Status: 0\r\n\r\n"));
+        }
+        // Decoding hands on the data alone.
+        let mut r = Rechunker::default();
+        let mut plain = Vec::new();
+        assert_eq!(r.decode(body, &mut plain), Ok(body.len() - 4));
+        assert_eq!((plain.as_slice(), r.is_done()), (&b"hello"[..], true));
     }
 
     /// A request head built from arbitrary field names and values.
