@@ -440,6 +440,77 @@ async fn http2_prior_knowledge_is_served_and_forwarded_as_http11() {
         assert!(body.contains("host: shop.test"), "{body}");
         assert!(body.contains("x-forwarded-host: shop.test"), "{body}");
     }
+    // RFC 9113 §8.3.1: :authority wins over a Host field; Host alone is
+    // used; neither (or an invalid one) is a 400, never a request without Host.
+    let cases = [
+        ("http://shop.test/headers", Some("evil.test"), 200, Some("host: shop.test")),
+        ("/headers", Some("plain.test"), 200, Some("host: plain.test")),
+        ("/headers", None, 400, None),
+        ("/headers", Some("a b"), 400, None),
+    ];
+    for (uri, host, want, seen) in cases {
+        let mut req = Request::get(uri);
+        if let Some(h) = host {
+            req = req.header("host", h);
+        }
+        let resp = sender.send_request(req.body(http_body_util::Empty::<Bytes>::new()).expect("req")).await;
+        let resp = resp.expect("h2 response");
+        assert_eq!(resp.status(), want, "{uri} {host:?}");
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        let body = String::from_utf8_lossy(&body);
+        if let Some(seen) = seen {
+            assert!(body.contains(seen) && !body.contains("evil"), "{uri} {host:?}: {body}");
+        }
+    }
+    p.shutdown();
+    a.task.abort();
+}
+
+/// Issue 7 §1.2: an h2c connection must not hold a `max_connections` slot
+/// for ever. A partial preface is closed after `client_header_timeout`; a
+/// connection that answers PINGs but sends no request likewise; one whose
+/// streams have all ended after `idle_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_http2_connections_are_closed() {
+    let a = backend("a").await;
+    let (addr, _, p) = proxy(&[a.addr], "max_connections = 2\nclient_header_timeout = \"1s\"\nidle_timeout = \"1s\"");
+    let started = std::time::Instant::now();
+    // 16 bytes of the preface, then nothing.
+    let mut partial = TcpStream::connect(addr).await.expect("connect");
+    partial.write_all(b"PRI * HTTP/2.0\r\n").await.expect("write");
+    // A full handshake (hyper's client answers PINGs and SETTINGS), no request.
+    let silent = TcpStream::connect(addr).await.expect("connect");
+    let (_silent_sender, silent_conn) = hyper::client::conn::http2::handshake::<_, _, http_body_util::Empty<Bytes>>(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(silent),
+    )
+    .await
+    .expect("h2 handshake");
+    let silent_conn = tokio::spawn(silent_conn);
+    let mut rest = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(5), partial.read_to_end(&mut rest)).await;
+    assert!(n.is_ok(), "a partial preface held its connection for 5 s");
+    assert!(tokio::time::timeout(Duration::from_secs(5), silent_conn).await.is_ok(), "a silent h2 connection stayed");
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(900), "closed before client_header_timeout: {waited:?}");
+    // Both slots are free again: a new client is served.
+    let (status, _, body) = tokio::time::timeout(Duration::from_secs(5), get(addr, "/", &[])).await.expect("served");
+    assert_eq!((status, body.as_str()), (200, "a"));
+
+    // After a request, the connection lives while the answer streams and
+    // goes idle_timeout after it.
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2 handshake");
+    let conn = tokio::spawn(conn);
+    let req = Request::get("http://shop.test/slow").body(http_body_util::Empty::<Bytes>::new()).expect("req");
+    let resp = sender.send_request(req).await.expect("a 3 s answer outlives the 1 s idle timeout");
+    assert_eq!(resp.status(), 200);
+    let answered = std::time::Instant::now();
+    assert!(tokio::time::timeout(Duration::from_secs(5), conn).await.is_ok(), "an idle h2 connection stayed");
+    assert!(answered.elapsed() >= Duration::from_millis(900), "closed before idle_timeout");
     p.shutdown();
     a.task.abort();
 }

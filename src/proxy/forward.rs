@@ -16,7 +16,7 @@ use tracing::{debug, warn};
 
 use super::backends::Pool;
 use super::body::{AccessLog, Completion, ProxyBody, UpstreamBody};
-use super::h1::wire::{is_hop_by_hop, is_idempotent};
+use super::h1::wire::{is_hop_by_hop, is_idempotent, is_valid_authority};
 use super::idle::IdleConns;
 use super::upstream::connect_for_upgrade;
 use super::upstream::Upstream;
@@ -47,9 +47,20 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Adds the client to `X-Forwarded-For` and sets `X-Forwarded-Proto` and
-/// `X-Forwarded-Host` (from `Host`, or the HTTP/2 authority).
-pub fn add_forwarded(headers: &mut HeaderMap, client: SocketAddr, authority: Option<&str>) {
+/// The host an HTTP/2 request is for: its `:authority`, which wins over a
+/// `Host` field (RFC 9113 §8.3.1), else `Host`; `None` when it names none
+/// or an invalid one (answered 400, as HTTP/1.1 without Host is).
+fn request_host(req: &Request<Incoming>) -> Option<HeaderValue> {
+    let host = match req.uri().authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok()?,
+        None => req.headers().get(HOST)?.clone(),
+    };
+    is_valid_authority(host.as_bytes()).then_some(host)
+}
+
+/// Sets `Host` to the request's `host`, adds the client to
+/// `X-Forwarded-For` and sets `X-Forwarded-Proto` and `X-Forwarded-Host`.
+pub fn add_forwarded(headers: &mut HeaderMap, client: SocketAddr, host: HeaderValue) {
     let ip = client.ip().to_string();
     let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prior) => HeaderValue::from_str(&format!("{prior}, {ip}")),
@@ -59,13 +70,8 @@ pub fn add_forwarded(headers: &mut HeaderMap, client: SocketAddr, authority: Opt
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
-    let host = headers.get(HOST).cloned().or_else(|| authority.and_then(|a| HeaderValue::from_str(a).ok()));
-    if let Some(h) = host {
-        if !headers.contains_key(HOST) {
-            headers.insert(HOST, h.clone());
-        }
-        headers.insert(X_FORWARDED_HOST.clone(), h);
-    }
+    headers.insert(X_FORWARDED_HOST.clone(), host.clone());
+    headers.insert(HOST, host);
 }
 
 fn is_upgrade(req: &Request<Incoming>) -> bool {
@@ -151,17 +157,19 @@ pub async fn handle(
             started,
         }));
     }
+    let Some(host) = request_host(&req) else {
+        return local(StatusCode::BAD_REQUEST, "bad request\n", done);
+    };
     if is_upgrade(&req) {
-        return upgrade(pool, client, req, done).await;
+        return upgrade(pool, client, req, host, done).await;
     }
 
     // Rewrite into an origin-form HTTP/1.1 request for the backend.
-    let authority = req.uri().authority().map(|a| a.as_str().to_string());
     let path = req.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
     *req.uri_mut() = Uri::from(path);
     *req.version_mut() = Version::HTTP_11;
     strip_hop_by_hop(req.headers_mut());
-    add_forwarded(req.headers_mut(), client, authority.as_deref());
+    add_forwarded(req.headers_mut(), client, host);
     let (parts, body) = req.into_parts();
     // A request can be sent again after its connection broke only if it is
     // idempotent and has no body to replay.
@@ -260,6 +268,7 @@ async fn upgrade(
     pool: Arc<Pool>,
     client: SocketAddr,
     mut req: Request<Incoming>,
+    host: HeaderValue,
     done: Completion,
 ) -> Response<ProxyBody> {
     let Some(i) = pool.pick(&[]) else {
@@ -271,11 +280,10 @@ async fn upgrade(
     let client_side = hyper::upgrade::on(&mut req);
     let (mut parts, body) = req.into_parts();
     let upgrade_to = parts.headers.get(UPGRADE).cloned();
-    let authority = parts.uri.authority().map(|a| a.as_str().to_string());
     parts.uri = Uri::from(parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/")));
     parts.version = Version::HTTP_11;
     strip_hop_by_hop(&mut parts.headers);
-    add_forwarded(&mut parts.headers, client, authority.as_deref());
+    add_forwarded(&mut parts.headers, client, host);
     if let Some(u) = upgrade_to {
         parts.headers.insert(UPGRADE, u);
         parts.headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
@@ -368,16 +376,15 @@ mod tests {
     #[test]
     fn forwarded_headers_are_appended_and_set() {
         let client: SocketAddr = "198.51.100.7:4242".parse().expect("addr");
-        let mut h = headers(&[("host", "shop.test"), ("x-forwarded-for", "203.0.113.1")]);
-        add_forwarded(&mut h, client, None);
+        let mut h = headers(&[("host", "other.test"), ("x-forwarded-for", "203.0.113.1")]);
+        add_forwarded(&mut h, client, HeaderValue::from_static("shop.test"));
         assert_eq!(h["x-forwarded-for"], "203.0.113.1, 198.51.100.7");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "shop.test");
         assert_eq!(h["host"], "shop.test");
 
-        // HTTP/2 carries the host as :authority: it becomes Host.
         let mut h = HeaderMap::new();
-        add_forwarded(&mut h, client, Some("api.test:8080"));
+        add_forwarded(&mut h, client, HeaderValue::from_static("api.test:8080"));
         assert_eq!(h["x-forwarded-for"], "198.51.100.7");
         assert_eq!(h["host"], "api.test:8080");
         assert_eq!(h["x-forwarded-host"], "api.test:8080");

@@ -8,13 +8,16 @@
 use std::convert::Infallible;
 use std::io;
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Bytes;
 use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -25,6 +28,7 @@ use tokio::sync::{mpsc as tokio_mpsc, watch, Semaphore};
 use tracing::{debug, info, warn};
 
 use super::backends::Pool;
+use super::body::ProxyBody;
 use super::h1::conn::{self, Ended};
 use super::idle::{IdleConns, MAX_IDLE_AGE};
 use super::upstream::Upstream;
@@ -199,8 +203,10 @@ async fn serve(
         tokio::spawn(async move {
             let _permit = permit;
             let _alive = alive;
+            let accepted = Instant::now();
             if let Ended::H2(stream, read) = conn::serve(stream, peer, &pool, &idle, &mut stop).await {
-                serve_h2(&h2, Prefixed { read, pos: 0, stream }, peer, pool, idle_h2, stop).await;
+                let io = Prefixed { read, pos: 0, stream };
+                serve_h2(&h2, io, peer, accepted, pool, idle_h2, stop).await;
             }
         });
     }
@@ -214,31 +220,137 @@ async fn serve(
     idle_h2.clear();
 }
 
-/// An HTTP/2 (prior knowledge) client, served by hyper until it closes or
-/// the proxy stops (then it is told to finish what it has in flight).
+/// How long an HTTP/2 connection told to go away (GOAWAY) gets to close
+/// by itself once it has no stream open, before it is dropped.
+const H2_CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// An HTTP/2 (prior knowledge) client, served by hyper until it closes, it
+/// idles out, or the proxy stops (then it is told to finish what it has in
+/// flight). Idle means no stream open (RFC 9113 §10.5: an idle connection
+/// holds a `max_connections` slot for nothing): the preface and the first
+/// request must come within `client_header_timeout` of the accept, later
+/// requests within `idle_timeout` of the last stream's end. PINGs and
+/// SETTINGS do not count as activity.
 async fn serve_h2(
     builder: &http2::Builder<TokioExecutor>,
     io: Prefixed,
     peer: SocketAddr,
+    accepted: Instant,
     pool: Arc<Pool>,
     idle: Arc<IdleConns<Upstream>>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let service = service_fn(move |req| {
-        let (pool, idle) = (Arc::clone(&pool), Arc::clone(&idle));
-        async move { Ok::<_, Infallible>(forward::handle(pool, idle, peer, req).await) }
-    });
+    let streams = Arc::new(Streams::new(accepted));
+    let (header_timeout, idle_timeout) = (pool.config.client_header_timeout, pool.config.idle_timeout);
+    let service = {
+        let streams = Arc::clone(&streams);
+        service_fn(move |req| {
+            let open = Streams::open(&streams);
+            let (pool, idle) = (Arc::clone(&pool), Arc::clone(&idle));
+            async move {
+                let resp = forward::handle(pool, idle, peer, req).await;
+                Ok::<_, Infallible>(resp.map(|body| CountedBody { body, _open: open }))
+            }
+        })
+    };
     let conn = builder.serve_connection(TokioIo::new(io), service);
     let mut conn = std::pin::pin!(conn);
-    let result = tokio::select! {
-        r = conn.as_mut() => r,
-        _ = stop.changed() => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
+    let result = loop {
+        let wake = streams.idle_deadline(header_timeout, idle_timeout).unwrap_or_else(|| Instant::now() + idle_timeout);
+        tokio::select! {
+            r = conn.as_mut() => break r,
+            _ = stop.changed() => {
+                conn.as_mut().graceful_shutdown();
+                break conn.await;
+            }
+            _ = tokio::time::sleep_until(wake.into()) => {
+                if streams.idle_deadline(header_timeout, idle_timeout).is_some_and(|d| d <= Instant::now()) {
+                    debug!(%peer, served = streams.served.load(Ordering::Relaxed), "HTTP/2 client idle; closing");
+                    conn.as_mut().graceful_shutdown();
+                    match tokio::time::timeout(H2_CLOSE_GRACE, conn.as_mut()).await {
+                        Ok(r) => break r,
+                        Err(_) => return,
+                    }
+                }
+            }
         }
     };
     if let Err(e) = result {
         debug!(%peer, error = %e, "HTTP/2 client connection ended with an error");
+    }
+}
+
+/// The streams of one HTTP/2 connection: how many are open, and since when
+/// none is.
+#[derive(Debug)]
+struct Streams {
+    open: AtomicUsize,
+    /// A request has come on this connection.
+    served: AtomicBool,
+    /// When the last stream closed (or the connection was accepted), in
+    /// milliseconds after `epoch`.
+    idle_since_ms: AtomicU64,
+    epoch: Instant,
+}
+
+impl Streams {
+    fn new(epoch: Instant) -> Self {
+        Streams { open: AtomicUsize::new(0), served: AtomicBool::new(false), idle_since_ms: AtomicU64::new(0), epoch }
+    }
+
+    /// A stream opened; it counts as open until the guard drops (with the
+    /// response body, or with the request if it is cancelled).
+    fn open(this: &Arc<Streams>) -> StreamOpen {
+        this.open.fetch_add(1, Ordering::Relaxed);
+        this.served.store(true, Ordering::Relaxed);
+        StreamOpen(Arc::clone(this))
+    }
+
+    /// When the connection counts as idle if nothing changes: `None` while
+    /// a stream is open.
+    fn idle_deadline(&self, before_first: Duration, between: Duration) -> Option<Instant> {
+        if self.open.load(Ordering::Relaxed) > 0 {
+            return None;
+        }
+        let since = self.epoch + Duration::from_millis(self.idle_since_ms.load(Ordering::Relaxed));
+        Some(since + if self.served.load(Ordering::Relaxed) { between } else { before_first })
+    }
+}
+
+/// Counts one stream as open while it lives.
+struct StreamOpen(Arc<Streams>);
+
+impl Drop for StreamOpen {
+    fn drop(&mut self) {
+        let s = &self.0;
+        if s.open.fetch_sub(1, Ordering::Relaxed) == 1 {
+            let ms = u64::try_from(s.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+            s.idle_since_ms.store(ms, Ordering::Relaxed);
+        }
+    }
+}
+
+/// An HTTP/2 response body that keeps its stream counted as open until the
+/// body ends or is dropped.
+struct CountedBody {
+    body: ProxyBody,
+    _open: StreamOpen,
+}
+
+impl Body for CountedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 

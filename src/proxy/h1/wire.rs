@@ -657,7 +657,7 @@ fn split_target(target: &str, options: bool) -> Result<Target<'_>, HeadError> {
 /// name of letters, digits, `-._~` and %-escapes. The sub-delimiters RFC
 /// 3986 also allows in a name (`,;=!$&'()*+`) are refused: no DNS name has
 /// them, and backends split lists at them.
-fn is_valid_authority(a: &[u8]) -> bool {
+pub fn is_valid_authority(a: &[u8]) -> bool {
     let (host_ok, port) = if let Some(literal) = a.strip_prefix(b"[") {
         let Some(end) = literal.iter().position(|&b| b == b']') else { return false };
         let ip = &literal[..end];
