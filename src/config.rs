@@ -85,6 +85,13 @@ pub struct HttpConfig {
     pub max_header_size: usize,
     /// Concurrent client connections; more wait in the kernel's backlog.
     pub max_connections: usize,
+    /// Concurrent connections in use to each backend (HAProxy's `maxconn`);
+    /// 0 = no limit. Requests past it wait for a free one.
+    pub max_conns: usize,
+    /// How long a request waits for a backend connection slot; past it, 503.
+    pub queue_timeout: Duration,
+    /// Streams an HTTP/2 client may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS).
+    pub h2_max_concurrent_streams: u32,
     /// Extra attempts on other backends for a request that failed to be sent.
     pub retries: u32,
     /// One `access` log line per request.
@@ -207,6 +214,9 @@ struct RawHttp {
     drain_timeout: Option<Spanned<String>>,
     max_header_size: Option<Spanned<i64>>,
     max_connections: Option<Spanned<i64>>,
+    max_conns: Option<Spanned<i64>>,
+    queue_timeout: Option<Spanned<String>>,
+    h2_max_concurrent_streams: Option<Spanned<i64>>,
     retries: Option<Spanned<i64>>,
     access_log: Option<bool>,
     health: Option<RawHealth>,
@@ -504,6 +514,10 @@ fn validate_http(
         drain_timeout: dur(&r.drain_timeout, "http.drain_timeout", Duration::from_secs(10))?,
         max_header_size: int(&r.max_header_size, "http.max_header_size", 16384, 1024, 1 << 20)? as usize,
         max_connections: int(&r.max_connections, "http.max_connections", 10_000, 1, 1_000_000)? as usize,
+        max_conns: int(&r.max_conns, "http.max_conns", 1000, 0, 1_000_000)? as usize,
+        queue_timeout: dur(&r.queue_timeout, "http.queue_timeout", Duration::from_secs(5))?,
+        h2_max_concurrent_streams: int(&r.h2_max_concurrent_streams, "http.h2_max_concurrent_streams", 100, 1, 1000)?
+            as u32,
         retries: int(&r.retries, "http.retries", 2, 0, 10)? as u32,
         access_log: r.access_log.unwrap_or(true),
         health,

@@ -26,7 +26,7 @@ fn full(s: impl Into<Bytes>) -> BoxBody {
 }
 
 /// A test backend. `name` answers every request; special paths:
-/// `/slow` (3 s), `/headers` (echoes request headers), `/fail` (500),
+/// `/slow?MS` (MS ms, default 3 s), `/headers` (echoes request headers), `/fail` (500),
 /// `/big?N` (N MiB streamed), `/upload` (counts the body), `/ws` (101 then echo),
 /// `/early` (413 without reading the body).
 struct Backend {
@@ -89,7 +89,8 @@ async fn answer(
     }
     match path.as_str() {
         "/slow" => {
-            tokio::time::sleep(Duration::from_secs(3)).await;
+            let ms = req.uri().query().and_then(|q| q.parse().ok()).unwrap_or(3000);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
             Response::new(full(name))
         }
         "/fail" => Response::builder().status(500).body(full("boom")).expect("response"),
@@ -511,6 +512,49 @@ async fn idle_http2_connections_are_closed() {
     let answered = std::time::Instant::now();
     assert!(tokio::time::timeout(Duration::from_secs(5), conn).await.is_ok(), "an idle h2 connection stayed");
     assert!(answered.elapsed() >= Duration::from_millis(900), "closed before idle_timeout");
+    p.shutdown();
+    a.task.abort();
+}
+
+/// Issue 7 §1.3: an HTTP/2 client's streams each need a backend connection;
+/// `max_conns` bounds them per backend, the rest queue, and past
+/// `queue_timeout` get 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_streams_share_max_conns_backend_connections() {
+    async fn burst(addr: SocketAddr, streams: usize, path: &'static str) -> Vec<u16> {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        let (sender, conn) =
+            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), TokioIo::new(stream))
+                .await
+                .expect("h2 handshake");
+        tokio::spawn(conn);
+        let calls = (0..streams).map(|_| {
+            let mut sender = sender.clone();
+            async move {
+                let req = Request::get(format!("http://shop.test{path}"))
+                    .body(http_body_util::Empty::<Bytes>::new())
+                    .expect("req");
+                let resp = sender.send_request(req).await.expect("h2 response");
+                let status = resp.status().as_u16();
+                let _ = resp.into_body().collect().await;
+                status
+            }
+        });
+        futures_util::future::join_all(calls).await
+    }
+    let a = backend("a").await;
+    let (addr, _, p) = proxy(&[a.addr], "max_conns = 2\nqueue_timeout = \"10s\"");
+    let statuses = tokio::time::timeout(Duration::from_secs(10), burst(addr, 8, "/slow?200")).await.expect("in time");
+    assert_eq!(statuses, vec![200; 8]);
+    let opened = a.conns.lock().expect("lock").len();
+    assert!(opened <= 2, "8 streams opened {opened} backend connections past max_conns = 2");
+    p.shutdown();
+
+    // A queue that does not move in time: 503, the others are served.
+    let (addr, _, p) = proxy(&[a.addr], "max_conns = 1\nqueue_timeout = \"100ms\"");
+    let mut statuses = burst(addr, 3, "/slow?600").await;
+    statuses.sort();
+    assert_eq!(statuses, vec![200, 503, 503]);
     p.shutdown();
     a.task.abort();
 }

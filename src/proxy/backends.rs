@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::balance::Selector;
 use crate::config::HttpConfig;
@@ -28,6 +29,14 @@ pub struct Backend {
     in_flight: AtomicU64,
     requests: AtomicU64,
     failures: AtomicU64,
+    /// Connection slots (`max_conns`); `None` = no limit.
+    slots: Option<Arc<Semaphore>>,
+}
+
+impl Backend {
+    fn has_free_slot(&self) -> bool {
+        self.slots.as_ref().is_none_or(|s| s.available_permits() > 0)
+    }
 }
 
 /// `/status` view of one backend.
@@ -84,6 +93,7 @@ impl Pool {
                 ejected_at_ms: AtomicU64::new(0),
                 consecutive_failures: AtomicU32::new(0),
                 in_flight: AtomicU64::new(0),
+                slots: (config.max_conns > 0).then(|| Arc::new(Semaphore::new(config.max_conns))),
                 requests: AtomicU64::new(0),
                 failures: AtomicU64::new(0),
             })
@@ -124,20 +134,50 @@ impl Pool {
 
     /// Picks an available backend not in `tried`.
     pub fn pick(&self, tried: &[usize]) -> Option<usize> {
+        self.pick_where(tried, |_| true)
+    }
+
+    fn pick_where(&self, tried: &[usize], also: impl Fn(&Backend) -> bool) -> Option<usize> {
         self.selector.select(
-            |i| !tried.contains(&i) && self.is_available(i),
+            |i| !tried.contains(&i) && self.is_available(i) && self.backends.get(i).is_some_and(&also),
             |i| self.backends.get(i).map_or(u64::MAX, |b| b.in_flight.load(Ordering::Relaxed)),
             &mut |n| fastrand::usize(..n.max(1)),
         )
     }
 
+    /// Chooses the backend for a request's next attempt (not one of
+    /// `tried`) and holds one of its connection slots (`max_conns`) until
+    /// the guard drops: a backend with a free slot if there is one; when
+    /// every available backend is full, the balancer's choice, once a slot
+    /// of it frees, waiting up to `queue_timeout` (HAProxy queues the same
+    /// way). Bounds the backend connections in use whatever the clients do
+    /// (an HTTP/2 client's streams each need one).
+    pub async fn admit(self: &Arc<Self>, tried: &[usize]) -> Result<(usize, InFlight), NotAdmitted> {
+        if let Some(i) = self.pick_where(tried, Backend::has_free_slot) {
+            let slots = self.backends.get(i).and_then(|b| b.slots.as_ref());
+            match slots.map(|s| Arc::clone(s).try_acquire_owned()) {
+                None => return Ok((i, self.start(i, None))),
+                Some(Ok(slot)) => return Ok((i, self.start(i, Some(slot)))),
+                Some(Err(_)) => {} // taken meanwhile: queue below
+            }
+        }
+        let i = self.pick(tried).ok_or(NotAdmitted::NoBackend)?;
+        let Some(slots) = self.backends.get(i).and_then(|b| b.slots.clone()) else {
+            return Ok((i, self.start(i, None)));
+        };
+        match tokio::time::timeout(self.config.queue_timeout, slots.acquire_owned()).await {
+            Ok(Ok(slot)) => Ok((i, self.start(i, Some(slot)))),
+            _ => Err(NotAdmitted::QueueTimeout(i)),
+        }
+    }
+
     /// Counts a request to `i` as in flight until the guard drops.
-    pub fn start(self: &Arc<Self>, i: usize) -> InFlight {
+    fn start(self: &Arc<Self>, i: usize, slot: Option<OwnedSemaphorePermit>) -> InFlight {
         if let Some(b) = self.backends.get(i) {
             b.in_flight.fetch_add(1, Ordering::Relaxed);
             b.requests.fetch_add(1, Ordering::Relaxed);
         }
-        InFlight { pool: Arc::clone(self), index: i }
+        InFlight { pool: Arc::clone(self), index: i, _slot: slot }
     }
 
     /// A request to `i` got an answer that was not a 5xx.
@@ -215,12 +255,25 @@ impl Pool {
     }
 }
 
-/// Keeps a backend's in-flight count up while a request (and its response
-/// body) is being served.
+/// The answer when [`NotAdmitted::QueueTimeout`] ends a request.
+pub const QUEUE_TIMEOUT: (u16, &str, &str) = (503, "Service Unavailable", "backends busy: queue timed out\n");
+
+/// Why [`Pool::admit`] found no backend for an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotAdmitted {
+    /// None is available (all down, ejected, or tried).
+    NoBackend,
+    /// Backend `0` stayed at `max_conns` for the whole `queue_timeout`.
+    QueueTimeout(usize),
+}
+
+/// Keeps a backend's in-flight count up, and one of its connection slots
+/// held, while a request (and its response body) is being served.
 #[derive(Debug)]
 pub struct InFlight {
     pool: Arc<Pool>,
     index: usize,
+    _slot: Option<OwnedSemaphorePermit>,
 }
 
 impl InFlight {
@@ -235,5 +288,54 @@ impl Drop for InFlight {
         if let Some(b) = self.pool.backends.get(self.index) {
             b.in_flight.fetch_sub(1, Ordering::Relaxed);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(extra: &str) -> Arc<Pool> {
+        let text = format!(
+            "[[http]]\nname = \"t\"\nlisten = \"127.0.0.1:0\"\nbackends = [\"192.0.2.21:80\", \"192.0.2.22:80\"]\n{extra}\n"
+        );
+        let config = crate::config::parse(&text, std::path::Path::new("t.toml")).expect("valid config");
+        Pool::new(config.http[0].clone())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn admission_prefers_a_backend_with_a_free_slot_then_queues() {
+        let p = pool("max_conns = 1\nqueue_timeout = \"2s\"\nbalance = \"round_robin\"");
+        let (first, a) = p.admit(&[]).await.expect("admitted");
+        // The other backend has room: taken whatever the rotation says.
+        let (second, b) = p.admit(&[]).await.expect("admitted");
+        assert_ne!(first, second);
+        // Both full: the next waits for a slot, and gets it when one frees.
+        let waiting = tokio::spawn({
+            let p = Arc::clone(&p);
+            async move { p.admit(&[]).await.map(|(i, _)| i) }
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(!waiting.is_finished());
+        drop(b);
+        assert_eq!(waiting.await.expect("task"), Ok(second));
+        // Nobody frees a slot: past queue_timeout, refused.
+        let (_, c) = p.admit(&[]).await.expect("admitted");
+        assert!(matches!(p.admit(&[]).await, Err(NotAdmitted::QueueTimeout(_))));
+        assert_eq!(p.in_flight(), 2);
+        drop((a, c));
+        assert_eq!(p.in_flight(), 0);
+        // A backend already tried is not offered again.
+        assert_eq!(p.admit(&[0, 1]).await.map(|(i, _)| i), Err(NotAdmitted::NoBackend));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn max_conns_zero_is_no_limit() {
+        let p = pool("max_conns = 0");
+        let mut held = Vec::new();
+        for _ in 0..5000 {
+            held.push(p.admit(&[]).await.expect("admitted"));
+        }
+        assert_eq!(p.in_flight(), 5000);
     }
 }

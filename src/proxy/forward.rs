@@ -14,7 +14,7 @@ use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::TokioIo;
 use tracing::{debug, warn};
 
-use super::backends::Pool;
+use super::backends::{NotAdmitted, Pool, QUEUE_TIMEOUT};
 use super::body::{AccessLog, Completion, ProxyBody, UpstreamBody};
 use super::h1::wire::{is_hop_by_hop, is_idempotent, is_valid_authority};
 use super::idle::IdleConns;
@@ -185,7 +185,15 @@ pub async fn handle(
     let mut attempts = 0;
     let mut last_failure = (StatusCode::SERVICE_UNAVAILABLE, "no healthy backend\n");
     while attempts < max_attempts {
-        let Some(i) = pool.pick(tried.as_slice()) else { break };
+        let (i, guard) = match pool.admit(tried.as_slice()).await {
+            Ok(admitted) => admitted,
+            Err(NotAdmitted::NoBackend) => break,
+            Err(NotAdmitted::QueueTimeout(i)) => {
+                let backend = pool.backends().get(i).map(|b| b.address);
+                warn!(?backend, timeout = ?pool.config.queue_timeout, "backend at max_conns for the whole queue timeout");
+                return local(StatusCode::SERVICE_UNAVAILABLE, QUEUE_TIMEOUT.2, done);
+            }
+        };
         let Some(addr) = pool.backends().get(i).map(|b| b.address) else { break };
         attempts += 1;
         tried.push(i);
@@ -204,7 +212,6 @@ pub async fn handle(
             }
         };
         let Some(request) = req.take() else { break };
-        let guard = pool.start(i);
         match tokio::time::timeout(pool.config.response_timeout, conn.send(request)).await {
             Ok(Ok(mut resp)) => {
                 if resp.status().is_server_error() {
@@ -271,8 +278,10 @@ async fn upgrade(
     host: HeaderValue,
     done: Completion,
 ) -> Response<ProxyBody> {
-    let Some(i) = pool.pick(&[]) else {
-        return local(StatusCode::SERVICE_UNAVAILABLE, "no healthy backend\n", done);
+    let (i, guard) = match pool.admit(&[]).await {
+        Ok(admitted) => admitted,
+        Err(NotAdmitted::NoBackend) => return local(StatusCode::SERVICE_UNAVAILABLE, "no healthy backend\n", done),
+        Err(NotAdmitted::QueueTimeout(_)) => return local(StatusCode::SERVICE_UNAVAILABLE, QUEUE_TIMEOUT.2, done),
     };
     let Some(addr) = pool.backends().get(i).map(|b| b.address) else {
         return local(StatusCode::SERVICE_UNAVAILABLE, "no healthy backend\n", done);
@@ -296,7 +305,6 @@ async fn upgrade(
             return local(StatusCode::BAD_GATEWAY, "no backend reachable\n", done);
         }
     };
-    let guard = pool.start(i);
     let sent = conn.send_request(Request::from_parts(parts, UpstreamBody::Client(body)));
     let mut resp = match tokio::time::timeout(pool.config.response_timeout, sent).await {
         Ok(Ok(r)) => r,

@@ -153,7 +153,9 @@ async fn serve(
 ) {
     let cfg = &pool.config;
     let mut h2 = http2::Builder::new(TokioExecutor::new());
-    h2.timer(TokioTimer::new()).keep_alive_interval(Duration::from_secs(20));
+    h2.timer(TokioTimer::new())
+        .keep_alive_interval(Duration::from_secs(20))
+        .max_concurrent_streams(cfg.h2_max_concurrent_streams);
     let h2 = Arc::new(h2);
     // Every connection task holds a sender; all dropped = all finished.
     let (alive, mut all_done) = tokio_mpsc::channel::<()>(1);

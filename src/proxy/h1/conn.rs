@@ -25,7 +25,7 @@ use tracing::{debug, warn};
 use super::buf::{ReadBuf, BODY_CHUNK};
 use super::upstream::Upstream;
 use super::wire::{self, ChunkError, Framing, HeadError, Preface, Rechunker, Request, ResponseContext};
-use crate::proxy::backends::Pool;
+use crate::proxy::backends::{NotAdmitted, Pool, QUEUE_TIMEOUT};
 use crate::proxy::body::AccessLog;
 use crate::proxy::forward::Tried;
 use crate::proxy::idle::IdleConns;
@@ -355,7 +355,16 @@ async fn forward(
     let mut attempts = 0;
     let mut failure = (503, "Service Unavailable", "no healthy backend\n");
     while attempts < max_attempts {
-        let Some(i) = pool.pick(tried.as_slice()) else { break };
+        let (i, in_flight) = match pool.admit(tried.as_slice()).await {
+            Ok(admitted) => admitted,
+            Err(NotAdmitted::NoBackend) => break,
+            Err(NotAdmitted::QueueTimeout(i)) => {
+                let backend = pool.backends().get(i).map(|b| b.address);
+                warn!(?backend, timeout = ?cfg.queue_timeout, "backend at max_conns for the whole queue timeout");
+                failure = QUEUE_TIMEOUT;
+                break;
+            }
+        };
         let Some(addr) = pool.backends().get(i).map(|b| b.address) else { break };
         attempts += 1;
         tried.push(i);
@@ -378,7 +387,6 @@ async fn forward(
                 }
             },
         };
-        let in_flight = pool.start(i);
         let outcome = exchange(c, &mut up, req, up_head, &mut body, pool, stop).await;
         match outcome {
             Exchange::Answered(a) => {
