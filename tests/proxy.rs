@@ -1018,3 +1018,105 @@ async fn chunked_bodies_reach_the_backend_reframed() {
     p.shutdown();
     task.abort();
 }
+
+/// A backend answering each request for `/N` with `answers[N]`, as raw
+/// bytes, on a kept-alive connection; counts the connections it accepted.
+async fn raw_backend(answers: &'static [&'static [u8]]) -> (SocketAddr, Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind backend");
+    let addr = listener.local_addr().expect("addr");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(async move {
+                let mut r = tokio::io::BufReader::new(stream);
+                for _ in 0..100 {
+                    let Some(seen) = lenient_read(&mut r).await else { return };
+                    let n: usize = seen.line.split(' ').nth(1).and_then(|p| p[1..].parse().ok()).unwrap_or(0);
+                    let answer = answers.get(n).copied().unwrap_or(b"HTTP/1.1 404 No\r\nContent-Length: 0\r\n\r\n");
+                    if r.get_mut().write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted, task)
+}
+
+/// Issue 7 §1.4, the response side, raw bytes both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odd_backend_responses_are_refused_or_normalised() {
+    const ANSWERS: &[&[u8]] = &[
+        b"HTTP/1.1 099 Odd\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n02;ext=1\r\nok\r\n0\r\nSet-Cookie: a=1\r\nX-T: 1\r\n\r\n",
+        b"HTTP/1.1 000 Odd\r\nContent-Length: 0\r\n\r\n",
+    ];
+    let (backend, accepted, task) = raw_backend(ANSWERS).await;
+    let (addr, _, p) = proxy(&[backend], "retries = 0");
+    // Status below 100, and a response whose codings have no one reading: 502.
+    for path in ["/0", "/4", "/1"] {
+        let (status, _, _) = get(addr, path, &[]).await;
+        assert_eq!(status, 502, "{path}");
+    }
+    // HTTP/1.0 with Transfer-Encoding: relayed, then that backend
+    // connection is closed, not pooled (RFC 9112 §6.1).
+    let before = accepted.load(Ordering::Relaxed);
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let mut pending = Vec::new();
+    for _ in 0..2 {
+        s.write_all(b"GET /2 HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("write");
+        let (status, _, body) = read_response(&mut s, &mut pending, false).await;
+        assert_eq!((status, body.as_slice()), (200, &b"ok"[..]));
+    }
+    assert_eq!(accepted.load(Ordering::Relaxed) - before, 2, "a faulty-framed backend connection was reused");
+    // A chunked answer reaches the client re-framed: no extension, no
+    // Set-Cookie smuggled into the trailers.
+    s.write_all(b"GET /3 HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("write");
+    let mut raw = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_millis(500), async {
+        let mut chunk = [0u8; 4096];
+        while !raw.ends_with(b"X-T: 1\r\n\r\n") {
+            let n = s.read(&mut chunk).await.expect("read");
+            assert!(n > 0);
+            raw.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await;
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.ends_with("\r\n\r\n2\r\nok\r\n0\r\nX-T: 1\r\n\r\n"), "{text}");
+    p.shutdown();
+    task.abort();
+}
+
+/// Issue 7 §1.4, the request side: what goes up, or what is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_lines_are_served_or_answered_by_their_rfc_rule() {
+    let (backend, seen, task) = lenient_backend().await;
+    let (addr, _, p) = proxy(&[backend], "retries = 0");
+    let cases: [(&[u8], u16, Option<&str>); 6] = [
+        (b"CONNECT x.test:443 HTTP/1.1\r\nHost: x.test:443\r\n\r\n", 405, None),
+        (b"GET / HTTP/2.0\r\nHost: x\r\n\r\n", 505, None),
+        (b"GET /v HTTP/1.2\r\nHost: x\r\n\r\n", 200, Some("GET /v HTTP/1.1")),
+        (b"GET http://x.test?q=1 HTTP/1.1\r\nHost: x.test\r\n\r\n", 200, Some("GET /?q=1 HTTP/1.1")),
+        (b"OPTIONS http://x.test HTTP/1.1\r\n\r\n", 200, Some("OPTIONS * HTTP/1.1")),
+        (b"GET / HTTP/1.1\r\nHost: x.test,evil:1\r\n\r\n", 400, None),
+    ];
+    for (bytes, want, line) in cases {
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        s.write_all(bytes).await.expect("write");
+        let mut pending = Vec::new();
+        let (status, _, _) = read_response(&mut s, &mut pending, false).await;
+        assert_eq!(status, want, "{}", String::from_utf8_lossy(bytes));
+        if let Some(line) = line {
+            let last = seen.lock().expect("lock").last().map(|s| s.line.clone());
+            assert_eq!(last.as_deref(), Some(line));
+        }
+    }
+    assert_eq!(seen.lock().expect("lock").len(), 3, "a refused request reached the backend");
+    p.shutdown();
+    task.abort();
+}
