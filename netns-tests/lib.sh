@@ -122,7 +122,7 @@ trap 'exit 130' INT TERM
 # topo_up HOST...: switch namespace with br0 plus one namespace per host.
 topo_up() {
     local h n
-    ensure_pkg bridge iproute2; ensure_pkg jq jq; ensure_pkg curl curl
+    ensure_pkg bridge iproute2; ensure_pkg jq jq; ensure_pkg curl curl; ensure_pkg ping iputils-ping
     ip netns add "$SW"; NAMESPACES+=("$SW")
     ip -n "$SW" link set lo up
     # STP off (ports forward at once); no multicast snooping so 224.0.0.18 and
@@ -388,6 +388,14 @@ neigh_is() { [[ $(client_neigh_mac) == "$1" ]]; }
 # wait_pair_settled MASTER BACKUP TIMEOUT_MS: MASTER in master state holding
 # the VIP alone, BACKUP in backup state.
 pair_settled() { state_is "$1" master && state_is "$2" backup && holder_is "$1"; }
+# start_pair INTERVAL: lb1 (priority 150) and lb2 (100), preempt on, settled
+# with lb1 master, and a moment to breathe.
+start_pair() {
+    start_node "$IMPL" lb1 150 "$1" 3 true
+    start_node "$IMPL" lb2 100 "$1" 3 true
+    wait_pair_settled lb1 lb2 5000
+    sleep 0.3
+}
 wait_pair_settled() {
     wait_for "$3" pair_settled "$1" "$2" ||
         fail "not settled after $3 ms: $1=$(node_state "$1") $2=$(node_state "$2") VIP on: $(vip_holder)"

@@ -160,6 +160,12 @@ pub fn metrics(status: &Status) -> String {
         "Failed virtual address changes.",
         &mut status.vrrp.iter().map(|s| (id(s), s.tx.netlink_errors)),
     );
+    family(
+        "vipd_vrrp_vip_restored_total",
+        "counter",
+        "Virtual addresses found deleted under the master and put back.",
+        &mut status.vrrp.iter().map(|s| (id(s), s.tx.vips_restored)),
+    );
     let backend_rows = |f: fn(&crate::proxy::backends::BackendSnapshot) -> u64| {
         status.http.iter().flat_map(move |p| {
             p.backends

@@ -15,7 +15,7 @@ use tracing::{error, info, warn};
 
 use crate::config::{Config, VrrpConfig};
 use crate::control::{self, Sources};
-use crate::net::addr::{watch_links, Netlink};
+use crate::net::addr::{watch_addresses, watch_links, Netlink};
 use crate::proxy::backends::Pool;
 use crate::proxy::server::{self, Listener, Proxy};
 use crate::vrrp::fsm::skew_and_master_down;
@@ -197,6 +197,12 @@ async fn run_vrrp(
         let _ = ready.send(Err(anyhow!(e).context("subscribing to link changes")));
         return;
     }
+    // Address changes likewise: subscribed to before anything is read.
+    let (addr_events, _) = tokio::sync::broadcast::channel(256);
+    if let Err(e) = watch_addresses(addr_events.clone()) {
+        let _ = ready.send(Err(anyhow!(e).context("subscribing to address changes")));
+        return;
+    }
     let siblings: Vec<Vec<u8>> = configs
         .iter()
         .map(|c| configs.iter().filter(|o| o.interface == c.interface && o.vrid != c.vrid).map(|o| o.vrid).collect())
@@ -205,7 +211,7 @@ async fn run_vrrp(
     for (((cfg, st), link), siblings) in configs.into_iter().zip(stats).zip(link_receivers).zip(siblings) {
         let at = cfg.interface_at;
         let (name, iface) = (cfg.name.clone(), cfg.interface.clone());
-        match Instance::prepare(cfg, netlink.clone(), link, st).await {
+        match Instance::prepare(cfg, netlink.clone(), link, addr_events.subscribe(), st).await {
             Ok(mut i) => {
                 i.set_siblings(siblings);
                 instances.push(i);

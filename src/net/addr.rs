@@ -11,7 +11,7 @@ use rtnetlink::packet_route::address::{AddressAttribute, AddressHeaderFlags, Add
 use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags};
 use rtnetlink::packet_route::RouteNetlinkMessage;
 use rtnetlink::{AddressMessageBuilder, Handle, MulticastGroup};
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 
 use crate::config::VirtualIp;
 
@@ -163,29 +163,76 @@ impl Netlink {
     }
 }
 
-/// Publishes every interface's "usable" state (up with carrier) on the
-/// watch channel registered for its name, from the kernel's link events.
-/// Subscribe before reading the initial state so no change falls between.
-pub fn watch_links(mut senders: HashMap<String, watch::Sender<bool>>) -> Result<(), NetlinkError> {
-    let (connection, _handle, mut messages) = rtnetlink::new_multicast_connection(&[MulticastGroup::Link])?;
+/// Subscribes to the kernel's `group` events and hands each message to
+/// `each`, on a task of its own, for as long as the socket lives.
+fn watch_group(
+    group: MulticastGroup,
+    mut each: impl FnMut(RouteNetlinkMessage) + Send + 'static,
+) -> Result<(), NetlinkError> {
+    let (connection, _handle, mut messages) = rtnetlink::new_multicast_connection(&[group])?;
     tokio::spawn(connection);
     tokio::spawn(async move {
         while let Some((message, _)) = messages.next().await {
-            let (msg, exists) = match message.payload {
-                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(m)) => (m, true),
-                NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(m)) => (m, false),
-                _ => continue,
-            };
-            let name = msg.attributes.iter().find_map(|a| match a {
-                LinkAttribute::IfName(n) => Some(n.as_str()),
-                _ => None,
-            });
-            if let Some(tx) = name.and_then(|n| senders.get_mut(n)) {
-                let up =
-                    exists && msg.header.flags.contains(LinkFlags::Up) && msg.header.flags.contains(LinkFlags::LowerUp);
-                tx.send_if_modified(|old| std::mem::replace(old, up) != up);
+            if let NetlinkPayload::InnerMessage(m) = message.payload {
+                each(m);
             }
         }
     });
     Ok(())
+}
+
+/// Publishes every interface's "usable" state (up with carrier) on the
+/// watch channel registered for its name, from the kernel's link events.
+/// Subscribe before reading the initial state so no change falls between.
+pub fn watch_links(mut senders: HashMap<String, watch::Sender<bool>>) -> Result<(), NetlinkError> {
+    watch_group(MulticastGroup::Link, move |message| {
+        let (msg, exists) = match message {
+            RouteNetlinkMessage::NewLink(m) => (m, true),
+            RouteNetlinkMessage::DelLink(m) => (m, false),
+            _ => return,
+        };
+        let name = msg.attributes.iter().find_map(|a| match a {
+            LinkAttribute::IfName(n) => Some(n.as_str()),
+            _ => None,
+        });
+        if let Some(tx) = name.and_then(|n| senders.get_mut(n)) {
+            let up =
+                exists && msg.header.flags.contains(LinkFlags::Up) && msg.header.flags.contains(LinkFlags::LowerUp);
+            // Every event is delivered, not only changes of the value held
+            // here: each instance compares with what it read at start (a
+            // link down at start must hear its first "up").
+            tx.send_replace(up);
+        }
+    })
+}
+
+/// An IPv4 address added to or removed from an interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AddrEvent {
+    /// Interface index.
+    pub index: u32,
+    /// The address.
+    pub addr: Ipv4Addr,
+    /// Added (else removed).
+    pub added: bool,
+}
+
+/// Publishes every IPv4 address change of every interface on `tx`, from
+/// the kernel's address events (someone deleting a VIP, or the primary).
+pub fn watch_addresses(tx: broadcast::Sender<AddrEvent>) -> Result<(), NetlinkError> {
+    watch_group(MulticastGroup::Ipv4Ifaddr, move |message| {
+        let (msg, added) = match message {
+            RouteNetlinkMessage::NewAddress(m) => (m, true),
+            RouteNetlinkMessage::DelAddress(m) => (m, false),
+            _ => return,
+        };
+        let addr = msg.attributes.iter().find_map(|a| match a {
+            AddressAttribute::Local(IpAddr::V4(v4)) => Some(*v4),
+            _ => None,
+        });
+        if let Some(addr) = addr {
+            // No receiver (no instance yet or any more) is not an error.
+            let _ = tx.send(AddrEvent { index: msg.header.index, addr, added });
+        }
+    })
 }

@@ -16,6 +16,15 @@ pub const PRIORITY_OWNER: u8 = 255;
 /// Priority a master sends when it stops (RFC 5798 §5.2.4).
 pub const PRIORITY_RESIGN: u8 = 0;
 
+/// Why an instance goes to Fault.
+fn fault_reason(event: Event) -> Reason {
+    if event == Event::NoAddress {
+        Reason::NoAddress
+    } else {
+        Reason::LinkDown
+    }
+}
+
 /// Protocol states, plus Fault for an interface that is down.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum State {
@@ -70,6 +79,10 @@ pub enum Reason {
     LinkDown,
     /// The interface came back.
     LinkUp,
+    /// The interface has no address of its own left to send adverts from.
+    NoAddress,
+    /// An address to send adverts from is back.
+    AddressBack,
 }
 
 impl fmt::Display for Reason {
@@ -89,6 +102,8 @@ impl fmt::Display for Reason {
             Reason::HandedOver { to } => write!(f, "shutdown: new master {to} took over"),
             Reason::LinkDown => f.write_str("interface down"),
             Reason::LinkUp => f.write_str("interface up"),
+            Reason::NoAddress => f.write_str("no address to send adverts from"),
+            Reason::AddressBack => f.write_str("an address to send adverts from is back"),
         }
     }
 }
@@ -113,6 +128,11 @@ pub enum Event {
     LinkDown,
     /// The interface is usable again.
     LinkUp,
+    /// The interface's last address of its own (not a VIP) went: adverts
+    /// cannot be sent, so the instance cannot take part.
+    NoAddress,
+    /// The interface has an address of its own again (and is up).
+    AddressBack,
 }
 
 /// Outputs of the state machine, executed in order by the instance.
@@ -269,25 +289,35 @@ impl Fsm {
                 self.transition(State::Initialize, Reason::Shutdown);
             }
             (State::Initialize, Event::Shutdown) => {}
-            (State::Master, Event::LinkDown) => {
+            (State::Master, Event::LinkDown | Event::NoAddress) => {
                 // Adverts cannot leave a dead link, so there is no priority 0
                 // to send; the addresses go so no other interface answers.
                 self.cancel_timers();
                 self.master_ip = None;
                 self.actions.push_back(Action::ReleaseVips);
-                self.transition(State::Fault, Reason::LinkDown);
+                self.transition(State::Fault, fault_reason(event));
             }
-            (State::Backup | State::Initialize, Event::LinkDown) => {
+            (State::Backup | State::Initialize, Event::LinkDown | Event::NoAddress) => {
                 self.cancel_timers();
                 self.master_ip = None;
-                self.transition(State::Fault, Reason::LinkDown);
+                self.transition(State::Fault, fault_reason(event));
             }
-            (State::Fault, Event::LinkUp) => {
-                self.transition(State::Initialize, Reason::LinkUp);
+            (State::Fault, Event::LinkUp | Event::AddressBack) => {
+                let reason = if event == Event::LinkUp { Reason::LinkUp } else { Reason::AddressBack };
+                self.transition(State::Initialize, reason);
                 self.startup(now);
             }
-            (State::Fault, Event::LinkDown | Event::Startup)
-            | (State::Initialize | State::Backup | State::Master, Event::LinkUp) => {}
+            (State::Fault, Event::LinkDown | Event::NoAddress | Event::Startup)
+            | (State::Initialize | State::Backup | State::Master, Event::LinkUp | Event::AddressBack) => {}
+        }
+    }
+
+    /// The interface's primary address changed: adverts go from it, and it
+    /// is our side of the tie-break (RFC 9568 §6.4.3).
+    pub fn set_primary_ip(&mut self, ip: Ipv4Addr) {
+        self.params.primary_ip = ip;
+        if self.state == State::Master {
+            self.master_ip = Some(ip);
         }
     }
 
@@ -887,6 +917,38 @@ mod tests {
         }
         let announces = drain(&mut f).iter().filter(|a| **a == Action::Announce).count();
         assert_eq!(announces, 1);
+    }
+
+    #[test]
+    fn losing_the_source_address_is_a_fault_until_one_is_back() {
+        let t0 = Instant::now();
+        let mut f = master(100, t0);
+        drain(&mut f);
+        f.handle(t0 + ms(5000), Event::NoAddress);
+        assert_eq!(
+            drain(&mut f),
+            vec![
+                Action::ReleaseVips,
+                Action::StateChanged { from: State::Master, to: State::Fault, reason: Reason::NoAddress },
+            ]
+        );
+        assert_eq!((f.poll_timeout(), f.master_ip()), (None, None));
+        // Fault sends nothing and ignores adverts and timers.
+        f.handle(t0 + ms(5500), advert(PEER_HIGH, 200));
+        f.handle_timeout(t0 + ms(20_000));
+        assert!(drain(&mut f).is_empty());
+        f.handle(t0 + ms(21_000), Event::AddressBack);
+        assert_eq!(
+            drain(&mut f),
+            vec![
+                Action::StateChanged { from: State::Fault, to: State::Initialize, reason: Reason::AddressBack },
+                Action::StateChanged { from: State::Initialize, to: State::Backup, reason: Reason::Startup },
+            ]
+        );
+        // A new primary is our side of the tie-break from now on.
+        let new = Ipv4Addr::new(192, 0, 2, 99);
+        f.set_primary_ip(new);
+        assert_eq!(f.params().primary_ip, new);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime};
 
 use serde::Serialize;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use super::fsm::{skew_and_master_down, Action, Event, Fsm, Params, State};
@@ -17,7 +17,7 @@ use super::packet::{self, Advert, ChecksumForm, DropReason, Expect, MULTICAST_V4
 use super::socket::VrrpSocket;
 use super::timer::PreciseTimer;
 use crate::config::VrrpConfig;
-use crate::net::addr::{Netlink, NetlinkError};
+use crate::net::addr::{AddrEvent, Netlink, NetlinkError};
 use crate::net::announce::Announcer;
 use crate::net::frames;
 
@@ -62,6 +62,9 @@ impl std::fmt::Debug for DrainGate {
 /// How often a resigning master looks at the drain gate.
 const DRAIN_POLL: std::time::Duration = std::time::Duration::from_millis(2);
 
+/// Most packets taken off the socket before acting on an expired timer.
+const MAX_QUEUED_DRAIN: usize = 256;
+
 /// Most distinct peer addresses remembered, so spoofed sources cannot grow memory.
 const MAX_PEERS: usize = 32;
 
@@ -84,6 +87,7 @@ pub struct Stats {
     tx_errors: AtomicU64,
     garps: AtomicU64,
     netlink_errors: AtomicU64,
+    vips_restored: AtomicU64,
     dynamic: Mutex<Dynamic>,
 }
 
@@ -172,6 +176,8 @@ pub struct TxSnapshot {
     pub garps: u64,
     /// Failed address changes.
     pub netlink_errors: u64,
+    /// VIPs found missing while master (deleted by someone else) and put back.
+    pub vips_restored: u64,
 }
 
 /// One peer in `/status`.
@@ -207,6 +213,7 @@ impl Stats {
             tx_errors: AtomicU64::new(0),
             garps: AtomicU64::new(0),
             netlink_errors: AtomicU64::new(0),
+            vips_restored: AtomicU64::new(0),
             dynamic: Mutex::new(Dynamic {
                 state: State::Initialize,
                 master_ip: None,
@@ -254,6 +261,7 @@ impl Stats {
                 errors: load(&self.tx_errors),
                 garps: load(&self.garps),
                 netlink_errors: load(&self.netlink_errors),
+                vips_restored: load(&self.vips_restored),
             },
             peers: d.peers.iter().map(|(a, s)| PeerSnapshot { address: *a, stats: s.clone() }).collect(),
         }
@@ -278,18 +286,22 @@ impl Stats {
         }
     }
 
-    fn record(&self, fsm: &Fsm, reason: Option<String>) {
+    /// One state change (a batch of actions may hold several: fault ->
+    /// init -> backup is two).
+    fn record_transition(&self, to: State, reason: String) {
         let mut d = self.dynamic();
-        if d.state != fsm.state() {
-            d.transitions += 1;
-            d.since = SystemTime::now();
-        }
+        d.transitions += 1;
+        d.since = SystemTime::now();
+        d.state = to;
+        d.last_reason = reason;
+    }
+
+    /// What changes without a transition: the master's address and interval.
+    fn record(&self, fsm: &Fsm) {
+        let mut d = self.dynamic();
         d.state = fsm.state();
         d.master_ip = fsm.master_ip();
         d.master_adver_interval_ms = fsm.master_adver_interval().as_millis() as u64;
-        if let Some(reason) = reason {
-            d.last_reason = reason;
-        }
     }
 }
 
@@ -311,6 +323,10 @@ pub struct Instance {
     /// Interface usable (up with carrier), as the link watcher last said.
     link: watch::Receiver<bool>,
     link_up: bool,
+    /// Address changes on every interface (ours filtered by index).
+    addrs: broadcast::Receiver<AddrEvent>,
+    /// The interface has an address of its own to send adverts from.
+    has_address: bool,
     /// Set once shutdown began.
     stopping: bool,
     /// VRIDs of this process's other instances on the same interface.
@@ -332,6 +348,7 @@ impl Instance {
         cfg: VrrpConfig,
         netlink: Netlink,
         link: watch::Receiver<bool>,
+        addrs: broadcast::Receiver<AddrEvent>,
         stats: Arc<Stats>,
     ) -> Result<Self, InstanceError> {
         let iface = netlink.link(&cfg.interface).await?;
@@ -379,6 +396,8 @@ impl Instance {
             netlink,
             link,
             link_up: iface.up,
+            addrs,
+            has_address: true,
             stopping: false,
             siblings: Vec::new(),
             drain: None,
@@ -419,11 +438,34 @@ impl Instance {
                         let up = *self.link.borrow_and_update();
                         if up != self.link_up {
                             self.link_up = up;
-                            let event = if up { Event::LinkUp } else { Event::LinkDown };
-                            self.fsm.handle(Instant::now(), event);
+                            if !up {
+                                self.fsm.handle(Instant::now(), Event::LinkDown);
+                            } else if self.has_address {
+                                self.fsm.handle(Instant::now(), Event::LinkUp);
+                            }
                         }
                     }
-                    _ = self.timer.sleep_until(deadline) => self.fsm.handle_timeout(Instant::now()),
+                    event = self.addrs.recv() => match event {
+                        Ok(e) if e.index != self.ifindex => continue,
+                        // Missed events (a burst): look at the interface anyway.
+                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => self.follow_addresses().await,
+                        Err(broadcast::error::RecvError::Closed) => {
+                            self.addrs = broadcast::channel(1).1;
+                            continue;
+                        }
+                    },
+                    _ = self.timer.sleep_until(deadline) => {
+                        // After a stall (a paused VM, a starved CPU) the
+                        // timer and the master's queued adverts are due at
+                        // once: the adverts first, or an expired
+                        // Master_Down_Timer makes a backup flip to master
+                        // and straight back.
+                        for _ in 0..MAX_QUEUED_DRAIN {
+                            let Some(n) = self.socket.try_recv(&mut buf) else { break };
+                            self.receive(n, &buf);
+                        }
+                        self.fsm.handle_timeout(Instant::now());
+                    }
                     r = self.socket.recv(&mut buf) => match r {
                         Ok(n) => {
                             recv_errors = 0;
@@ -515,12 +557,87 @@ impl Instance {
                 Action::StateChanged { from, to, reason } => {
                     let master = self.fsm.master_ip().map_or_else(|| "-".to_string(), |a| a.to_string());
                     info!(%from, %to, %reason, %master, "state change");
-                    self.stats.record(&self.fsm, Some(reason.to_string()));
+                    self.stats.record_transition(to, reason.to_string());
                 }
             }
         }
         // Master address and learnt interval change without a transition.
-        self.stats.record(&self.fsm, None);
+        self.stats.record(&self.fsm);
+    }
+
+    /// After an address change on the interface: follow the primary (the
+    /// advert source), go to Fault without one and back when one returns;
+    /// then make the VIPs match the state: a master puts back a VIP someone
+    /// deleted (a network manager restart does), anyone else removes one
+    /// someone added. Reads the interface rather than trusting the event,
+    /// so events of our own changes, late or repeated, do nothing.
+    async fn follow_addresses(&mut self) {
+        let primary = match self.netlink.primary_ipv4(self.ifindex, &self.cfg.virtual_ips).await {
+            Ok(p) => p,
+            Err(e) => {
+                self.stats.netlink_errors.fetch_add(1, Ordering::Relaxed);
+                warn!(error = %e, "could not read the interface's addresses");
+                return;
+            }
+        };
+        match (primary, self.has_address) {
+            (None, true) => {
+                warn!(primary = %self.primary, "the interface's own address is gone; adverts cannot be sent");
+                self.has_address = false;
+                self.fsm.handle(Instant::now(), Event::NoAddress);
+            }
+            (Some(p), had) => {
+                if p != self.primary {
+                    info!(from = %self.primary, to = %p, "primary address changed; sending adverts from it");
+                    if let Err(e) = self.socket.set_source(p) {
+                        warn!(error = %e, "could not send adverts from the new primary address");
+                    }
+                    self.primary = p;
+                    self.fsm.set_primary_ip(p);
+                }
+                if !had {
+                    self.has_address = true;
+                    if self.link_up {
+                        self.fsm.handle(Instant::now(), Event::AddressBack);
+                    }
+                }
+            }
+            (None, false) => {}
+        }
+        self.execute().await;
+        let master = self.fsm.state() == State::Master && !self.fsm.is_resigning();
+        let mut restored = false;
+        for vip in &self.cfg.virtual_ips {
+            let present = match self.netlink.has(self.ifindex, vip).await {
+                Ok(p) => p,
+                Err(_) => continue,
+            };
+            let change = match (master, present) {
+                (true, false) => {
+                    self.netlink.add(self.ifindex, vip).await.map(|()| "put back a virtual IP deleted under the master")
+                }
+                (false, true) => {
+                    self.netlink.del(self.ifindex, vip).await.map(|()| "removed a virtual IP added while not master")
+                }
+                _ => continue,
+            };
+            match change {
+                Ok(what) => {
+                    warn!(%vip, state = %self.fsm.state(), "{what}");
+                    if master {
+                        self.stats.vips_restored.fetch_add(1, Ordering::Relaxed);
+                        restored = true;
+                    }
+                }
+                Err(e) => {
+                    self.stats.netlink_errors.fetch_add(1, Ordering::Relaxed);
+                    error!(error = %e, %vip, "could not correct a virtual IP");
+                }
+            }
+        }
+        if restored {
+            self.announce();
+        }
     }
 
     /// Bounded wait for in-flight work on the VIPs; nothing else needs this

@@ -43,6 +43,19 @@ impl VrrpSocket {
         Ok(VrrpSocket { fd })
     }
 
+    /// Sends from `source` from now on (the interface's primary changed).
+    pub fn set_source(&self, source: Ipv4Addr) -> io::Result<()> {
+        self.fd.get_ref().set_multicast_if_v4(&source)
+    }
+
+    /// A packet already queued on the socket, without waiting: `None` when
+    /// there is none.
+    pub fn try_recv(&self, buf: &mut [u8]) -> Option<usize> {
+        // SAFETY: as in `recv`.
+        let uninit = unsafe { &mut *(buf as *mut [u8] as *mut [MaybeUninit<u8>]) };
+        self.fd.get_ref().recv(uninit).ok()
+    }
+
     /// Receives one whole IPv4 packet (raw IPv4 sockets deliver the header).
     pub async fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
         loop {

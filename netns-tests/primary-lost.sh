@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# primary-lost.sh (issue 8 §0.3): the master's own address is deleted. It
+# cannot advertise, so it goes to fault and releases the VIP; the backup
+# takes over, and the VIP is on exactly one node. When the address is back,
+# the old master starts again as backup and (preempt on, higher priority)
+# takes the VIP back: one holder throughout, never two.
+source "$(dirname "$0")/lib.sh"
+need_root
+[[ $IMPL == vipd ]] && need_vipd
+
+INTERVAL=100ms
+MARGIN_MS=${MARGIN_MS:-300}
+mdi=$(mdi_ms 100 $INTERVAL)
+topo_up lb1 lb2 client
+start_pair $INTERVAL
+
+# Watch the holders from here on (a sample every 20 ms plus the look-up).
+(
+    for ((i = 0; i < 400; i++)); do
+        echo "$(now_ms) $(vip_holder)"
+        sleep 0.02
+    done
+) >"$WORK/holders" 2>/dev/null &
+watcher=$!
+EXTRA_PIDS+=("$watcher")
+
+t0=$(now_ms)
+ip -n "$(ns lb1)" addr del "${HOST_IP[lb1]}/24" dev eth0
+wait_for 2000 state_is lb1 fault || fail "lb1 lost its own address but is $(node_state lb1), want fault"
+wait_for "$((${mdi%.*} + MARGIN_MS + 1000))" state_is lb2 master || fail "lb2 did not take over: $(node_state lb2)"
+took=$(($(now_ms) - t0))
+wait_for 1000 holder_is lb2 || fail "VIP on '$(vip_holder)' after lb1 lost its address, want lb2 only"
+[[ $IMPL != vipd ]] || vipd_field lb1 .last_reason | grep -q "no address" || fail "lb1's /status does not say why it is in fault"
+ns_exec client ping -c 1 -W 1 "$VIP" >/dev/null || fail "client cannot reach the VIP on lb2"
+
+ip -n "$(ns lb1)" addr add "${HOST_IP[lb1]}/24" dev eth0
+wait_for 5000 pair_settled lb1 lb2 ||
+    fail "address back on lb1: lb1=$(node_state lb1) lb2=$(node_state lb2) VIP on '$(vip_holder)', want lb1 master"
+ns_exec client ping -c 1 -W 1 "$VIP" >/dev/null || fail "client cannot reach the VIP on lb1 again"
+sleep 0.3
+stop_pid "$watcher" TERM 1000 >/dev/null 2>&1 || true
+two=$(grep -c 'lb1 lb2' "$WORK/holders" || true)
+((two == 0)) || fail "the VIP was on both nodes in $two samples"
+# "none" is expected only between lb1's fault and lb2's takeover.
+none_ms=$(awk 'none { n += $1 - t } { t = $1; none = ($2 == "none") } END { print n + 0 }' "$WORK/holders")
+((none_ms <= ${mdi%.*} + MARGIN_MS + 200)) || fail "the VIP was on no node for about $none_ms ms in all"
+pass "lb1 to fault on losing its address, lb2 master ${took} ms later; lb1 master again once its address was back; never two holders; no holder for ~${none_ms} ms"
