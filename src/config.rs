@@ -11,7 +11,9 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::proxy::balance::Algorithm;
+use crate::vrrp::notify::Hooks;
 use crate::vrrp::packet::{Centiseconds, ChecksumForm, Version};
+use crate::vrrp::track::{ScriptSpec, TrackerSpec, Watched};
 
 /// A position in the config file, 1-based.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -54,6 +56,9 @@ pub struct Config {
     pub vrrp: Vec<VrrpConfig>,
     /// HTTP load-balancing listeners.
     pub http: Vec<HttpConfig>,
+    /// Check scripts that trackers name: `[[track_script]]` and those
+    /// defined inline in a `track_scripts` entry.
+    pub scripts: Vec<ScriptSpec>,
 }
 
 /// One `[[http]]` listener and its backend pool.
@@ -185,6 +190,10 @@ pub struct VrrpConfig {
     /// waiting for the new master's first advert (make-before-break);
     /// `None` = Master_Down_Interval.
     pub release_timeout: Option<Duration>,
+    /// What lowers the priority (or means Fault) while it fails.
+    pub trackers: Vec<TrackerSpec>,
+    /// Commands run on state changes.
+    pub notify: Hooks,
 }
 
 const DEFAULT_CONTROL: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9090);
@@ -197,6 +206,36 @@ struct RawConfig {
     vrrp: Vec<RawVrrp>,
     #[serde(default)]
     http: Vec<RawHttp>,
+    #[serde(default)]
+    track_script: Vec<Spanned<RawScript>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScript {
+    name: String,
+    command: Option<Vec<String>>,
+    interval: Option<String>,
+    timeout: Option<String>,
+    rise: Option<i64>,
+    fall: Option<i64>,
+    /// Only in a `track_scripts` entry.
+    weight: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTrackHttp {
+    listener: String,
+    min_healthy: Option<i64>,
+    weight: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTrackInterface {
+    name: String,
+    weight: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -265,6 +304,18 @@ struct RawVrrp {
     garp_repeat_delay: Option<Spanned<String>>,
     v3_checksum_pseudo_header: Option<bool>,
     release_timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    track_http: Vec<Spanned<RawTrackHttp>>,
+    #[serde(default)]
+    track_interfaces: Vec<Spanned<RawTrackInterface>>,
+    #[serde(default)]
+    track_scripts: Vec<Spanned<RawScript>>,
+    notify: Option<Spanned<Vec<String>>>,
+    notify_master: Option<Spanned<Vec<String>>>,
+    notify_backup: Option<Spanned<Vec<String>>>,
+    notify_fault: Option<Spanned<Vec<String>>>,
+    notify_stop: Option<Spanned<Vec<String>>>,
+    notify_timeout: Option<Spanned<String>>,
 }
 
 /// Reads and validates a config file.
@@ -290,10 +341,26 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
             .parse()
             .map_err(|_| invalid(l.span(), format!("control.listen = {:?}: expected ADDRESS:PORT", l.get_ref())))?,
     };
+    let mut scripts = Vec::new();
+    for s in &raw.track_script {
+        let spec = script(s.get_ref(), s.span(), "track_script", &invalid)?;
+        if s.get_ref().weight.is_some() {
+            return Err(invalid(
+                s.span(),
+                format!("track_script {:?}: weight belongs in each track_scripts entry", spec.name),
+            ));
+        }
+        if scripts.iter().any(|o: &ScriptSpec| o.name == spec.name) {
+            return Err(invalid(s.span(), format!("track_script {:?} is defined twice", spec.name)));
+        }
+        scripts.push(spec);
+    }
     let mut vrrp = Vec::new();
+    let mut listener_refs = Vec::new();
     let mut seen: HashMap<(String, u8), String> = HashMap::new();
     for r in raw.vrrp {
-        let v = validate_vrrp(r, &invalid, text)?;
+        listener_refs.extend(r.track_http.iter().map(|t| (t.get_ref().listener.clone(), t.span())));
+        let v = validate_vrrp(r, &invalid, text, &mut scripts)?;
         if let Some(other) = seen.insert((v.interface.clone(), v.vrid), v.name.clone()) {
             return Err(ConfigError::Invalid {
                 path: path.to_path_buf(),
@@ -318,16 +385,25 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         }
         http.push(h);
     }
+    for (listener, span) in listener_refs {
+        if !http.iter().any(|h| h.name == listener) {
+            return Err(invalid(
+                span,
+                format!("vrrp.track_http: listener {listener:?} is not the name of an [[http]] section"),
+            ));
+        }
+    }
     if vrrp.is_empty() && http.is_empty() {
         return Err(invalid(0..0, "nothing to do: no [[vrrp]] and no [[http]] section".to_string()));
     }
-    Ok(Config { control: ControlConfig { listen }, vrrp, http })
+    Ok(Config { control: ControlConfig { listen }, vrrp, http, scripts })
 }
 
 fn validate_vrrp(
     r: RawVrrp,
     invalid: &impl Fn(Range<usize>, String) -> ConfigError,
     text: &str,
+    scripts: &mut Vec<ScriptSpec>,
 ) -> Result<VrrpConfig, ConfigError> {
     let name = r.name.get_ref().clone();
     if name.is_empty() {
@@ -404,7 +480,104 @@ fn validate_vrrp(
     if virtual_ips.len() > 64 {
         return Err(invalid(r.virtual_ips.span(), "vrrp.virtual_ips: at most 64 addresses".into()));
     }
+    let weight = |w: Option<i64>, span: Range<usize>, key: &str| -> Result<u8, ConfigError> {
+        let w = w.unwrap_or(0);
+        u8::try_from(w)
+            .ok()
+            .filter(|w| *w <= 253)
+            .ok_or_else(|| invalid(span, format!("{key}: weight {w}: must be 0..=253 (0 = fault while it fails)")))
+    };
+    let mut trackers = Vec::new();
+    for t in &r.track_http {
+        let raw = t.get_ref();
+        let min_healthy = raw.min_healthy.unwrap_or(1);
+        if !(1..=1000).contains(&min_healthy) {
+            return Err(invalid(t.span(), format!("vrrp.track_http: min_healthy {min_healthy}: must be 1..=1000")));
+        }
+        trackers.push(TrackerSpec {
+            watched: Watched::Http { listener: raw.listener.clone(), min_healthy: min_healthy as usize },
+            weight: weight(raw.weight, t.span(), "vrrp.track_http")?,
+        });
+    }
+    for t in &r.track_interfaces {
+        let raw = t.get_ref();
+        if raw.name.is_empty() || raw.name.len() > 15 || raw.name.contains(['/', ' ']) {
+            return Err(invalid(
+                t.span(),
+                format!("vrrp.track_interfaces: {:?}: not a valid interface name", raw.name),
+            ));
+        }
+        if raw.name == *iface {
+            return Err(invalid(
+                t.span(),
+                format!(
+                    "vrrp.track_interfaces: {:?} is the instance's own interface (down is fault already)",
+                    raw.name
+                ),
+            ));
+        }
+        trackers.push(TrackerSpec {
+            watched: Watched::Interface { name: raw.name.clone() },
+            weight: weight(raw.weight, t.span(), "vrrp.track_interfaces")?,
+        });
+    }
+    for t in &r.track_scripts {
+        let raw = t.get_ref();
+        if raw.command.is_some() {
+            // Defined here: shared with whoever else names it.
+            let spec = script(raw, t.span(), "vrrp.track_scripts", invalid)?;
+            match scripts.iter().find(|o| o.name == spec.name) {
+                Some(o) if *o != spec => {
+                    return Err(invalid(
+                        t.span(),
+                        format!("vrrp.track_scripts: script {:?} is defined differently elsewhere", spec.name),
+                    ))
+                }
+                Some(_) => {}
+                None => scripts.push(spec),
+            }
+        } else if raw.interval.is_some() || raw.timeout.is_some() || raw.rise.is_some() || raw.fall.is_some() {
+            return Err(invalid(
+                t.span(),
+                format!("vrrp.track_scripts: {:?}: interval, timeout, rise and fall go with a command", raw.name),
+            ));
+        } else if !scripts.iter().any(|o| o.name == raw.name) {
+            return Err(invalid(
+                t.span(),
+                format!(
+                    "vrrp.track_scripts: {:?}: no command and no [[track_script]] of that name (define it above)",
+                    raw.name
+                ),
+            ));
+        }
+        trackers.push(TrackerSpec {
+            watched: Watched::Script { name: raw.name.clone() },
+            weight: weight(raw.weight, t.span(), "vrrp.track_scripts")?,
+        });
+    }
+    if priority == 255 && !trackers.is_empty() {
+        return Err(invalid(
+            r.priority.span(),
+            "vrrp.priority = 255: the address owner is never lowered; remove its trackers or lower its priority".into(),
+        ));
+    }
+    let hook = |h: &Option<Spanned<Vec<String>>>, key: &str| -> Result<Option<Vec<String>>, ConfigError> {
+        h.as_ref().map(|c| command(c.get_ref(), c.span(), key, invalid)).transpose()
+    };
+    let notify = Hooks {
+        any: hook(&r.notify, "vrrp.notify")?,
+        master: hook(&r.notify_master, "vrrp.notify_master")?,
+        backup: hook(&r.notify_backup, "vrrp.notify_backup")?,
+        fault: hook(&r.notify_fault, "vrrp.notify_fault")?,
+        stop: hook(&r.notify_stop, "vrrp.notify_stop")?,
+        timeout: match &r.notify_timeout {
+            None => Duration::from_secs(10),
+            Some(s) => duration(s, "vrrp.notify_timeout", invalid)?,
+        },
+    };
     Ok(VrrpConfig {
+        trackers,
+        notify,
         name,
         interface: iface.clone(),
         interface_at: locate(text, r.interface.span().start),
@@ -524,6 +697,65 @@ fn validate_http(
         eject_after,
         eject_cooldown,
     })
+}
+
+/// A check script's definition (`[[track_script]]` or inline).
+fn script(
+    raw: &RawScript,
+    span: Range<usize>,
+    key: &str,
+    invalid: &impl Fn(Range<usize>, String) -> ConfigError,
+) -> Result<ScriptSpec, ConfigError> {
+    if raw.name.is_empty() {
+        return Err(invalid(span, format!("{key}: name must not be empty")));
+    }
+    let Some(cmd) = &raw.command else {
+        return Err(invalid(span, format!("{key} {:?}: command is missing", raw.name)));
+    };
+    let time = |v: &Option<String>, what: &str, default: Duration| -> Result<Duration, ConfigError> {
+        let Some(v) = v else { return Ok(default) };
+        parse_duration(v).ok().filter(|d| !d.is_zero()).ok_or_else(|| {
+            invalid(span.clone(), format!("{key} {:?}: {what} = {v:?}: expected a duration above 0", raw.name))
+        })
+    };
+    let count = |v: Option<i64>, what: &str, default: i64| -> Result<u32, ConfigError> {
+        let n = v.unwrap_or(default);
+        if (1..=100).contains(&n) {
+            Ok(n as u32)
+        } else {
+            Err(invalid(span.clone(), format!("{key} {:?}: {what} = {n}: must be 1..=100", raw.name)))
+        }
+    };
+    Ok(ScriptSpec {
+        name: raw.name.clone(),
+        command: command(cmd, span.clone(), key, invalid)?,
+        interval: time(&raw.interval, "interval", Duration::from_secs(2))?,
+        timeout: time(&raw.timeout, "timeout", Duration::from_secs(1))?,
+        rise: count(raw.rise, "rise", 2)?,
+        fall: count(raw.fall, "fall", 3)?,
+    })
+}
+
+/// A command as an argument list, run without a shell: its program must
+/// exist now (a path, or a name found in PATH).
+fn command(
+    cmd: &[String],
+    span: Range<usize>,
+    key: &str,
+    invalid: &impl Fn(Range<usize>, String) -> ConfigError,
+) -> Result<Vec<String>, ConfigError> {
+    let Some(program) = cmd.first().filter(|p| !p.is_empty()) else {
+        return Err(invalid(span, format!("{key}: the command is empty")));
+    };
+    let found = if program.contains('/') {
+        Path::new(program).is_file()
+    } else {
+        std::env::var_os("PATH").is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(program).is_file()))
+    };
+    if !found {
+        return Err(invalid(span, format!("{key}: program {program:?} not found")));
+    }
+    Ok(cmd.to_vec())
 }
 
 /// A duration value; `key` is the full key for the message.
@@ -733,6 +965,52 @@ rise = 3
         ));
         assert!(e.contains("already used by [[http]] \"web\""), "{e}");
         assert!(err("").contains("nothing to do"));
+    }
+
+    #[test]
+    fn trackers_and_hooks() {
+        let text = format!(
+            "{}{HTTP}\n[[track_script]]\nname = \"db\"\ncommand = [\"/bin/true\"]\ninterval = \"1s\"\n",
+            with(
+                "track_http = [{ listener = \"web\", min_healthy = 2, weight = 60 }]\n\
+                 track_interfaces = [{ name = \"eth1\", weight = 50 }]\n\
+                 track_scripts = [{ name = \"db\", weight = 30 }, { name = \"up\", command = [\"true\", \"x\"] }]\n\
+                 notify = [\"/bin/true\"]\nnotify_master = [\"/bin/true\", \"m\"]\nnotify_timeout = \"3s\""
+            )
+        );
+        let c = parse(&text, Path::new("t.toml")).expect("valid");
+        let v = &c.vrrp[0];
+        assert_eq!(v.trackers.len(), 4);
+        assert_eq!(
+            v.trackers[0],
+            TrackerSpec { watched: Watched::Http { listener: "web".into(), min_healthy: 2 }, weight: 60 }
+        );
+        assert_eq!(v.trackers[3], TrackerSpec { watched: Watched::Script { name: "up".into() }, weight: 0 });
+        assert_eq!(c.scripts.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["db", "up"]);
+        assert_eq!((c.scripts[0].interval, c.scripts[0].rise, c.scripts[0].fall), (Duration::from_secs(1), 2, 3));
+        assert_eq!(v.notify.master, Some(vec!["/bin/true".to_string(), "m".into()]));
+        assert_eq!(v.notify.timeout, Duration::from_secs(3));
+        assert!(v.notify.backup.is_none());
+    }
+
+    #[test]
+    fn tracker_errors_name_key_and_line() {
+        let e = err(&with("track_http = [{ listener = \"nope\" }]"));
+        assert!(e.starts_with("t.toml:10:") && e.contains("listener \"nope\" is not the name"), "{e}");
+        let e = err(&GOOD.replace("priority = 150", "priority = 255\ntrack_interfaces = [{ name = \"eth1\" }]"));
+        assert!(e.starts_with("t.toml:9:12:") && e.contains("owner is never lowered"), "{e}");
+        let e = err(&with("track_scripts = [{ name = \"x\", command = [\"/no/such/check\"] }]"));
+        assert!(e.starts_with("t.toml:10:") && e.contains("program \"/no/such/check\" not found"), "{e}");
+        let e = err(&with("track_scripts = [{ name = \"db\", weight = 30 }]"));
+        assert!(e.contains("no command and no [[track_script]]"), "{e}");
+        let e = err(&with("track_interfaces = [{ name = \"eth1\", weight = 254 }]"));
+        assert!(e.contains("weight 254: must be 0..=253"), "{e}");
+        let e = err(&with("track_interfaces = [{ name = \"eth0\" }]"));
+        assert!(e.contains("own interface"), "{e}");
+        let e = err(&with("notify = []"));
+        assert!(e.contains("vrrp.notify: the command is empty"), "{e}");
+        let e = err(&with("track_scripts = [{ name = \"x\", command = [\"true\"], timeout = \"0s\" }]"));
+        assert!(e.contains("timeout = \"0s\""), "{e}");
     }
 
     #[test]

@@ -122,6 +122,32 @@ pub fn metrics(status: &Status) -> String {
         }),
     );
     family(
+        "vipd_vrrp_effective_priority",
+        "gauge",
+        "Priority after tracking: what the instance advertises.",
+        &mut status.vrrp.iter().map(|s| (id(s), u64::from(s.effective_priority))),
+    );
+    family(
+        "vipd_vrrp_tracker_failing",
+        "gauge",
+        "1 while the tracker fails.",
+        &mut status.vrrp.iter().flat_map(|s| {
+            s.trackers
+                .iter()
+                .map(move |t| (format!("{},tracker=\"{}:{}\"", id(s), t.kind, escape(&t.name)), u64::from(t.failing)))
+        }),
+    );
+    family(
+        "vipd_notify_runs_total",
+        "counter",
+        "Notify hook runs by state and result.",
+        &mut status.vrrp.iter().flat_map(|s| {
+            s.notify_runs.iter().map(move |r| {
+                (format!("instance=\"{}\",state=\"{}\",result=\"{}\"", escape(&s.name), r.state, r.result), r.runs)
+            })
+        }),
+    );
+    family(
         "vipd_vrrp_transitions_total",
         "counter",
         "State changes since start.",

@@ -20,6 +20,9 @@ use crate::proxy::backends::Pool;
 use crate::proxy::server::{self, Listener, Proxy};
 use crate::vrrp::fsm::skew_and_master_down;
 use crate::vrrp::instance::{DrainGate, Instance, Stats};
+use crate::vrrp::notify::HookQueue;
+use crate::vrrp::probe::{self, TrackShared};
+use crate::vrrp::track::{ScriptSpec, Trackers, Watched};
 
 /// Longest a resigning master keeps its VIPs for requests in flight.
 const VIP_HOLD_MAX: Duration = Duration::from_secs(1);
@@ -72,7 +75,22 @@ pub fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         Some(Proxy::start(listeners).context("starting the HTTP proxy")?)
     };
 
-    let stats: Vec<Arc<Stats>> = config.vrrp.iter().map(|c| Arc::new(Stats::new(c))).collect();
+    let tracking: Vec<Option<Arc<TrackShared>>> = config
+        .vrrp
+        .iter()
+        .map(|c| (!c.trackers.is_empty()).then(|| TrackShared::new(Trackers::new(c.priority, c.trackers.clone()))))
+        .collect();
+    let stats: Vec<Arc<Stats>> =
+        config.vrrp.iter().zip(&tracking).map(|(c, t)| Arc::new(Stats::new(c, t.clone()))).collect();
+    // Check scripts and notify hooks run here, never on the VRRP thread.
+    let probe_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("probe")
+        .enable_all()
+        .build()
+        .context("starting the probe runtime")?;
+    let probes =
+        Probes { runtime: probe_rt.handle().clone(), tracking, pools: pools.clone(), scripts: config.scripts.clone() };
     // A resigning master may wait for its successor up to its release timeout.
     let vrrp_grace = config
         .vrrp
@@ -98,7 +116,9 @@ pub fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
                 .enable_all()
                 .build()
                 .context("starting the VRRP runtime")
-                .map(|rt| rt.block_on(run_vrrp(vrrp_config, vrrp_stats, path, shutdown_rx, ready_tx.clone(), drain)));
+                .map(|rt| {
+                    rt.block_on(run_vrrp(vrrp_config, vrrp_stats, probes, path, shutdown_rx, ready_tx.clone(), drain))
+                });
             if let Err(e) = result {
                 let _ = ready_tx.send(Err(e));
             }
@@ -137,8 +157,19 @@ pub fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         info!("draining HTTP connections");
         proxy.shutdown();
     }
+    probe_rt.shutdown_background();
     info!("stopped");
     signal_result
+}
+
+/// What the VRRP side hands to the probe runtime: trackers to feed, where
+/// they look, and the runtime that runs scripts and hooks.
+struct Probes {
+    runtime: tokio::runtime::Handle,
+    /// Per instance, in config order.
+    tracking: Vec<Option<Arc<TrackShared>>>,
+    pools: Vec<Arc<Pool>>,
+    scripts: Vec<ScriptSpec>,
 }
 
 /// The signals that stop (or would reload) the daemon.
@@ -174,6 +205,7 @@ impl StopSignals {
 async fn run_vrrp(
     configs: Vec<VrrpConfig>,
     stats: Vec<Arc<Stats>>,
+    probes: Probes,
     path: PathBuf,
     shutdown: watch::Receiver<bool>,
     ready: mpsc::Sender<anyhow::Result<()>>,
@@ -193,6 +225,19 @@ async fn run_vrrp(
         .iter()
         .map(|c| link_senders.entry(c.interface.clone()).or_insert_with(|| watch::channel(true).0).subscribe())
         .collect();
+    // Tracked interfaces too; the probe reads each one's state itself.
+    let tracked_links: HashMap<String, watch::Receiver<bool>> = configs
+        .iter()
+        .flat_map(|c| c.trackers.iter())
+        .filter_map(|t| match &t.watched {
+            Watched::Interface { name } => Some(name.clone()),
+            _ => None,
+        })
+        .map(|name| {
+            let rx = link_senders.entry(name.clone()).or_insert_with(|| watch::channel(false).0).subscribe();
+            (name, rx)
+        })
+        .collect();
     if let Err(e) = watch_links(link_senders) {
         let _ = ready.send(Err(anyhow!(e).context("subscribing to link changes")));
         return;
@@ -207,13 +252,33 @@ async fn run_vrrp(
         .iter()
         .map(|c| configs.iter().filter(|o| o.interface == c.interface && o.vrid != c.vrid).map(|o| o.vrid).collect())
         .collect();
+    let tracked: Vec<(String, Arc<TrackShared>)> = configs
+        .iter()
+        .zip(&probes.tracking)
+        .filter_map(|(c, t)| t.as_ref().map(|t| (c.name.clone(), Arc::clone(t))))
+        .collect();
+    probe::start(
+        &probes.runtime,
+        &tracked,
+        &probe::Sources { pools: &probes.pools, links: &tracked_links, scripts: &probes.scripts },
+    );
     let mut instances = Vec::new();
-    for (((cfg, st), link), siblings) in configs.into_iter().zip(stats).zip(link_receivers).zip(siblings) {
+    let each = configs.into_iter().zip(stats).zip(link_receivers).zip(siblings).zip(probes.tracking);
+    for ((((cfg, st), link), siblings), tracking) in each {
         let at = cfg.interface_at;
         let (name, iface) = (cfg.name.clone(), cfg.interface.clone());
+        let hooks = (!cfg.notify.is_empty()).then(|| {
+            HookQueue::start(&probes.runtime, cfg.name.clone(), cfg.notify.timeout, Arc::clone(&st.notify_runs))
+        });
         match Instance::prepare(cfg, netlink.clone(), link, addr_events.subscribe(), st).await {
             Ok(mut i) => {
                 i.set_siblings(siblings);
+                if let Some(t) = tracking {
+                    i.set_tracking(t);
+                }
+                if let Some(h) = hooks {
+                    i.set_hooks(h);
+                }
                 instances.push(i);
             }
             Err(e) => {

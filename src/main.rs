@@ -96,14 +96,15 @@ fn status(control: SocketAddr, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     let v: serde_json::Value = serde_json::from_str(body).context("parsing /status")?;
-    let row = |cols: [&str; 8]| {
+    let row = |cols: [&str; 9]| {
         println!(
-            "{:<12} {:<10} {:>5} {:<7} {:>4} {:<16} {:>6}  {}",
-            cols[0], cols[1], cols[2], cols[3], cols[4], cols[5], cols[6], cols[7]
+            "{:<12} {:<10} {:>5} {:<7} {:>4} {:>4} {:<16} {:>6}  {}",
+            cols[0], cols[1], cols[2], cols[3], cols[4], cols[5], cols[6], cols[7], cols[8]
         )
     };
-    row(["NAME", "IFACE", "VRID", "STATE", "PRIO", "MASTER", "TRANS", "LAST REASON"]);
-    for i in v["vrrp"].as_array().into_iter().flatten() {
+    row(["NAME", "IFACE", "VRID", "STATE", "PRIO", "EFF", "MASTER", "TRANS", "LAST REASON"]);
+    let instances = v["vrrp"].as_array().map_or(&[][..], |a| a.as_slice());
+    for i in instances {
         let text = |k: &str| i[k].as_str().unwrap_or("-").to_string();
         let num = |k: &str| i[k].as_u64().map_or_else(|| "-".to_string(), |n| n.to_string());
         row([
@@ -112,10 +113,19 @@ fn status(control: SocketAddr, json: bool) -> anyhow::Result<()> {
             &num("vrid"),
             &text("state"),
             &num("priority"),
+            &num("effective_priority"),
             &text("master_ip"),
             &num("transitions"),
             &text("last_reason"),
         ]);
+    }
+    // How the trackers made each effective priority.
+    for i in instances.iter().filter(|i| i["trackers"].as_array().is_some_and(|t| !t.is_empty())) {
+        println!(
+            "  {}: priority {}",
+            i["name"].as_str().unwrap_or("-"),
+            i["priority_explanation"].as_str().unwrap_or("-")
+        );
     }
     let listeners = v["http"].as_array().map_or(&[][..], |a| a.as_slice());
     if !listeners.is_empty() {

@@ -4,12 +4,12 @@
 //! (`idle`).
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use super::balance::Selector;
 use crate::config::HttpConfig;
@@ -77,13 +77,38 @@ pub struct Pool {
     backends: Vec<Backend>,
     selector: Selector,
     epoch: Instant,
+    /// Workers serving this listener now.
+    serving: AtomicUsize,
+    /// What trackers of this listener see, published on every change.
+    health: watch::Sender<Health>,
+}
+
+/// How many of a listener's backends can take requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Health {
+    /// Available: healthy by the checks and not ejected; 0 while no
+    /// worker serves the listener.
+    pub healthy: usize,
+    /// Configured.
+    pub total: usize,
+}
+
+/// Counts one worker as serving a pool's listener while it lives.
+#[derive(Debug)]
+pub struct Serving(Arc<Pool>);
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        self.0.serving.fetch_sub(1, Ordering::Relaxed);
+        self.0.publish_health();
+    }
 }
 
 impl Pool {
     /// Builds the set from the config; every backend starts healthy.
     pub fn new(config: HttpConfig) -> Arc<Self> {
         let weights: Vec<u32> = config.backends.iter().map(|b| b.weight).collect();
-        let backends = config
+        let backends: Vec<Backend> = config
             .backends
             .iter()
             .map(|b| Backend {
@@ -98,7 +123,15 @@ impl Pool {
                 failures: AtomicU64::new(0),
             })
             .collect();
-        Arc::new(Pool { selector: Selector::new(config.balance, &weights), config, backends, epoch: Instant::now() })
+        let total = backends.len();
+        Arc::new(Pool {
+            selector: Selector::new(config.balance, &weights),
+            config,
+            backends,
+            epoch: Instant::now(),
+            serving: AtomicUsize::new(0),
+            health: watch::channel(Health { healthy: 0, total }).0,
+        })
     }
 
     /// The backends, in config order.
@@ -126,7 +159,9 @@ impl Pool {
             return true;
         }
         if self.config.health.is_none() && self.cooldown_over(b) {
-            b.ejected.store(false, Ordering::Relaxed);
+            if b.ejected.swap(false, Ordering::Relaxed) {
+                self.publish_health();
+            }
             return true;
         }
         false
@@ -198,6 +233,7 @@ impl Pool {
         let limit = self.config.eject_after;
         if limit != 0 && streak >= limit && !b.ejected.swap(true, Ordering::Relaxed) {
             b.ejected_at_ms.store(self.now_ms(), Ordering::Relaxed);
+            self.publish_health();
             return true;
         }
         false
@@ -208,6 +244,7 @@ impl Pool {
         if let Some(b) = self.backends.get(i) {
             b.active_healthy.store(healthy, Ordering::Relaxed);
         }
+        self.publish_health();
     }
 
     /// A check of `i` passed: an ejected backend whose cool-down is over
@@ -217,9 +254,38 @@ impl Pool {
         if b.ejected.load(Ordering::Relaxed) && self.cooldown_over(b) {
             b.consecutive_failures.store(0, Ordering::Relaxed);
             b.ejected.store(false, Ordering::Relaxed);
+            self.publish_health();
             return true;
         }
         false
+    }
+
+    /// A worker starts serving this listener; it counts until the guard drops.
+    pub fn serving(self: &Arc<Self>) -> Serving {
+        self.serving.fetch_add(1, Ordering::Relaxed);
+        self.publish_health();
+        Serving(Arc::clone(self))
+    }
+
+    /// Backends that can take requests now; 0 with no worker serving.
+    pub fn health(&self) -> Health {
+        let total = self.backends.len();
+        if self.serving.load(Ordering::Relaxed) == 0 {
+            return Health { healthy: 0, total };
+        }
+        Health { healthy: (0..total).filter(|&i| self.is_available(i)).count(), total }
+    }
+
+    /// Follows [`Pool::health`]: every change is published at once.
+    pub fn watch_health(&self) -> watch::Receiver<Health> {
+        self.health.subscribe()
+    }
+
+    /// Publishes [`Pool::health`] if it changed. Also call it now and then:
+    /// without active checks an ejected backend returns only when looked at.
+    pub fn publish_health(&self) {
+        let now = self.health();
+        self.health.send_if_modified(|h| std::mem::replace(h, now) != now);
     }
 
     /// Requests being served by any backend of this pool.

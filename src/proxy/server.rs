@@ -107,7 +107,11 @@ impl Proxy {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let stop_rx = stop_rx.clone();
             let done_tx = done_tx.clone();
+            // Counted from here, so trackers never see a started listener
+            // without workers; uncounted when the thread ends, however.
+            let serving: Vec<_> = jobs.iter().map(|(pool, _, _)| pool.serving()).collect();
             std::thread::Builder::new().name(format!("proxy-{w}")).spawn(move || {
+                let _serving = serving;
                 rt.block_on(async move {
                     let mut tasks = Vec::new();
                     for (pool, socket, limit) in jobs {

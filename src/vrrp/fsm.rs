@@ -18,10 +18,10 @@ pub const PRIORITY_RESIGN: u8 = 0;
 
 /// Why an instance goes to Fault.
 fn fault_reason(event: Event) -> Reason {
-    if event == Event::NoAddress {
-        Reason::NoAddress
-    } else {
-        Reason::LinkDown
+    match event {
+        Event::NoAddress => Reason::NoAddress,
+        Event::TrackerFault => Reason::TrackerFault,
+        _ => Reason::LinkDown,
     }
 }
 
@@ -83,6 +83,10 @@ pub enum Reason {
     NoAddress,
     /// An address to send adverts from is back.
     AddressBack,
+    /// A tracker of weight 0 fails.
+    TrackerFault,
+    /// No tracker of weight 0 fails any more.
+    TrackersOk,
 }
 
 impl fmt::Display for Reason {
@@ -104,6 +108,8 @@ impl fmt::Display for Reason {
             Reason::LinkUp => f.write_str("interface up"),
             Reason::NoAddress => f.write_str("no address to send adverts from"),
             Reason::AddressBack => f.write_str("an address to send adverts from is back"),
+            Reason::TrackerFault => f.write_str("a tracker of weight 0 fails"),
+            Reason::TrackersOk => f.write_str("trackers pass again"),
         }
     }
 }
@@ -133,6 +139,10 @@ pub enum Event {
     NoAddress,
     /// The interface has an address of its own again (and is up).
     AddressBack,
+    /// A weightless tracker fails (keepalived's weight-0 tracking).
+    TrackerFault,
+    /// Every weightless tracker passes again (and the interface is usable).
+    TrackersOk,
 }
 
 /// Outputs of the state machine, executed in order by the instance.
@@ -289,7 +299,7 @@ impl Fsm {
                 self.transition(State::Initialize, Reason::Shutdown);
             }
             (State::Initialize, Event::Shutdown) => {}
-            (State::Master, Event::LinkDown | Event::NoAddress) => {
+            (State::Master, Event::LinkDown | Event::NoAddress | Event::TrackerFault) => {
                 // Adverts cannot leave a dead link, so there is no priority 0
                 // to send; the addresses go so no other interface answers.
                 self.cancel_timers();
@@ -297,18 +307,25 @@ impl Fsm {
                 self.actions.push_back(Action::ReleaseVips);
                 self.transition(State::Fault, fault_reason(event));
             }
-            (State::Backup | State::Initialize, Event::LinkDown | Event::NoAddress) => {
+            (State::Backup | State::Initialize, Event::LinkDown | Event::NoAddress | Event::TrackerFault) => {
                 self.cancel_timers();
                 self.master_ip = None;
                 self.transition(State::Fault, fault_reason(event));
             }
-            (State::Fault, Event::LinkUp | Event::AddressBack) => {
-                let reason = if event == Event::LinkUp { Reason::LinkUp } else { Reason::AddressBack };
+            (State::Fault, Event::LinkUp | Event::AddressBack | Event::TrackersOk) => {
+                let reason = match event {
+                    Event::LinkUp => Reason::LinkUp,
+                    Event::AddressBack => Reason::AddressBack,
+                    _ => Reason::TrackersOk,
+                };
                 self.transition(State::Initialize, reason);
                 self.startup(now);
             }
-            (State::Fault, Event::LinkDown | Event::NoAddress | Event::Startup)
-            | (State::Initialize | State::Backup | State::Master, Event::LinkUp | Event::AddressBack) => {}
+            (State::Fault, Event::LinkDown | Event::NoAddress | Event::TrackerFault | Event::Startup)
+            | (
+                State::Initialize | State::Backup | State::Master,
+                Event::LinkUp | Event::AddressBack | Event::TrackersOk,
+            ) => {}
         }
     }
 
@@ -318,6 +335,19 @@ impl Fsm {
         self.params.primary_ip = ip;
         if self.state == State::Master {
             self.master_ip = Some(ip);
+        }
+    }
+
+    /// The effective priority changed (trackers). A master says so at once
+    /// in an advert; a backup uses it from its next timer on (Skew_Time
+    /// and Master_Down_Interval depend on it).
+    pub fn set_priority(&mut self, now: Instant, priority: u8) {
+        if priority == self.params.priority {
+            return;
+        }
+        self.params.priority = priority;
+        if self.state == State::Master && !self.is_resigning() {
+            self.send_advert(now);
         }
     }
 
@@ -445,6 +475,17 @@ impl Fsm {
         } else {
             // Discard: the timer keeps running and we take over when it fires.
             self.master_down_reason = Reason::Preempted { priority, from: source };
+            // Not in the RFC: the master we followed is now below us (its
+            // trackers lowered it, or ours rose). Waiting out its last
+            // Master_Down_Interval serves no one: take over after
+            // Skew_Time, as if it had resigned.
+            if self.master_ip == Some(source) {
+                let (skew, _) = self.skew_and_master_down();
+                let soon = now + skew;
+                if self.master_down_timer.is_none_or(|t| t > soon) {
+                    self.master_down_timer = Some(soon);
+                }
+            }
         }
     }
 
@@ -917,6 +958,58 @@ mod tests {
         }
         let announces = drain(&mut f).iter().filter(|a| **a == Action::Announce).count();
         assert_eq!(announces, 1);
+    }
+
+    #[test]
+    fn a_masters_new_priority_goes_out_at_once() {
+        let t0 = Instant::now();
+        let mut f = master(150, t0);
+        f.set_priority(t0 + ms(5000), 90);
+        assert_eq!(drain(&mut f), vec![Action::SendAdvert { priority: 90 }]);
+        // The rhythm restarts from that advert.
+        assert_eq!(f.poll_timeout(), Some(t0 + ms(5000) + ms(1000)));
+        f.set_priority(t0 + ms(5100), 90);
+        assert!(drain(&mut f).is_empty(), "no change, no advert");
+    }
+
+    #[test]
+    fn a_followed_master_falling_below_us_is_preempted_after_skew_time() {
+        let t0 = Instant::now();
+        let mut f = backup(100, t0);
+        // Following a 150 master...
+        f.handle(t0 + ms(1000), advert(PEER_HIGH, 150));
+        // ...whose trackers take it to 90: take over after Skew_Time
+        // (256-100)/256 s, not its whole Master_Down_Interval.
+        let at = t0 + ms(2000);
+        f.handle(at, advert(PEER_HIGH, 90));
+        let (skew, mdi) = f.skew_and_master_down();
+        assert!(skew < mdi);
+        assert_eq!(f.poll_timeout(), Some(at + skew));
+        f.handle_timeout(at + skew);
+        assert_eq!(f.state(), State::Master);
+        // A lower master never followed (just started) waits the whole interval.
+        let mut g = backup(100, t0);
+        let armed = g.poll_timeout();
+        g.handle(t0 + ms(100), advert(PEER_HIGH, 90));
+        assert_eq!(g.poll_timeout(), armed);
+        // Our own priority rising above the master's works the same way.
+        let mut h = backup(100, t0);
+        h.handle(t0 + ms(1000), advert(PEER_HIGH, 120));
+        h.set_priority(t0 + ms(1500), 200);
+        h.handle(t0 + ms(2000), advert(PEER_HIGH, 120));
+        let (skew, _) = h.skew_and_master_down();
+        assert_eq!(h.poll_timeout(), Some(t0 + ms(2000) + skew));
+    }
+
+    #[test]
+    fn a_weightless_tracker_failing_is_a_fault() {
+        let t0 = Instant::now();
+        let mut f = master(150, t0);
+        f.handle(t0 + ms(3000), Event::TrackerFault);
+        assert_eq!(f.state(), State::Fault);
+        assert!(drain(&mut f).contains(&Action::ReleaseVips));
+        f.handle(t0 + ms(4000), Event::TrackersOk);
+        assert_eq!(f.state(), State::Backup);
     }
 
     #[test]

@@ -13,9 +13,12 @@ use tokio::sync::{broadcast, watch};
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use super::fsm::{skew_and_master_down, Action, Event, Fsm, Params, State};
+use super::notify::{state_word, HookQueue, HookRuns};
 use super::packet::{self, Advert, ChecksumForm, DropReason, Expect, MULTICAST_V4};
+use super::probe::TrackShared;
 use super::socket::VrrpSocket;
 use super::timer::PreciseTimer;
+use super::track::TrackerStatus;
 use crate::config::VrrpConfig;
 use crate::net::addr::{AddrEvent, Netlink, NetlinkError};
 use crate::net::announce::Announcer;
@@ -88,6 +91,10 @@ pub struct Stats {
     garps: AtomicU64,
     netlink_errors: AtomicU64,
     vips_restored: AtomicU64,
+    /// The instance's trackers, if it has any.
+    tracking: Option<Arc<TrackShared>>,
+    /// How its notify hooks ended.
+    pub notify_runs: Arc<HookRuns>,
     dynamic: Mutex<Dynamic>,
 }
 
@@ -130,8 +137,14 @@ pub struct Snapshot {
     pub state: &'static str,
     /// Configured priority.
     pub priority: u8,
-    /// Priority after tracking adjustments (none yet: equals `priority`).
+    /// Priority after tracking: what is advertised and compared.
     pub effective_priority: u8,
+    /// How the trackers made it, e.g. `150 - 60 (http web: 0/2 healthy)`.
+    pub priority_explanation: String,
+    /// Every tracker and its state.
+    pub trackers: Vec<TrackerStatus>,
+    /// Notify hook runs by state and result ("ok", "failed", "timeout", "error").
+    pub notify_runs: Vec<NotifyRuns>,
     /// The master as last seen (ourselves when master).
     pub master_ip: Option<Ipv4Addr>,
     /// Our Advertisement_Interval.
@@ -152,6 +165,17 @@ pub struct Snapshot {
     pub tx: TxSnapshot,
     /// Per-peer counters.
     pub peers: Vec<PeerSnapshot>,
+}
+
+/// How often notify hooks for one state ended one way.
+#[derive(Debug, Clone, Serialize)]
+pub struct NotifyRuns {
+    /// MASTER, BACKUP, FAULT or STOP.
+    pub state: &'static str,
+    /// ok, failed, timeout or error.
+    pub result: &'static str,
+    /// Runs.
+    pub runs: u64,
 }
 
 /// Received-side counters.
@@ -195,8 +219,8 @@ fn unix_seconds(t: SystemTime) -> f64 {
 }
 
 impl Stats {
-    /// Empty counters for the instance `cfg`.
-    pub fn new(cfg: &VrrpConfig) -> Self {
+    /// Empty counters for the instance `cfg`, whose trackers are `tracking`.
+    pub fn new(cfg: &VrrpConfig, tracking: Option<Arc<TrackShared>>) -> Self {
         let interval_ms = cfg.advert_interval.as_duration().as_millis() as u64;
         Stats {
             name: cfg.name.clone(),
@@ -214,6 +238,8 @@ impl Stats {
             garps: AtomicU64::new(0),
             netlink_errors: AtomicU64::new(0),
             vips_restored: AtomicU64::new(0),
+            tracking,
+            notify_runs: Arc::default(),
             dynamic: Mutex::new(Dynamic {
                 state: State::Initialize,
                 master_ip: None,
@@ -234,6 +260,13 @@ impl Stats {
 
     /// A consistent copy for the control server.
     pub fn snapshot(&self) -> Snapshot {
+        let (effective_priority, priority_explanation, trackers) = match &self.tracking {
+            Some(t) => {
+                let e = t.effective();
+                (e.priority, e.explanation, t.status())
+            }
+            None => (self.priority, self.priority.to_string(), Vec::new()),
+        };
         let d = self.dynamic();
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
         Snapshot {
@@ -243,7 +276,15 @@ impl Stats {
             version: self.version,
             state: d.state.name(),
             priority: self.priority,
-            effective_priority: self.priority,
+            effective_priority,
+            priority_explanation,
+            trackers,
+            notify_runs: self
+                .notify_runs
+                .snapshot()
+                .into_iter()
+                .map(|((state, result), runs)| NotifyRuns { state, result, runs })
+                .collect(),
             master_ip: d.master_ip,
             advert_interval_ms: self.advert_interval_ms,
             master_adver_interval_ms: d.master_adver_interval_ms,
@@ -327,6 +368,11 @@ pub struct Instance {
     addrs: broadcast::Receiver<AddrEvent>,
     /// The interface has an address of its own to send adverts from.
     has_address: bool,
+    /// Trackers, if any, and whether a weightless one fails.
+    tracking: Option<Arc<TrackShared>>,
+    tracker_fault: bool,
+    /// Where state changes queue their notify hooks.
+    hooks: Option<HookQueue>,
     /// Set once shutdown began.
     stopping: bool,
     /// VRIDs of this process's other instances on the same interface.
@@ -340,6 +386,51 @@ impl Instance {
     /// interface, whose adverts it sees too.
     pub fn set_siblings(&mut self, vrids: Vec<u8>) {
         self.siblings = vrids;
+    }
+
+    /// The trackers whose verdicts set the effective priority.
+    pub fn set_tracking(&mut self, tracking: Arc<TrackShared>) {
+        self.tracking = Some(tracking);
+    }
+
+    /// Where the notify hooks of state changes go.
+    pub fn set_hooks(&mut self, hooks: HookQueue) {
+        self.hooks = Some(hooks);
+    }
+
+    /// Link up, an address to send from, no weightless tracker failing.
+    fn usable(&self) -> bool {
+        self.link_up && self.has_address && !self.tracker_fault
+    }
+
+    /// After one of [`Instance::usable`]'s conditions changed: Fault with
+    /// `down` when the instance just became unusable, out of it with `up`
+    /// when it just became usable.
+    fn condition_changed(&mut self, was_usable: bool, down: Event, up: Event) {
+        match (was_usable, self.usable()) {
+            (true, false) => self.fsm.handle(Instant::now(), down),
+            (false, true) => self.fsm.handle(Instant::now(), up),
+            _ => {}
+        }
+    }
+
+    /// A tracker's verdict changed: new effective priority, or Fault.
+    fn follow_trackers(&mut self) {
+        let Some(tracking) = &self.tracking else { return };
+        let e = tracking.effective();
+        let before = self.fsm.params().priority;
+        if e.priority != before {
+            info!(from = before, to = e.priority, explanation = %e.explanation, "effective priority changed");
+            self.fsm.set_priority(Instant::now(), e.priority);
+        }
+        if e.fault != self.tracker_fault {
+            if e.fault {
+                warn!(explanation = %e.explanation, "a weightless tracker fails");
+            }
+            let was = self.usable();
+            self.tracker_fault = e.fault;
+            self.condition_changed(was, Event::TrackerFault, Event::TrackersOk);
+        }
     }
 
     /// Looks up the interface, removes VIPs a crashed run may have left,
@@ -398,6 +489,9 @@ impl Instance {
             link_up: iface.up,
             addrs,
             has_address: true,
+            tracking: None,
+            tracker_fault: false,
+            hooks: None,
             stopping: false,
             siblings: Vec::new(),
             drain: None,
@@ -418,6 +512,7 @@ impl Instance {
                 warn!("interface is down");
                 self.fsm.handle(Instant::now(), Event::LinkDown);
             }
+            self.follow_trackers();
             self.execute().await;
             let mut buf = vec![0u8; 2048];
             let mut recv_errors = 0u32;
@@ -437,14 +532,12 @@ impl Instance {
                         }
                         let up = *self.link.borrow_and_update();
                         if up != self.link_up {
+                            let was = self.usable();
                             self.link_up = up;
-                            if !up {
-                                self.fsm.handle(Instant::now(), Event::LinkDown);
-                            } else if self.has_address {
-                                self.fsm.handle(Instant::now(), Event::LinkUp);
-                            }
+                            self.condition_changed(was, Event::LinkDown, Event::LinkUp);
                         }
                     }
+                    _ = tracker_change(&self.tracking) => self.follow_trackers(),
                     event = self.addrs.recv() => match event {
                         Ok(e) if e.index != self.ifindex => continue,
                         // Missed events (a burst): look at the interface anyway.
@@ -558,6 +651,9 @@ impl Instance {
                     let master = self.fsm.master_ip().map_or_else(|| "-".to_string(), |a| a.to_string());
                     info!(%from, %to, %reason, %master, "state change");
                     self.stats.record_transition(to, reason.to_string());
+                    if let (Some(hooks), Some(word)) = (&self.hooks, state_word(to, reason)) {
+                        hooks.push(word, self.cfg.notify.commands(&self.cfg.name, word, self.fsm.params().priority));
+                    }
                 }
             }
         }
@@ -583,8 +679,9 @@ impl Instance {
         match (primary, self.has_address) {
             (None, true) => {
                 warn!(primary = %self.primary, "the interface's own address is gone; adverts cannot be sent");
+                let was = self.usable();
                 self.has_address = false;
-                self.fsm.handle(Instant::now(), Event::NoAddress);
+                self.condition_changed(was, Event::NoAddress, Event::AddressBack);
             }
             (Some(p), had) => {
                 if p != self.primary {
@@ -596,10 +693,9 @@ impl Instance {
                     self.fsm.set_primary_ip(p);
                 }
                 if !had {
+                    let was = self.usable();
                     self.has_address = true;
-                    if self.link_up {
-                        self.fsm.handle(Instant::now(), Event::AddressBack);
-                    }
+                    self.condition_changed(was, Event::NoAddress, Event::AddressBack);
                 }
             }
             (None, false) => {}
@@ -710,6 +806,14 @@ impl Instance {
         if let Some(task) = self.burst.take() {
             task.abort();
         }
+    }
+}
+
+/// Resolves when a tracker's verdict changed; never without trackers.
+async fn tracker_change(tracking: &Option<Arc<TrackShared>>) {
+    match tracking {
+        Some(t) => t.changed().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -1,7 +1,11 @@
 //! VRRP: wire format, state machine, and the instance that drives them.
 
+pub mod command;
 pub mod fsm;
 pub mod instance;
+pub mod notify;
 pub mod packet;
+pub mod probe;
 pub mod socket;
 pub mod timer;
+pub mod track;
