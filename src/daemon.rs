@@ -89,8 +89,25 @@ pub fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the probe runtime")?;
-    let probes =
-        Probes { runtime: probe_rt.handle().clone(), tracking, pools: pools.clone(), scripts: config.scripts.clone() };
+    let hooks: Vec<Option<HookQueue>> = config
+        .vrrp
+        .iter()
+        .zip(&stats)
+        .map(|(c, st)| {
+            (!c.notify.is_empty()).then(|| {
+                HookQueue::start(probe_rt.handle(), c.name.clone(), c.notify.timeout, Arc::clone(&st.notify_runs))
+            })
+        })
+        .collect();
+    // At shutdown the STOP hooks run, each within its timeout.
+    let hooks_max = config.vrrp.iter().map(|c| c.notify.timeout * 2).max().unwrap_or_default();
+    let probes = Probes {
+        runtime: probe_rt.handle().clone(),
+        tracking,
+        hooks: hooks.clone(),
+        pools: pools.clone(),
+        scripts: config.scripts.clone(),
+    };
     // A resigning master may wait for its successor up to its release timeout.
     let vrrp_grace = config
         .vrrp
@@ -157,6 +174,9 @@ pub fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         info!("draining HTTP connections");
         proxy.shutdown();
     }
+    for h in hooks.iter().flatten() {
+        h.wait_idle(hooks_max);
+    }
     probe_rt.shutdown_background();
     info!("stopped");
     signal_result
@@ -168,6 +188,7 @@ struct Probes {
     runtime: tokio::runtime::Handle,
     /// Per instance, in config order.
     tracking: Vec<Option<Arc<TrackShared>>>,
+    hooks: Vec<Option<HookQueue>>,
     pools: Vec<Arc<Pool>>,
     scripts: Vec<ScriptSpec>,
 }
@@ -263,13 +284,10 @@ async fn run_vrrp(
         &probe::Sources { pools: &probes.pools, links: &tracked_links, scripts: &probes.scripts },
     );
     let mut instances = Vec::new();
-    let each = configs.into_iter().zip(stats).zip(link_receivers).zip(siblings).zip(probes.tracking);
-    for ((((cfg, st), link), siblings), tracking) in each {
+    let each = configs.into_iter().zip(stats).zip(link_receivers).zip(siblings).zip(probes.tracking).zip(probes.hooks);
+    for (((((cfg, st), link), siblings), tracking), hooks) in each {
         let at = cfg.interface_at;
         let (name, iface) = (cfg.name.clone(), cfg.interface.clone());
-        let hooks = (!cfg.notify.is_empty()).then(|| {
-            HookQueue::start(&probes.runtime, cfg.name.clone(), cfg.notify.timeout, Arc::clone(&st.notify_runs))
-        });
         match Instance::prepare(cfg, netlink.clone(), link, addr_events.subscribe(), st).await {
             Ok(mut i) => {
                 i.set_siblings(siblings);

@@ -633,7 +633,10 @@ impl Instance {
                 }
                 Action::ReleaseVips => {
                     self.stop_burst();
-                    if self.stopping {
+                    // Handing over (a planned stop, or a higher priority
+                    // taking over): requests in flight on the VIPs finish
+                    // first. Not on a fault: the link or address is gone.
+                    if self.stopping || self.fsm.state() == State::Backup {
                         self.wait_for_drain().await;
                     }
                     for vip in &self.cfg.virtual_ips {

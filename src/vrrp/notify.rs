@@ -5,6 +5,7 @@
 //! bounded by `notify_timeout`.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -96,6 +97,8 @@ struct Job {
 #[derive(Debug, Clone)]
 pub struct HookQueue {
     jobs: mpsc::UnboundedSender<Job>,
+    /// Jobs queued or running.
+    pending: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for Job {
@@ -108,21 +111,38 @@ impl HookQueue {
     /// Starts the runner of `instance`'s hooks on `runtime`.
     pub fn start(runtime: &tokio::runtime::Handle, instance: String, timeout: Duration, runs: Arc<HookRuns>) -> Self {
         let (jobs, mut queue) = mpsc::unbounded_channel::<Job>();
+        let pending = Arc::new(AtomicUsize::new(0));
+        let done = Arc::clone(&pending);
         runtime.spawn(async move {
             while let Some(job) = queue.recv().await {
                 for cmd in job.commands {
                     let result = run(&cmd, timeout, &instance, job.word).await;
                     runs.count(job.word, result);
                 }
+                done.fetch_sub(1, Ordering::Relaxed);
             }
         });
-        HookQueue { jobs }
+        HookQueue { jobs, pending }
     }
 
     /// Queues the hooks of one state change.
     pub fn push(&self, word: &'static str, commands: Vec<Vec<String>>) {
-        if !commands.is_empty() && self.jobs.send(Job { word, commands }).is_err() {
+        if commands.is_empty() {
+            return;
+        }
+        self.pending.fetch_add(1, Ordering::Relaxed);
+        if self.jobs.send(Job { word, commands }).is_err() {
+            self.pending.fetch_sub(1, Ordering::Relaxed);
             warn!(state = word, "notify hooks not run: their runner is gone");
+        }
+    }
+
+    /// Waits (at most `max`) until every queued hook has run: at shutdown,
+    /// so the STOP hooks are not cut off.
+    pub fn wait_idle(&self, max: Duration) {
+        let until = Instant::now() + max;
+        while self.pending.load(Ordering::Relaxed) > 0 && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 }
