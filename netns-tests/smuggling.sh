@@ -55,6 +55,9 @@ ip netns exec "$(ns app1)" env PYTHONPATH="$PYDIR:$WORK" python3 -m gunicorn --c
     >>"$WORK/app1.log" 2>&1 &
 EXTRA_PIDS+=("$!")
 NODE_LOG[app1]=$WORK/app1.log
+# Python starts slowly: the proxies come up once gunicorn answers, or they
+# would find it refusing and mark it down.
+wait_for 20000 http_ok client "http://$APP/" || fail "gunicorn does not answer on $APP"
 
 cat >"$WORK/vipd.toml" <<EOF
 [control]
