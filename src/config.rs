@@ -184,6 +184,8 @@ pub struct VrrpConfig {
     pub garp_interval: Duration,
     /// Second burst this long after becoming master; `None` for none.
     pub garp_repeat_delay: Option<Duration>,
+    /// While master, a burst this often; `None` for none.
+    pub garp_refresh: Option<Duration>,
     /// Checksum form sent for VRRPv3 over IPv4.
     pub v3_checksum: ChecksumForm,
     /// On a planned stop as master, the longest the VIP is kept while
@@ -302,6 +304,7 @@ struct RawVrrp {
     garp_count: Option<Spanned<i64>>,
     garp_interval: Option<Spanned<String>>,
     garp_repeat_delay: Option<Spanned<String>>,
+    garp_refresh: Option<Spanned<String>>,
     v3_checksum_pseudo_header: Option<bool>,
     release_timeout: Option<Spanned<String>>,
     #[serde(default)]
@@ -439,6 +442,10 @@ fn validate_vrrp(
     let garp_repeat_delay = match &r.garp_repeat_delay {
         None => Some(Duration::from_secs(5)),
         Some(s) => Some(duration(s, "vrrp.garp_repeat_delay", invalid)?).filter(|d| !d.is_zero()),
+    };
+    let garp_refresh = match &r.garp_refresh {
+        None => None,
+        Some(s) => Some(duration(s, "vrrp.garp_refresh", invalid)?).filter(|d| !d.is_zero()),
     };
     let garp_count = match &r.garp_count {
         None => 5,
@@ -591,6 +598,7 @@ fn validate_vrrp(
         garp_count,
         garp_interval,
         garp_repeat_delay,
+        garp_refresh,
         release_timeout,
         v3_checksum: if r.v3_checksum_pseudo_header.unwrap_or(true) {
             ChecksumForm::PseudoHeader

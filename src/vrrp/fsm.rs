@@ -180,6 +180,9 @@ pub struct Params {
     pub primary_ip: Ipv4Addr,
     /// When to repeat the gratuitous ARP burst after becoming master.
     pub garp_repeat_delay: Option<Duration>,
+    /// While master, gratuitous ARPs again this often (for switches that
+    /// age their entries out); `None` = off.
+    pub garp_refresh: Option<Duration>,
     /// On shutdown as master, the longest the VIPs are kept while waiting
     /// for the new master's first advert; zero releases at once (RFC).
     pub release_timeout: Duration,
@@ -206,6 +209,7 @@ pub struct Fsm {
     adver_timer: Option<Instant>,
     master_down_timer: Option<Instant>,
     garp_repeat_timer: Option<Instant>,
+    garp_refresh_timer: Option<Instant>,
     /// Set while a resigning master waits for its successor.
     release_timer: Option<Instant>,
     /// What the Master_Down_Timer firing will mean, for the log.
@@ -228,6 +232,7 @@ impl Fsm {
             adver_timer: None,
             master_down_timer: None,
             garp_repeat_timer: None,
+            garp_refresh_timer: None,
             release_timer: None,
             master_down_reason: Reason::MasterDownTimerExpired,
             started_at: None,
@@ -270,7 +275,7 @@ impl Fsm {
 
     /// The earliest pending deadline.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        [self.adver_timer, self.master_down_timer, self.garp_repeat_timer, self.release_timer]
+        [self.adver_timer, self.master_down_timer, self.garp_repeat_timer, self.garp_refresh_timer, self.release_timer]
             .into_iter()
             .flatten()
             .min()
@@ -363,6 +368,13 @@ impl Fsm {
                 self.actions.push_back(Action::Announce);
             }
         }
+        if let (Some(due), Some(every)) = (self.garp_refresh_timer.filter(|t| *t <= now), self.params.garp_refresh) {
+            self.garp_refresh_timer = None;
+            if self.state == State::Master && !self.is_resigning() {
+                self.actions.push_back(Action::Announce);
+                self.garp_refresh_timer = Some(if due + every > now { due + every } else { now + every });
+            }
+        }
         match self.state {
             State::Backup if self.master_down_timer.is_some_and(|t| t <= now) => {
                 let reason = self.master_down_reason;
@@ -405,6 +417,7 @@ impl Fsm {
         self.actions.push_back(Action::ClaimVips);
         self.actions.push_back(Action::Announce);
         self.garp_repeat_timer = self.params.garp_repeat_delay.map(|d| now + d);
+        self.garp_refresh_timer = self.params.garp_refresh.map(|d| now + d);
     }
 
     fn send_advert(&mut self, now: Instant) {
@@ -440,6 +453,7 @@ impl Fsm {
         self.adver_timer = None;
         self.master_down_timer = None;
         self.garp_repeat_timer = None;
+        self.garp_refresh_timer = None;
     }
 
     fn arm_master_down(&mut self, now: Instant, reason: Reason) {
@@ -514,6 +528,7 @@ impl Fsm {
         if theirs_wins {
             self.adver_timer = None;
             self.garp_repeat_timer = None;
+            self.garp_refresh_timer = None;
             if self.params.version == Version::V3 {
                 self.master_adver_interval = interval.as_duration();
             }
@@ -582,6 +597,7 @@ mod tests {
             preempt_delay: Duration::ZERO,
             primary_ip: ME,
             garp_repeat_delay: Some(Duration::from_secs(5)),
+            garp_refresh: None,
             release_timeout: Duration::from_secs(3),
         }
     }
@@ -958,6 +974,30 @@ mod tests {
         }
         let announces = drain(&mut f).iter().filter(|a| **a == Action::Announce).count();
         assert_eq!(announces, 1);
+    }
+
+    #[test]
+    fn garp_refresh_announces_while_master_only() {
+        let t0 = Instant::now();
+        let mut f = Fsm::new(Params { garp_refresh: Some(ms(60_000)), garp_repeat_delay: None, ..params(100) });
+        f.handle(t0, Event::Startup);
+        let became = f.poll_timeout().expect("master down armed");
+        f.handle_timeout(became);
+        drain(&mut f);
+        let mut announces = 0;
+        for k in 1..=180u64 {
+            f.handle_timeout(became + ms(1000 * k));
+            announces += drain(&mut f).iter().filter(|a| **a == Action::Announce).count();
+        }
+        assert_eq!(announces, 3, "one every 60 s over 180 s");
+        f.handle(became + ms(181_000), advert(PEER_HIGH, 200));
+        drain(&mut f);
+        for k in 182..=400u64 {
+            f.handle(became + ms(1000 * k - 500), advert(PEER_HIGH, 200));
+            f.handle_timeout(became + ms(1000 * k));
+            assert_eq!(f.state(), State::Backup);
+            assert!(!drain(&mut f).contains(&Action::Announce), "a backup does not refresh");
+        }
     }
 
     #[test]

@@ -468,6 +468,7 @@ impl Instance {
             preempt_delay: cfg.preempt_delay,
             primary_ip: primary,
             garp_repeat_delay: cfg.garp_repeat_delay,
+            garp_refresh: cfg.garp_refresh,
             release_timeout: cfg.release_timeout.unwrap_or_else(|| {
                 skew_and_master_down(cfg.version, cfg.priority, cfg.advert_interval.as_duration()).1
             }),
