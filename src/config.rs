@@ -364,6 +364,19 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
     for r in raw.vrrp {
         listener_refs.extend(r.track_http.iter().map(|t| (t.get_ref().listener.clone(), t.span())));
         let v = validate_vrrp(r, &invalid, text, &mut scripts)?;
+        if let Some((other, vip)) = vrrp.iter().filter(|o: &&VrrpConfig| o.interface == v.interface).find_map(|o| {
+            v.virtual_ips.iter().find(|a| o.virtual_ips.iter().any(|b| b.addr == a.addr)).map(|a| (o.name.clone(), *a))
+        }) {
+            // Each would undo the other: the master puts it back, the backup removes it.
+            return Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                at: v.interface_at,
+                message: format!(
+                    "vrrp.virtual_ips: {vip} of instance {:?} is also a VIP of instance {other:?} on interface {:?}",
+                    v.name, v.interface
+                ),
+            });
+        }
         if let Some(other) = seen.insert((v.interface.clone(), v.vrid), v.name.clone()) {
             return Err(ConfigError::Invalid {
                 path: path.to_path_buf(),
@@ -579,7 +592,9 @@ fn validate_vrrp(
         stop: hook(&r.notify_stop, "vrrp.notify_stop")?,
         timeout: match &r.notify_timeout {
             None => Duration::from_secs(10),
-            Some(s) => duration(s, "vrrp.notify_timeout", invalid)?,
+            Some(s) => Some(duration(s, "vrrp.notify_timeout", invalid)?)
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| invalid(s.span(), "vrrp.notify_timeout = \"0s\": must be more than 0".into()))?,
         },
     };
     Ok(VrrpConfig {
@@ -922,10 +937,14 @@ virtual_ips = ["192.0.2.10/24", "192.0.2.20"]
 
     #[test]
     fn duplicate_vrid_on_one_interface_is_rejected() {
-        let twice = format!("{GOOD}\n{}", &GOOD[GOOD.find("[[vrrp]]").unwrap_or(0)..].replace("web", "api"));
+        let second = GOOD[GOOD.find("[[vrrp]]").unwrap_or(0)..].replace("web", "api");
+        let twice = format!("{GOOD}\n{}", second.replace("192.0.2.10/24\", \"192.0.2.20", "192.0.2.30/24"));
         let e = err(&twice);
         assert!(e.contains("same VRID"), "{e}");
         assert!(e.starts_with("t.toml:15:13:"), "{e}");
+        // Another VRID, but a VIP of the first instance: each would undo the other.
+        let e = err(&format!("{GOOD}\n{}", second.replace("vrid = 51", "vrid = 52")));
+        assert!(e.starts_with("t.toml:15:13:") && e.contains("is also a VIP of instance \"web\""), "{e}");
     }
 
     const HTTP: &str = r#"

@@ -13,7 +13,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use crate::config::{Config, VrrpConfig};
+use crate::config::{Config, VirtualIp, VrrpConfig};
 use crate::control::{self, Sources};
 use crate::net::addr::{watch_addresses, watch_links, Netlink};
 use crate::proxy::backends::Pool;
@@ -269,6 +269,11 @@ async fn run_vrrp(
         let _ = ready.send(Err(anyhow!(e).context("subscribing to address changes")));
         return;
     }
+    // Every VIP on each instance's interface, its siblings' too.
+    let interface_vips: Vec<Vec<VirtualIp>> = configs
+        .iter()
+        .map(|c| configs.iter().filter(|o| o.interface == c.interface).flat_map(|o| o.virtual_ips.clone()).collect())
+        .collect();
     let siblings: Vec<Vec<u8>> = configs
         .iter()
         .map(|c| configs.iter().filter(|o| o.interface == c.interface && o.vrid != c.vrid).map(|o| o.vrid).collect())
@@ -284,11 +289,18 @@ async fn run_vrrp(
         &probe::Sources { pools: &probes.pools, links: &tracked_links, scripts: &probes.scripts },
     );
     let mut instances = Vec::new();
-    let each = configs.into_iter().zip(stats).zip(link_receivers).zip(siblings).zip(probes.tracking).zip(probes.hooks);
-    for (((((cfg, st), link), siblings), tracking), hooks) in each {
+    let each = configs
+        .into_iter()
+        .zip(stats)
+        .zip(link_receivers)
+        .zip(siblings)
+        .zip(probes.tracking)
+        .zip(probes.hooks)
+        .zip(interface_vips);
+    for ((((((cfg, st), link), siblings), tracking), hooks), vips) in each {
         let at = cfg.interface_at;
         let (name, iface) = (cfg.name.clone(), cfg.interface.clone());
-        match Instance::prepare(cfg, netlink.clone(), link, addr_events.subscribe(), st).await {
+        match Instance::prepare(cfg, netlink.clone(), link, addr_events.subscribe(), vips, st).await {
             Ok(mut i) => {
                 i.set_siblings(siblings);
                 if let Some(t) = tracking {

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::{Arc, Mutex};
 
 use futures_util::{StreamExt, TryStreamExt};
 use rtnetlink::packet_core::NetlinkPayload;
@@ -99,6 +100,12 @@ impl Netlink {
         })
     }
 
+    /// The interface's IPv4 addresses, with whether each is secondary.
+    pub async fn ipv4_on(&self, index: u32) -> Result<Vec<(Ipv4Addr, bool)>, NetlinkError> {
+        let addrs = self.ipv4_addresses(index).await?;
+        Ok(addrs.into_iter().map(|(a, m)| (a, m.header.flags.contains(AddressHeaderFlags::Secondary))).collect())
+    }
+
     async fn ipv4_addresses(&self, index: u32) -> Result<Vec<(Ipv4Addr, AddressMessage)>, NetlinkError> {
         let mut stream = self.handle.address().get().set_link_index_filter(index).execute();
         let mut out = Vec::new();
@@ -127,13 +134,7 @@ impl Netlink {
     /// The interface's primary IPv4 address that is not one of `vips`: the
     /// source of our adverts and our identity in the tie-break.
     pub async fn primary_ipv4(&self, index: u32, vips: &[VirtualIp]) -> Result<Option<Ipv4Addr>, NetlinkError> {
-        let addrs = self.ipv4_addresses(index).await?;
-        let candidates = addrs.iter().filter(|(a, _)| !vips.iter().any(|v| v.addr == *a));
-        let primary = candidates
-            .clone()
-            .find(|(_, m)| !m.header.flags.contains(AddressHeaderFlags::Secondary))
-            .or_else(|| candidates.clone().next());
-        Ok(primary.map(|(a, _)| *a))
+        Ok(primary_of(&self.ipv4_on(index).await?, vips))
     }
 
     /// Whether `vip` is on the interface.
@@ -163,18 +164,32 @@ impl Netlink {
     }
 }
 
-/// Subscribes to the kernel's `group` events and hands each message to
-/// `each`, on a task of its own, for as long as the socket lives.
-fn watch_group(
-    group: MulticastGroup,
-    mut each: impl FnMut(RouteNetlinkMessage) + Send + 'static,
-) -> Result<(), NetlinkError> {
+/// The primary (not secondary) address of `addrs` that is none of `vips`,
+/// else any that is none of them.
+pub fn primary_of(addrs: &[(Ipv4Addr, bool)], vips: &[VirtualIp]) -> Option<Ipv4Addr> {
+    let candidates = addrs.iter().filter(|(a, _)| !vips.iter().any(|v| v.addr == *a));
+    candidates.clone().find(|(_, secondary)| !secondary).or_else(|| candidates.clone().next()).map(|(a, _)| *a)
+}
+
+/// What a kernel event subscription delivers.
+enum Heard {
+    /// One event.
+    Message(RouteNetlinkMessage),
+    /// The socket's buffer overflowed: events were lost.
+    Lost,
+}
+
+/// Subscribes to the kernel's `group` events and hands each to `each`, on
+/// a task of its own, for as long as the socket lives.
+fn watch_group(group: MulticastGroup, mut each: impl FnMut(Heard) + Send + 'static) -> Result<(), NetlinkError> {
     let (connection, _handle, mut messages) = rtnetlink::new_multicast_connection(&[group])?;
     tokio::spawn(connection);
     tokio::spawn(async move {
         while let Some((message, _)) = messages.next().await {
-            if let NetlinkPayload::InnerMessage(m) = message.payload {
-                each(m);
+            match message.payload {
+                NetlinkPayload::InnerMessage(m) => each(Heard::Message(m)),
+                NetlinkPayload::Overrun(_) => each(Heard::Lost),
+                _ => {}
             }
         }
     });
@@ -184,18 +199,25 @@ fn watch_group(
 /// Publishes every interface's "usable" state (up with carrier) on the
 /// watch channel registered for its name, from the kernel's link events.
 /// Subscribe before reading the initial state so no change falls between.
-pub fn watch_links(mut senders: HashMap<String, watch::Sender<bool>>) -> Result<(), NetlinkError> {
-    watch_group(MulticastGroup::Link, move |message| {
-        let (msg, exists) = match message {
-            RouteNetlinkMessage::NewLink(m) => (m, true),
-            RouteNetlinkMessage::DelLink(m) => (m, false),
-            _ => return,
+pub fn watch_links(senders: HashMap<String, watch::Sender<bool>>) -> Result<(), NetlinkError> {
+    let senders = Arc::new(Mutex::new(senders));
+    watch_group(MulticastGroup::Link, move |heard| {
+        let (msg, exists) = match heard {
+            Heard::Message(RouteNetlinkMessage::NewLink(m)) => (m, true),
+            Heard::Message(RouteNetlinkMessage::DelLink(m)) => (m, false),
+            Heard::Message(_) => return,
+            // Events were lost: read every watched link afresh.
+            Heard::Lost => {
+                tokio::spawn(reread_links(Arc::clone(&senders)));
+                return;
+            }
         };
         let name = msg.attributes.iter().find_map(|a| match a {
             LinkAttribute::IfName(n) => Some(n.as_str()),
             _ => None,
         });
-        if let Some(tx) = name.and_then(|n| senders.get_mut(n)) {
+        let senders = senders.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(tx) = name.and_then(|n| senders.get(n)) {
             let up =
                 exists && msg.header.flags.contains(LinkFlags::Up) && msg.header.flags.contains(LinkFlags::LowerUp);
             // Every event is delivered, not only changes of the value held
@@ -206,25 +228,47 @@ pub fn watch_links(mut senders: HashMap<String, watch::Sender<bool>>) -> Result<
     })
 }
 
-/// An IPv4 address added to or removed from an interface.
+/// Reads the state of every watched link after events were lost.
+async fn reread_links(senders: Arc<Mutex<HashMap<String, watch::Sender<bool>>>>) {
+    let Ok(netlink) = Netlink::connect() else { return };
+    let names: Vec<String> = senders.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
+    for name in names {
+        let up = netlink.link(&name).await.is_ok_and(|l| l.up);
+        if let Some(tx) = senders.lock().unwrap_or_else(|p| p.into_inner()).get(&name) {
+            tx.send_replace(up);
+        }
+    }
+}
+
+/// A change of some interface's IPv4 addresses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AddrEvent {
-    /// Interface index.
-    pub index: u32,
-    /// The address.
-    pub addr: Ipv4Addr,
-    /// Added (else removed).
-    pub added: bool,
+pub enum AddrEvent {
+    /// An address added to or removed from an interface.
+    Changed {
+        /// Interface index.
+        index: u32,
+        /// The address.
+        addr: Ipv4Addr,
+        /// Added (else removed).
+        added: bool,
+    },
+    /// Events were lost (the kernel's buffer overflowed): every interface
+    /// may have changed.
+    Lost,
 }
 
 /// Publishes every IPv4 address change of every interface on `tx`, from
 /// the kernel's address events (someone deleting a VIP, or the primary).
 pub fn watch_addresses(tx: broadcast::Sender<AddrEvent>) -> Result<(), NetlinkError> {
-    watch_group(MulticastGroup::Ipv4Ifaddr, move |message| {
-        let (msg, added) = match message {
-            RouteNetlinkMessage::NewAddress(m) => (m, true),
-            RouteNetlinkMessage::DelAddress(m) => (m, false),
-            _ => return,
+    watch_group(MulticastGroup::Ipv4Ifaddr, move |heard| {
+        let (msg, added) = match heard {
+            Heard::Message(RouteNetlinkMessage::NewAddress(m)) => (m, true),
+            Heard::Message(RouteNetlinkMessage::DelAddress(m)) => (m, false),
+            Heard::Message(_) => return,
+            Heard::Lost => {
+                let _ = tx.send(AddrEvent::Lost);
+                return;
+            }
         };
         let addr = msg.attributes.iter().find_map(|a| match a {
             AddressAttribute::Local(IpAddr::V4(v4)) => Some(*v4),
@@ -232,7 +276,7 @@ pub fn watch_addresses(tx: broadcast::Sender<AddrEvent>) -> Result<(), NetlinkEr
         });
         if let Some(addr) = addr {
             // No receiver (no instance yet or any more) is not an error.
-            let _ = tx.send(AddrEvent { index: msg.header.index, addr, added });
+            let _ = tx.send(AddrEvent::Changed { index: msg.header.index, addr, added });
         }
     })
 }

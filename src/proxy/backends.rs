@@ -268,12 +268,18 @@ impl Pool {
     }
 
     /// Backends that can take requests now; 0 with no worker serving.
+    /// Changes nothing (an ejected backend past its cool-down counts as
+    /// back without being taken back here).
     pub fn health(&self) -> Health {
         let total = self.backends.len();
         if self.serving.load(Ordering::Relaxed) == 0 {
             return Health { healthy: 0, total };
         }
-        Health { healthy: (0..total).filter(|&i| self.is_available(i)).count(), total }
+        let available = |b: &Backend| {
+            b.active_healthy.load(Ordering::Relaxed)
+                && (!b.ejected.load(Ordering::Relaxed) || (self.config.health.is_none() && self.cooldown_over(b)))
+        };
+        Health { healthy: self.backends.iter().filter(|b| available(b)).count(), total }
     }
 
     /// Follows [`Pool::health`]: every change is published at once.
@@ -284,8 +290,12 @@ impl Pool {
     /// Publishes [`Pool::health`] if it changed. Also call it now and then:
     /// without active checks an ejected backend returns only when looked at.
     pub fn publish_health(&self) {
-        let now = self.health();
-        self.health.send_if_modified(|h| std::mem::replace(h, now) != now);
+        // Computed under the channel's lock: two publishers cannot leave an
+        // older value in place of a newer one.
+        self.health.send_if_modified(|h| {
+            let now = self.health();
+            std::mem::replace(h, now) != now
+        });
     }
 
     /// Requests being served by any backend of this pool.
@@ -343,6 +353,13 @@ pub struct InFlight {
 }
 
 impl InFlight {
+    /// Gives the backend connection slot back while the request still
+    /// counts as in flight: an upgraded connection (WebSocket) may live for
+    /// hours and must not hold `max_conns` from ordinary requests.
+    pub fn release_slot(&mut self) {
+        self._slot = None;
+    }
+
     /// The backend this request went to.
     pub fn index(&self) -> usize {
         self.index

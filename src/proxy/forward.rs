@@ -321,6 +321,8 @@ async fn upgrade(
     pool.succeeded(i);
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let backend_side = hyper::upgrade::on(&mut resp);
+        let mut guard = guard;
+        guard.release_slot();
         tokio::spawn(async move {
             let _in_flight = guard;
             match tokio::try_join!(client_side, backend_side) {

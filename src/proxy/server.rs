@@ -273,9 +273,18 @@ async fn serve_h2(
                 if streams.idle_deadline(header_timeout, idle_timeout).is_some_and(|d| d <= Instant::now()) {
                     debug!(%peer, served = streams.served.load(Ordering::Relaxed), "HTTP/2 client idle; closing");
                     conn.as_mut().graceful_shutdown();
-                    match tokio::time::timeout(H2_CLOSE_GRACE, conn.as_mut()).await {
-                        Ok(r) => break r,
-                        Err(_) => return,
+                    // A stream that opened just before the GOAWAY finishes;
+                    // with none open, the client gets a moment to close.
+                    let closed = loop {
+                        match tokio::time::timeout(H2_CLOSE_GRACE, conn.as_mut()).await {
+                            Ok(r) => break Some(r),
+                            Err(_) if streams.open.load(Ordering::Relaxed) > 0 => {}
+                            Err(_) => break None,
+                        }
+                    };
+                    match closed {
+                        Some(r) => break r,
+                        None => return,
                     }
                 }
             }

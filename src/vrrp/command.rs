@@ -30,8 +30,9 @@ const OUTPUT_KEPT: u64 = 4096;
 /// behind may hold the pipes open).
 const OUTPUT_GRACE: Duration = Duration::from_millis(100);
 
-/// Runs `cmd` (program and arguments) with stdin closed; past `timeout` it
-/// is killed. Returns its exit status and what it wrote.
+/// Runs `cmd` (program and arguments) with stdin closed, in a process group
+/// of its own; past `timeout` the whole group is killed (a `sh -c` and what
+/// it started). Returns its exit status and what it wrote.
 pub async fn run(cmd: &[String], timeout: Duration) -> Result<(ExitStatus, String), RunError> {
     let (program, args) = cmd.split_first().ok_or(RunError::Empty)?;
     let mut child = tokio::process::Command::new(program)
@@ -40,6 +41,7 @@ pub async fn run(cmd: &[String], timeout: Duration) -> Result<(ExitStatus, Strin
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
+        .process_group(0)
         .spawn()
         .map_err(RunError::Spawn)?;
     // Read while it runs, so a talkative command never blocks on a full pipe.
@@ -48,14 +50,23 @@ pub async fn run(cmd: &[String], timeout: Duration) -> Result<(ExitStatus, Strin
         Ok(Ok(status)) => status,
         Ok(Err(e)) => return Err(RunError::Wait(e)),
         Err(_) => {
+            if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+                // The group's id is the leader's pid (process_group(0)).
+                let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            }
             let _ = child.kill().await;
             output.abort();
             return Err(RunError::Timeout(timeout));
         }
     };
-    let text = match tokio::time::timeout(OUTPUT_GRACE, output).await {
+    let mut output = output;
+    let text = match tokio::time::timeout(OUTPUT_GRACE, &mut output).await {
         Ok(Ok(text)) => text,
-        _ => String::new(),
+        _ => {
+            // A child it left behind holds the pipes: stop reading them.
+            output.abort();
+            String::new()
+        }
     };
     Ok((status, text))
 }
@@ -91,6 +102,12 @@ mod tests {
         let started = std::time::Instant::now();
         assert!(matches!(run(&sh("sleep 5"), Duration::from_millis(200)).await, Err(RunError::Timeout(_))));
         assert!(started.elapsed() < Duration::from_secs(2));
+        // What the command started dies with it at the timeout.
+        let marker = std::env::temp_dir().join(format!("vipd-command-test-{}", std::process::id()));
+        let script = format!("(sleep 1; touch {}) & sleep 5", marker.display());
+        assert!(matches!(run(&sh(&script), Duration::from_millis(200)).await, Err(RunError::Timeout(_))));
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(!marker.exists(), "a grandchild outlived the timeout");
         // A child left behind holding the pipe does not hold the verdict.
         let started = std::time::Instant::now();
         let (status, _) = run(&sh("sleep 5 & exit 0"), Duration::from_secs(3)).await.expect("ran");

@@ -307,8 +307,13 @@ impl Fsm {
             (State::Master, Event::LinkDown | Event::NoAddress | Event::TrackerFault) => {
                 // Adverts cannot leave a dead link, so there is no priority 0
                 // to send; the addresses go so no other interface answers.
+                // A failing tracker leaves the link up: resign, so a backup
+                // takes over after Skew_Time, not Master_Down_Interval.
                 self.cancel_timers();
                 self.master_ip = None;
+                if event == Event::TrackerFault {
+                    self.actions.push_back(Action::SendAdvert { priority: PRIORITY_RESIGN });
+                }
                 self.actions.push_back(Action::ReleaseVips);
                 self.transition(State::Fault, fault_reason(event));
             }
@@ -1047,7 +1052,8 @@ mod tests {
         let mut f = master(150, t0);
         f.handle(t0 + ms(3000), Event::TrackerFault);
         assert_eq!(f.state(), State::Fault);
-        assert!(drain(&mut f).contains(&Action::ReleaseVips));
+        let actions = drain(&mut f);
+        assert_eq!(actions[..2], [Action::SendAdvert { priority: 0 }, Action::ReleaseVips]);
         f.handle(t0 + ms(4000), Event::TrackersOk);
         assert_eq!(f.state(), State::Backup);
     }

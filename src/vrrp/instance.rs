@@ -19,8 +19,9 @@ use super::probe::TrackShared;
 use super::socket::VrrpSocket;
 use super::timer::PreciseTimer;
 use super::track::TrackerStatus;
+use crate::config::VirtualIp;
 use crate::config::VrrpConfig;
-use crate::net::addr::{AddrEvent, Netlink, NetlinkError};
+use crate::net::addr::{primary_of, AddrEvent, Netlink, NetlinkError};
 use crate::net::announce::Announcer;
 use crate::net::frames;
 
@@ -361,11 +362,15 @@ pub struct Instance {
     /// The rest of a spaced gratuitous ARP burst, stopped if we stop being master.
     burst: Option<tokio::task::JoinHandle<()>>,
     netlink: Netlink,
-    /// Interface usable (up with carrier), as the link watcher last said.
-    link: watch::Receiver<bool>,
+    /// Interface usable (up with carrier), as the link watcher last said;
+    /// `None` once the watcher is gone (the last state stays).
+    link: Option<watch::Receiver<bool>>,
     link_up: bool,
     /// Address changes on every interface (ours filtered by index).
-    addrs: broadcast::Receiver<AddrEvent>,
+    addrs: Option<broadcast::Receiver<AddrEvent>>,
+    /// Every VIP of this process's instances on the interface: never taken
+    /// for the interface's own (primary) address.
+    interface_vips: Vec<VirtualIp>,
     /// The interface has an address of its own to send adverts from.
     has_address: bool,
     /// Trackers, if any, and whether a weightless one fails.
@@ -440,11 +445,12 @@ impl Instance {
         netlink: Netlink,
         link: watch::Receiver<bool>,
         addrs: broadcast::Receiver<AddrEvent>,
+        interface_vips: Vec<VirtualIp>,
         stats: Arc<Stats>,
     ) -> Result<Self, InstanceError> {
         let iface = netlink.link(&cfg.interface).await?;
         let primary = netlink
-            .primary_ipv4(iface.index, &cfg.virtual_ips)
+            .primary_ipv4(iface.index, &interface_vips)
             .await?
             .ok_or_else(|| InstanceError::NoAddress(cfg.interface.clone()))?;
         for vip in &cfg.virtual_ips {
@@ -486,9 +492,10 @@ impl Instance {
             announcer,
             burst: None,
             netlink,
-            link,
+            link: Some(link),
             link_up: iface.up,
-            addrs,
+            addrs: Some(addrs),
+            interface_vips,
             has_address: true,
             tracking: None,
             tracker_fault: false,
@@ -525,29 +532,20 @@ impl Instance {
                         self.stopping = true;
                         self.fsm.handle(Instant::now(), Event::Shutdown);
                     }
-                    changed = self.link.changed() => {
-                        if changed.is_err() {
-                            // The watcher is gone: keep running on the last state.
-                            self.link = watch::channel(self.link_up).1;
-                            continue;
-                        }
-                        let up = *self.link.borrow_and_update();
-                        if up != self.link_up {
+                    changed = link_change(&mut self.link) => match changed {
+                        Some(up) if up != self.link_up => {
                             let was = self.usable();
                             self.link_up = up;
                             self.condition_changed(was, Event::LinkDown, Event::LinkUp);
                         }
-                    }
-                    _ = tracker_change(&self.tracking) => self.follow_trackers(),
-                    event = self.addrs.recv() => match event {
-                        Ok(e) if e.index != self.ifindex => continue,
-                        // Missed events (a burst): look at the interface anyway.
-                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => self.follow_addresses().await,
-                        Err(broadcast::error::RecvError::Closed) => {
-                            self.addrs = broadcast::channel(1).1;
-                            continue;
+                        Some(_) => {}
+                        None => {
+                            // The watcher is gone: keep running on the last state.
+                            warn!("the link watch ended; keeping the last link state");
+                            self.link = None;
                         }
                     },
+                    _ = tracker_change(&self.tracking) => self.follow_trackers(),
                     _ = self.timer.sleep_until(deadline) => {
                         // After a stall (a paused VM, a starved CPU) the
                         // timer and the master's queued adverts are due at
@@ -560,6 +558,13 @@ impl Instance {
                         }
                         self.fsm.handle_timeout(Instant::now());
                     }
+                    wake = addr_change(&mut self.addrs, self.ifindex) => match wake {
+                        AddrWake::Ours => self.follow_addresses().await,
+                        AddrWake::Closed => {
+                            warn!("the address watch ended; VIPs and the primary are no longer followed");
+                            self.addrs = None;
+                        }
+                    },
                     r = self.socket.recv(&mut buf) => match r {
                         Ok(n) => {
                             recv_errors = 0;
@@ -672,14 +677,17 @@ impl Instance {
     /// someone added. Reads the interface rather than trusting the event,
     /// so events of our own changes, late or repeated, do nothing.
     async fn follow_addresses(&mut self) {
-        let primary = match self.netlink.primary_ipv4(self.ifindex, &self.cfg.virtual_ips).await {
-            Ok(p) => p,
+        // One dump serves the primary and every VIP.
+        let addrs = match self.netlink.ipv4_on(self.ifindex).await {
+            Ok(a) => a,
             Err(e) => {
                 self.stats.netlink_errors.fetch_add(1, Ordering::Relaxed);
                 warn!(error = %e, "could not read the interface's addresses");
                 return;
             }
         };
+        let primary = primary_of(&addrs, &self.interface_vips);
+        let state_before = self.fsm.state();
         match (primary, self.has_address) {
             (None, true) => {
                 warn!(primary = %self.primary, "the interface's own address is gone; adverts cannot be sent");
@@ -705,13 +713,24 @@ impl Instance {
             (None, false) => {}
         }
         self.execute().await;
-        let master = self.fsm.state() == State::Master && !self.fsm.is_resigning();
+        // A resigning master keeps what it has until its successor speaks
+        // (make-before-break): it neither puts back nor removes.
+        if self.fsm.is_resigning() {
+            return;
+        }
+        let master = self.fsm.state() == State::Master;
+        // A state change just now (to fault, say) changed the VIPs: look again.
+        let addrs = if self.fsm.state() == state_before {
+            addrs
+        } else {
+            match self.netlink.ipv4_on(self.ifindex).await {
+                Ok(a) => a,
+                Err(_) => return,
+            }
+        };
         let mut restored = false;
         for vip in &self.cfg.virtual_ips {
-            let present = match self.netlink.has(self.ifindex, vip).await {
-                Ok(p) => p,
-                Err(_) => continue,
-            };
+            let present = addrs.iter().any(|(a, _)| *a == vip.addr);
             let change = match (master, present) {
                 (true, false) => {
                     self.netlink.add(self.ifindex, vip).await.map(|()| "put back a virtual IP deleted under the master")
@@ -811,6 +830,40 @@ impl Instance {
             task.abort();
         }
     }
+}
+
+/// The link watch's next value; `None` once it is gone; never without one.
+async fn link_change(link: &mut Option<watch::Receiver<bool>>) -> Option<bool> {
+    let Some(rx) = link else { return std::future::pending().await };
+    match rx.changed().await {
+        Ok(()) => Some(*rx.borrow_and_update()),
+        Err(_) => None,
+    }
+}
+
+/// What woke an instance on the address watch.
+enum AddrWake {
+    /// Its interface's addresses may have changed.
+    Ours,
+    /// The watch is gone.
+    Closed,
+}
+
+/// Waits for an address change of interface `ifindex` (or for lost
+/// events), then takes whatever else is queued: one look at the interface
+/// serves a burst. Never resolves without a watch.
+async fn addr_change(addrs: &mut Option<broadcast::Receiver<AddrEvent>>, ifindex: u32) -> AddrWake {
+    use broadcast::error::{RecvError, TryRecvError};
+    let Some(rx) = addrs else { return std::future::pending().await };
+    loop {
+        match rx.recv().await {
+            Ok(AddrEvent::Changed { index, .. }) if index != ifindex => continue,
+            Ok(_) | Err(RecvError::Lagged(_)) => break,
+            Err(RecvError::Closed) => return AddrWake::Closed,
+        }
+    }
+    while let Ok(_) | Err(TryRecvError::Lagged(_)) = rx.try_recv() {}
+    AddrWake::Ours
 }
 
 /// Resolves when a tracker's verdict changed; never without trackers.

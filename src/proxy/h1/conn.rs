@@ -417,6 +417,8 @@ async fn forward(
             }
             Exchange::Switched => {
                 pool.succeeded(i);
+                let mut in_flight = in_flight;
+                in_flight.release_slot();
                 if let Some(mut l) = log {
                     l.status = 101;
                     l.emit(0, true);

@@ -143,7 +143,9 @@ pub fn parse_request(input: &[u8], client: IpAddr, out: &mut Vec<u8>) -> Result<
 /// `input` with a request line ending in `HTTP/1.D` (D > 1) restated as
 /// HTTP/1.1; `None` while the request line is incomplete.
 fn as_http11(input: &[u8]) -> Result<Option<Vec<u8>>, HeadError> {
-    let Some(line_end) = input.windows(2).position(|w| w == b"\r\n") else { return Ok(None) };
+    // httparse takes a bare LF as a line end too.
+    let Some(lf) = input.iter().position(|&b| b == b'\n') else { return Ok(None) };
+    let line_end = if lf > 0 && input[lf - 1] == b'\r' { lf - 1 } else { lf };
     let line = &input[..line_end];
     if line.iter().filter(|&&b| b == b' ').count() != 2 {
         return Err(HeadError::Malformed("malformed request line"));
@@ -238,6 +240,7 @@ fn parse_request_as_given(input: &[u8], client: IpAddr, out: &mut Vec<u8>) -> Re
         let name = h.name.as_bytes();
         if is_hop_by_hop(name)
             || conn.names(name)
+            || looks_like_framing(name)
             || name.eq_ignore_ascii_case(b"host")
             || name.eq_ignore_ascii_case(b"content-length")
             || name.eq_ignore_ascii_case(b"x-forwarded-for")
@@ -375,9 +378,10 @@ pub fn parse_response(input: &[u8], ctx: ResponseContext, out: &mut Vec<u8>) -> 
         }
     };
     // RFC 9112 §6.1: Transfer-Encoding in an HTTP/1.0 message is faulty
-    // framing: the connection closes after it.
+    // framing, and §6.3: with Content-Length too it "ought to be handled as
+    // an error": read as the coding says, then the connection closes.
     let backend_keep_alive = framing != Framing::UntilClose
-        && !(minor == 0 && codings.present)
+        && !(codings.present && (minor == 0 || content_length.is_some()))
         && if minor == 0 { conn.keep_alive } else { !conn.close };
     let dechunk = framing == Framing::Chunked && ctx.client_http10;
     let close_client = ctx.close_client || framing == Framing::UntilClose || dechunk;
@@ -514,6 +518,18 @@ fn put_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
+}
+
+/// A field name that some backends (CGI, WSGI: `Content_Length` and
+/// `Content-Length` both become `CONTENT_LENGTH`) would read as a framing
+/// or routing field: dropped, as nginx does with underscores by default.
+fn looks_like_framing(name: &[u8]) -> bool {
+    const READ_AS: [&[u8]; 4] = [b"content-length", b"transfer-encoding", b"host", b"connection"];
+    name.contains(&b'_')
+        && READ_AS.iter().any(|f| {
+            f.len() == name.len()
+                && f.iter().zip(name).all(|(a, b)| a.eq_ignore_ascii_case(&if *b == b'_' { b'-' } else { *b }))
+        })
 }
 
 /// Fields that describe one hop, never forwarded (RFC 9110 §7.6.1); besides
@@ -686,7 +702,13 @@ pub fn is_valid_authority(a: &[u8]) -> bool {
         }
         (ok, port)
     };
-    host_ok && port.is_none_or(|p| p.len() <= 5 && p.iter().all(u8::is_ascii_digit))
+    // A port is digits, at most 65535 (an empty one is allowed, RFC 3986).
+    let port_ok = |p: &[u8]| {
+        p.len() <= 5
+            && p.iter().all(u8::is_ascii_digit)
+            && p.iter().fold(0u32, |n, d| n * 10 + u32::from(d - b'0')) <= 65535
+    };
+    host_ok && port.is_none_or(port_ok)
 }
 
 /// Safe to send twice (RFC 9110 §9.2.2).
@@ -1152,6 +1174,8 @@ mod tests {
         assert_eq!((&input[r.target.clone()], r.head_len), ("/v", input.len() - 4));
         assert!(out.starts_with("GET /v HTTP/1.1\r\nhost: a\r\n"), "{out}");
         assert_eq!(req("GET /v HTTP/1.9\r\nHost: a\r\n").expect("ok"), None);
+        let (r, out) = ok("GET /lf HTTP/1.3\nHost: a\n\n");
+        assert!(!r.http10 && out.starts_with("GET /lf HTTP/1.1\r\n"), "{out}");
         for v in ["HTTP/2.0", "HTTP/3.0", "HTTP/0.9"] {
             let e = req(&format!("GET / {v}\r\nHost: a\r\n\r\n")).expect_err("refused");
             assert_eq!((e, e.status().0), (HeadError::Version, 505), "{v}");
@@ -1185,6 +1209,8 @@ mod tests {
             "x%4",
             "x;y",
             "x\\y",
+            "x.test:65536",
+            "x.test:99999",
         ] {
             let head = format!("GET / HTTP/1.1\r\nHost: {bad}\r\n\r\n");
             assert!(matches!(req(&head), Err(HeadError::Malformed(_))), "Host {bad:?}");
@@ -1205,6 +1231,10 @@ mod tests {
         assert_eq!(r.framing, Framing::Empty);
         assert!(out.ends_with("content-length: 0\r\n\r\n"), "{out}");
         assert!(!ok("GET / HTTP/1.1\r\nHost: a\r\n\r\n").1.contains("content-length"));
+        // Names a CGI or WSGI backend would read as framing or routing: dropped.
+        let (_, out) = ok("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\nContent_Length: 99\r\n\
+             Transfer_Encoding: chunked\r\nHOST_: x\r\nX_Other: 1\r\n\r\n");
+        assert!(!out.contains("99") && !out.contains("Transfer_") && out.contains("X_Other: 1"), "{out}");
         // httpoxy: a `Proxy` field never reaches the backend.
         assert!(!ok("GET / HTTP/1.1\r\nHost: a\r\nProxy: http://evil\r\n\r\n").1.contains("evil"));
         // Repeated equal lengths are one length.
@@ -1368,6 +1398,12 @@ mod tests {
             .expect("ok")
             .expect("complete");
         assert_eq!((r.framing, r.backend_keep_alive), (Framing::Chunked, false));
+        // RFC 9112 §6.3: both framings: chunked wins, the connection is not reused.
+        let (r, out) = resp("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n", ctx())
+            .expect("ok")
+            .expect("complete");
+        assert_eq!((r.framing, r.backend_keep_alive), (Framing::Chunked, false));
+        assert!(!out.to_ascii_lowercase().contains("content-length"), "{out}");
     }
 
     #[test]
