@@ -25,9 +25,16 @@
 # A target whose binary is missing or that fails to start is skipped with the
 # reason, and the others still run.
 #
+# CPU_QUOTA_PCT=40 caps the proxy under test at that share of one core with a
+# cgroup cpu quota (cgroup v2 cpu.max, or v1 cpu.cfs_quota_us, whichever the
+# machine has): the proxy, not wrk or the backend, is then the bottleneck on
+# a 2-core machine, and req/s compares work per CPU-second directly. The
+# quota is set from outside the namespace (`ip netns exec` remounts /sys),
+# by moving the proxy's PIDs into the group once it serves.
+#
 # Env: VIPD (default ../target/release/vipd), VIPD_RUST_LOG (info,access=off),
 #      VIPD_MAX_HEADER_SIZE (unset: vipd's default 16384),
-#      RUNS (3), DURATION (10s),
+#      RUNS (3), DURATION (10s), CPU_QUOTA_PCT (unset: no cap; 1..100),
 #      CONNS ("64 256"), TARGETS ("direct vipd haproxy nginx"), WARMUP (1s),
 #      KEEP=1 keeps the work dir (configs, logs, raw wrk output).
 NT_DIR0=$(cd "$(dirname "$0")" && pwd)
@@ -57,6 +64,40 @@ ensure_pkg_nosvc haproxy haproxy
 ensure_pkg wrk wrk
 ensure_pkg curl curl
 ensure_pkg jq jq
+
+# ---------------------------------------------------------------- CPU quota
+
+QUOTA_DIR=""
+# quota_setup PCT: a cgroup capped at PCT % of one core; sets QUOTA_DIR.
+quota_setup() {
+    local pct=$1 period=100000
+    ((pct >= 1 && pct <= 100)) || fail "CPU_QUOTA_PCT=$pct out of range 1..100"
+    if [[ -e /sys/fs/cgroup/cgroup.controllers ]]; then
+        grep -qw cpu /sys/fs/cgroup/cgroup.subtree_control || echo +cpu >/sys/fs/cgroup/cgroup.subtree_control ||
+            fail "cannot enable the cpu controller (cgroup v2)"
+        QUOTA_DIR=/sys/fs/cgroup/vipd-bench-$$
+        mkdir "$QUOTA_DIR"
+        echo "$((period * pct / 100)) $period" >"$QUOTA_DIR/cpu.max"
+    elif [[ -d /sys/fs/cgroup/cpu ]]; then
+        QUOTA_DIR=/sys/fs/cgroup/cpu/vipd-bench-$$
+        mkdir "$QUOTA_DIR"
+        echo "$period" >"$QUOTA_DIR/cpu.cfs_period_us"
+        echo "$((period * pct / 100))" >"$QUOTA_DIR/cpu.cfs_quota_us"
+    else
+        fail "no cgroup cpu controller found for CPU_QUOTA_PCT"
+    fi
+    CLEANUP_HOOKS+=(quota_remove)
+    log "proxies capped at ${pct}% of one core ($QUOTA_DIR)"
+}
+# quota_add PID...: move whole processes (all their threads) into the group.
+quota_add() {
+    local p
+    [[ -n $QUOTA_DIR ]] || return 0
+    for p in "$@"; do echo "$p" >"$QUOTA_DIR/cgroup.procs" || fail "cannot move pid $p into $QUOTA_DIR"; done
+}
+# quota_remove: on exit, once every process we started is gone.
+quota_remove() { [[ -z $QUOTA_DIR ]] || rmdir "$QUOTA_DIR" 2>/dev/null || true; }
+[[ -n ${CPU_QUOTA_PCT:-} ]] && quota_setup "$CPU_QUOTA_PCT"
 
 H=bench
 ip netns add "$(ns $H)"
@@ -239,7 +280,11 @@ for ((r = 1; r <= RUNS; r++)); do
             continue
         fi
         url="http://127.0.0.1:${PORT[$t]}/"
-        [[ $t == direct ]] || run_wrk 64 "$WARMUP" "$url" "$WORK/warmup-$t-$r.txt" || true
+        if [[ $t != direct ]]; then
+            # The whole proxy (nginx: master and worker) under the quota.
+            quota_add "$TARGET_PID" "${TARGET_RSS_PIDS[@]}"
+            run_wrk 64 "$WARMUP" "$url" "$WORK/warmup-$t-$r.txt" || true
+        fi
         for c in $CONNS; do
             out="$WORK/wrk-$t-c$c-r$r.txt"
             ticks0=NA
@@ -282,7 +327,7 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "NA" || b == "NA" || b == 0)
 
 declare -A M=()
 echo
-echo "bench-proxy: wrk -t1, $DURATION, median of $RUNS round(s); proxy on CPU $PROXY_CPU, wrk + backend on CPU $LOAD_CPU; loopback in one namespace"
+echo "bench-proxy: wrk -t1, $DURATION, median of $RUNS round(s); proxy on CPU $PROXY_CPU${CPU_QUOTA_PCT:+ capped at ${CPU_QUOTA_PCT}% of it}, wrk + backend on CPU $LOAD_CPU; loopback in one namespace"
 printf '%-8s %5s %10s %9s %9s %10s %7s %7s %10s %5s\n' target conns "req/s" "p50 ms" "p99 ms" "RSS MiB" errors "CPU %" "req/CPU-s" runs
 for t in $TARGETS; do
     if [[ -n ${SKIPPED[$t]:-} ]]; then

@@ -37,6 +37,7 @@ declare -a EXTRA_PIDS=()       # helper processes (tcpdump, injector) to stop on
 declare -A NODE_PID=()         # host -> PID of the daemon we started there
 declare -A NODE_KIND=()        # host -> vipd | keepalived
 declare -A NODE_LOG=()         # host -> its log file
+declare -a CLEANUP_HOOKS=()    # functions the EXIT trap runs after topo_down
 
 log() { printf '%s [%s] %s\n' "$(date +%T.%3N)" "$SCENARIO" "$*" >&2; }
 now_ms() { date +%s%3N; }
@@ -109,6 +110,8 @@ cleanup() {
     local rc=$?
     set +e
     topo_down
+    local hook
+    for hook in "${CLEANUP_HOOKS[@]}"; do "$hook"; done
     if [[ ${KEEP:-0} == 1 || $rc -ne 0 ]]; then
         echo "[$SCENARIO] work files kept in $WORK" >&2
     else
