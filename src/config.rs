@@ -13,6 +13,7 @@ use toml::Spanned;
 use crate::proxy::balance::Algorithm;
 use crate::vrrp::notify::Hooks;
 use crate::vrrp::packet::{Centiseconds, ChecksumForm, Version};
+use crate::vrrp::sync::GroupSpec;
 use crate::vrrp::track::{ScriptSpec, TrackerSpec, Watched};
 
 /// A position in the config file, 1-based.
@@ -59,6 +60,8 @@ pub struct Config {
     /// Check scripts that trackers name: `[[track_script]]` and those
     /// defined inline in a `track_scripts` entry.
     pub scripts: Vec<ScriptSpec>,
+    /// Instances that move together.
+    pub sync_groups: Vec<GroupSpec>,
 }
 
 /// One `[[http]]` listener and its backend pool.
@@ -210,6 +213,21 @@ struct RawConfig {
     http: Vec<RawHttp>,
     #[serde(default)]
     track_script: Vec<Spanned<RawScript>>,
+    #[serde(default)]
+    sync_group: Vec<RawSyncGroup>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSyncGroup {
+    name: Spanned<String>,
+    instances: Spanned<Vec<Spanned<String>>>,
+    notify: Option<Spanned<Vec<String>>>,
+    notify_master: Option<Spanned<Vec<String>>>,
+    notify_backup: Option<Spanned<Vec<String>>>,
+    notify_fault: Option<Spanned<Vec<String>>>,
+    notify_stop: Option<Spanned<Vec<String>>>,
+    notify_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -409,10 +427,44 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
             ));
         }
     }
+    let mut sync_groups: Vec<GroupSpec> = Vec::new();
+    for g in &raw.sync_group {
+        let name = g.name.get_ref().clone();
+        if name.is_empty() || sync_groups.iter().any(|o| o.name == name) {
+            return Err(invalid(g.name.span(), format!("sync_group.name = {name:?}: empty or used twice")));
+        }
+        let mut instances: Vec<String> = Vec::new();
+        for i in g.instances.get_ref() {
+            let member = i.get_ref();
+            if !vrrp.iter().any(|v| v.name == *member) {
+                return Err(invalid(
+                    i.span(),
+                    format!("sync_group.instances: {member:?} is not the name of a [[vrrp]] instance"),
+                ));
+            }
+            if instances.contains(member) || sync_groups.iter().any(|o| o.instances.contains(member)) {
+                return Err(invalid(i.span(), format!("sync_group.instances: {member:?} is in a sync group already")));
+            }
+            instances.push(member.clone());
+        }
+        if instances.len() < 2 {
+            return Err(invalid(
+                g.instances.span(),
+                "sync_group.instances: a group needs two instances or more".into(),
+            ));
+        }
+        let notify = hooks(
+            [&g.notify, &g.notify_master, &g.notify_backup, &g.notify_fault, &g.notify_stop],
+            &g.notify_timeout,
+            "sync_group",
+            &invalid,
+        )?;
+        sync_groups.push(GroupSpec { name, instances, notify });
+    }
     if vrrp.is_empty() && http.is_empty() {
         return Err(invalid(0..0, "nothing to do: no [[vrrp]] and no [[http]] section".to_string()));
     }
-    Ok(Config { control: ControlConfig { listen }, vrrp, http, scripts })
+    Ok(Config { control: ControlConfig { listen }, vrrp, http, scripts, sync_groups })
 }
 
 fn validate_vrrp(
@@ -581,22 +633,12 @@ fn validate_vrrp(
             "vrrp.priority = 255: the address owner is never lowered; remove its trackers or lower its priority".into(),
         ));
     }
-    let hook = |h: &Option<Spanned<Vec<String>>>, key: &str| -> Result<Option<Vec<String>>, ConfigError> {
-        h.as_ref().map(|c| command(c.get_ref(), c.span(), key, invalid)).transpose()
-    };
-    let notify = Hooks {
-        any: hook(&r.notify, "vrrp.notify")?,
-        master: hook(&r.notify_master, "vrrp.notify_master")?,
-        backup: hook(&r.notify_backup, "vrrp.notify_backup")?,
-        fault: hook(&r.notify_fault, "vrrp.notify_fault")?,
-        stop: hook(&r.notify_stop, "vrrp.notify_stop")?,
-        timeout: match &r.notify_timeout {
-            None => Duration::from_secs(10),
-            Some(s) => Some(duration(s, "vrrp.notify_timeout", invalid)?)
-                .filter(|d| !d.is_zero())
-                .ok_or_else(|| invalid(s.span(), "vrrp.notify_timeout = \"0s\": must be more than 0".into()))?,
-        },
-    };
+    let notify = hooks(
+        [&r.notify, &r.notify_master, &r.notify_backup, &r.notify_fault, &r.notify_stop],
+        &r.notify_timeout,
+        "vrrp",
+        invalid,
+    )?;
     Ok(VrrpConfig {
         trackers,
         notify,
@@ -719,6 +761,33 @@ fn validate_http(
         health,
         eject_after,
         eject_cooldown,
+    })
+}
+
+/// The notify hooks of an instance or a sync group (`section` names it in
+/// messages): `notify`, `notify_master`, `_backup`, `_fault`, `_stop` and
+/// `notify_timeout`.
+fn hooks(
+    [any, master, backup, fault, stop]: [&Option<Spanned<Vec<String>>>; 5],
+    timeout: &Option<Spanned<String>>,
+    section: &str,
+    invalid: &impl Fn(Range<usize>, String) -> ConfigError,
+) -> Result<Hooks, ConfigError> {
+    let hook = |h: &Option<Spanned<Vec<String>>>, key: &str| -> Result<Option<Vec<String>>, ConfigError> {
+        h.as_ref().map(|c| command(c.get_ref(), c.span(), &format!("{section}.{key}"), invalid)).transpose()
+    };
+    Ok(Hooks {
+        any: hook(any, "notify")?,
+        master: hook(master, "notify_master")?,
+        backup: hook(backup, "notify_backup")?,
+        fault: hook(fault, "notify_fault")?,
+        stop: hook(stop, "notify_stop")?,
+        timeout: match timeout {
+            None => Duration::from_secs(10),
+            Some(s) => Some(duration(s, &format!("{section}.notify_timeout"), invalid)?)
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| invalid(s.span(), format!("{section}.notify_timeout = \"0s\": must be more than 0")))?,
+        },
     })
 }
 
@@ -1038,6 +1107,29 @@ rise = 3
         assert!(e.contains("vrrp.notify: the command is empty"), "{e}");
         let e = err(&with("track_scripts = [{ name = \"x\", command = [\"true\"], timeout = \"0s\" }]"));
         assert!(e.contains("timeout = \"0s\""), "{e}");
+    }
+
+    #[test]
+    fn sync_groups_name_real_instances_once() {
+        let two = format!(
+            "{GOOD}\n{}",
+            GOOD[GOOD.find("[[vrrp]]").unwrap_or(0)..]
+                .replace("web", "lan")
+                .replace("eth0", "eth1")
+                .replace("192.0.2.10/24\", \"192.0.2.20", "198.51.100.10/24")
+        );
+        let c =
+            parse(&format!("{two}\n[[sync_group]]\nname = \"edge\"\ninstances = [\"web\", \"lan\"]\n"), Path::new("t"))
+                .expect("valid");
+        assert_eq!(c.sync_groups[0].instances, ["web", "lan"]);
+        let e = err(&format!("{two}\n[[sync_group]]\nname = \"edge\"\ninstances = [\"web\", \"wan\"]\n"));
+        assert!(e.contains("\"wan\" is not the name of a [[vrrp]] instance"), "{e}");
+        let e = err(&format!("{two}\n[[sync_group]]\nname = \"edge\"\ninstances = [\"web\"]\n"));
+        assert!(e.contains("needs two instances"), "{e}");
+        let e = err(&format!(
+            "{two}\n[[sync_group]]\nname = \"a\"\ninstances = [\"web\", \"lan\"]\n[[sync_group]]\nname = \"b\"\ninstances = [\"lan\", \"web\"]\n"
+        ));
+        assert!(e.contains("in a sync group already"), "{e}");
     }
 
     #[test]

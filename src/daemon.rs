@@ -22,6 +22,7 @@ use crate::vrrp::fsm::skew_and_master_down;
 use crate::vrrp::instance::{DrainGate, Instance, Stats};
 use crate::vrrp::notify::HookQueue;
 use crate::vrrp::probe::{self, TrackShared};
+use crate::vrrp::sync::GroupShared;
 use crate::vrrp::track::{ScriptSpec, Trackers, Watched};
 
 /// Longest a resigning master keeps its VIPs for requests in flight.
@@ -100,10 +101,32 @@ pub fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         })
         .collect();
     // At shutdown the STOP hooks run, each within its timeout.
-    let hooks_max = config.vrrp.iter().map(|c| c.notify.timeout * 2).max().unwrap_or_default();
+    // Sync groups: each member learns its group and its place in it.
+    let mut group_hooks = Vec::new();
+    let mut groups: Vec<Option<(Arc<GroupShared>, usize)>> = vec![None; config.vrrp.len()];
+    for g in &config.sync_groups {
+        let queue = (!g.notify.is_empty())
+            .then(|| HookQueue::start(probe_rt.handle(), g.name.clone(), g.notify.timeout, Arc::default()));
+        group_hooks.extend(queue.clone());
+        let shared = GroupShared::new(g.name.clone(), g.instances.len(), queue.map(|q| (q, g.notify.clone())));
+        for (index, member) in g.instances.iter().enumerate() {
+            if let Some(slot) = config.vrrp.iter().position(|v| v.name == *member) {
+                groups[slot] = Some((Arc::clone(&shared), index));
+            }
+        }
+    }
+    let hooks_max = config
+        .vrrp
+        .iter()
+        .map(|c| c.notify.timeout)
+        .chain(config.sync_groups.iter().map(|g| g.notify.timeout))
+        .max()
+        .unwrap_or_default()
+        * 2;
     let probes = Probes {
         runtime: probe_rt.handle().clone(),
         tracking,
+        groups,
         hooks: hooks.clone(),
         pools: pools.clone(),
         scripts: config.scripts.clone(),
@@ -174,7 +197,7 @@ pub fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         info!("draining HTTP connections");
         proxy.shutdown();
     }
-    for h in hooks.iter().flatten() {
+    for h in hooks.iter().flatten().chain(&group_hooks) {
         h.wait_idle(hooks_max);
     }
     probe_rt.shutdown_background();
@@ -189,6 +212,8 @@ struct Probes {
     /// Per instance, in config order.
     tracking: Vec<Option<Arc<TrackShared>>>,
     hooks: Vec<Option<HookQueue>>,
+    /// Per instance: its sync group and its index there.
+    groups: Vec<Option<(Arc<GroupShared>, usize)>>,
     pools: Vec<Arc<Pool>>,
     scripts: Vec<ScriptSpec>,
 }
@@ -296,8 +321,9 @@ async fn run_vrrp(
         .zip(siblings)
         .zip(probes.tracking)
         .zip(probes.hooks)
-        .zip(interface_vips);
-    for ((((((cfg, st), link), siblings), tracking), hooks), vips) in each {
+        .zip(interface_vips)
+        .zip(probes.groups);
+    for (((((((cfg, st), link), siblings), tracking), hooks), vips), group) in each {
         let at = cfg.interface_at;
         let (name, iface) = (cfg.name.clone(), cfg.interface.clone());
         match Instance::prepare(cfg, netlink.clone(), link, addr_events.subscribe(), vips, st).await {
@@ -308,6 +334,9 @@ async fn run_vrrp(
                 }
                 if let Some(h) = hooks {
                     i.set_hooks(h);
+                }
+                if let Some((g, index)) = group {
+                    i.set_group(g, index);
                 }
                 instances.push(i);
             }

@@ -21,6 +21,7 @@ fn fault_reason(event: Event) -> Reason {
     match event {
         Event::NoAddress => Reason::NoAddress,
         Event::TrackerFault => Reason::TrackerFault,
+        Event::GroupFault => Reason::GroupFault,
         _ => Reason::LinkDown,
     }
 }
@@ -87,6 +88,12 @@ pub enum Reason {
     TrackerFault,
     /// No tracker of weight 0 fails any more.
     TrackersOk,
+    /// A member of our sync group is in fault.
+    GroupFault,
+    /// No member of our sync group is in fault any more.
+    GroupOk,
+    /// A member of our sync group lost to a better master: we follow.
+    GroupStepDown,
 }
 
 impl fmt::Display for Reason {
@@ -110,6 +117,9 @@ impl fmt::Display for Reason {
             Reason::AddressBack => f.write_str("an address to send adverts from is back"),
             Reason::TrackerFault => f.write_str("a tracker of weight 0 fails"),
             Reason::TrackersOk => f.write_str("trackers pass again"),
+            Reason::GroupFault => f.write_str("a member of the sync group is in fault"),
+            Reason::GroupOk => f.write_str("no member of the sync group is in fault"),
+            Reason::GroupStepDown => f.write_str("a member of the sync group is backup"),
         }
     }
 }
@@ -143,6 +153,13 @@ pub enum Event {
     TrackerFault,
     /// Every weightless tracker passes again (and the interface is usable).
     TrackersOk,
+    /// A member of the sync group is in fault (for its own reasons).
+    GroupFault,
+    /// No member of the sync group is in fault any more.
+    GroupOk,
+    /// A member of the sync group is backup under a better master: a master
+    /// steps down too (priority 0, VIPs released), so the group moves whole.
+    GroupStepDown,
 }
 
 /// Outputs of the state machine, executed in order by the instance.
@@ -218,6 +235,10 @@ pub struct Fsm {
     /// Last time a lower-priority master made us re-assert ourselves.
     last_reassert: Option<Instant>,
     master_ip: Option<Ipv4Addr>,
+    /// The priority in the followed master's last accepted advert.
+    master_priority: Option<u8>,
+    /// No preemption while set (a sync group member lost to a better master).
+    preempt_hold: bool,
     actions: VecDeque<Action>,
 }
 
@@ -238,6 +259,8 @@ impl Fsm {
             started_at: None,
             last_reassert: None,
             master_ip: None,
+            master_priority: None,
+            preempt_hold: false,
             actions: VecDeque::new(),
         }
     }
@@ -304,37 +327,46 @@ impl Fsm {
                 self.transition(State::Initialize, Reason::Shutdown);
             }
             (State::Initialize, Event::Shutdown) => {}
-            (State::Master, Event::LinkDown | Event::NoAddress | Event::TrackerFault) => {
+            (State::Master, Event::GroupStepDown) if !self.is_resigning() => self.step_down(now),
+            (_, Event::GroupStepDown) => {}
+            (State::Master, Event::LinkDown | Event::NoAddress | Event::TrackerFault | Event::GroupFault) => {
                 // Adverts cannot leave a dead link, so there is no priority 0
                 // to send; the addresses go so no other interface answers.
                 // A failing tracker leaves the link up: resign, so a backup
                 // takes over after Skew_Time, not Master_Down_Interval.
                 self.cancel_timers();
                 self.master_ip = None;
-                if event == Event::TrackerFault {
+                if matches!(event, Event::TrackerFault | Event::GroupFault) {
                     self.actions.push_back(Action::SendAdvert { priority: PRIORITY_RESIGN });
                 }
                 self.actions.push_back(Action::ReleaseVips);
                 self.transition(State::Fault, fault_reason(event));
             }
-            (State::Backup | State::Initialize, Event::LinkDown | Event::NoAddress | Event::TrackerFault) => {
+            (
+                State::Backup | State::Initialize,
+                Event::LinkDown | Event::NoAddress | Event::TrackerFault | Event::GroupFault,
+            ) => {
                 self.cancel_timers();
                 self.master_ip = None;
                 self.transition(State::Fault, fault_reason(event));
             }
-            (State::Fault, Event::LinkUp | Event::AddressBack | Event::TrackersOk) => {
+            (State::Fault, Event::LinkUp | Event::AddressBack | Event::TrackersOk | Event::GroupOk) => {
                 let reason = match event {
                     Event::LinkUp => Reason::LinkUp,
                     Event::AddressBack => Reason::AddressBack,
+                    Event::GroupOk => Reason::GroupOk,
                     _ => Reason::TrackersOk,
                 };
                 self.transition(State::Initialize, reason);
                 self.startup(now);
             }
-            (State::Fault, Event::LinkDown | Event::NoAddress | Event::TrackerFault | Event::Startup)
+            (
+                State::Fault,
+                Event::LinkDown | Event::NoAddress | Event::TrackerFault | Event::GroupFault | Event::Startup,
+            )
             | (
                 State::Initialize | State::Backup | State::Master,
-                Event::LinkUp | Event::AddressBack | Event::TrackersOk,
+                Event::LinkUp | Event::AddressBack | Event::TrackersOk | Event::GroupOk,
             ) => {}
         }
     }
@@ -468,7 +500,23 @@ impl Fsm {
     }
 
     fn preempt_allowed(&self, now: Instant) -> bool {
-        self.params.preempt && self.started_at.is_none_or(|t| now >= t + self.params.preempt_delay)
+        self.params.preempt
+            && !self.preempt_hold
+            && self.started_at.is_none_or(|t| now >= t + self.params.preempt_delay)
+    }
+
+    /// Holds preemption back (or lets it go): a sync group member is backup
+    /// under a better master, and the group stays together.
+    pub fn set_preempt_hold(&mut self, hold: bool) {
+        self.preempt_hold = hold;
+    }
+
+    /// Backup under a master that is at least as good as we are: we lost
+    /// fairly and would not preempt it (what a sync group follows).
+    pub fn follows_better_master(&self) -> bool {
+        self.state == State::Backup
+            && self.master_ip.is_some()
+            && self.master_priority.is_some_and(|p| p >= self.params.priority)
     }
 
     /// §6.4.2 "If an ADVERTISEMENT is received" in Backup.
@@ -490,6 +538,7 @@ impl Fsm {
                 self.master_adver_interval = interval.as_duration();
             }
             self.master_ip = Some(source);
+            self.master_priority = Some(priority);
             self.arm_master_down(now, Reason::MasterDownTimerExpired);
         } else {
             // Discard: the timer keeps running and we take over when it fires.
@@ -538,6 +587,7 @@ impl Fsm {
                 self.master_adver_interval = interval.as_duration();
             }
             self.master_ip = Some(source);
+            self.master_priority = Some(priority);
             // Not in the RFC: a priority 0 tells the winner that we were
             // master too (it may never have seen an advert of ours when a
             // split heals), so it re-announces and clients that followed
@@ -550,6 +600,21 @@ impl Fsm {
             self.send_advert(now);
             self.reassert(source, priority);
         }
+    }
+
+    /// A sync group member lost to a better master: resign as on a planned
+    /// stop (priority 0, so our backup takes over after Skew_Time), give
+    /// the VIPs up and follow as a backup.
+    fn step_down(&mut self, now: Instant) {
+        self.adver_timer = None;
+        self.garp_repeat_timer = None;
+        self.garp_refresh_timer = None;
+        self.master_ip = None;
+        self.master_priority = None;
+        self.actions.push_back(Action::SendAdvert { priority: PRIORITY_RESIGN });
+        self.actions.push_back(Action::ReleaseVips);
+        self.arm_master_down(now, Reason::MasterDownTimerExpired);
+        self.transition(State::Backup, Reason::GroupStepDown);
     }
 
     /// Another router acted as master beside us: a lower-priority master
@@ -1044,6 +1109,31 @@ mod tests {
         h.handle(t0 + ms(2000), advert(PEER_HIGH, 120));
         let (skew, _) = h.skew_and_master_down();
         assert_eq!(h.poll_timeout(), Some(t0 + ms(2000) + skew));
+    }
+
+    #[test]
+    fn a_sync_group_member_steps_down_and_holds_preemption() {
+        let t0 = Instant::now();
+        let mut f = master(150, t0);
+        f.handle(t0 + ms(5000), Event::GroupStepDown);
+        assert_eq!(f.state(), State::Backup);
+        let actions = drain(&mut f);
+        assert_eq!(actions[..2], [Action::SendAdvert { priority: 0 }, Action::ReleaseVips]);
+        // Held: a lower master is followed, not preempted.
+        f.set_preempt_hold(true);
+        f.handle(t0 + ms(5200), advert(PEER_HIGH, 100));
+        assert_eq!((f.master_ip(), f.follows_better_master()), (Some(PEER_HIGH), false));
+        let armed = f.poll_timeout().expect("master down armed");
+        assert!(armed > t0 + ms(5200) + ms(3000), "following, not preempting: {armed:?}");
+        // Released: the next lower advert is preempted after Skew_Time.
+        f.set_preempt_hold(false);
+        f.handle(t0 + ms(6200), advert(PEER_HIGH, 100));
+        let (skew, _) = f.skew_and_master_down();
+        assert_eq!(f.poll_timeout(), Some(t0 + ms(6200) + skew));
+        // Following a better master is what a group follows.
+        let mut g = backup(100, t0);
+        g.handle(t0 + ms(100), advert(PEER_HIGH, 150));
+        assert!(g.follows_better_master());
     }
 
     #[test]

@@ -17,6 +17,7 @@ use super::notify::{state_word, HookQueue, HookRuns};
 use super::packet::{self, Advert, ChecksumForm, DropReason, Expect, MULTICAST_V4};
 use super::probe::TrackShared;
 use super::socket::VrrpSocket;
+use super::sync::{GroupShared, MemberState, Others};
 use super::timer::PreciseTimer;
 use super::track::TrackerStatus;
 use crate::config::VirtualIp;
@@ -92,6 +93,8 @@ pub struct Stats {
     garps: AtomicU64,
     netlink_errors: AtomicU64,
     vips_restored: AtomicU64,
+    /// How far a sync group member's trackers lower this instance.
+    group_lowered: std::sync::atomic::AtomicU8,
     /// The instance's trackers, if it has any.
     tracking: Option<Arc<TrackShared>>,
     /// How its notify hooks ended.
@@ -239,6 +242,7 @@ impl Stats {
             garps: AtomicU64::new(0),
             netlink_errors: AtomicU64::new(0),
             vips_restored: AtomicU64::new(0),
+            group_lowered: Default::default(),
             tracking,
             notify_runs: Arc::default(),
             dynamic: Mutex::new(Dynamic {
@@ -261,13 +265,20 @@ impl Stats {
 
     /// A consistent copy for the control server.
     pub fn snapshot(&self) -> Snapshot {
-        let (effective_priority, priority_explanation, trackers) = match &self.tracking {
+        let (mut effective_priority, mut priority_explanation, trackers) = match &self.tracking {
             Some(t) => {
                 let e = t.effective();
                 (e.priority, e.explanation, t.status())
             }
             None => (self.priority, self.priority.to_string(), Vec::new()),
         };
+        // Another sync group member's trackers lower this one further.
+        let by_group = self.group_lowered.load(Ordering::Relaxed);
+        let group_priority = self.priority.saturating_sub(by_group).clamp(1, 254);
+        if self.priority != 255 && group_priority < effective_priority {
+            effective_priority = group_priority;
+            priority_explanation = format!("{} - {by_group} (sync group)", self.priority);
+        }
         let d = self.dynamic();
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
         Snapshot {
@@ -378,6 +389,11 @@ pub struct Instance {
     tracker_fault: bool,
     /// Where state changes queue their notify hooks.
     hooks: Option<HookQueue>,
+    /// The sync group and our place in it, if any; a member of it in fault;
+    /// the most another member's trackers lower it.
+    group: Option<(Arc<GroupShared>, usize)>,
+    group_fault: bool,
+    group_lowered: u8,
     /// Set once shutdown began.
     stopping: bool,
     /// VRIDs of this process's other instances on the same interface.
@@ -403,9 +419,51 @@ impl Instance {
         self.hooks = Some(hooks);
     }
 
-    /// Link up, an address to send from, no weightless tracker failing.
+    /// Makes the instance member `index` of a sync group.
+    pub fn set_group(&mut self, group: Arc<GroupShared>, index: usize) {
+        self.group = Some((group, index));
+    }
+
+    /// Link up, an address to send from, no weightless tracker failing, no
+    /// sync group member in fault.
     fn usable(&self) -> bool {
-        self.link_up && self.has_address && !self.tracker_fault
+        self.link_up && self.has_address && !self.tracker_fault && !self.group_fault
+    }
+
+    /// Tells the sync group what this member is now.
+    fn publish_group(&self) {
+        let Some((group, i)) = &self.group else { return };
+        let word = match self.fsm.state() {
+            State::Master => Some("MASTER"),
+            State::Backup => Some("BACKUP"),
+            State::Fault => Some("FAULT"),
+            State::Initialize => None,
+        };
+        let own_fault = !(self.link_up && self.has_address && !self.tracker_fault);
+        let lowered = self.cfg.priority.saturating_sub(self.own_priority());
+        group.publish(*i, MemberState { own_fault, lost: self.fsm.follows_better_master(), lowered, word });
+    }
+
+    /// Another member's state changed: share its fault; while one is backup
+    /// under a better master, hold preemption back and step down as master.
+    fn follow_group(&mut self) {
+        let Some((group, i)) = self.group.clone() else { return };
+        let Others { fault, lost, lowered } = group.others(i);
+        if lowered != self.group_lowered {
+            self.group_lowered = lowered;
+            self.stats.group_lowered.store(lowered, Ordering::Relaxed);
+            self.apply_priority();
+        }
+        if fault != self.group_fault {
+            info!(group = group.name(), fault, "sync group fault changed");
+            let was = self.usable();
+            self.group_fault = fault;
+            self.condition_changed(was, Event::GroupFault, Event::GroupOk);
+        }
+        self.fsm.set_preempt_hold(lost);
+        if lost {
+            self.fsm.handle(Instant::now(), Event::GroupStepDown);
+        }
     }
 
     /// After one of [`Instance::usable`]'s conditions changed: Fault with
@@ -419,15 +477,36 @@ impl Instance {
         }
     }
 
+    /// The priority this instance's own trackers give it.
+    fn own_priority(&self) -> u8 {
+        self.tracking.as_ref().map_or(self.cfg.priority, |t| t.effective().priority)
+    }
+
+    /// Sets the effective priority: our trackers', lowered further as far
+    /// as another sync group member's trackers lower that one (the group
+    /// moves as one). An owner (255) is never lowered.
+    fn apply_priority(&mut self) {
+        let own = self.own_priority();
+        let by_group = if self.cfg.priority == 255 {
+            255
+        } else {
+            self.cfg.priority.saturating_sub(self.group_lowered).clamp(1, 254)
+        };
+        let effective = own.min(by_group);
+        let before = self.fsm.params().priority;
+        if effective != before {
+            let why =
+                self.tracking.as_ref().map_or_else(|| self.cfg.priority.to_string(), |t| t.effective().explanation);
+            info!(from = before, to = effective, explanation = %why, group_lowered = self.group_lowered, "effective priority changed");
+            self.fsm.set_priority(Instant::now(), effective);
+        }
+    }
+
     /// A tracker's verdict changed: new effective priority, or Fault.
     fn follow_trackers(&mut self) {
         let Some(tracking) = &self.tracking else { return };
         let e = tracking.effective();
-        let before = self.fsm.params().priority;
-        if e.priority != before {
-            info!(from = before, to = e.priority, explanation = %e.explanation, "effective priority changed");
-            self.fsm.set_priority(Instant::now(), e.priority);
-        }
+        self.apply_priority();
         if e.fault != self.tracker_fault {
             if e.fault {
                 warn!(explanation = %e.explanation, "a weightless tracker fails");
@@ -500,6 +579,9 @@ impl Instance {
             tracking: None,
             tracker_fault: false,
             hooks: None,
+            group: None,
+            group_fault: false,
+            group_lowered: 0,
             stopping: false,
             siblings: Vec::new(),
             drain: None,
@@ -521,6 +603,9 @@ impl Instance {
                 self.fsm.handle(Instant::now(), Event::LinkDown);
             }
             self.follow_trackers();
+            self.execute().await;
+            self.publish_group();
+            self.follow_group();
             self.execute().await;
             let mut buf = vec![0u8; 2048];
             let mut recv_errors = 0u32;
@@ -546,6 +631,7 @@ impl Instance {
                         }
                     },
                     _ = tracker_change(&self.tracking) => self.follow_trackers(),
+                    _ = group_change(&self.group) => self.follow_group(),
                     _ = self.timer.sleep_until(deadline) => {
                         // After a stall (a paused VM, a starved CPU) the
                         // timer and the master's queued adverts are due at
@@ -581,6 +667,7 @@ impl Instance {
                     },
                 }
                 self.execute().await;
+                self.publish_group();
                 // A resigning master stays until its successor advertises
                 // (or its release timer fires); everyone else is done.
                 if self.stopping && self.fsm.state() != State::Master {
@@ -661,7 +748,8 @@ impl Instance {
                     info!(%from, %to, %reason, %master, "state change");
                     self.stats.record_transition(to, reason.to_string());
                     if let (Some(hooks), Some(word)) = (&self.hooks, state_word(to, reason)) {
-                        hooks.push(word, self.cfg.notify.commands(&self.cfg.name, word, self.fsm.params().priority));
+                        let priority = Some(self.fsm.params().priority);
+                        hooks.push(word, self.cfg.notify.commands("INSTANCE", &self.cfg.name, word, priority));
                     }
                 }
             }
@@ -864,6 +952,14 @@ async fn addr_change(addrs: &mut Option<broadcast::Receiver<AddrEvent>>, ifindex
     }
     while let Ok(_) | Err(TryRecvError::Lagged(_)) = rx.try_recv() {}
     AddrWake::Ours
+}
+
+/// Resolves when another sync group member changed; never without a group.
+async fn group_change(group: &Option<(Arc<GroupShared>, usize)>) {
+    match group {
+        Some((g, i)) => g.changed(*i).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Resolves when a tracker's verdict changed; never without trackers.

@@ -7,5 +7,6 @@ pub mod notify;
 pub mod packet;
 pub mod probe;
 pub mod socket;
+pub mod sync;
 pub mod timer;
 pub mod track;

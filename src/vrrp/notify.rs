@@ -51,8 +51,9 @@ impl Hooks {
     }
 
     /// The commands a change to `word` runs, in order: the state's own
-    /// hook, then `notify` with keepalived's arguments.
-    pub fn commands(&self, instance: &str, word: &str, priority: u8) -> Vec<Vec<String>> {
+    /// hook, then `notify` with keepalived's arguments: `INSTANCE <name>
+    /// <STATE> <priority>` (`kind` "INSTANCE"), or `GROUP <name> <STATE>`.
+    pub fn commands(&self, kind: &str, name: &str, word: &str, priority: Option<u8>) -> Vec<Vec<String>> {
         let own = match word {
             "MASTER" => &self.master,
             "BACKUP" => &self.backup,
@@ -63,7 +64,8 @@ impl Hooks {
         let mut out: Vec<Vec<String>> = own.iter().cloned().collect();
         if let Some(any) = &self.any {
             let mut cmd = any.clone();
-            cmd.extend(["INSTANCE".to_string(), instance.to_string(), word.to_string(), priority.to_string()]);
+            cmd.extend([kind.to_string(), name.to_string(), word.to_string()]);
+            cmd.extend(priority.map(|p| p.to_string()));
             out.push(cmd);
         }
         out
@@ -192,14 +194,18 @@ mod tests {
             ..Hooks::default()
         };
         assert_eq!(
-            h.commands("web", "MASTER", 150),
+            h.commands("INSTANCE", "web", "MASTER", Some(150)),
             vec![
                 vec!["/bin/master-hook".to_string(), "--now".into()],
                 vec!["/etc/vipd/notify.sh".to_string(), "INSTANCE".into(), "web".into(), "MASTER".into(), "150".into()],
             ]
         );
-        assert_eq!(h.commands("web", "BACKUP", 150).len(), 1);
-        assert!(Hooks::default().commands("web", "FAULT", 1).is_empty());
+        assert_eq!(h.commands("INSTANCE", "web", "BACKUP", Some(150)).len(), 1);
+        assert!(Hooks::default().commands("INSTANCE", "web", "FAULT", Some(1)).is_empty());
+        assert_eq!(
+            h.commands("GROUP", "edge", "BACKUP", None),
+            vec![vec!["/etc/vipd/notify.sh".to_string(), "GROUP".into(), "edge".into(), "BACKUP".into()]]
+        );
         assert!(Hooks::default().is_empty() && !h.is_empty());
     }
 
