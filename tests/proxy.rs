@@ -1120,3 +1120,29 @@ async fn request_lines_are_served_or_answered_by_their_rfc_rule() {
     p.shutdown();
     task.abort();
 }
+
+/// Issue 7 §2: what cannot be sent again (a POST, a body) never goes on a
+/// pooled connection the backend may be closing: a fresh one; a bodiless
+/// GET reuses the pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_that_cannot_be_replayed_get_a_fresh_backend_connection() {
+    const OK: &[&[u8]] = &[b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"];
+    let (backend, accepted, task) = raw_backend(OK).await;
+    let (addr, _, p) = proxy(&[backend], "retries = 0");
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let mut pending = Vec::new();
+    let mut send = async |req: &[u8]| {
+        s.write_all(req).await.expect("write");
+        read_response(&mut s, &mut pending, false).await.0
+    };
+    assert_eq!(send(b"GET /0 HTTP/1.1\r\nHost: x\r\n\r\n").await, 200);
+    assert_eq!(send(b"GET /0 HTTP/1.1\r\nHost: x\r\n\r\n").await, 200);
+    assert_eq!(accepted.load(Ordering::Relaxed), 1, "a GET reuses the pooled connection");
+    assert_eq!(send(b"POST /0 HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi").await, 200);
+    assert_eq!(send(b"DELETE /0 HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi").await, 200);
+    assert_eq!(accepted.load(Ordering::Relaxed), 3, "a POST and a DELETE with a body each got a fresh connection");
+    assert_eq!(send(b"GET /0 HTTP/1.1\r\nHost: x\r\n\r\n").await, 200);
+    assert_eq!(accepted.load(Ordering::Relaxed), 3, "the GET after them reuses one");
+    p.shutdown();
+    task.abort();
+}

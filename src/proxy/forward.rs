@@ -127,12 +127,21 @@ fn local(status: StatusCode, text: &'static str, mut done: Completion) -> Respon
 }
 
 /// A ready connection to backend `i`: a pooled one if any is still good.
-async fn checkout(pool: &Pool, idle: &IdleConns<Upstream>, i: usize, addr: SocketAddr) -> Result<Upstream, String> {
+/// With `fresh`, always a new one: for a request that cannot be sent again.
+async fn checkout(
+    pool: &Pool,
+    idle: &IdleConns<Upstream>,
+    i: usize,
+    addr: SocketAddr,
+    fresh: bool,
+) -> Result<Upstream, String> {
     let timeout = pool.config.connect_timeout;
-    while let Some(mut conn) = idle.take(i, Instant::now(), |c| !c.is_closed()) {
-        // Driving it here also finds out whether the backend closed it.
-        if let Ok(true) = tokio::time::timeout(timeout, conn.ready()).await {
-            return Ok(conn);
+    if !fresh {
+        while let Some(mut conn) = idle.take(i, Instant::now(), |c| !c.is_closed()) {
+            // Driving it here also finds out whether the backend closed it.
+            if let Ok(true) = tokio::time::timeout(timeout, conn.ready()).await {
+                return Ok(conn);
+            }
         }
     }
     Upstream::connect(addr, timeout).await
@@ -200,7 +209,7 @@ pub async fn handle(
         if let Some(l) = done.log.as_mut() {
             l.backend = Some(addr);
         }
-        let mut conn = match checkout(&pool, &idle, i, addr).await {
+        let mut conn = match checkout(&pool, &idle, i, addr, replay.is_none()).await {
             Ok(c) => c,
             Err(e) => {
                 warn!(backend = %addr, error = %e, "backend unreachable; trying another");

@@ -178,6 +178,10 @@ pub enum Action {
     /// Another router acted as master beside us (a split network healing,
     /// or it stepping down); we re-advertise and re-announce. For the log.
     Reasserted { against: Ipv4Addr, priority: u8 },
+    /// We own the addresses (priority 255) and so does the sender: a
+    /// misconfiguration (RFC 9568 erratum 8298); the higher primary address
+    /// wins the tie as for any equal priority. For the log.
+    OwnerConflict { from: Ipv4Addr },
 }
 
 /// Configuration of one instance as the state machine needs it.
@@ -519,8 +523,17 @@ impl Fsm {
             && self.master_priority.is_some_and(|p| p >= self.params.priority)
     }
 
+    /// Two owners of one virtual router (erratum 8298): said, then the
+    /// ordinary rules go on.
+    fn note_owner_conflict(&mut self, source: Ipv4Addr, priority: u8) {
+        if priority == PRIORITY_OWNER && self.params.priority == PRIORITY_OWNER {
+            self.actions.push_back(Action::OwnerConflict { from: source });
+        }
+    }
+
     /// §6.4.2 "If an ADVERTISEMENT is received" in Backup.
     fn backup_receives(&mut self, now: Instant, source: Ipv4Addr, priority: u8, interval: Centiseconds) {
+        self.note_owner_conflict(source, priority);
         if priority == PRIORITY_RESIGN {
             // Only the master we follow can resign for us. A priority 0 from
             // another router (one stepping down after a split) leaves us be:
@@ -569,6 +582,7 @@ impl Fsm {
             self.master_receives_while_resigning(source, priority);
             return;
         }
+        self.note_owner_conflict(source, priority);
         if priority == PRIORITY_RESIGN {
             // RFC 5798 §6.4.3: answer at once so backups do not take over.
             self.send_advert(now);
@@ -1068,6 +1082,22 @@ mod tests {
             assert_eq!(f.state(), State::Backup);
             assert!(!drain(&mut f).contains(&Action::Announce), "a backup does not refresh");
         }
+    }
+
+    #[test]
+    fn two_owners_are_reported_and_the_higher_address_wins() {
+        let t0 = Instant::now();
+        let mut f = Fsm::new(params(255));
+        f.handle(t0, Event::Startup);
+        assert_eq!(f.state(), State::Master);
+        drain(&mut f);
+        f.handle(t0 + ms(100), advert(PEER_LOW, 255));
+        let actions = drain(&mut f);
+        assert_eq!(actions[0], Action::OwnerConflict { from: PEER_LOW });
+        assert_eq!(f.state(), State::Master, "our address is higher");
+        f.handle(t0 + ms(200), advert(PEER_HIGH, 255));
+        assert_eq!(drain(&mut f)[0], Action::OwnerConflict { from: PEER_HIGH });
+        assert_eq!(f.state(), State::Backup, "its address is higher");
     }
 
     #[test]

@@ -12,9 +12,9 @@ use serde::Serialize;
 use tokio::sync::{broadcast, watch};
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
-use super::fsm::{skew_and_master_down, Action, Event, Fsm, Params, State};
+use super::fsm::{skew_and_master_down, Action, Event, Fsm, Params, State, PRIORITY_OWNER};
 use super::notify::{state_word, HookQueue, HookRuns};
-use super::packet::{self, Advert, ChecksumForm, DropReason, Expect, MULTICAST_V4};
+use super::packet::{self, Advert, ChecksumForm, DropReason, Expect, Version, MULTICAST_V4};
 use super::probe::TrackShared;
 use super::socket::VrrpSocket;
 use super::sync::{GroupShared, MemberState, Others};
@@ -67,6 +67,9 @@ impl std::fmt::Debug for DrainGate {
 /// How often a resigning master looks at the drain gate.
 const DRAIN_POLL: std::time::Duration = std::time::Duration::from_millis(2);
 
+/// How often a second owner of the virtual router is logged.
+const OWNER_WARNING_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Most packets taken off the socket before acting on an expired timer.
 const MAX_QUEUED_DRAIN: usize = 256;
 
@@ -87,6 +90,7 @@ pub struct Stats {
     virtual_ips: Vec<String>,
     rx_adverts: AtomicU64,
     rx_address_mismatch: AtomicU64,
+    rx_owner_conflicts: AtomicU64,
     dropped: [AtomicU64; DropReason::ALL.len()],
     tx_adverts: AtomicU64,
     tx_errors: AtomicU64,
@@ -187,8 +191,11 @@ pub struct NotifyRuns {
 pub struct RxSnapshot {
     /// Valid adverts from other routers.
     pub adverts: u64,
-    /// Valid adverts whose address list differs from ours (logged, not dropped).
+    /// Valid v3 adverts whose address list differs from ours (logged, not
+    /// dropped; v2 ones from a non-owner are dropped as `address_list`).
     pub address_mismatch: u64,
+    /// Adverts with priority 255 while we own the addresses too.
+    pub owner_conflicts: u64,
     /// Dropped packets by reason.
     pub dropped: BTreeMap<&'static str, u64>,
 }
@@ -236,6 +243,7 @@ impl Stats {
             virtual_ips: cfg.virtual_ips.iter().map(|v| v.to_string()).collect(),
             rx_adverts: AtomicU64::new(0),
             rx_address_mismatch: AtomicU64::new(0),
+            rx_owner_conflicts: AtomicU64::new(0),
             dropped: Default::default(),
             tx_adverts: AtomicU64::new(0),
             tx_errors: AtomicU64::new(0),
@@ -307,6 +315,7 @@ impl Stats {
             rx: RxSnapshot {
                 adverts: load(&self.rx_adverts),
                 address_mismatch: load(&self.rx_address_mismatch),
+                owner_conflicts: load(&self.rx_owner_conflicts),
                 dropped: DropReason::ALL.iter().map(|r| (r.name(), load(&self.dropped[r.index()]))).collect(),
             },
             tx: TxSnapshot {
@@ -394,6 +403,8 @@ pub struct Instance {
     group: Option<(Arc<GroupShared>, usize)>,
     group_fault: bool,
     group_lowered: u8,
+    /// When a second owner was last logged (at most every [`OWNER_WARNING_EVERY`]).
+    last_owner_warning: Option<Instant>,
     /// Set once shutdown began.
     stopping: bool,
     /// VRIDs of this process's other instances on the same interface.
@@ -582,6 +593,7 @@ impl Instance {
             group: None,
             group_fault: false,
             group_lowered: 0,
+            last_owner_warning: None,
             stopping: false,
             siblings: Vec::new(),
             drain: None,
@@ -702,9 +714,16 @@ impl Instance {
         }
         let advert = &rx.advert;
         self.stats.count_peer(rx.source, rx.checksum_form, advert.priority);
-        if advert.priority != 0 && !self.cfg.virtual_ips.iter().map(|v| v.addr).eq(advert.addresses.iter().copied()) {
+        let same_list = self.cfg.virtual_ips.iter().map(|v| v.addr).eq(advert.addresses.iter().copied());
+        if !same_list && self.cfg.version == Version::V2 && advert.priority != PRIORITY_OWNER {
+            // RFC 3768 §7.1: from anyone but the owner, such a packet is dropped.
+            self.stats.count_drop(DropReason::AddressList);
+            debug!(from = %rx.source, "v2 advert's address list differs from ours: dropped (RFC 3768 §7.1)");
+            return;
+        }
+        if advert.priority != 0 && !same_list {
             self.stats.rx_address_mismatch.fetch_add(1, Ordering::Relaxed);
-            debug!(from = %rx.source, "advert's address list differs from ours (RFC 5798 §7.1: logged, not dropped)");
+            debug!(from = %rx.source, "advert's address list differs from ours (RFC 9568 §7.1: logged, not dropped)");
         }
         self.fsm.handle(
             Instant::now(),
@@ -740,6 +759,14 @@ impl Instance {
                     }
                 }
                 Action::Announce => self.announce(),
+                Action::OwnerConflict { from } => {
+                    self.stats.rx_owner_conflicts.fetch_add(1, Ordering::Relaxed);
+                    let now = Instant::now();
+                    if self.last_owner_warning.is_none_or(|t| now >= t + OWNER_WARNING_EVERY) {
+                        self.last_owner_warning = Some(now);
+                        warn!(%from, "another router also owns the virtual addresses (both priority 255): a misconfiguration (RFC 9568 erratum 8298); the higher primary address wins");
+                    }
+                }
                 Action::Reasserted { against, priority } => {
                     info!(%against, priority, "another router acted as master; advertising and announcing again");
                 }

@@ -123,11 +123,15 @@ pub enum DropReason {
     /// Zero advert interval, which would make timers spin.
     #[error("zero advert interval")]
     ZeroInterval,
+    /// VRRPv2 advert from a non-owner whose address list differs from ours
+    /// (RFC 3768 §7.1: MUST be dropped).
+    #[error("v2 advert's address list differs from ours")]
+    AddressList,
 }
 
 impl DropReason {
     /// Every reason, in the order counters are shown.
-    pub const ALL: [DropReason; 11] = [
+    pub const ALL: [DropReason; 12] = [
         DropReason::Ttl,
         DropReason::Truncated,
         DropReason::NotVrrp,
@@ -139,6 +143,7 @@ impl DropReason {
         DropReason::Auth,
         DropReason::Interval,
         DropReason::ZeroInterval,
+        DropReason::AddressList,
     ];
 
     /// Counter name used in `/status` and `/metrics`.
@@ -155,6 +160,7 @@ impl DropReason {
             DropReason::Auth => "auth",
             DropReason::Interval => "interval",
             DropReason::ZeroInterval => "zero_interval",
+            DropReason::AddressList => "address_list",
         }
     }
 

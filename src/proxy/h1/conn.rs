@@ -371,7 +371,10 @@ async fn forward(
         if let Some(l) = log.as_mut() {
             l.backend = Some(addr);
         }
-        let pooled = if upgrade { None } else { idle.take(i, StdInstant::now(), Upstream::is_usable) };
+        // What cannot be sent again goes on a fresh connection: a pooled one
+        // the backend closes just as the request goes out would fail it
+        // with no way back (HAProxy's http-reuse safe, for the same reason).
+        let pooled = if upgrade || !replayable { None } else { idle.take(i, StdInstant::now(), Upstream::is_usable) };
         let mut up = match pooled {
             Some(up) => up,
             None => match Upstream::connect(addr, cfg.connect_timeout).await {
