@@ -442,6 +442,14 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
                     format!("sync_group.instances: {member:?} is not the name of a [[vrrp]] instance"),
                 ));
             }
+            if vrrp.iter().any(|v| v.name == *member && v.priority == 255) {
+                return Err(invalid(
+                    i.span(),
+                    format!(
+                        "sync_group.instances: {member:?} has priority 255: an address owner cannot follow a group"
+                    ),
+                ));
+            }
             if instances.contains(member) || sync_groups.iter().any(|o| o.instances.contains(member)) {
                 return Err(invalid(i.span(), format!("sync_group.instances: {member:?} is in a sync group already")));
             }

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use futures_util::{StreamExt, TryStreamExt};
 use rtnetlink::packet_core::NetlinkPayload;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressHeaderFlags, AddressMessage};
-use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags};
+use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use rtnetlink::packet_route::RouteNetlinkMessage;
 use rtnetlink::{AddressMessageBuilder, Handle, MulticastGroup};
 use tokio::sync::{broadcast, watch};
@@ -75,15 +75,7 @@ impl Netlink {
 
     /// Index, MAC and state of the interface `name`.
     pub async fn link(&self, name: &str) -> Result<Link, NetlinkError> {
-        let mut links = self.handle.link().get().match_name(name.to_string()).execute();
-        let msg = match links.try_next().await {
-            Ok(Some(msg)) => msg,
-            Ok(None) => return Err(NetlinkError::NoSuchLink(name.to_string())),
-            Err(e) if is_absent(&e) => return Err(NetlinkError::NoSuchLink(name.to_string())),
-            Err(source) => {
-                return Err(NetlinkError::Request { what: format!("looking up interface {name:?}"), source })
-            }
-        };
+        let msg = self.link_message(name).await?;
         let mac = msg
             .attributes
             .iter()
@@ -92,18 +84,29 @@ impl Netlink {
                 _ => None,
             })
             .ok_or_else(|| NetlinkError::NoMac(name.to_string()))?;
-        let flags = msg.header.flags;
-        Ok(Link {
-            index: msg.header.index,
-            mac,
-            up: flags.contains(LinkFlags::Up) && flags.contains(LinkFlags::LowerUp),
-        })
+        Ok(Link { index: msg.header.index, mac, up: is_usable(&msg) })
+    }
+
+    async fn link_message(&self, name: &str) -> Result<LinkMessage, NetlinkError> {
+        let mut links = self.handle.link().get().match_name(name.to_string()).execute();
+        match links.try_next().await {
+            Ok(Some(msg)) => Ok(msg),
+            Ok(None) => Err(NetlinkError::NoSuchLink(name.to_string())),
+            Err(e) if is_absent(&e) => Err(NetlinkError::NoSuchLink(name.to_string())),
+            Err(source) => Err(NetlinkError::Request { what: format!("looking up interface {name:?}"), source }),
+        }
     }
 
     /// The interface's IPv4 addresses, with whether each is secondary.
     pub async fn ipv4_on(&self, index: u32) -> Result<Vec<(Ipv4Addr, bool)>, NetlinkError> {
         let addrs = self.ipv4_addresses(index).await?;
         Ok(addrs.into_iter().map(|(a, m)| (a, m.header.flags.contains(AddressHeaderFlags::Secondary))).collect())
+    }
+
+    /// Whether the interface `name` is up with carrier. Unlike
+    /// [`Netlink::link`] it needs no hardware address (tun, WireGuard).
+    pub async fn link_up(&self, name: &str) -> Result<bool, NetlinkError> {
+        Ok(is_usable(&self.link_message(name).await?))
     }
 
     async fn ipv4_addresses(&self, index: u32) -> Result<Vec<(Ipv4Addr, AddressMessage)>, NetlinkError> {
@@ -164,6 +167,11 @@ impl Netlink {
     }
 }
 
+/// Administratively up and with carrier.
+fn is_usable(msg: &LinkMessage) -> bool {
+    msg.header.flags.contains(LinkFlags::Up) && msg.header.flags.contains(LinkFlags::LowerUp)
+}
+
 /// The primary (not secondary) address of `addrs` that is none of `vips`,
 /// else any that is none of them.
 pub fn primary_of(addrs: &[(Ipv4Addr, bool)], vips: &[VirtualIp]) -> Option<Ipv4Addr> {
@@ -200,7 +208,9 @@ fn watch_group(group: MulticastGroup, mut each: impl FnMut(Heard) + Send + 'stat
 /// watch channel registered for its name, from the kernel's link events.
 /// Subscribe before reading the initial state so no change falls between.
 pub fn watch_links(senders: HashMap<String, watch::Sender<bool>>) -> Result<(), NetlinkError> {
-    let senders = Arc::new(Mutex::new(senders));
+    // Each link's sender and a count of the events heard for it, so a
+    // re-read after lost events never overwrites a newer event.
+    let senders: Links = Arc::new(Mutex::new(senders.into_iter().map(|(n, tx)| (n, (tx, 0))).collect()));
     watch_group(MulticastGroup::Link, move |heard| {
         let (msg, exists) = match heard {
             Heard::Message(RouteNetlinkMessage::NewLink(m)) => (m, true),
@@ -216,10 +226,10 @@ pub fn watch_links(senders: HashMap<String, watch::Sender<bool>>) -> Result<(), 
             LinkAttribute::IfName(n) => Some(n.as_str()),
             _ => None,
         });
-        let senders = senders.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(tx) = name.and_then(|n| senders.get(n)) {
-            let up =
-                exists && msg.header.flags.contains(LinkFlags::Up) && msg.header.flags.contains(LinkFlags::LowerUp);
+        let mut senders = senders.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((tx, heard)) = name.and_then(|n| senders.get_mut(n)) {
+            let up = exists && is_usable(&msg);
+            *heard += 1;
             // Every event is delivered, not only changes of the value held
             // here: each instance compares with what it read at start (a
             // link down at start must hear its first "up").
@@ -228,14 +238,21 @@ pub fn watch_links(senders: HashMap<String, watch::Sender<bool>>) -> Result<(), 
     })
 }
 
-/// Reads the state of every watched link after events were lost.
-async fn reread_links(senders: Arc<Mutex<HashMap<String, watch::Sender<bool>>>>) {
+/// The watched links: name -> (its channel, events heard for it).
+type Links = Arc<Mutex<HashMap<String, (watch::Sender<bool>, u64)>>>;
+
+/// Reads the state of every watched link after events were lost; a link
+/// with an event heard meanwhile keeps what that event said.
+async fn reread_links(senders: Links) {
     let Ok(netlink) = Netlink::connect() else { return };
-    let names: Vec<String> = senders.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
-    for name in names {
-        let up = netlink.link(&name).await.is_ok_and(|l| l.up);
-        if let Some(tx) = senders.lock().unwrap_or_else(|p| p.into_inner()).get(&name) {
-            tx.send_replace(up);
+    let before: Vec<(String, u64)> =
+        senders.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(n, (_, h))| (n.clone(), *h)).collect();
+    for (name, heard) in before {
+        let up = netlink.link_up(&name).await.unwrap_or(false);
+        if let Some((tx, now_heard)) = senders.lock().unwrap_or_else(|p| p.into_inner()).get(&name) {
+            if *now_heard == heard {
+                tx.send_replace(up);
+            }
         }
     }
 }

@@ -16,7 +16,7 @@ use tracing::{debug, warn};
 
 use super::backends::{NotAdmitted, Pool, QUEUE_TIMEOUT};
 use super::body::{AccessLog, Completion, ProxyBody, UpstreamBody};
-use super::h1::wire::{is_hop_by_hop, is_idempotent, is_valid_authority};
+use super::h1::wire::{is_hop_by_hop, is_idempotent, is_valid_authority, looks_like_framing};
 use super::idle::IdleConns;
 use super::upstream::connect_for_upgrade;
 use super::upstream::Upstream;
@@ -30,7 +30,9 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // One pass to see whether there is anything to do: there usually is
     // not, and each removal costs a hash and a probe.
-    let is_hop = |k: &HeaderName| is_hop_by_hop(k.as_str().as_bytes());
+    // Also names a CGI/WSGI backend would read as a framing or forwarding
+    // field (`content_length`): dropped, as on the HTTP/1 path.
+    let is_hop = |k: &HeaderName| is_hop_by_hop(k.as_str().as_bytes()) || looks_like_framing(k.as_str().as_bytes());
     if !headers.keys().any(is_hop) {
         return;
     }

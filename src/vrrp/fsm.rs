@@ -239,8 +239,10 @@ pub struct Fsm {
     /// Last time a lower-priority master made us re-assert ourselves.
     last_reassert: Option<Instant>,
     master_ip: Option<Ipv4Addr>,
-    /// The priority in the followed master's last accepted advert.
+    /// The priority in the followed master's last advert.
     master_priority: Option<u8>,
+    /// When we last became master.
+    master_since: Option<Instant>,
     /// No preemption while set (a sync group member lost to a better master).
     preempt_hold: bool,
     actions: VecDeque<Action>,
@@ -264,6 +266,7 @@ impl Fsm {
             last_reassert: None,
             master_ip: None,
             master_priority: None,
+            master_since: None,
             preempt_hold: false,
             actions: VecDeque::new(),
         }
@@ -331,7 +334,13 @@ impl Fsm {
                 self.transition(State::Initialize, Reason::Shutdown);
             }
             (State::Initialize, Event::Shutdown) => {}
-            (State::Master, Event::GroupStepDown) if !self.is_resigning() => self.step_down(now),
+            // Not right after becoming master (twice Master_Down_Interval):
+            // the group's members settle at slightly different times.
+            (State::Master, Event::GroupStepDown)
+                if !self.is_resigning() && self.master_since.is_none_or(|t| now >= t + self.group_settle()) =>
+            {
+                self.step_down(now)
+            }
             (_, Event::GroupStepDown) => {}
             (State::Master, Event::LinkDown | Event::NoAddress | Event::TrackerFault | Event::GroupFault) => {
                 // Adverts cannot leave a dead link, so there is no priority 0
@@ -449,7 +458,13 @@ impl Fsm {
     }
 
     /// §6.4.2 "If the Master_Down_Timer fires": advertise, claim, announce.
+    /// How long a new master ignores its sync group's step-down.
+    fn group_settle(&self) -> Duration {
+        self.skew_and_master_down().1 * 2
+    }
+
     fn become_master(&mut self, now: Instant, reason: Reason) {
+        self.master_since = Some(now);
         self.master_down_timer = None;
         self.master_ip = Some(self.params.primary_ip);
         self.master_adver_interval = self.params.advert_interval.as_duration();
@@ -515,12 +530,15 @@ impl Fsm {
         self.preempt_hold = hold;
     }
 
-    /// Backup under a master that is at least as good as we are: we lost
-    /// fairly and would not preempt it (what a sync group follows).
+    /// Backup under a master of a strictly higher priority: we lost and
+    /// would not preempt it (what a sync group follows). A tie lost on the
+    /// address does not count: with equal priorities the two segments'
+    /// address orders may disagree, and the group would step down on both
+    /// nodes in turn for ever.
     pub fn follows_better_master(&self) -> bool {
         self.state == State::Backup
             && self.master_ip.is_some()
-            && self.master_priority.is_some_and(|p| p >= self.params.priority)
+            && self.master_priority.is_some_and(|p| p > self.params.priority)
     }
 
     /// Two owners of one virtual router (erratum 8298): said, then the
@@ -541,9 +559,12 @@ impl Fsm {
             if self.master_ip.is_some_and(|m| m != source) {
                 return;
             }
+            // Only ever sooner: a takeover already due stays due.
             let (skew, _) = self.skew_and_master_down();
-            self.master_down_timer = Some(now + skew);
-            self.master_down_reason = Reason::PriorityZeroReceived { from: source };
+            if self.master_down_timer.is_none_or(|t| t > now + skew) {
+                self.master_down_timer = Some(now + skew);
+                self.master_down_reason = Reason::PriorityZeroReceived { from: source };
+            }
             return;
         }
         if !self.preempt_allowed(now) || priority >= self.params.priority {
@@ -556,6 +577,9 @@ impl Fsm {
         } else {
             // Discard: the timer keeps running and we take over when it fires.
             self.master_down_reason = Reason::Preempted { priority, from: source };
+            if self.master_ip == Some(source) {
+                self.master_priority = Some(priority);
+            }
             // Not in the RFC: the master we followed is now below us (its
             // trackers lowered it, or ours rose). Waiting out its last
             // Master_Down_Interval serves no one: take over after
@@ -1145,25 +1169,30 @@ mod tests {
     fn a_sync_group_member_steps_down_and_holds_preemption() {
         let t0 = Instant::now();
         let mut f = master(150, t0);
+        // Just become master: the group's members are still settling.
         f.handle(t0 + ms(5000), Event::GroupStepDown);
+        assert_eq!(f.state(), State::Master);
+        f.handle(t0 + ms(12_000), Event::GroupStepDown);
         assert_eq!(f.state(), State::Backup);
         let actions = drain(&mut f);
         assert_eq!(actions[..2], [Action::SendAdvert { priority: 0 }, Action::ReleaseVips]);
         // Held: a lower master is followed, not preempted.
         f.set_preempt_hold(true);
-        f.handle(t0 + ms(5200), advert(PEER_HIGH, 100));
+        f.handle(t0 + ms(12_200), advert(PEER_HIGH, 100));
         assert_eq!((f.master_ip(), f.follows_better_master()), (Some(PEER_HIGH), false));
         let armed = f.poll_timeout().expect("master down armed");
-        assert!(armed > t0 + ms(5200) + ms(3000), "following, not preempting: {armed:?}");
+        assert!(armed > t0 + ms(12_200) + ms(3000), "following, not preempting: {armed:?}");
         // Released: the next lower advert is preempted after Skew_Time.
         f.set_preempt_hold(false);
-        f.handle(t0 + ms(6200), advert(PEER_HIGH, 100));
+        f.handle(t0 + ms(13_200), advert(PEER_HIGH, 100));
         let (skew, _) = f.skew_and_master_down();
-        assert_eq!(f.poll_timeout(), Some(t0 + ms(6200) + skew));
-        // Following a better master is what a group follows.
+        assert_eq!(f.poll_timeout(), Some(t0 + ms(13_200) + skew));
+        // Following a better master is what a group follows; a tie is not.
         let mut g = backup(100, t0);
         g.handle(t0 + ms(100), advert(PEER_HIGH, 150));
         assert!(g.follows_better_master());
+        g.handle(t0 + ms(200), advert(PEER_HIGH, 100));
+        assert!(!g.follows_better_master());
     }
 
     #[test]

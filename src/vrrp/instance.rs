@@ -67,6 +67,9 @@ impl std::fmt::Debug for DrainGate {
 /// How often a resigning master looks at the drain gate.
 const DRAIN_POLL: std::time::Duration = std::time::Duration::from_millis(2);
 
+/// How soon a failed look at the interface's addresses is tried again.
+const ADDR_RETRY: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// How often a second owner of the virtual router is logged.
 const OWNER_WARNING_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -405,6 +408,9 @@ pub struct Instance {
     group_lowered: u8,
     /// When a second owner was last logged (at most every [`OWNER_WARNING_EVERY`]).
     last_owner_warning: Option<Instant>,
+    /// A look at the interface's addresses failed: try again then (the
+    /// events that asked for it were taken already).
+    addr_retry: Option<Instant>,
     /// Set once shutdown began.
     stopping: bool,
     /// VRIDs of this process's other instances on the same interface.
@@ -448,6 +454,7 @@ impl Instance {
             State::Master => Some("MASTER"),
             State::Backup => Some("BACKUP"),
             State::Fault => Some("FAULT"),
+            State::Initialize if self.stopping => Some("STOP"),
             State::Initialize => None,
         };
         let own_fault = !(self.link_up && self.has_address && !self.tracker_fault);
@@ -594,6 +601,7 @@ impl Instance {
             group_fault: false,
             group_lowered: 0,
             last_owner_warning: None,
+            addr_retry: None,
             stopping: false,
             siblings: Vec::new(),
             drain: None,
@@ -615,10 +623,9 @@ impl Instance {
                 self.fsm.handle(Instant::now(), Event::LinkDown);
             }
             self.follow_trackers();
-            self.execute().await;
-            self.publish_group();
             self.follow_group();
             self.execute().await;
+            self.publish_group();
             let mut buf = vec![0u8; 2048];
             let mut recv_errors = 0u32;
             loop {
@@ -655,6 +662,10 @@ impl Instance {
                             self.receive(n, &buf);
                         }
                         self.fsm.handle_timeout(Instant::now());
+                    }
+                    _ = retry_at(self.addr_retry) => {
+                        self.addr_retry = None;
+                        self.follow_addresses().await;
                     }
                     wake = addr_change(&mut self.addrs, self.ifindex) => match wake {
                         AddrWake::Ours => self.follow_addresses().await,
@@ -797,7 +808,8 @@ impl Instance {
             Ok(a) => a,
             Err(e) => {
                 self.stats.netlink_errors.fetch_add(1, Ordering::Relaxed);
-                warn!(error = %e, "could not read the interface's addresses");
+                warn!(error = %e, "could not read the interface's addresses; trying again shortly");
+                self.addr_retry = Some(Instant::now() + ADDR_RETRY);
                 return;
             }
         };
@@ -840,7 +852,11 @@ impl Instance {
         } else {
             match self.netlink.ipv4_on(self.ifindex).await {
                 Ok(a) => a,
-                Err(_) => return,
+                Err(_) => {
+                    self.stats.netlink_errors.fetch_add(1, Ordering::Relaxed);
+                    self.addr_retry = Some(Instant::now() + ADDR_RETRY);
+                    return;
+                }
             }
         };
         let mut restored = false;
@@ -979,6 +995,14 @@ async fn addr_change(addrs: &mut Option<broadcast::Receiver<AddrEvent>>, ifindex
     }
     while let Ok(_) | Err(TryRecvError::Lagged(_)) = rx.try_recv() {}
     AddrWake::Ours
+}
+
+/// Resolves at `at`; never without one.
+async fn retry_at(at: Option<Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Resolves when another sync group member changed; never without a group.

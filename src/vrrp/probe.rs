@@ -137,8 +137,8 @@ async fn follow_link(
     instance: String,
 ) {
     let up = match Netlink::connect() {
-        Ok(nl) => match nl.link(&name).await {
-            Ok(l) => l.up,
+        Ok(nl) => match nl.link_up(&name).await {
+            Ok(up) => up,
             Err(e) => {
                 warn!(instance, interface = name, error = %e, "tracked interface: counted as down");
                 false

@@ -89,11 +89,16 @@ impl GroupShared {
             }
         }
         let mut last = self.last_word.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(word) = whole.filter(|w| *last != Some(w)) {
-            *last = Some(word);
-            if let Some((queue, hooks)) = &self.hooks {
-                queue.push(word, hooks.commands("GROUP", &self.name, word, None));
+        match whole {
+            Some(word) if *last != Some(word) => {
+                *last = Some(word);
+                if let Some((queue, hooks)) = &self.hooks {
+                    queue.push(word, hooks.commands("GROUP", &self.name, word, None));
+                }
             }
+            Some(_) => {}
+            // Split: the next whole state is news, even the one before.
+            None => *last = None,
         }
     }
 

@@ -523,8 +523,17 @@ fn put_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 /// A field name that some backends (CGI, WSGI: `Content_Length` and
 /// `Content-Length` both become `CONTENT_LENGTH`) would read as a framing
 /// or routing field: dropped, as nginx does with underscores by default.
-fn looks_like_framing(name: &[u8]) -> bool {
-    const READ_AS: [&[u8]; 4] = [b"content-length", b"transfer-encoding", b"host", b"connection"];
+pub fn looks_like_framing(name: &[u8]) -> bool {
+    const READ_AS: [&[u8]; 8] = [
+        b"content-length",
+        b"transfer-encoding",
+        b"host",
+        b"connection",
+        b"forwarded",
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+    ];
     name.contains(&b'_')
         && READ_AS.iter().any(|f| {
             f.len() == name.len()
@@ -1235,6 +1244,8 @@ mod tests {
         let (_, out) = ok("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\nContent_Length: 99\r\n\
              Transfer_Encoding: chunked\r\nHOST_: x\r\nX_Other: 1\r\n\r\n");
         assert!(!out.contains("99") && !out.contains("Transfer_") && out.contains("X_Other: 1"), "{out}");
+        let (_, out) = ok("GET / HTTP/1.1\r\nHost: a\r\nX_Forwarded_Proto: https\r\nx_forwarded_host: evil\r\n\r\n");
+        assert!(!out.contains("https") && !out.contains("evil"), "{out}");
         // httpoxy: a `Proxy` field never reaches the backend.
         assert!(!ok("GET / HTTP/1.1\r\nHost: a\r\nProxy: http://evil\r\n\r\n").1.contains("evil"));
         // Repeated equal lengths are one length.
