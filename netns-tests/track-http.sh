@@ -126,7 +126,9 @@ wait_for 13000 holder_is lb1 || fail "lb1 did not take the VIP back after app1 r
 back=$(($(now_ms) - t1))
 wait_client_loop "$loop" $BACK_MS 1
 eval "$(loop_stats "$WORK/back.out" "$t1")"
-[[ $IMPL != vipd ]] || ((failed == 0)) || fail "phase back: $failed of $total requests failed while lb1 took the VIP back"
+# One request whose TCP handshake straddles the gratuitous ARP can still be
+# lost (seen once in seven runs: SYN to lb2, the rest to lb1); more is a bug.
+[[ $IMPL != vipd ]] || ((failed <= 1)) || fail "phase back: $failed of $total requests failed while lb1 took the VIP back"
 served=$(served_by back "$WORK/back.out" "$((t1 + back + 200))" "" "$WORK/app1.access")
 [[ $served == *app1* ]] || fail "no request of the loop reached app1 after the hand-over: the loop ended too soon?"
 pair_settled lb1 lb2 || fail "after phase back: lb1=$(node_state lb1) lb2=$(node_state lb2) VIP on $(vip_holder)"

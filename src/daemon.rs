@@ -64,10 +64,7 @@ pub fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
     let drain_max = config.http.iter().map(|h| h.drain_timeout).max().unwrap_or_default();
     let drain = (!pools.is_empty()).then(|| {
         let watched = pools.clone();
-        DrainGate {
-            busy: Arc::new(move || watched.iter().any(|p| p.in_flight() > 0)),
-            max_wait: drain_max.min(VIP_HOLD_MAX),
-        }
+        DrainGate { busy: Arc::new(move || watched.iter().any(|p| p.busy())), max_wait: drain_max.min(VIP_HOLD_MAX) }
     });
     let proxy = if listeners.is_empty() {
         None

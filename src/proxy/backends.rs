@@ -79,6 +79,8 @@ pub struct Pool {
     epoch: Instant,
     /// Workers serving this listener now.
     serving: AtomicUsize,
+    /// HTTP/1 requests begun (first byte read) and not yet answered.
+    begun: AtomicUsize,
     /// What trackers of this listener see, published on every change.
     health: watch::Sender<Health>,
 }
@@ -91,6 +93,16 @@ pub struct Health {
     pub healthy: usize,
     /// Configured.
     pub total: usize,
+}
+
+/// Counts one HTTP/1 request as begun while it lives.
+#[derive(Debug)]
+pub struct Begun(Arc<Pool>);
+
+impl Drop for Begun {
+    fn drop(&mut self) {
+        self.0.begun.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Counts one worker as serving a pool's listener while it lives.
@@ -130,6 +142,7 @@ impl Pool {
             backends,
             epoch: Instant::now(),
             serving: AtomicUsize::new(0),
+            begun: AtomicUsize::new(0),
             health: watch::channel(Health { healthy: 0, total }).0,
         })
     }
@@ -301,6 +314,18 @@ impl Pool {
     /// Requests being served by any backend of this pool.
     pub fn in_flight(&self) -> u64 {
         self.backends.iter().map(|b| b.in_flight.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Counts an HTTP/1 request from its first byte until the guard drops.
+    pub fn request_begun(self: &Arc<Self>) -> Begun {
+        self.begun.fetch_add(1, Ordering::Relaxed);
+        Begun(Arc::clone(self))
+    }
+
+    /// Requests begun and not yet answered, or in flight to a backend: what
+    /// a resigning master waits for before it removes its VIPs.
+    pub fn busy(&self) -> bool {
+        self.begun.load(Ordering::Relaxed) > 0 || self.in_flight() > 0
     }
 
     /// For `/status`.

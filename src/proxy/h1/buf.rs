@@ -48,9 +48,9 @@ impl ReadBuf {
         self.start == self.end
     }
 
-    /// Marks the first `n` unused bytes as used.
+    /// Marks the first `n` unused bytes as used (`usize::MAX`: all of them).
     pub fn consume(&mut self, n: usize) {
-        self.start = (self.start + n).min(self.end);
+        self.start = self.start.saturating_add(n).min(self.end);
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
@@ -110,6 +110,13 @@ mod tests {
         assert!(b.read_from(&mut src, 2 * BASE).await.is_err());
         b.consume(BASE);
         assert_eq!(b.filled().len(), BASE);
+        // Everything, from the middle: no overflow (a linger did this).
+        let mut all = ReadBuf::default();
+        let mut two: &[u8] = b"ab";
+        all.read_from(&mut two, BASE).await.expect("read");
+        all.consume(1);
+        all.consume(usize::MAX);
+        assert!(all.is_empty());
         // Room again: the rest moves to the front.
         assert!(b.read_from(&mut src, 2 * BASE).await.expect("read") > 0);
         b.consume(usize::MAX);

@@ -145,6 +145,9 @@ pub async fn serve(
         if !first {
             head_deadline = Instant::now() + cfg.client_header_timeout;
         }
+        // From its first byte to its answer, a request keeps a resigning
+        // master's VIPs (the drain gate), also before it reaches a backend.
+        let _begun = pool.request_begun();
         let req = loop {
             let parsed = match (first, wire::preface(c.buf.filled())) {
                 (true, Preface::H2) => {
