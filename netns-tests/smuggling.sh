@@ -107,6 +107,7 @@ def exchange(data, timeout=3.0):
     s = socket.create_connection((host, port), timeout=timeout)
     s.sendall(data)
     got = b""
+    rest = []
     try:
         while b"\r\n\r\n" not in got:
             piece = s.recv(65536)
@@ -124,17 +125,22 @@ def exchange(data, timeout=3.0):
             if not piece:
                 break
             body += piece
+            rest.append(piece)
     except socket.timeout:
         pass
     s.close()
     status = got.split(b" ", 2)[1].decode() if got.startswith(b"HTTP/") else "none"
-    return status, got.partition(b"\r\n\r\n")[2].decode(errors="replace")
+    # The body as read: the head may have come alone, the body after it.
+    body = got.partition(b"\r\n\r\n")[2]
+    for extra in rest:
+        body += extra
+    return status, body.decode(errors="replace"), got
 
 for name, te in ATTACKS:
-    status, _ = exchange(b"POST / HTTP/1.1\r\nHost: x\r\n" + te + b"\r\n" + SMUGGLED)
-    vstatus, vbody = exchange(b"GET /victim HTTP/1.1\r\nHost: x\r\nCookie: secret=victim\r\n\r\n")
+    status, _, _ = exchange(b"POST / HTTP/1.1\r\nHost: x\r\n" + te + b"\r\n" + SMUGGLED)
+    vstatus, vbody, vraw = exchange(b"GET /victim HTTP/1.1\r\nHost: x\r\nCookie: secret=victim\r\n\r\n")
     mine = vstatus == "200" and vbody == "GET /victim cookie=secret=victim"
-    print(f"{name} {status} {'own' if mine else 'MIXED:' + vstatus + ':' + vbody.replace(' ', '_')[:60]}")
+    print(f"{name} {status} {'own' if mine else 'MIXED:' + vstatus + ':' + repr(vraw)[:300].replace(' ', '_')}")
 EOF
 
 declare -A OUTCOME=()
