@@ -3,7 +3,8 @@
 # cannot advertise, so it goes to fault and releases the VIP; the backup
 # takes over, and the VIP is on exactly one node. When the address is back,
 # the old master starts again as backup and (preempt on, higher priority)
-# takes the VIP back: one holder throughout, never two.
+# takes the VIP back: one holder throughout, never two. Last, lb1 started
+# with no address at all waits in fault and joins once one is added.
 source "$(dirname "$0")/lib.sh"
 need_root
 [[ $IMPL == vipd ]] && need_vipd
@@ -44,4 +45,15 @@ two=$(grep -c 'lb1 lb2' "$WORK/holders" || true)
 # "none" is expected only between lb1's fault and lb2's takeover.
 none_ms=$(awk 'none { n += $1 - t } { t = $1; none = ($2 == "none") } END { print n + 0 }' "$WORK/holders")
 ((none_ms <= ${mdi%.*} + MARGIN_MS + 200)) || fail "the VIP was on no node for about $none_ms ms in all"
-pass "lb1 to fault on losing its address, lb2 master ${took} ms later; lb1 master again once its address was back; never two holders; no holder for ~${none_ms} ms"
+# ---- started without an address of its own: fault, then in once one is added
+kill_node_hard lb1
+ip -n "$(ns lb1)" addr flush dev eth0
+wait_for 2000 holder_is lb2 || fail "lb2 did not take over from the killed lb1: VIP on $(vip_holder)"
+start_node "$IMPL" lb1 150 $INTERVAL 3 true
+wait_for 3000 state_is lb1 fault || fail "lb1 started without an address: $(node_state lb1), want fault"
+sleep 0.5
+holder_is lb2 || fail "lb1 without an address disturbed lb2: VIP on $(vip_holder)"
+ip -n "$(ns lb1)" addr add "${HOST_IP[lb1]}/24" dev eth0
+wait_for 5000 pair_settled lb1 lb2 ||
+    fail "address added to lb1: lb1=$(node_state lb1) lb2=$(node_state lb2) VIP on '$(vip_holder)', want lb1 master"
+pass "started without an address: fault, master once one was added; lb1 to fault on losing its address, lb2 master ${took} ms later; lb1 master again once its address was back; never two holders; no holder for ~${none_ms} ms"

@@ -32,9 +32,6 @@ pub enum InstanceError {
     /// Netlink lookups failed (e.g. the interface does not exist).
     #[error(transparent)]
     Netlink(#[from] NetlinkError),
-    /// The interface has no IPv4 address of its own to send adverts from.
-    #[error("interface {0:?} has no IPv4 address (other than the virtual ones) to send adverts from")]
-    NoAddress(String),
     /// A socket could not be opened or configured.
     #[error("{what} on {iface:?}: {source}")]
     Socket {
@@ -546,10 +543,13 @@ impl Instance {
         stats: Arc<Stats>,
     ) -> Result<Self, InstanceError> {
         let iface = netlink.link(&cfg.interface).await?;
-        let primary = netlink
-            .primary_ipv4(iface.index, &interface_vips)
-            .await?
-            .ok_or_else(|| InstanceError::NoAddress(cfg.interface.clone()))?;
+        // Without an address of its own yet, the instance starts in fault
+        // and follows the address events until one is added.
+        let found = netlink.primary_ipv4(iface.index, &interface_vips).await?;
+        if found.is_none() {
+            warn!(vrid = cfg.vrid, iface = %cfg.interface, "no IPv4 address of its own (other than VIPs) to send adverts from: starting in fault until one is added");
+        }
+        let primary = found.unwrap_or(Ipv4Addr::UNSPECIFIED);
         for vip in &cfg.virtual_ips {
             if netlink.has(iface.index, vip).await? {
                 warn!(vrid = cfg.vrid, iface = %cfg.interface, %vip, "removing virtual IP left by an earlier run");
@@ -593,7 +593,7 @@ impl Instance {
             link_up: iface.up,
             addrs: Some(addrs),
             interface_vips,
-            has_address: true,
+            has_address: found.is_some(),
             tracking: None,
             tracker_fault: false,
             hooks: None,
@@ -621,6 +621,8 @@ impl Instance {
             if !self.link_up {
                 warn!("interface is down");
                 self.fsm.handle(Instant::now(), Event::LinkDown);
+            } else if !self.has_address {
+                self.fsm.handle(Instant::now(), Event::NoAddress);
             }
             self.follow_trackers();
             self.follow_group();
