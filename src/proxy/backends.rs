@@ -97,9 +97,9 @@ pub struct Health {
 
 /// Counts one HTTP/1 request as begun while it lives.
 #[derive(Debug)]
-pub struct Begun(Arc<Pool>);
+pub struct Begun<'a>(&'a Pool);
 
-impl Drop for Begun {
+impl Drop for Begun<'_> {
     fn drop(&mut self) {
         self.0.begun.fetch_sub(1, Ordering::Relaxed);
     }
@@ -316,10 +316,11 @@ impl Pool {
         self.backends.iter().map(|b| b.in_flight.load(Ordering::Relaxed)).sum()
     }
 
-    /// Counts an HTTP/1 request from its first byte until the guard drops.
-    pub fn request_begun(self: &Arc<Self>) -> Begun {
+    /// Counts an HTTP/1 request from its first byte until the guard drops
+    /// (a borrow: no reference count touched per request).
+    pub fn request_begun(&self) -> Begun<'_> {
         self.begun.fetch_add(1, Ordering::Relaxed);
-        Begun(Arc::clone(self))
+        Begun(self)
     }
 
     /// Requests begun and not yet answered, or in flight to a backend: what
