@@ -18,6 +18,7 @@ use tracing::debug;
 use crate::proxy::backends::{Pool, PoolSnapshot};
 use crate::vrrp::fsm::State;
 use crate::vrrp::instance::{Snapshot, Stats};
+use crate::vrrp::sync::{GroupShared, GroupSnapshot};
 
 /// Everything the control endpoint reports on.
 #[derive(Debug, Clone, Default)]
@@ -26,6 +27,8 @@ pub struct Sources {
     pub vrrp: Vec<Arc<Stats>>,
     /// One per HTTP listener, in config order.
     pub http: Vec<Arc<Pool>>,
+    /// One per sync group, in config order.
+    pub groups: Vec<Arc<GroupShared>>,
 }
 
 /// The `/status` document.
@@ -35,6 +38,8 @@ pub struct Status {
     pub vrrp: Vec<Snapshot>,
     /// HTTP listeners and their backends.
     pub http: Vec<PoolSnapshot>,
+    /// Sync groups.
+    pub sync_groups: Vec<GroupSnapshot>,
 }
 
 impl Sources {
@@ -43,6 +48,7 @@ impl Sources {
         Status {
             vrrp: self.vrrp.iter().map(|s| s.snapshot()).collect(),
             http: self.http.iter().map(|p| p.snapshot()).collect(),
+            sync_groups: self.groups.iter().map(|g| g.snapshot()).collect(),
         }
     }
 }
@@ -141,11 +147,16 @@ pub fn metrics(status: &Status) -> String {
         "vipd_notify_runs_total",
         "counter",
         "Notify hook runs by state and result.",
-        &mut status.vrrp.iter().flat_map(|s| {
-            s.notify_runs.iter().map(move |r| {
-                (format!("instance=\"{}\",state=\"{}\",result=\"{}\"", escape(&s.name), r.state, r.result), r.runs)
-            })
-        }),
+        &mut status
+            .vrrp
+            .iter()
+            .map(|s| ("instance", &s.name, &s.notify_runs))
+            .chain(status.sync_groups.iter().map(|g| ("group", &g.name, &g.notify_runs)))
+            .flat_map(|(kind, name, runs)| {
+                runs.iter().map(move |r| {
+                    (format!("{kind}=\"{}\",state=\"{}\",result=\"{}\"", escape(name), r.state, r.result), r.runs)
+                })
+            }),
     );
     family(
         "vipd_vrrp_transitions_total",

@@ -20,7 +20,7 @@ use crate::proxy::backends::Pool;
 use crate::proxy::server::{self, Listener, Proxy};
 use crate::vrrp::fsm::skew_and_master_down;
 use crate::vrrp::instance::{DrainGate, Instance, Stats};
-use crate::vrrp::notify::HookQueue;
+use crate::vrrp::notify::{HookQueue, HookRuns};
 use crate::vrrp::probe::{self, TrackShared};
 use crate::vrrp::sync::GroupShared;
 use crate::vrrp::track::{ScriptSpec, Trackers, Watched};
@@ -100,12 +100,16 @@ pub fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
     // At shutdown the STOP hooks run, each within its timeout.
     // Sync groups: each member learns its group and its place in it.
     let mut group_hooks = Vec::new();
+    let mut group_list = Vec::new();
     let mut groups: Vec<Option<(Arc<GroupShared>, usize)>> = vec![None; config.vrrp.len()];
     for g in &config.sync_groups {
+        let runs: Arc<HookRuns> = Arc::default();
         let queue = (!g.notify.is_empty())
-            .then(|| HookQueue::start(probe_rt.handle(), g.name.clone(), g.notify.timeout, Arc::default()));
+            .then(|| HookQueue::start(probe_rt.handle(), g.name.clone(), g.notify.timeout, Arc::clone(&runs)));
         group_hooks.extend(queue.clone());
-        let shared = GroupShared::new(g.name.clone(), g.instances.len(), queue.map(|q| (q, g.notify.clone())));
+        let hooks = queue.map(|q| (q, g.notify.clone()));
+        let shared = GroupShared::new(g.name.clone(), g.instances.len(), hooks, runs);
+        group_list.push(Arc::clone(&shared));
         for (index, member) in g.instances.iter().enumerate() {
             if let Some(slot) = config.vrrp.iter().position(|v| v.name == *member) {
                 groups[slot] = Some((Arc::clone(&shared), index));
@@ -174,7 +178,7 @@ pub fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
     let signal_result = rt.block_on(async {
         let listener = tokio::net::TcpListener::from_std(control).context("control socket")?;
         info!(listen = %config.control.listen, "control endpoint up");
-        let server = tokio::spawn(control::serve(listener, Sources { vrrp: stats, http: pools }));
+        let server = tokio::spawn(control::serve(listener, Sources { vrrp: stats, http: pools, groups: group_list }));
         let outcome = signals.wait().await;
         server.abort();
         outcome

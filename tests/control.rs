@@ -35,7 +35,7 @@ async fn status_metrics_and_not_found() {
     let stats = Arc::new(Stats::new(&config.vrrp[0], None));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let server = tokio::spawn(serve(listener, Sources { vrrp: vec![stats], http: Vec::new() }));
+    let server = tokio::spawn(serve(listener, Sources { vrrp: vec![stats], http: Vec::new(), groups: Vec::new() }));
 
     let (head, body) = get(addr, "/status").await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");

@@ -186,6 +186,13 @@ pub struct NotifyRuns {
     pub runs: u64,
 }
 
+impl NotifyRuns {
+    /// Every (state, result) pair seen in `runs`.
+    pub fn list(runs: &HookRuns) -> Vec<NotifyRuns> {
+        runs.snapshot().into_iter().map(|((state, result), runs)| NotifyRuns { state, result, runs }).collect()
+    }
+}
+
 /// Received-side counters.
 #[derive(Debug, Clone, Serialize)]
 pub struct RxSnapshot {
@@ -299,12 +306,7 @@ impl Stats {
             effective_priority,
             priority_explanation,
             trackers,
-            notify_runs: self
-                .notify_runs
-                .snapshot()
-                .into_iter()
-                .map(|((state, result), runs)| NotifyRuns { state, result, runs })
-                .collect(),
+            notify_runs: NotifyRuns::list(&self.notify_runs),
             master_ip: d.master_ip,
             advert_interval_ms: self.advert_interval_ms,
             master_adver_interval_ms: d.master_adver_interval_ms,

@@ -10,9 +10,11 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use serde::Serialize;
 use tokio::sync::Notify;
 
-use super::notify::{HookQueue, Hooks};
+use super::instance::NotifyRuns;
+use super::notify::{HookQueue, HookRuns, Hooks};
 
 /// One `[[sync_group]]`, as configured.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,20 +48,45 @@ pub struct GroupShared {
     /// One per member: woken when another member's state changes.
     wake: Vec<Notify>,
     hooks: Option<(HookQueue, Hooks)>,
+    /// How the group's hooks ended.
+    runs: Arc<HookRuns>,
     /// The state the whole group was last in, for its hooks.
     last_word: Mutex<Option<&'static str>>,
 }
 
+/// One sync group in `/status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct GroupSnapshot {
+    /// Its name.
+    pub name: String,
+    /// The state all its members are in ("MASTER", "BACKUP", "FAULT",
+    /// "STOP"), or none while they differ.
+    pub state: Option<&'static str>,
+    /// Its notify hook runs by state and result.
+    pub notify_runs: Vec<NotifyRuns>,
+}
+
 impl GroupShared {
-    /// A group of `members` members; `hooks` run on whole-group changes.
-    pub fn new(name: String, members: usize, hooks: Option<(HookQueue, Hooks)>) -> Arc<Self> {
+    /// A group of `members` members; `hooks` run on whole-group changes
+    /// and count their ends in `runs`.
+    pub fn new(name: String, members: usize, hooks: Option<(HookQueue, Hooks)>, runs: Arc<HookRuns>) -> Arc<Self> {
         Arc::new(GroupShared {
             name,
             members: Mutex::new(vec![MemberState::default(); members]),
             wake: (0..members).map(|_| Notify::new()).collect(),
             hooks,
+            runs,
             last_word: Mutex::new(None),
         })
+    }
+
+    /// For `/status`.
+    pub fn snapshot(&self) -> GroupSnapshot {
+        GroupSnapshot {
+            name: self.name.clone(),
+            state: *self.last_word.lock().unwrap_or_else(|p| p.into_inner()),
+            notify_runs: NotifyRuns::list(&self.runs),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Vec<MemberState>> {
@@ -147,13 +174,14 @@ mod tests {
 
     #[test]
     fn members_hear_each_other() {
-        let g = GroupShared::new("edge".into(), 3, None);
+        let g = GroupShared::new("edge".into(), 3, None, Arc::default());
         g.publish(0, st(false, false, "MASTER"));
         g.publish(1, st(true, false, "FAULT"));
         g.publish(2, st(false, true, "BACKUP"));
         assert_eq!(g.others(0), others(true, true, 0));
         assert_eq!(g.others(1), others(false, true, 0));
         assert_eq!(g.others(2), others(true, false, 0));
+        assert_eq!(g.snapshot().state, None, "the members differ");
         g.publish(1, MemberState { lowered: 60, ..st(false, false, "BACKUP") });
         assert_eq!(g.others(0), others(false, true, 60));
         assert_eq!(g.others(1), others(false, true, 0));
@@ -161,7 +189,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_change_wakes_the_others_only() {
-        let g = GroupShared::new("edge".into(), 2, None);
+        let g = GroupShared::new("edge".into(), 2, None, Arc::default());
         g.publish(0, st(false, false, "MASTER"));
         tokio::time::timeout(std::time::Duration::from_secs(1), g.changed(1)).await.expect("member 1 woken");
         let woken = tokio::time::timeout(std::time::Duration::from_millis(50), g.changed(0)).await;
