@@ -17,7 +17,7 @@ use super::notify::{state_word, HookQueue, HookRuns};
 use super::packet::{self, Advert, ChecksumForm, DropReason, Expect, Version, MULTICAST_V4};
 use super::probe::TrackShared;
 use super::socket::VrrpSocket;
-use super::sync::{GroupShared, MemberState, Others};
+use super::sync::{member_priority, GroupShared, MemberState, Others};
 use super::timer::PreciseTimer;
 use super::track::TrackerStatus;
 use crate::config::VirtualIp;
@@ -289,9 +289,9 @@ impl Stats {
         };
         // Another sync group member's trackers lower this one further.
         let by_group = self.group_lowered.load(Ordering::Relaxed);
-        let group_priority = self.priority.saturating_sub(by_group).clamp(1, 254);
-        if self.priority != 255 && group_priority < effective_priority {
-            effective_priority = group_priority;
+        let with_group = member_priority(self.priority, effective_priority, by_group);
+        if with_group < effective_priority {
+            effective_priority = with_group;
             priority_explanation = format!("{} - {by_group} (sync group)", self.priority);
         }
         let d = self.dynamic();
@@ -443,7 +443,12 @@ impl Instance {
     /// Link up, an address to send from, no weightless tracker failing, no
     /// sync group member in fault.
     fn usable(&self) -> bool {
-        self.link_up && self.has_address && !self.tracker_fault && !self.group_fault
+        self.usable_alone() && !self.group_fault
+    }
+
+    /// Usable but for its sync group: what the group is told as `own_fault`.
+    fn usable_alone(&self) -> bool {
+        self.link_up && self.has_address && !self.tracker_fault
     }
 
     /// Tells the sync group what this member is now.
@@ -456,7 +461,7 @@ impl Instance {
             State::Initialize if self.stopping => Some("STOP"),
             State::Initialize => None,
         };
-        let own_fault = !(self.link_up && self.has_address && !self.tracker_fault);
+        let own_fault = !self.usable_alone();
         let lowered = self.cfg.priority.saturating_sub(self.own_priority());
         group.publish(*i, MemberState { own_fault, lost: self.fsm.follows_better_master(), lowered, word });
     }
@@ -496,20 +501,14 @@ impl Instance {
 
     /// The priority this instance's own trackers give it.
     fn own_priority(&self) -> u8 {
-        self.tracking.as_ref().map_or(self.cfg.priority, |t| t.effective().priority)
+        self.tracking.as_ref().map_or(self.cfg.priority, |t| t.priority())
     }
 
     /// Sets the effective priority: our trackers', lowered further as far
     /// as another sync group member's trackers lower that one (the group
     /// moves as one). An owner (255) is never lowered.
     fn apply_priority(&mut self) {
-        let own = self.own_priority();
-        let by_group = if self.cfg.priority == 255 {
-            255
-        } else {
-            self.cfg.priority.saturating_sub(self.group_lowered).clamp(1, 254)
-        };
-        let effective = own.min(by_group);
+        let effective = member_priority(self.cfg.priority, self.own_priority(), self.group_lowered);
         let before = self.fsm.params().priority;
         if effective != before {
             let why =

@@ -54,7 +54,12 @@ impl TrackShared {
         self.changed.notified().await;
     }
 
-    /// The effective priority now.
+    /// The effective priority now, without its explanation.
+    pub fn priority(&self) -> u8 {
+        self.lock().priority()
+    }
+
+    /// The effective priority now, and how the trackers made it.
     pub fn effective(&self) -> Effective {
         self.lock().effective()
     }

@@ -149,6 +149,17 @@ impl GroupShared {
     }
 }
 
+/// A member's effective priority: `own` (its trackers'), lowered further
+/// to `base - group_lowered` when another member's trackers lower that one
+/// more; an owner (255) is never lowered.
+pub fn member_priority(base: u8, own: u8, group_lowered: u8) -> u8 {
+    if base == 255 {
+        own
+    } else {
+        own.min(base.saturating_sub(group_lowered).clamp(1, 254))
+    }
+}
+
 /// What a member hears from the others ([`GroupShared::others`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Others {
@@ -170,6 +181,14 @@ mod tests {
 
     fn others(fault: bool, lost: bool, lowered: u8) -> Others {
         Others { fault, lost, lowered }
+    }
+
+    #[test]
+    fn the_most_lowered_member_lowers_the_others() {
+        assert_eq!(member_priority(150, 150, 60), 90);
+        assert_eq!(member_priority(150, 80, 60), 80, "its own trackers lower it more");
+        assert_eq!(member_priority(50, 50, 60), 1);
+        assert_eq!(member_priority(255, 255, 60), 255);
     }
 
     #[test]

@@ -160,10 +160,22 @@ impl Trackers {
         before != failing(spec, seen)
     }
 
+    /// The effective priority alone, without building its explanation
+    /// (asked on every pass of the VRRP loop in a sync group).
+    pub fn priority(&self) -> u8 {
+        let failing_weights = self.items.iter().filter(|(s, o)| failing(s, *o)).map(|(s, _)| u32::from(s.weight));
+        let lowered = u32::from(self.base).saturating_sub(failing_weights.sum());
+        // An owner (255) has no trackers: the config refuses them.
+        if self.items.is_empty() {
+            self.base
+        } else {
+            lowered.clamp(1, 254) as u8
+        }
+    }
+
     /// The effective priority and its explanation.
     pub fn effective(&self) -> Effective {
         let mut explanation = self.base.to_string();
-        let mut lowered = u32::from(self.base);
         let mut fault = false;
         for (spec, seen) in self.items.iter().filter(|(s, o)| failing(s, *o)) {
             let what = format!("{} {}: {}", spec.watched.kind(), spec.watched.name(), detail(*seen));
@@ -171,13 +183,10 @@ impl Trackers {
                 fault = true;
                 let _ = write!(explanation, " fault ({what})");
             } else {
-                lowered = lowered.saturating_sub(u32::from(spec.weight));
                 let _ = write!(explanation, " - {} ({what})", spec.weight);
             }
         }
-        // An owner (255) has no trackers: the config refuses them.
-        let priority = if self.items.is_empty() { self.base } else { lowered.clamp(1, 254) as u8 };
-        Effective { priority, fault, explanation }
+        Effective { priority: self.priority(), fault, explanation }
     }
 
     /// Every tracker for `/status`.
