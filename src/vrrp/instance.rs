@@ -61,6 +61,11 @@ impl std::fmt::Debug for DrainGate {
     }
 }
 
+/// How long a master handing over keeps its VIPs, at the least, after its
+/// successor's first advert (a SYN sent here just before the successor's
+/// gratuitous ARP arrived would be dropped otherwise).
+const HANDOVER_HOLD: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// How often a resigning master looks at the drain gate.
 const DRAIN_POLL: std::time::Duration = std::time::Duration::from_millis(2);
 
@@ -760,9 +765,15 @@ impl Instance {
                 Action::ReleaseVips => {
                     self.stop_burst();
                     // Handing over (a planned stop, or a higher priority
-                    // taking over): requests in flight on the VIPs finish
-                    // first. Not on a fault: the link or address is gone.
+                    // taking over): the successor's gratuitous ARPs follow
+                    // its first advert, and until clients have them their
+                    // new connections still come here, so the VIPs stay a
+                    // moment longer; then requests in flight on them finish.
+                    // Not on a fault: the link or address is gone.
                     if self.stopping || self.fsm.state() == State::Backup {
+                        // /status says the new state meanwhile.
+                        self.stats.record(&self.fsm);
+                        tokio::time::sleep(HANDOVER_HOLD).await;
                         self.wait_for_drain().await;
                     }
                     for vip in &self.cfg.virtual_ips {
