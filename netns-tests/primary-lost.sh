@@ -3,7 +3,8 @@
 # cannot advertise, so it goes to fault and releases the VIP; the backup
 # takes over, and the VIP is on exactly one node. When the address is back,
 # the old master starts again as backup and (preempt on, higher priority)
-# takes the VIP back: one holder throughout, never two. Last, lb1 started
+# takes the VIP back: one holder throughout, two only for the hand-over's
+# 100 ms overlap. Last, lb1 started
 # with no address at all waits in fault and joins once one is added.
 source "$(dirname "$0")/lib.sh"
 need_root
@@ -40,8 +41,11 @@ wait_for 5000 pair_settled lb1 lb2 ||
 ns_exec client ping -c 1 -W 1 "$VIP" >/dev/null || fail "client cannot reach the VIP on lb1 again"
 sleep 0.3
 stop_pid "$watcher" TERM 1000 >/dev/null 2>&1 || true
-two=$(grep -c 'lb1 lb2' "$WORK/holders" || true)
-((two == 0)) || fail "the VIP was on both nodes in $two samples"
+# Two holders only for the hand-over's overlap when lb1 preempts back (lb2
+# keeps the VIP 100 ms after lb1's first advert, then drains): never two
+# masters for long, as the defect had it.
+two_ms=$(awk 'two { n += $1 - t } { t = $1; two = ($2 == "lb1 lb2") } END { print n + 0 }' "$WORK/holders")
+((two_ms <= 400)) || fail "the VIP was on both nodes for about $two_ms ms (a hand-over overlaps 100 ms)"
 # "none" is expected only between lb1's fault and lb2's takeover.
 none_ms=$(awk 'none { n += $1 - t } { t = $1; none = ($2 == "none") } END { print n + 0 }' "$WORK/holders")
 ((none_ms <= ${mdi%.*} + MARGIN_MS + 200)) || fail "the VIP was on no node for about $none_ms ms in all"
@@ -56,4 +60,4 @@ holder_is lb2 || fail "lb1 without an address disturbed lb2: VIP on $(vip_holder
 ip -n "$(ns lb1)" addr add "${HOST_IP[lb1]}/24" dev eth0
 wait_for 5000 pair_settled lb1 lb2 ||
     fail "address added to lb1: lb1=$(node_state lb1) lb2=$(node_state lb2) VIP on '$(vip_holder)', want lb1 master"
-pass "started without an address: fault, master once one was added; lb1 to fault on losing its address, lb2 master ${took} ms later; lb1 master again once its address was back; never two holders; no holder for ~${none_ms} ms"
+pass "started without an address: fault, master once one was added; lb1 to fault on losing its address, lb2 master ${took} ms later; lb1 master again once its address was back; two holders only ~${two_ms} ms in the hand-over; no holder for ~${none_ms} ms"
