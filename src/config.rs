@@ -13,6 +13,7 @@ use toml::Spanned;
 use crate::proxy::balance::Algorithm;
 use crate::vrrp::notify::Hooks;
 use crate::vrrp::packet::{Centiseconds, ChecksumForm, Version};
+use crate::vrrp::router::InstanceSpec;
 use crate::vrrp::sync::GroupSpec;
 use crate::vrrp::track::{ScriptSpec, TrackerSpec, Watched};
 
@@ -161,40 +162,14 @@ impl std::fmt::Display for VirtualIp {
 /// One `[[vrrp]]` instance.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VrrpConfig {
-    /// Name used in logs and status.
-    pub name: String,
+    /// What the router runs: name, VRID, priority, timing, peers.
+    pub spec: InstanceSpec,
     /// Interface the instance runs on.
     pub interface: String,
     /// Where `interface` was written, for errors found at run time.
     pub interface_at: Location,
-    /// Virtual router id, 1..=255.
-    pub vrid: u8,
-    /// Priority, 1..=255 (255 = address owner).
-    pub priority: u8,
-    /// Advertisement_Interval.
-    pub advert_interval: Centiseconds,
-    /// Protocol version.
-    pub version: Version,
-    /// Preempt a lower-priority master.
-    pub preempt: bool,
-    /// Hold preemption back this long after start.
-    pub preempt_delay: Duration,
-    /// Addresses claimed as master.
+    /// Addresses claimed as master, with their prefixes.
     pub virtual_ips: Vec<VirtualIp>,
-    /// Gratuitous ARPs per VIP in a burst.
-    pub garp_count: u32,
-    /// Spacing of the ARPs within a burst (zero: back to back).
-    pub garp_interval: Duration,
-    /// Second burst this long after becoming master; `None` for none.
-    pub garp_repeat_delay: Option<Duration>,
-    /// While master, a burst this often; `None` for none.
-    pub garp_refresh: Option<Duration>,
-    /// Checksum form sent for VRRPv3 over IPv4.
-    pub v3_checksum: ChecksumForm,
-    /// On a planned stop as master, the longest the VIP is kept while
-    /// waiting for the new master's first advert (make-before-break);
-    /// `None` = Master_Down_Interval.
-    pub release_timeout: Option<Duration>,
     /// What lowers the priority (or means Fault) while it fails.
     pub trackers: Vec<TrackerSpec>,
     /// Commands run on state changes.
@@ -318,7 +293,9 @@ struct RawVrrp {
     preempt: Option<bool>,
     preempt_delay: Option<Spanned<String>>,
     virtual_ips: Spanned<Vec<Spanned<String>>>,
-    unicast_peers: Option<Spanned<Vec<toml::Value>>>,
+    #[serde(default)]
+    unicast_peers: Vec<Spanned<String>>,
+    unicast_source: Option<Spanned<String>>,
     garp_count: Option<Spanned<i64>>,
     garp_interval: Option<Spanned<String>>,
     garp_repeat_delay: Option<Spanned<String>>,
@@ -383,7 +360,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         listener_refs.extend(r.track_http.iter().map(|t| (t.get_ref().listener.clone(), t.span())));
         let v = validate_vrrp(r, &invalid, text, &mut scripts)?;
         if let Some((other, vip)) = vrrp.iter().filter(|o: &&VrrpConfig| o.interface == v.interface).find_map(|o| {
-            v.virtual_ips.iter().find(|a| o.virtual_ips.iter().any(|b| b.addr == a.addr)).map(|a| (o.name.clone(), *a))
+            v.virtual_ips.iter().find(|a| o.virtual_ips.iter().any(|b| b.addr == a.addr)).map(|a| (o.spec.name.clone(), *a))
         }) {
             // Each would undo the other: the master puts it back, the backup removes it.
             return Err(ConfigError::Invalid {
@@ -391,17 +368,17 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
                 at: v.interface_at,
                 message: format!(
                     "vrrp.virtual_ips: {vip} of instance {:?} is also a VIP of instance {other:?} on interface {:?}",
-                    v.name, v.interface
+                    v.spec.name, v.interface
                 ),
             });
         }
-        if let Some(other) = seen.insert((v.interface.clone(), v.vrid), v.name.clone()) {
+        if let Some(other) = seen.insert((v.interface.clone(), v.spec.vrid), v.spec.name.clone()) {
             return Err(ConfigError::Invalid {
                 path: path.to_path_buf(),
                 at: v.interface_at,
                 message: format!(
                     "vrrp.vrid = {}: instance {:?} uses the same VRID on interface {:?} as instance {other:?}",
-                    v.vrid, v.name, v.interface
+                    v.spec.vrid, v.spec.name, v.interface
                 ),
             });
         }
@@ -436,13 +413,13 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let mut instances: Vec<String> = Vec::new();
         for i in g.instances.get_ref() {
             let member = i.get_ref();
-            if !vrrp.iter().any(|v| v.name == *member) {
+            if !vrrp.iter().any(|v| v.spec.name == *member) {
                 return Err(invalid(
                     i.span(),
                     format!("sync_group.instances: {member:?} is not the name of a [[vrrp]] instance"),
                 ));
             }
-            if vrrp.iter().any(|v| v.name == *member && v.priority == 255) {
+            if vrrp.iter().any(|v| v.spec.name == *member && v.spec.priority == 255) {
                 return Err(invalid(
                     i.span(),
                     format!(
@@ -536,14 +513,6 @@ fn validate_vrrp(
         let s = r.garp_interval.as_ref().map_or(0..0, |s| s.span());
         return Err(invalid(s, "vrrp.garp_interval: at most 1s".into()));
     }
-    if let Some(peers) = &r.unicast_peers {
-        if !peers.get_ref().is_empty() {
-            return Err(invalid(
-                peers.span(),
-                "vrrp.unicast_peers: unicast is not supported yet; leave it empty".into(),
-            ));
-        }
-    }
     let mut virtual_ips = Vec::new();
     for s in r.virtual_ips.get_ref() {
         let vip = virtual_ip(s.get_ref())
@@ -559,6 +528,34 @@ fn validate_vrrp(
     // The count field is 8 bits and the message must fit one frame.
     if virtual_ips.len() > 64 {
         return Err(invalid(r.virtual_ips.span(), "vrrp.virtual_ips: at most 64 addresses".into()));
+    }
+    let unicast = |s: &Spanned<String>, key: &str| -> Result<Ipv4Addr, ConfigError> {
+        let a = s.get_ref();
+        let addr: Ipv4Addr = a.parse().map_err(|_| invalid(s.span(), format!("{key}: {a:?}: not an IPv4 address")))?;
+        if addr.is_unspecified() || addr.is_multicast() || addr.is_broadcast() || addr.is_loopback() {
+            return Err(invalid(s.span(), format!("{key}: {a:?}: not a usable unicast address")));
+        }
+        if virtual_ips.iter().any(|v| v.addr == addr) {
+            return Err(invalid(s.span(), format!("{key}: {a:?} is one of the instance's virtual_ips")));
+        }
+        Ok(addr)
+    };
+    let mut unicast_peers = Vec::new();
+    for s in &r.unicast_peers {
+        let addr = unicast(s, "vrrp.unicast_peers")?;
+        if unicast_peers.contains(&addr) {
+            return Err(invalid(s.span(), format!("vrrp.unicast_peers: {:?} is listed twice", s.get_ref())));
+        }
+        unicast_peers.push(addr);
+    }
+    let unicast_source = r.unicast_source.as_ref().map(|s| unicast(s, "vrrp.unicast_source")).transpose()?;
+    if let (Some(source), Some(s)) = (unicast_source, &r.unicast_source) {
+        if unicast_peers.is_empty() {
+            return Err(invalid(s.span(), "vrrp.unicast_source: only with unicast_peers".into()));
+        }
+        if unicast_peers.contains(&source) {
+            return Err(invalid(s.span(), format!("vrrp.unicast_source: {source} is also a peer")));
+        }
     }
     let weight = |w: Option<i64>, span: Range<usize>, key: &str| -> Result<u8, ConfigError> {
         let w = w.unwrap_or(0);
@@ -647,29 +644,35 @@ fn validate_vrrp(
         "vrrp",
         invalid,
     )?;
-    Ok(VrrpConfig {
-        trackers,
-        notify,
+    let spec = InstanceSpec {
         name,
-        interface: iface.clone(),
-        interface_at: locate(text, r.interface.span().start),
         vrid,
+        version,
         priority,
         advert_interval,
-        version,
         preempt: r.preempt.unwrap_or(true),
         preempt_delay,
-        virtual_ips,
+        virtual_ips: virtual_ips.iter().map(|v| v.addr).collect(),
+        checksum: if r.v3_checksum_pseudo_header.unwrap_or(true) {
+            ChecksumForm::PseudoHeader
+        } else {
+            ChecksumForm::MessageOnly
+        },
         garp_count,
         garp_interval,
         garp_repeat_delay,
         garp_refresh,
         release_timeout,
-        v3_checksum: if r.v3_checksum_pseudo_header.unwrap_or(true) {
-            ChecksumForm::PseudoHeader
-        } else {
-            ChecksumForm::MessageOnly
-        },
+        unicast_peers,
+        unicast_source,
+    };
+    Ok(VrrpConfig {
+        spec,
+        interface: iface.clone(),
+        interface_at: locate(text, r.interface.span().start),
+        virtual_ips,
+        trackers,
+        notify,
     })
 }
 
@@ -968,14 +971,17 @@ virtual_ips = ["192.0.2.10/24", "192.0.2.20"]
         let c = parse(GOOD, Path::new("t.toml")).expect("valid");
         assert_eq!(c.control.listen.to_string(), "127.0.0.1:9191");
         let v = &c.vrrp[0];
-        assert_eq!((v.vrid, v.priority, v.version), (51, 150, Version::V3));
-        assert_eq!(v.advert_interval.get(), 10);
-        assert!(v.preempt);
+        let s = &v.spec;
+        assert_eq!((s.vrid, s.priority, s.version), (51, 150, Version::V3));
+        assert_eq!(s.advert_interval.get(), 10);
+        assert!(s.preempt);
         assert_eq!(v.virtual_ips[1], VirtualIp { addr: Ipv4Addr::new(192, 0, 2, 20), prefix_len: 32 });
-        assert_eq!(v.garp_count, 5);
-        assert_eq!(v.garp_interval, Duration::ZERO);
-        assert_eq!(v.garp_repeat_delay, Some(Duration::from_secs(5)));
-        assert_eq!(v.v3_checksum, ChecksumForm::PseudoHeader);
+        assert_eq!(s.virtual_ips, [Ipv4Addr::new(192, 0, 2, 10), Ipv4Addr::new(192, 0, 2, 20)]);
+        assert_eq!(s.garp_count, 5);
+        assert_eq!(s.garp_interval, Duration::ZERO);
+        assert_eq!(s.garp_repeat_delay, Some(Duration::from_secs(5)));
+        assert_eq!(s.checksum, ChecksumForm::PseudoHeader);
+        assert!(s.unicast_peers.is_empty());
         assert_eq!(v.interface_at, Location { line: 7, col: 13 });
     }
 
@@ -998,9 +1004,28 @@ virtual_ips = ["192.0.2.10/24", "192.0.2.20"]
     }
 
     #[test]
+    fn unicast_peers_and_source() {
+        let c = parse(&with("unicast_peers = [\"192.0.2.12\", \"192.0.2.13\"]\nunicast_source = \"192.0.2.11\""), Path::new("t"))
+            .expect("valid");
+        let s = &c.vrrp[0].spec;
+        assert_eq!(s.unicast_peers, [Ipv4Addr::new(192, 0, 2, 12), Ipv4Addr::new(192, 0, 2, 13)]);
+        assert_eq!(s.unicast_source, Some(Ipv4Addr::new(192, 0, 2, 11)));
+        assert_eq!(
+            err(&with("unicast_peers = [\"224.0.0.18\"]")),
+            "t.toml:10:18: vrrp.unicast_peers: \"224.0.0.18\": not a usable unicast address"
+        );
+        assert!(err(&with("unicast_peers = [\"peer\"]")).contains("\"peer\": not an IPv4 address"));
+        assert!(err(&with("unicast_peers = [\"192.0.2.10\"]")).contains("is one of the instance's virtual_ips"));
+        assert!(err(&with("unicast_peers = [\"192.0.2.12\", \"192.0.2.12\"]")).contains("listed twice"));
+        assert!(err(&with("unicast_source = \"192.0.2.11\"")).contains("only with unicast_peers"));
+        assert!(err(&with("unicast_peers = [\"192.0.2.12\"]\nunicast_source = \"192.0.2.12\""))
+            .contains("is also a peer"));
+    }
+
+    #[test]
     fn v2_accepts_whole_seconds() {
         let c = parse(&with("version = 2").replace("100ms", "2s"), Path::new("t")).expect("valid");
-        assert_eq!(c.vrrp[0].advert_interval.get(), 200);
+        assert_eq!(c.vrrp[0].spec.advert_interval.get(), 200);
     }
 
     #[test]

@@ -17,7 +17,7 @@ use tracing::debug;
 
 use crate::proxy::backends::{Pool, PoolSnapshot};
 use crate::vrrp::fsm::State;
-use crate::vrrp::instance::{Snapshot, Stats};
+use crate::vrrp::stats::{Snapshot, Stats};
 use crate::vrrp::sync::{GroupShared, GroupSnapshot};
 
 /// Everything the control endpoint reports on.

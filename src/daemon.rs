@@ -13,15 +13,16 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
-use crate::config::{Config, VirtualIp, VrrpConfig};
+use crate::config::{Config, Location, VrrpConfig};
 use crate::control::{self, Sources};
 use crate::net::addr::{watch_addresses, watch_links, Netlink};
 use crate::proxy::backends::Pool;
 use crate::proxy::server::{self, Listener, Proxy};
+use crate::vrrp::driver::{DrainGate, Driver, InstanceSide};
 use crate::vrrp::fsm::skew_and_master_down;
-use crate::vrrp::instance::{DrainGate, Instance, Stats};
 use crate::vrrp::notify::{HookQueue, HookRuns};
 use crate::vrrp::probe::{self, TrackShared};
+use crate::vrrp::stats::Stats;
 use crate::vrrp::sync::GroupShared;
 use crate::vrrp::track::{ScriptSpec, Trackers, Watched};
 
@@ -76,10 +77,10 @@ pub fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
     let tracking: Vec<Option<Arc<TrackShared>>> = config
         .vrrp
         .iter()
-        .map(|c| (!c.trackers.is_empty()).then(|| TrackShared::new(Trackers::new(c.priority, c.trackers.clone()))))
+        .map(|c| (!c.trackers.is_empty()).then(|| TrackShared::new(Trackers::new(c.spec.priority, c.trackers.clone()))))
         .collect();
     let stats: Vec<Arc<Stats>> =
-        config.vrrp.iter().zip(&tracking).map(|(c, t)| Arc::new(Stats::new(c, t.clone()))).collect();
+        config.vrrp.iter().zip(&tracking).map(|(c, t)| Arc::new(stats_for(c, t.clone()))).collect();
     // Check scripts and notify hooks run here, never on the VRRP thread.
     let probe_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -93,7 +94,7 @@ pub fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         .zip(&stats)
         .map(|(c, st)| {
             (!c.notify.is_empty()).then(|| {
-                HookQueue::start(probe_rt.handle(), c.name.clone(), c.notify.timeout, Arc::clone(&st.notify_runs))
+                HookQueue::start(probe_rt.handle(), c.spec.name.clone(), c.notify.timeout, Arc::clone(&st.notify_runs))
             })
         })
         .collect();
@@ -111,7 +112,7 @@ pub fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         let shared = GroupShared::new(g.name.clone(), g.instances.len(), hooks, runs);
         group_list.push(Arc::clone(&shared));
         for (index, member) in g.instances.iter().enumerate() {
-            if let Some(slot) = config.vrrp.iter().position(|v| v.name == *member) {
+            if let Some(slot) = config.vrrp.iter().position(|v| v.spec.name == *member) {
                 groups[slot] = Some((Arc::clone(&shared), index));
             }
         }
@@ -137,8 +138,8 @@ pub fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         .vrrp
         .iter()
         .map(|c| {
-            c.release_timeout
-                .unwrap_or_else(|| skew_and_master_down(c.version, c.priority, c.advert_interval.as_duration()).1)
+            c.spec.release_timeout
+                .unwrap_or_else(|| skew_and_master_down(c.spec.version, c.spec.priority, c.spec.advert_interval.as_duration()).1)
         })
         .max()
         .unwrap_or_default()
@@ -206,6 +207,12 @@ pub fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
     signal_result
 }
 
+/// Empty counters for an instance.
+fn stats_for(c: &VrrpConfig, tracking: Option<Arc<TrackShared>>) -> Stats {
+    let vips = c.virtual_ips.iter().map(|v| v.to_string()).collect();
+    Stats::new(&c.spec, &c.interface, vips, tracking)
+}
+
 /// What the VRRP side hands to the probe runtime: trackers to feed, where
 /// they look, and the runtime that runs scripts and hooks.
 struct Probes {
@@ -268,9 +275,15 @@ async fn run_vrrp(
     // One watch channel per interface, subscribed before the instances read
     // the initial link state so no change can fall in between.
     let mut link_senders: HashMap<String, watch::Sender<bool>> = HashMap::new();
-    let link_receivers: Vec<_> = configs
+    let mut interfaces: Vec<&str> = Vec::new();
+    for c in &configs {
+        if !interfaces.contains(&c.interface.as_str()) {
+            interfaces.push(&c.interface);
+        }
+    }
+    let link_receivers: Vec<_> = interfaces
         .iter()
-        .map(|c| link_senders.entry(c.interface.clone()).or_insert_with(|| watch::channel(true).0).subscribe())
+        .map(|name| link_senders.entry(name.to_string()).or_insert_with(|| watch::channel(true).0).subscribe())
         .collect();
     // Tracked interfaces too; the probe reads each one's state itself.
     let tracked_links: HashMap<String, watch::Receiver<bool>> = configs
@@ -295,68 +308,55 @@ async fn run_vrrp(
         let _ = ready.send(Err(anyhow!(e).context("subscribing to address changes")));
         return;
     }
-    // Every VIP on each instance's interface, its siblings' too.
-    let interface_vips: Vec<Vec<VirtualIp>> = configs
-        .iter()
-        .map(|c| configs.iter().filter(|o| o.interface == c.interface).flat_map(|o| o.virtual_ips.clone()).collect())
-        .collect();
-    let siblings: Vec<Vec<u8>> = configs
-        .iter()
-        .map(|c| configs.iter().filter(|o| o.interface == c.interface && o.vrid != c.vrid).map(|o| o.vrid).collect())
-        .collect();
     let tracked: Vec<(String, Arc<TrackShared>)> = configs
         .iter()
         .zip(&probes.tracking)
-        .filter_map(|(c, t)| t.as_ref().map(|t| (c.name.clone(), Arc::clone(t))))
+        .filter_map(|(c, t)| t.as_ref().map(|t| (c.spec.name.clone(), Arc::clone(t))))
         .collect();
     probe::start(
         &probes.runtime,
         &tracked,
         &probe::Sources { pools: &probes.pools, links: &tracked_links, scripts: &probes.scripts },
     );
-    let mut instances = Vec::new();
-    let each = configs
-        .into_iter()
-        .zip(stats)
-        .zip(link_receivers)
-        .zip(siblings)
-        .zip(probes.tracking)
-        .zip(probes.hooks)
-        .zip(interface_vips)
-        .zip(probes.groups);
-    for (((((((cfg, st), link), siblings), tracking), hooks), vips), group) in each {
-        let at = cfg.interface_at;
-        let (name, iface) = (cfg.name.clone(), cfg.interface.clone());
-        match Instance::prepare(cfg, netlink.clone(), link, addr_events.subscribe(), vips, st).await {
-            Ok(mut i) => {
-                i.set_siblings(siblings);
-                if let Some(t) = tracking {
-                    i.set_tracking(t);
-                }
-                if let Some(h) = hooks {
-                    i.set_hooks(h);
-                }
-                if let Some((g, index)) = group {
-                    i.set_group(g, index);
-                }
-                instances.push(i);
-            }
+    // One driver per interface, its instances in config order.
+    let mut by_interface: Vec<(String, Location, Vec<InstanceSide>)> = Vec::new();
+    let each = configs.into_iter().zip(stats).zip(probes.tracking).zip(probes.hooks).zip(probes.groups);
+    for ((((cfg, stats), tracking), hooks), group) in each {
+        let side = InstanceSide {
+            spec: cfg.spec.clone(),
+            vips: cfg.virtual_ips.clone(),
+            stats,
+            tracking,
+            hooks: hooks.map(|q| (q, cfg.notify.clone())),
+            group,
+        };
+        match by_interface.iter_mut().find(|(name, _, _)| *name == cfg.interface) {
+            Some((_, _, sides)) => sides.push(side),
+            None => by_interface.push((cfg.interface.clone(), cfg.interface_at, vec![side])),
+        }
+    }
+    let mut drivers = Vec::new();
+    for ((iface, at, sides), link) in by_interface.into_iter().zip(link_receivers) {
+        let names: Vec<String> = sides.iter().map(|s| s.spec.name.clone()).collect();
+        match Driver::prepare(&iface, sides, netlink.clone(), link, addr_events.subscribe(), drain.clone()).await {
+            Ok(d) => drivers.push(d),
             Err(e) => {
                 let _ = ready.send(Err(anyhow!(
-                    "{}:{}:{}: vrrp instance {name:?}, interface = {iface:?}: {e}",
+                    "{}:{}:{}: vrrp instance {:?}, interface = {iface:?}: {e}",
                     path.display(),
                     at.line,
-                    at.col
+                    at.col,
+                    names.join(", ")
                 )));
                 return;
             }
         }
     }
     let _ = ready.send(Ok(()));
-    let tasks: Vec<_> = instances.into_iter().map(|i| tokio::spawn(i.run(shutdown.clone(), drain.clone()))).collect();
+    let tasks: Vec<_> = drivers.into_iter().map(|d| tokio::spawn(d.run(shutdown.clone()))).collect();
     for t in tasks {
         if let Err(e) = t.await {
-            error!(error = %e, "VRRP instance task failed");
+            error!(error = %e, "VRRP driver task failed");
         }
     }
 }

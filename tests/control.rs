@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use vipd::control::{serve, Sources};
-use vipd::vrrp::instance::Stats;
+use vipd::vrrp::stats::Stats;
 
 const CONFIG: &str = r#"
 [[vrrp]]
@@ -32,7 +32,9 @@ async fn get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
 #[tokio::test]
 async fn status_metrics_and_not_found() {
     let config = vipd::config::parse(CONFIG, Path::new("t.toml")).expect("valid");
-    let stats = Arc::new(Stats::new(&config.vrrp[0], None));
+    let c = &config.vrrp[0];
+    let vips = c.virtual_ips.iter().map(|v| v.to_string()).collect();
+    let stats = Arc::new(Stats::new(&c.spec, &c.interface, vips, None));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let server = tokio::spawn(serve(listener, Sources { vrrp: vec![stats], http: Vec::new(), groups: Vec::new() }));

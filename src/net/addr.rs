@@ -134,12 +134,6 @@ impl Netlink {
         }
     }
 
-    /// The interface's primary IPv4 address that is not one of `vips`: the
-    /// source of our adverts and our identity in the tie-break.
-    pub async fn primary_ipv4(&self, index: u32, vips: &[VirtualIp]) -> Result<Option<Ipv4Addr>, NetlinkError> {
-        Ok(primary_of(&self.ipv4_on(index).await?, vips))
-    }
-
     /// Whether `vip` is on the interface.
     pub async fn has(&self, index: u32, vip: &VirtualIp) -> Result<bool, NetlinkError> {
         Ok(self.ipv4_addresses(index).await?.iter().any(|(a, _)| *a == vip.addr))
@@ -170,13 +164,6 @@ impl Netlink {
 /// Administratively up and with carrier.
 fn is_usable(msg: &LinkMessage) -> bool {
     msg.header.flags.contains(LinkFlags::Up) && msg.header.flags.contains(LinkFlags::LowerUp)
-}
-
-/// The primary (not secondary) address of `addrs` that is none of `vips`,
-/// else any that is none of them.
-pub fn primary_of(addrs: &[(Ipv4Addr, bool)], vips: &[VirtualIp]) -> Option<Ipv4Addr> {
-    let candidates = addrs.iter().filter(|(a, _)| !vips.iter().any(|v| v.addr == *a));
-    candidates.clone().find(|(_, secondary)| !secondary).or_else(|| candidates.clone().next()).map(|(a, _)| *a)
 }
 
 /// What a kernel event subscription delivers.

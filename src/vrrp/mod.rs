@@ -1,12 +1,15 @@
-//! VRRP: wire format, state machine, and the instance that drives them.
+//! VRRP: wire format, state machine, the router of each interface, and the
+//! driver that runs them.
 
 pub mod command;
+pub mod driver;
 pub mod fsm;
-pub mod instance;
 pub mod notify;
 pub mod packet;
 pub mod probe;
+pub mod router;
 pub mod socket;
+pub mod stats;
 pub mod sync;
 pub mod timer;
 pub mod track;

@@ -99,7 +99,7 @@ pub enum DropReason {
     /// Not an IPv4 packet carrying protocol 112.
     #[error("not a VRRP/IPv4 packet")]
     NotVrrp,
-    /// Version field is not the configured version.
+    /// Version field is neither 2 nor 3, or not the instance's.
     #[error("wrong version")]
     Version,
     /// Type field is not ADVERTISEMENT.
@@ -127,11 +127,14 @@ pub enum DropReason {
     /// (RFC 3768 §7.1: MUST be dropped).
     #[error("v2 advert's address list differs from ours")]
     AddressList,
+    /// From an address that is not one of the instance's unicast peers.
+    #[error("not from a unicast peer")]
+    NotAPeer,
 }
 
 impl DropReason {
     /// Every reason, in the order counters are shown.
-    pub const ALL: [DropReason; 12] = [
+    pub const ALL: [DropReason; 13] = [
         DropReason::Ttl,
         DropReason::Truncated,
         DropReason::NotVrrp,
@@ -144,6 +147,7 @@ impl DropReason {
         DropReason::Interval,
         DropReason::ZeroInterval,
         DropReason::AddressList,
+        DropReason::NotAPeer,
     ];
 
     /// Counter name used in `/status` and `/metrics`.
@@ -161,6 +165,7 @@ impl DropReason {
             DropReason::Interval => "interval",
             DropReason::ZeroInterval => "zero_interval",
             DropReason::AddressList => "address_list",
+            DropReason::NotAPeer => "not_a_peer",
         }
     }
 
@@ -185,17 +190,6 @@ pub struct Advert {
     pub addresses: Vec<Ipv4Addr>,
 }
 
-/// What the receiver checks a packet against (RFC 5798 §7.1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Expect {
-    /// Configured version.
-    pub version: Version,
-    /// Configured VRID.
-    pub vrid: u8,
-    /// Configured interval; a v2 advert must match it.
-    pub interval: Centiseconds,
-}
-
 /// A received advertisement together with what the IP header said.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Received {
@@ -203,12 +197,16 @@ pub struct Received {
     pub advert: Advert,
     /// IP source: the sender's primary address, used for the tie-break.
     pub source: Ipv4Addr,
+    /// IP destination: 224.0.0.18, or ours for a unicast advert.
+    pub destination: Ipv4Addr,
     /// Which checksum form verified.
     pub checksum_form: ChecksumForm,
 }
 
-/// Parses a whole IPv4 packet as delivered by a raw socket and validates it.
-pub fn parse_ipv4(packet: &[u8], expect: &Expect) -> Result<Received, DropReason> {
+/// Parses a whole IPv4 packet as delivered by a raw socket and validates
+/// what the wire alone can tell; whether it is for one of our instances is
+/// the router's question.
+pub fn parse_ipv4(packet: &[u8]) -> Result<Received, DropReason> {
     if packet.len() < 20 {
         return Err(DropReason::Truncated);
     }
@@ -223,7 +221,7 @@ pub fn parse_ipv4(packet: &[u8], expect: &Expect) -> Result<Received, DropReason
     let ttl = packet[8];
     let source = Ipv4Addr::new(packet[12], packet[13], packet[14], packet[15]);
     let destination = Ipv4Addr::new(packet[16], packet[17], packet[18], packet[19]);
-    parse(&packet[ihl..total_len], ttl, source, destination, expect)
+    parse(&packet[ihl..total_len], ttl, source, destination)
 }
 
 /// The VRID an IPv4 VRRP packet claims, read without validating anything:
@@ -233,14 +231,10 @@ pub fn claimed_vrid_ipv4(packet: &[u8]) -> Option<u8> {
     packet.get(ihl + 1).copied()
 }
 
-/// Validates a VRRP message (the IP payload) in the order of RFC 5798 §7.1.
-pub fn parse(
-    msg: &[u8],
-    ttl: u8,
-    source: Ipv4Addr,
-    destination: Ipv4Addr,
-    expect: &Expect,
-) -> Result<Received, DropReason> {
+/// Validates a VRRP message (the IP payload) in the order of RFC 9568 §7.1,
+/// as far as the wire goes: TTL, version, type, length, checksum, v2
+/// authentication type, a usable interval.
+pub fn parse(msg: &[u8], ttl: u8, source: Ipv4Addr, destination: Ipv4Addr) -> Result<Received, DropReason> {
     if ttl != REQUIRED_TTL {
         return Err(DropReason::Ttl);
     }
@@ -252,9 +246,6 @@ pub fn parse(
         3 => Version::V3,
         _ => return Err(DropReason::Version),
     };
-    if version != expect.version {
-        return Err(DropReason::Version);
-    }
     if msg[0] & 0x0f != TYPE_ADVERTISEMENT {
         return Err(DropReason::Type);
     }
@@ -269,9 +260,6 @@ pub fn parse(
         return Err(DropReason::Length);
     }
     let checksum_form = verify_checksum(msg, version, source, destination)?;
-    if msg[1] != expect.vrid {
-        return Err(DropReason::Vrid);
-    }
     let interval = match version {
         Version::V3 => u16::from_be_bytes([msg[4], msg[5]]) & Centiseconds::MAX,
         Version::V2 => {
@@ -282,9 +270,6 @@ pub fn parse(
         }
     };
     let interval = Centiseconds::new(interval).ok_or(DropReason::ZeroInterval)?;
-    if version == Version::V2 && interval != expect.interval {
-        return Err(DropReason::Interval);
-    }
     let addresses = msg[HEADER_LEN..HEADER_LEN + 4 * count]
         .chunks_exact(4)
         .map(|a| Ipv4Addr::new(a[0], a[1], a[2], a[3]))
@@ -292,6 +277,7 @@ pub fn parse(
     Ok(Received {
         advert: Advert { version, vrid: msg[1], priority: msg[2], interval, addresses },
         source,
+        destination,
         checksum_form,
     })
 }
@@ -444,18 +430,14 @@ mod tests {
         v
     }
 
-    fn expect_for(v: &Vector) -> Expect {
-        let version = if field(&v.decoded, "version") == "2" { Version::V2 } else { Version::V3 };
-        let cs = if version == Version::V2 {
+    /// The interval a vector's decoded fields give.
+    fn interval_of(v: &Vector) -> Centiseconds {
+        let cs = if field(&v.decoded, "version") == "2" {
             field(&v.decoded, "adver_int_s").parse::<u16>().expect("int") * 100
         } else {
             field(&v.decoded, "max_adver_int_cs").parse().expect("int")
         };
-        Expect {
-            version,
-            vrid: field(&v.decoded, "vrid").parse().expect("vrid"),
-            interval: Centiseconds::new(cs).expect("interval"),
-        }
+        Centiseconds::new(cs).expect("interval")
     }
 
     #[test]
@@ -463,14 +445,14 @@ mod tests {
         let vs = all_v4_vectors();
         assert!(vs.len() >= 20, "vectors found: {}", vs.len());
         for v in &vs {
-            let expect = expect_for(v);
-            let rx = parse_ipv4(&v.ipv4, &expect).unwrap_or_else(|e| panic!("{}: {e}", v.name));
+            let rx = parse_ipv4(&v.ipv4).unwrap_or_else(|e| panic!("{}: {e}", v.name));
             let a = &rx.advert;
             assert_eq!(a.priority.to_string(), field(&v.decoded, "priority"), "{}", v.name);
             assert_eq!(a.addresses.len().to_string(), field(&v.decoded, "count_ip"), "{}", v.name);
             let addrs: Vec<String> = a.addresses.iter().map(|x| x.to_string()).collect();
             assert_eq!(addrs.join(","), field(&v.decoded, "addrs"), "{}", v.name);
-            assert_eq!(a.interval, expect.interval, "{}", v.name);
+            assert_eq!(a.interval, interval_of(v), "{}", v.name);
+            assert_eq!(a.vrid.to_string(), field(&v.decoded, "vrid"), "{}", v.name);
             let want = match a.version {
                 Version::V2 => ChecksumForm::MessageOnly,
                 Version::V3 => ChecksumForm::PseudoHeader,
@@ -482,7 +464,7 @@ mod tests {
     #[test]
     fn emit_is_byte_identical_to_keepalived() {
         for v in all_v4_vectors() {
-            let rx = parse_ipv4(&v.ipv4, &expect_for(&v)).expect("parses");
+            let rx = parse_ipv4(&v.ipv4).expect("parses");
             let dst = Ipv4Addr::new(v.ipv4[16], v.ipv4[17], v.ipv4[18], v.ipv4[19]);
             let ours = rx.advert.emit(ChecksumForm::PseudoHeader, rx.source, dst);
             assert_eq!(ours, v.vrrp, "{}", v.name);
@@ -494,11 +476,11 @@ mod tests {
     fn message_only_form_matches_rfc9568_checksum_and_is_accepted() {
         let text = include_str!("../../tests/vectors/vectors.txt");
         let v = vectors(text).into_iter().find(|v| v.name == "v3-adverts").expect("v3 vector");
-        let rx = parse_ipv4(&v.ipv4, &expect_for(&v)).expect("parses");
+        let rx = parse_ipv4(&v.ipv4).expect("parses");
         let plain = rx.advert.emit(ChecksumForm::MessageOnly, rx.source, MULTICAST_V4);
         // The vector file gives this value as checksum_v2_style.
         assert_eq!(u16::from_be_bytes([plain[6], plain[7]]), 0x76b6);
-        let back = parse(&plain, 255, rx.source, MULTICAST_V4, &expect_for(&v)).expect("accepted");
+        let back = parse(&plain, 255, rx.source, MULTICAST_V4).expect("accepted");
         assert_eq!(back.checksum_form, ChecksumForm::MessageOnly);
         assert_eq!(back.advert, rx.advert);
     }
@@ -507,16 +489,12 @@ mod tests {
     fn unicast_with_multicast_pseudo_header_is_accepted() {
         let text = include_str!("../../tests/vectors/vectors-unicast.txt");
         let v = vectors(text).into_iter().find(|v| v.name == "unicast-v3-adverts").expect("unicast vector");
-        let rx = parse_ipv4(&v.ipv4, &expect_for(&v)).expect("parses");
+        let rx = parse_ipv4(&v.ipv4).expect("parses");
         let old_style = rx.advert.emit(ChecksumForm::PseudoHeader, rx.source, MULTICAST_V4);
         assert_eq!(u16::from_be_bytes([old_style[6], old_style[7]]), 0xd3c1);
         let unicast_dst = Ipv4Addr::new(192, 0, 2, 12);
-        let back = parse(&old_style, 255, rx.source, unicast_dst, &expect_for(&v)).expect("accepted");
+        let back = parse(&old_style, 255, rx.source, unicast_dst).expect("accepted");
         assert_eq!(back.checksum_form, ChecksumForm::PseudoHeader);
-    }
-
-    fn v3_expect() -> Expect {
-        Expect { version: Version::V3, vrid: 51, interval: Centiseconds::new(10).expect("cs") }
     }
 
     fn good_v3() -> Vec<u8> {
@@ -526,7 +504,7 @@ mod tests {
     const SRC: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 11);
 
     fn reason(msg: &[u8], ttl: u8) -> DropReason {
-        parse(msg, ttl, SRC, MULTICAST_V4, &v3_expect()).expect_err("must be dropped")
+        parse(msg, ttl, SRC, MULTICAST_V4).expect_err("must be dropped")
     }
 
     /// Re-checksums a tampered message so that only the tampering is wrong.
@@ -540,16 +518,17 @@ mod tests {
 
     #[test]
     fn each_drop_reason_is_named() {
-        assert!(parse(&good_v3(), 255, SRC, MULTICAST_V4, &v3_expect()).is_ok());
+        assert!(parse(&good_v3(), 255, SRC, MULTICAST_V4).is_ok());
         assert_eq!(reason(&good_v3(), 64), DropReason::Ttl);
         assert_eq!(reason(&good_v3()[..6], 255), DropReason::Truncated);
         assert_eq!(reason(&good_v3()[..10], 255), DropReason::Length);
         let mut m = good_v3();
         m[0] = 0x41;
         assert_eq!(reason(&fix_checksum(m), 255), DropReason::Version);
+        // v2 framing (8 bytes of authentication data) is not there.
         let mut m = good_v3();
         m[0] = 0x21;
-        assert_eq!(reason(&fix_checksum(m), 255), DropReason::Version);
+        assert_eq!(reason(&fix_checksum(m), 255), DropReason::Length);
         let mut m = good_v3();
         m[0] = 0x32;
         assert_eq!(reason(&fix_checksum(m), 255), DropReason::Type);
@@ -563,9 +542,10 @@ mod tests {
         let mut m = good_v3();
         m[7] ^= 0xff;
         assert_eq!(reason(&m, 255), DropReason::Checksum);
+        // Whose VRID it is, is not the wire's question.
         let mut m = good_v3();
         m[1] = 52;
-        assert_eq!(reason(&fix_checksum(m), 255), DropReason::Vrid);
+        assert_eq!(parse(&fix_checksum(m), 255, SRC, MULTICAST_V4).map(|r| r.advert.vrid), Ok(52));
         let mut m = good_v3();
         m[4] = 0;
         m[5] = 0;
@@ -573,19 +553,16 @@ mod tests {
     }
 
     #[test]
-    fn v2_auth_and_interval_are_checked() {
+    fn v2_auth_is_checked() {
         let msg = hex("21339601000186bfc000020a0000000000000000");
-        let expect = Expect { version: Version::V2, vrid: 51, interval: Centiseconds::new(100).expect("cs") };
-        assert!(parse(&msg, 255, SRC, MULTICAST_V4, &expect).is_ok());
-        let other = Expect { interval: Centiseconds::new(200).expect("cs"), ..expect };
-        assert_eq!(parse(&msg, 255, SRC, MULTICAST_V4, &other), Err(DropReason::Interval));
+        assert!(parse(&msg, 255, SRC, MULTICAST_V4).is_ok());
         let mut m = msg.clone();
         m[4] = 1;
         m[6] = 0;
         m[7] = 0;
         let c = internet_checksum(&[&m]);
         m[6..8].copy_from_slice(&c.to_be_bytes());
-        assert_eq!(parse(&m, 255, SRC, MULTICAST_V4, &expect), Err(DropReason::Auth));
+        assert_eq!(parse(&m, 255, SRC, MULTICAST_V4), Err(DropReason::Auth));
     }
 
     #[test]
@@ -593,11 +570,11 @@ mod tests {
         let v = &all_v4_vectors()[0];
         let mut p = v.ipv4.clone();
         p[9] = 17;
-        assert_eq!(parse_ipv4(&p, &expect_for(v)), Err(DropReason::NotVrrp));
-        assert_eq!(parse_ipv4(&v.ipv4[..25], &expect_for(v)), Err(DropReason::Truncated));
+        assert_eq!(parse_ipv4(&p), Err(DropReason::NotVrrp));
+        assert_eq!(parse_ipv4(&v.ipv4[..25]), Err(DropReason::Truncated));
         let mut p = v.ipv4.clone();
         p[8] = 1;
-        assert_eq!(parse_ipv4(&p, &expect_for(v)), Err(DropReason::Ttl));
+        assert_eq!(parse_ipv4(&p), Err(DropReason::Ttl));
     }
 
     #[test]
@@ -622,8 +599,8 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn parse_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..128), ttl in 0u8..=255) {
-            let _ = parse(&bytes, ttl, SRC, MULTICAST_V4, &v3_expect());
-            let _ = parse_ipv4(&bytes, &v3_expect());
+            let _ = parse(&bytes, ttl, SRC, MULTICAST_V4);
+            let _ = parse_ipv4(&bytes);
         }
 
         #[test]
@@ -635,8 +612,7 @@ mod tests {
             };
             let form = if pseudo { ChecksumForm::PseudoHeader } else { ChecksumForm::MessageOnly };
             let msg = advert.emit(form, SRC, MULTICAST_V4);
-            let expect = Expect { version: Version::V3, vrid: 51, interval: advert.interval };
-            let rx = parse(&msg, 255, SRC, MULTICAST_V4, &expect).expect("own packet parses");
+            let rx = parse(&msg, 255, SRC, MULTICAST_V4).expect("own packet parses");
             proptest::prop_assert_eq!(rx.advert, advert);
         }
     }

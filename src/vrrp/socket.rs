@@ -1,12 +1,15 @@
-//! The raw IPPROTO_VRRP socket of one instance: bound to its interface,
-//! joined to 224.0.0.18 there only, TTL 255 on send, no multicast loopback.
-//! Thin: it moves bytes, the codec in `packet` judges them.
+//! The raw IPPROTO_VRRP socket of one interface: bound to it, joined to
+//! 224.0.0.18 there only, TTL 255 on send, no multicast loopback; each
+//! advert names its source address. Thin: it moves bytes, the codec in
+//! `packet` and the router judge them.
 
-use std::io;
+use std::io::{self, IoSlice};
 use std::mem::MaybeUninit;
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::AsRawFd;
 
-use socket2::{Domain, InterfaceIndexOrAddress, Protocol, SockAddr, Socket, Type};
+use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, SockaddrIn};
+use socket2::{Domain, InterfaceIndexOrAddress, Protocol, Socket, Type};
 use tokio::io::unix::AsyncFd;
 
 use super::packet::{IPPROTO_VRRP, MULTICAST_V4, REQUIRED_TTL};
@@ -18,20 +21,20 @@ const TOS_INTERNETWORK_CONTROL: u32 = 0xc0;
 #[derive(Debug)]
 pub struct VrrpSocket {
     fd: AsyncFd<Socket>,
+    ifindex: u32,
 }
 
 impl VrrpSocket {
-    /// Opens the socket on `ifname` (index `ifindex`), sending from `source`.
-    pub fn open(ifname: &str, ifindex: u32, source: Ipv4Addr) -> io::Result<Self> {
+    /// Opens the socket on `ifname` (index `ifindex`).
+    pub fn open(ifname: &str, ifindex: u32) -> io::Result<Self> {
         let s = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::from(i32::from(IPPROTO_VRRP))))?;
         // Only this interface's packets, and only the groups this socket joined.
         s.bind_device(Some(ifname.as_bytes()))?;
         s.set_multicast_all_v4(false)?;
         s.join_multicast_v4_n(&MULTICAST_V4, &InterfaceIndexOrAddress::Index(ifindex))?;
         // Not bind(): a bound raw socket only receives packets addressed to
-        // the bound address, and adverts go to 224.0.0.18. The multicast
-        // interface address is what selects our source address.
-        s.set_multicast_if_v4(&source)?;
+        // the bound address, and adverts go to 224.0.0.18 (or to us, from
+        // unicast peers). Each send names its source instead.
         s.set_multicast_loop_v4(false)?;
         s.set_multicast_ttl_v4(u32::from(REQUIRED_TTL))?;
         s.set_ttl_v4(u32::from(REQUIRED_TTL))?;
@@ -40,12 +43,7 @@ impl VrrpSocket {
         // SAFETY: the AsyncFd owns the socket from here on; the descriptor is
         // closed only when the AsyncFd (and with it the registration) drops.
         let fd = unsafe { AsyncFd::register(s) }.map_err(|e| e.into_parts().1)?;
-        Ok(VrrpSocket { fd })
-    }
-
-    /// Sends from `source` from now on (the interface's primary changed).
-    pub fn set_source(&self, source: Ipv4Addr) -> io::Result<()> {
-        self.fd.get_ref().set_multicast_if_v4(&source)
+        Ok(VrrpSocket { fd, ifindex })
     }
 
     /// A packet already queued on the socket, without waiting: `None` when
@@ -69,9 +67,24 @@ impl VrrpSocket {
         }
     }
 
-    /// Sends one VRRP message; the kernel adds the IP header.
-    pub fn send(&self, msg: &[u8], destination: Ipv4Addr) -> io::Result<()> {
-        let n = self.fd.get_ref().send_to(msg, &SockAddr::from(SocketAddrV4::new(destination, 0)))?;
+    /// Sends one VRRP message from `source` (IP_PKTINFO: the kernel refuses
+    /// an address the host no longer has) out of our interface; the kernel
+    /// adds the IP header.
+    pub fn send(&self, msg: &[u8], source: Ipv4Addr, destination: Ipv4Addr) -> io::Result<()> {
+        let info = nix::libc::in_pktinfo {
+            ipi_ifindex: i32::try_from(self.ifindex).unwrap_or_default(),
+            ipi_spec_dst: nix::libc::in_addr { s_addr: u32::from(source).to_be() },
+            ipi_addr: nix::libc::in_addr { s_addr: 0 },
+        };
+        let to = SockaddrIn::from(SocketAddrV4::new(destination, 0));
+        let n = sendmsg(
+            self.fd.get_ref().as_raw_fd(),
+            &[IoSlice::new(msg)],
+            &[ControlMessage::Ipv4PacketInfo(&info)],
+            MsgFlags::empty(),
+            Some(&to),
+        )
+        .map_err(io::Error::from)?;
         if n == msg.len() {
             Ok(())
         } else {

@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use serde::Serialize;
 use tokio::sync::Notify;
 
-use super::instance::NotifyRuns;
 use super::notify::{HookQueue, HookRuns, Hooks};
+use super::stats::NotifyRuns;
 
 /// One `[[sync_group]]`, as configured.
 #[derive(Debug, Clone, PartialEq, Eq)]

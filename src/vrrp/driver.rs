@@ -1,0 +1,603 @@
+//! The VRRP I/O shell of one interface: its raw socket and timer, its link
+//! and address watches, and each instance's side that is not protocol
+//! (trackers, sync group, notify hooks, the drain gate). It feeds the
+//! [`Router`] and carries out what the router says.
+
+use std::future::Future;
+use std::net::Ipv4Addr;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{broadcast, watch};
+use tracing::{debug, error, info, info_span, warn, Instrument};
+
+use super::fsm::State;
+use super::notify::{state_word, HookQueue, Hooks};
+use super::probe::TrackShared;
+use super::router::{InstanceSpec, Output, Router};
+use super::socket::VrrpSocket;
+use super::stats::Stats;
+use super::sync::{member_priority, GroupShared, MemberState, Others};
+use super::timer::PreciseTimer;
+use crate::config::VirtualIp;
+use crate::net::addr::{AddrEvent, Netlink, NetlinkError};
+use crate::net::announce::Announcer;
+use crate::net::frames;
+
+/// Why an interface's instances could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    /// Netlink lookups failed (e.g. the interface does not exist).
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    /// A socket could not be opened or configured.
+    #[error("{what} on {iface:?}: {source}")]
+    Socket {
+        /// Which socket.
+        what: &'static str,
+        /// The interface.
+        iface: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// What a resigning master waits for before it removes its VIPs: work in
+/// flight on them (the HTTP proxy's requests) finishing, for at most
+/// `max_wait`. Removing the address under a request would drop its answer.
+#[derive(Clone)]
+pub struct DrainGate {
+    /// True while something is still being served on the VIPs.
+    pub busy: Arc<dyn Fn() -> bool + Send + Sync>,
+    /// Upper bound of the wait.
+    pub max_wait: Duration,
+}
+
+impl std::fmt::Debug for DrainGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DrainGate").field("max_wait", &self.max_wait).finish_non_exhaustive()
+    }
+}
+
+/// How often a hand-over looks at the drain gate.
+const DRAIN_POLL: Duration = Duration::from_millis(2);
+
+/// How soon a failed look at the interface's addresses is tried again.
+const ADDR_RETRY: Duration = Duration::from_millis(200);
+
+/// Most packets taken off the socket before acting on an expired timer.
+const MAX_QUEUED_DRAIN: usize = 256;
+
+/// One instance as the driver is given it.
+#[derive(Debug)]
+pub struct InstanceSide {
+    /// What the router runs.
+    pub spec: InstanceSpec,
+    /// Its VIPs with their prefixes, for netlink.
+    pub vips: Vec<VirtualIp>,
+    /// Its counters.
+    pub stats: Arc<Stats>,
+    /// Its trackers, if any.
+    pub tracking: Option<Arc<TrackShared>>,
+    /// Where its notify hooks go, if it has any, and what they are.
+    pub hooks: Option<(HookQueue, Hooks)>,
+    /// Its sync group and its place there, if any.
+    pub group: Option<(Arc<GroupShared>, usize)>,
+}
+
+#[derive(Debug)]
+struct Side {
+    inst: InstanceSide,
+    tracker_fault: bool,
+    group_fault: bool,
+    /// The most another sync group member's trackers lower it.
+    group_lowered: u8,
+}
+
+impl Side {
+    fn vrid(&self) -> u8 {
+        self.inst.spec.vrid
+    }
+
+    /// The priority its own trackers give it.
+    fn own_priority(&self) -> u8 {
+        self.inst.tracking.as_ref().map_or(self.inst.spec.priority, |t| t.priority())
+    }
+}
+
+/// Every instance of one interface and what it runs on.
+#[derive(Debug)]
+pub struct Driver {
+    ifname: String,
+    ifindex: u32,
+    router: Router,
+    socket: VrrpSocket,
+    timer: PreciseTimer,
+    announcer: Announcer,
+    netlink: Netlink,
+    /// Interface usable (up with carrier), as the link watcher last said;
+    /// `None` once the watcher is gone (the last state stays).
+    link: Option<watch::Receiver<bool>>,
+    /// Address changes on every interface (ours filtered by index).
+    addrs: Option<broadcast::Receiver<AddrEvent>>,
+    /// A look at the interface's addresses failed: try again then.
+    addr_retry: Option<Instant>,
+    sides: Vec<Side>,
+    drain: Option<DrainGate>,
+    /// Hand-overs whose VIPs wait for the drain gate: (vrid, since when).
+    draining: Vec<(u8, Instant)>,
+    stopping: bool,
+}
+
+impl Driver {
+    /// Looks up `ifname`, removes VIPs a crashed run may have left, and
+    /// opens the sockets. Fails with a message naming what is missing.
+    pub async fn prepare(
+        ifname: &str,
+        instances: Vec<InstanceSide>,
+        netlink: Netlink,
+        link: watch::Receiver<bool>,
+        addrs: broadcast::Receiver<AddrEvent>,
+        drain: Option<DrainGate>,
+    ) -> Result<Self, DriverError> {
+        let iface = netlink.link(ifname).await?;
+        let mut addresses = netlink.ipv4_on(iface.index).await?;
+        for vip in instances.iter().flat_map(|i| &i.vips) {
+            if addresses.iter().any(|(a, _)| *a == vip.addr) {
+                warn!(iface = %ifname, %vip, "removing virtual IP left by an earlier run");
+                netlink.del(iface.index, vip).await?;
+                addresses.retain(|(a, _)| *a != vip.addr);
+            }
+        }
+        let socket_err = |what| {
+            let iface = ifname.to_string();
+            move |source| DriverError::Socket { what, iface, source }
+        };
+        let socket = VrrpSocket::open(ifname, iface.index).map_err(socket_err("raw VRRP socket"))?;
+        let timer = PreciseTimer::new().map_err(socket_err("timerfd"))?;
+        let announcer = Announcer::open(iface.index).map_err(socket_err("AF_PACKET socket"))?;
+        let specs = instances.iter().map(|i| (i.spec.clone(), Arc::clone(&i.stats))).collect();
+        let router = Router::new(iface.mac, iface.up, &addresses, specs);
+        for i in &instances {
+            let source = router.view(i.spec.vrid).and_then(|v| v.source);
+            match source {
+                Some(s) => info!(vrid = i.spec.vrid, iface = %ifname, source = %s, "instance {:?} ready", i.spec.name),
+                None => {
+                    warn!(vrid = i.spec.vrid, iface = %ifname, "instance {:?}: no IPv4 address of its own (other than VIPs{}) to send adverts from: starting in fault until one is added", i.spec.name, i.spec.unicast_source.map_or(String::new(), |s| format!("; unicast_source {s}")))
+                }
+            }
+        }
+        let sides = instances
+            .into_iter()
+            .map(|inst| Side { inst, tracker_fault: false, group_fault: false, group_lowered: 0 })
+            .collect();
+        Ok(Driver {
+            ifname: ifname.to_string(),
+            ifindex: iface.index,
+            router,
+            socket,
+            timer,
+            announcer,
+            netlink,
+            link: Some(link),
+            addrs: Some(addrs),
+            addr_retry: None,
+            sides,
+            drain,
+            draining: Vec::new(),
+            stopping: false,
+        })
+    }
+
+    /// Runs until `shutdown` flips (or its sender goes), then resigns:
+    /// priority 0 from each master, VIPs removed once its successor spoke.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let span = info_span!("vrrp", iface = %self.ifname);
+        async move {
+            self.router.start(Instant::now());
+            for i in 0..self.sides.len() {
+                self.follow_trackers(i);
+                self.follow_group(i);
+            }
+            self.execute().await;
+            self.publish_groups();
+            let mut buf = vec![0u8; 2048];
+            let mut recv_errors = 0u32;
+            loop {
+                let deadline = self.router.poll_timeout();
+                tokio::select! {
+                    biased;
+                    _ = shutdown.changed(), if !self.stopping => {
+                        self.stopping = true;
+                        self.router.shutdown(Instant::now());
+                    }
+                    changed = link_change(&mut self.link) => match changed {
+                        Some(up) => self.router.set_link(Instant::now(), up),
+                        None => {
+                            // The watcher is gone: keep running on the last state.
+                            warn!("the link watch ended; keeping the last link state");
+                            self.link = None;
+                        }
+                    },
+                    _ = side_change(&self.sides) => {
+                        for i in 0..self.sides.len() {
+                            self.follow_trackers(i);
+                            self.follow_group(i);
+                        }
+                    }
+                    _ = self.timer.sleep_until(deadline) => {
+                        // After a stall (a paused VM, a starved CPU) the
+                        // timer and the master's queued adverts are due at
+                        // once: the adverts first, or an expired
+                        // Master_Down_Timer makes a backup flip to master
+                        // and straight back.
+                        for _ in 0..MAX_QUEUED_DRAIN {
+                            let Some(n) = self.socket.try_recv(&mut buf) else { break };
+                            self.router.handle_datagram(Instant::now(), &buf[..n.min(buf.len())]);
+                        }
+                        self.router.handle_timeout(Instant::now());
+                    }
+                    _ = tokio::time::sleep(DRAIN_POLL), if !self.draining.is_empty() => self.check_drains().await,
+                    _ = retry_at(self.addr_retry) => {
+                        self.addr_retry = None;
+                        self.follow_addresses().await;
+                    }
+                    wake = addr_change(&mut self.addrs, self.ifindex) => match wake {
+                        AddrWake::Ours => self.follow_addresses().await,
+                        AddrWake::Closed => {
+                            warn!("the address watch ended; VIPs and the primary are no longer followed");
+                            self.addrs = None;
+                        }
+                    },
+                    r = self.socket.recv(&mut buf) => match r {
+                        Ok(n) => {
+                            recv_errors = 0;
+                            self.router.handle_datagram(Instant::now(), &buf[..n.min(buf.len())]);
+                        }
+                        Err(e) => {
+                            recv_errors = recv_errors.saturating_add(1);
+                            if recv_errors == 1 {
+                                warn!(error = %e, "receiving VRRP packets failed");
+                            }
+                            // Keep a persistent error from spinning the loop.
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                    },
+                }
+                self.execute().await;
+                self.publish_groups();
+                // A resigning master stays until its successor advertises
+                // (or its release timer fires) and its VIPs are released.
+                if self.stopping && self.router.is_done() && self.draining.is_empty() {
+                    break;
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    fn side(&self, vrid: u8) -> Option<&Side> {
+        self.sides.iter().find(|s| s.vrid() == vrid)
+    }
+
+    /// Carries out the router's outputs in order. True when VIPs were
+    /// added or removed.
+    async fn execute(&mut self) -> bool {
+        let mut touched = false;
+        while let Some(output) = self.router.poll_output() {
+            match output {
+                Output::Send { vrid, source, destination, message } => {
+                    let Some(side) = self.side(vrid) else { continue };
+                    let stats = &side.inst.stats;
+                    match self.socket.send(&message, source, destination) {
+                        Ok(()) => {
+                            stats.tx_adverts.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            stats.tx_errors.fetch_add(1, Ordering::Relaxed);
+                            warn!(error = %e, vrid, %source, %destination, "sending advert failed");
+                        }
+                    }
+                }
+                Output::ClaimVips { vrid } => {
+                    touched = true;
+                    self.draining.retain(|(v, _)| *v != vrid);
+                    self.change_vips(vrid, true).await;
+                }
+                Output::ReleaseVips { vrid, drain } => {
+                    if drain && self.drain.is_some() {
+                        self.draining.push((vrid, Instant::now()));
+                    } else {
+                        touched = true;
+                        self.change_vips(vrid, false).await;
+                    }
+                }
+                Output::Frames { vrid, frames } => {
+                    if let Some(side) = self.side(vrid) {
+                        send_frames(&self.announcer, &frames, &side.inst.stats);
+                    }
+                }
+                Output::StateChanged { vrid, from, to, reason } => {
+                    let Some(side) = self.side(vrid) else { continue };
+                    let master = self.router.view(vrid).and_then(|v| v.master);
+                    let master = master.map_or_else(|| "-".to_string(), |a| a.to_string());
+                    let name = &side.inst.spec.name;
+                    info!(%from, %to, %reason, %master, instance = %name, vrid, "state change");
+                    side.inst.stats.record_transition(to, reason.to_string());
+                    if let (Some((queue, hooks)), Some(word)) = (&side.inst.hooks, state_word(to, reason)) {
+                        let priority = self.router.view(vrid).map(|v| v.priority);
+                        queue.push(word, hooks.commands("INSTANCE", name, word, priority));
+                    }
+                }
+                Output::SourceChanged { vrid, from, to } => match (from, to) {
+                    (_, Some(to)) => info!(vrid, from = ?from, %to, "sending adverts from a new source address"),
+                    (Some(from), None) => {
+                        warn!(vrid, %from, "the address adverts went from is gone; adverts cannot be sent")
+                    }
+                    (None, None) => {}
+                },
+            }
+        }
+        touched
+    }
+
+    /// Adds (`claim`) or removes the VIPs of `vrid`.
+    async fn change_vips(&self, vrid: u8, claim: bool) {
+        let Some(side) = self.side(vrid) else { return };
+        for vip in &side.inst.vips {
+            let result = if claim {
+                self.netlink.add(self.ifindex, vip).await
+            } else {
+                self.netlink.del(self.ifindex, vip).await
+            };
+            if let Err(e) = result {
+                side.inst.stats.netlink_errors.fetch_add(1, Ordering::Relaxed);
+                let what = if claim { "claim" } else { "release" };
+                error!(error = %e, vrid, %vip, "could not {what} virtual IP");
+            }
+        }
+    }
+
+    /// Hand-overs waiting on the drain gate: their VIPs go once nothing is
+    /// in flight, or at the gate's longest wait.
+    async fn check_drains(&mut self) {
+        let Some(gate) = self.drain.clone() else {
+            self.draining.clear();
+            return;
+        };
+        let busy = (gate.busy)();
+        let now = Instant::now();
+        let (due, waiting): (Vec<_>, Vec<_>) =
+            self.draining.drain(..).partition(|(_, since)| !busy || now.duration_since(*since) >= gate.max_wait);
+        self.draining = waiting;
+        for (vrid, since) in due {
+            if busy {
+                warn!(vrid, waited = ?now.duration_since(since), "releasing virtual IPs with requests still in flight");
+            } else {
+                debug!(vrid, waited = ?now.duration_since(since), "in-flight requests done; releasing virtual IPs");
+            }
+            self.change_vips(vrid, false).await;
+        }
+    }
+
+    /// A tracker's verdict changed: new effective priority, or Fault.
+    fn follow_trackers(&mut self, i: usize) {
+        let Some(tracking) = self.sides[i].inst.tracking.clone() else { return };
+        let e = tracking.effective();
+        self.apply_priority(i);
+        let side = &mut self.sides[i];
+        if e.fault != side.tracker_fault {
+            if e.fault {
+                warn!(vrid = side.vrid(), explanation = %e.explanation, "a weightless tracker fails");
+            }
+            side.tracker_fault = e.fault;
+            self.router.set_tracker_fault(Instant::now(), side.vrid(), e.fault);
+        }
+    }
+
+    /// Sets the effective priority: our trackers', lowered further as far
+    /// as another sync group member's trackers lower that one (the group
+    /// moves as one). An owner (255) is never lowered.
+    fn apply_priority(&mut self, i: usize) {
+        let side = &self.sides[i];
+        let effective = member_priority(side.inst.spec.priority, side.own_priority(), side.group_lowered);
+        let Some(before) = self.router.view(side.vrid()).map(|v| v.priority) else { return };
+        if effective != before {
+            let why = side
+                .inst
+                .tracking
+                .as_ref()
+                .map_or_else(|| side.inst.spec.priority.to_string(), |t| t.effective().explanation);
+            info!(vrid = side.vrid(), from = before, to = effective, explanation = %why, group_lowered = side.group_lowered, "effective priority changed");
+            self.router.set_priority(Instant::now(), side.vrid(), effective);
+        }
+    }
+
+    /// Another member's state changed: share its fault; while one is backup
+    /// under a better master, hold preemption back and step down as master.
+    fn follow_group(&mut self, i: usize) {
+        let Some((group, index)) = self.sides[i].inst.group.clone() else { return };
+        let Others { fault, lost, lowered } = group.others(index);
+        let vrid = self.sides[i].vrid();
+        if lowered != self.sides[i].group_lowered {
+            self.sides[i].group_lowered = lowered;
+            self.sides[i].inst.stats.group_lowered.store(lowered, Ordering::Relaxed);
+            self.apply_priority(i);
+        }
+        if fault != self.sides[i].group_fault {
+            info!(group = group.name(), vrid, fault, "sync group fault changed");
+            self.sides[i].group_fault = fault;
+            self.router.set_group_fault(Instant::now(), vrid, fault);
+        }
+        self.router.follow_group_loss(Instant::now(), vrid, lost);
+    }
+
+    /// Tells each sync group what its members here are now.
+    fn publish_groups(&self) {
+        for side in &self.sides {
+            let Some((group, i)) = &side.inst.group else { continue };
+            let Some(view) = self.router.view(side.vrid()) else { continue };
+            let word = match view.state {
+                State::Master => Some("MASTER"),
+                State::Backup => Some("BACKUP"),
+                State::Fault => Some("FAULT"),
+                State::Initialize if view.stopping => Some("STOP"),
+                State::Initialize => None,
+            };
+            let lowered = side.inst.spec.priority.saturating_sub(side.own_priority());
+            let own_fault = !view.usable_alone;
+            group.publish(*i, MemberState { own_fault, lost: view.follows_better_master, lowered, word });
+        }
+    }
+
+    /// After an address change on the interface: the router follows each
+    /// instance's source; then the VIPs are made to match the states: a
+    /// master puts back a VIP someone deleted (a network manager restart
+    /// does), anyone else removes one someone added. Reads the interface
+    /// rather than trusting the event, so events of our own changes, late
+    /// or repeated, do nothing.
+    async fn follow_addresses(&mut self) {
+        let Some(addrs) = self.read_addresses().await else { return };
+        self.router.set_addresses(Instant::now(), &addrs);
+        // A state change just now (to fault, say) changed the VIPs: look again.
+        let addrs = if self.execute().await {
+            match self.read_addresses().await {
+                Some(a) => a,
+                None => return,
+            }
+        } else {
+            addrs
+        };
+        for i in 0..self.sides.len() {
+            let vrid = self.sides[i].vrid();
+            let Some(view) = self.router.view(vrid) else { continue };
+            // A resigning master, or one handing over, keeps what it has
+            // until its successor speaks (make-before-break).
+            let master = view.state == State::Master && !view.resigning;
+            let handing_over = self.router.holds_vips(vrid) || self.draining.iter().any(|(v, _)| *v == vrid);
+            let mut restored = false;
+            let side = &self.sides[i];
+            for vip in &side.inst.vips {
+                let present = addrs.iter().any(|(a, _)| *a == vip.addr);
+                let change = match (master, present) {
+                    (true, false) => self
+                        .netlink
+                        .add(self.ifindex, vip)
+                        .await
+                        .map(|()| "put back a virtual IP deleted under the master"),
+                    (false, true) if !handing_over => self
+                        .netlink
+                        .del(self.ifindex, vip)
+                        .await
+                        .map(|()| "removed a virtual IP added while not master"),
+                    _ => continue,
+                };
+                match change {
+                    Ok(what) => {
+                        warn!(vrid, %vip, state = %view.state, "{what}");
+                        if master {
+                            side.inst.stats.vips_restored.fetch_add(1, Ordering::Relaxed);
+                            restored = true;
+                        }
+                    }
+                    Err(e) => {
+                        side.inst.stats.netlink_errors.fetch_add(1, Ordering::Relaxed);
+                        error!(error = %e, vrid, %vip, "could not correct a virtual IP");
+                    }
+                }
+            }
+            if restored {
+                self.router.announce(Instant::now(), vrid);
+            }
+        }
+        self.execute().await;
+    }
+
+    async fn read_addresses(&mut self) -> Option<Vec<(Ipv4Addr, bool)>> {
+        match self.netlink.ipv4_on(self.ifindex).await {
+            Ok(a) => Some(a),
+            Err(e) => {
+                for side in &self.sides {
+                    side.inst.stats.netlink_errors.fetch_add(1, Ordering::Relaxed);
+                }
+                warn!(error = %e, "could not read the interface's addresses; trying again shortly");
+                self.addr_retry = Some(Instant::now() + ADDR_RETRY);
+                None
+            }
+        }
+    }
+}
+
+/// The link watch's next value; `None` once it is gone; never without one.
+async fn link_change(link: &mut Option<watch::Receiver<bool>>) -> Option<bool> {
+    let Some(rx) = link else { return std::future::pending().await };
+    match rx.changed().await {
+        Ok(()) => Some(*rx.borrow_and_update()),
+        Err(_) => None,
+    }
+}
+
+/// What woke the driver on the address watch.
+enum AddrWake {
+    /// Its interface's addresses may have changed.
+    Ours,
+    /// The watch is gone.
+    Closed,
+}
+
+/// Waits for an address change of interface `ifindex` (or for lost
+/// events), then takes whatever else is queued: one look at the interface
+/// serves a burst. Never resolves without a watch.
+async fn addr_change(addrs: &mut Option<broadcast::Receiver<AddrEvent>>, ifindex: u32) -> AddrWake {
+    use broadcast::error::{RecvError, TryRecvError};
+    let Some(rx) = addrs else { return std::future::pending().await };
+    loop {
+        match rx.recv().await {
+            Ok(AddrEvent::Changed { index, .. }) if index != ifindex => continue,
+            Ok(_) | Err(RecvError::Lagged(_)) => break,
+            Err(RecvError::Closed) => return AddrWake::Closed,
+        }
+    }
+    while let Ok(_) | Err(TryRecvError::Lagged(_)) = rx.try_recv() {}
+    AddrWake::Ours
+}
+
+/// Resolves at `at`; never without one.
+async fn retry_at(at: Option<Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves when any instance's trackers changed their verdict or another
+/// member of its sync group changed; never without trackers or groups.
+async fn side_change(sides: &[Side]) {
+    let mut waits: Vec<Pin<Box<dyn Future<Output = ()> + Send + '_>>> = Vec::new();
+    for side in sides {
+        if let Some(t) = &side.inst.tracking {
+            waits.push(Box::pin(t.changed()));
+        }
+        if let Some((g, i)) = &side.inst.group {
+            waits.push(Box::pin(g.changed(*i)));
+        }
+    }
+    if waits.is_empty() {
+        return std::future::pending().await;
+    }
+    futures_util::future::select_all(waits).await;
+}
+
+fn send_frames(announcer: &Announcer, frames: &[[u8; frames::GARP_LEN]], stats: &Stats) {
+    for frame in frames {
+        match announcer.send(frame) {
+            Ok(()) => {
+                stats.garps.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => warn!(error = %e, "sending gratuitous ARP failed"),
+        }
+    }
+}
