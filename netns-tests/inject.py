@@ -90,7 +90,7 @@ def build(kind, a):
 
     def mk(**kw):
         args = dict(version=v, vtype=1, vrid=a.vrid, prio=prio, addrs=[vip],
-                    interval=iv, src=a.src)
+                    interval=iv, src=a.src, dst=a.dst)
         args.update(kw)
         return vrrp_msg(**args)
 
@@ -132,6 +132,7 @@ def main():
     ap.add_argument("--version", type=int, default=3, choices=[2, 3])
     ap.add_argument("--interval", type=int, default=None,
                     help="advert interval field: centiseconds (v3, default 10) or seconds (v2, default 1)")
+    ap.add_argument("--dst", default=MCAST, help="destination: 224.0.0.18, or a node's address (unicast)")
     ap.add_argument("--vip", default="192.0.2.10")
     ap.add_argument("--vip2", default="192.0.2.20")
     ap.add_argument("--kinds", default="ttl,checksum,highprio,version,type,vrid,truncated,length",
@@ -148,7 +149,7 @@ def main():
     if a.dump:
         for i, k in enumerate(kinds):
             ttl, p = pkts[k]
-            print(k, ip_packet(a.src, MCAST, ttl, p, i + 1).hex())
+            print(k, ip_packet(a.src, a.dst, ttl, p, i + 1).hex())
         return 0
 
     s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)  # implies IP_HDRINCL
@@ -163,7 +164,7 @@ def main():
     for r in range(rounds):
         for k in kinds:
             ttl, p = pkts[k]
-            s.sendto(ip_packet(a.src, MCAST, ttl, p, ident), (MCAST, 0))
+            s.sendto(ip_packet(a.src, a.dst, ttl, p, ident), (a.dst, 0))
             ident += 1
             sent[k] += 1
         # Pace by absolute schedule so the rate holds even if a send is slow.

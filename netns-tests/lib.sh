@@ -14,6 +14,8 @@
 #   IMPL      vipd | keepalived: what runs on lb1/lb2 in the generic scenarios
 #             (keepalived on both nodes is a baseline for checking the scripts)
 #   KEEP=1    keep the work directory (configs, logs, captures) after the run
+#   UNICAST=1 lb1 and lb2 advertise to each other by unicast (vipd's
+#             unicast_peers, keepalived's unicast_peer) instead of multicast
 
 set -euo pipefail
 
@@ -195,14 +197,28 @@ garp_count = 5
 garp_repeat_delay = "${GARP_REPEAT:-5s}"
 v3_checksum_pseudo_header = true
 EOF
+    [[ -n ${UNICAST:-} ]] && echo "unicast_peers = [\"$(unicast_peer_of "$h")\"]" >>"$f"
     echo "$f"
+}
+
+# The other LB's address, for unicast.
+unicast_peer_of() {
+    case $1 in
+        lb1) echo "${HOST_IP[lb2]}" ;;
+        lb2) echo "${HOST_IP[lb1]}" ;;
+        *) fail "no unicast peer for $1" ;;
+    esac
 }
 
 # keepalived_conf HOST PRIO INTERVAL VERSION PREEMPT -> prints the config path.
 # Same shape as the reference vectors' config; vrrp_strict stays off.
 keepalived_conf() {
-    local h=$1 prio=$2 intv=$3 ver=$4 pre=$5 f="$WORK/$1-keepalived.conf" np=""
+    local h=$1 prio=$2 intv=$3 ver=$4 pre=$5 f="$WORK/$1-keepalived.conf" np="" uc=""
     [[ $pre == false ]] && np="nopreempt"
+    [[ -n ${UNICAST:-} ]] && uc="unicast_src_ip ${HOST_IP[$h]}
+    unicast_peer {
+        $(unicast_peer_of "$h")
+    }"
     cat >"$f" <<EOF
 global_defs {
     router_id $h
@@ -215,6 +231,7 @@ vrrp_instance VI_$VRID {
     priority $prio
     advert_int $(interval_s "$intv")
     $np
+    $uc
     virtual_ipaddress {
         $VIP_CIDR dev eth0
     }
@@ -402,6 +419,68 @@ start_pair() {
 wait_pair_settled() {
     wait_for "$3" pair_settled "$1" "$2" ||
         fail "not settled after $3 ms: $1=$(node_state "$1") $2=$(node_state "$2") VIP on: $(vip_holder)"
+}
+
+
+# ---------------------------------------------------------------- failover case
+
+# failover_case VERSION KIND_HI KIND_LO: a fresh topology with KIND_HI on lb1
+# (priority 150) and KIND_LO on lb2 (100), VRRPv3 at 100 ms or v2 at 1 s:
+#   1. election: lb1 master with the VIP, lb2 backup;
+#   2. crash of lb1: lb2 holds the VIP within Master_Down_Interval + margin;
+#   3. lb1 restarted (preempt): takes the VIP back, lb2 backup again;
+#   4. SIGTERM of lb1: lb2 holds the VIP within Skew_Time + margin (it honours
+#      the other side's priority-0 advert).
+# Appends a line to CASE_SUMMARY. CASE_NAME names it in the log;
+# CASE_TOPO_HOOK (a function) runs after the topology is up.
+MARGIN_MS=${MARGIN_MS:-250}
+CASE_NAME=$SCENARIO
+CASE_TOPO_HOOK=""
+declare -a CASE_SUMMARY=()
+failover_case() {
+    local ver=$1 hi=$2 lo=$3 intv ms mdi skew lim t0 crash back grace peers=""
+    intv=$([[ $ver == 3 ]] && echo 100ms || echo 1s)
+    ms=$(interval_ms "$intv")
+    SCENARIO="$CASE_NAME v$ver lb1=$hi lb2=$lo"
+    topo_up lb1 lb2 client
+    if [[ -n $CASE_TOPO_HOOK ]]; then "$CASE_TOPO_HOOK"; fi
+    start_node "$hi" lb1 150 "$intv" "$ver" true
+    start_node "$lo" lb2 100 "$intv" "$ver" true
+    wait_pair_settled lb1 lb2 $((10 * ms + 3000))
+    sleep "$(awk -v m="$ms" 'BEGIN{print 3*m/1000}')"
+    pair_settled lb1 lb2 || fail "election did not hold: lb1=$(node_state lb1) lb2=$(node_state lb2) VIP on: $(vip_holder)"
+    # What vipd saw of its keepalived peer (adverts and which checksum form).
+    for h in lb1 lb2; do
+        [[ ${NODE_KIND[$h]} == vipd ]] && peers=$(vipd_field "$h" '.peers // [] | map("\(.address):\(.adverts)") | join(",")' 2>/dev/null || echo "?")
+    done
+
+    mdi=$(mdi_ms 100 "$intv"); skew=$(skew_ms 100 "$intv")
+    lim=$(awk -v m="$mdi" -v g="$MARGIN_MS" 'BEGIN{printf "%d", m+g}')
+    t0=$(now_ms)
+    crash_node lb1
+    wait_for $((lim + 3000)) has_vip lb2 || fail "lb2 ($lo) never took the VIP after lb1 ($hi) crashed"
+    crash=$(($(now_ms) - t0))
+    ((crash <= lim)) || fail "crash takeover $crash ms > MDI $mdi + $MARGIN_MS ms"
+    wait_for 1000 state_is lb2 master || fail "lb2 holds the VIP but state is $(node_state lb2)"
+
+    t0=$(now_ms)
+    start_node "$hi" lb1 150 "$intv" "$ver" true
+    wait_for $((10 * ms + 3000)) pair_settled lb1 lb2 ||
+        fail "restarted lb1 ($hi) did not take back: lb1=$(node_state lb1) lb2=$(node_state lb2) VIP on: $(vip_holder)"
+    back=$(($(now_ms) - t0))
+    sleep "$(awk -v m="$ms" 'BEGIN{print 2*m/1000}')"
+
+    lim=$(awk -v s="$skew" -v g="$MARGIN_MS" 'BEGIN{printf "%d", s+g}')
+    t0=$(now_ms)
+    kill -TERM "${NODE_PID[lb1]}"
+    wait_for $((lim + 3000)) has_vip lb2 || fail "lb2 ($lo) never took the VIP after lb1 ($hi) stopped"
+    grace=$(($(now_ms) - t0))
+    reap_node lb1 || fail "lb1 ($hi) exited non-zero on SIGTERM"
+    ((grace <= lim)) || fail "graceful takeover $grace ms > Skew_Time $skew + $MARGIN_MS ms"
+    has_vip lb1 && fail "lb1 ($hi) kept the VIP after SIGTERM"
+
+    CASE_SUMMARY+=("v$ver $intv lb1=$hi(150) lb2=$lo(100): crash ${crash} ms (MDI $mdi), retake ${back} ms, graceful ${grace} ms (skew $skew)${peers:+, vipd peers $peers}")
+    topo_down
 }
 
 # ---------------------------------------------------------------- capture

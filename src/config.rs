@@ -360,7 +360,10 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         listener_refs.extend(r.track_http.iter().map(|t| (t.get_ref().listener.clone(), t.span())));
         let v = validate_vrrp(r, &invalid, text, &mut scripts)?;
         if let Some((other, vip)) = vrrp.iter().filter(|o: &&VrrpConfig| o.interface == v.interface).find_map(|o| {
-            v.virtual_ips.iter().find(|a| o.virtual_ips.iter().any(|b| b.addr == a.addr)).map(|a| (o.spec.name.clone(), *a))
+            v.virtual_ips
+                .iter()
+                .find(|a| o.virtual_ips.iter().any(|b| b.addr == a.addr))
+                .map(|a| (o.spec.name.clone(), *a))
         }) {
             // Each would undo the other: the master puts it back, the backup removes it.
             return Err(ConfigError::Invalid {
@@ -1005,8 +1008,11 @@ virtual_ips = ["192.0.2.10/24", "192.0.2.20"]
 
     #[test]
     fn unicast_peers_and_source() {
-        let c = parse(&with("unicast_peers = [\"192.0.2.12\", \"192.0.2.13\"]\nunicast_source = \"192.0.2.11\""), Path::new("t"))
-            .expect("valid");
+        let c = parse(
+            &with("unicast_peers = [\"192.0.2.12\", \"192.0.2.13\"]\nunicast_source = \"192.0.2.11\""),
+            Path::new("t"),
+        )
+        .expect("valid");
         let s = &c.vrrp[0].spec;
         assert_eq!(s.unicast_peers, [Ipv4Addr::new(192, 0, 2, 12), Ipv4Addr::new(192, 0, 2, 13)]);
         assert_eq!(s.unicast_source, Some(Ipv4Addr::new(192, 0, 2, 11)));
@@ -1018,8 +1024,9 @@ virtual_ips = ["192.0.2.10/24", "192.0.2.20"]
         assert!(err(&with("unicast_peers = [\"192.0.2.10\"]")).contains("is one of the instance's virtual_ips"));
         assert!(err(&with("unicast_peers = [\"192.0.2.12\", \"192.0.2.12\"]")).contains("listed twice"));
         assert!(err(&with("unicast_source = \"192.0.2.11\"")).contains("only with unicast_peers"));
-        assert!(err(&with("unicast_peers = [\"192.0.2.12\"]\nunicast_source = \"192.0.2.12\""))
-            .contains("is also a peer"));
+        assert!(
+            err(&with("unicast_peers = [\"192.0.2.12\"]\nunicast_source = \"192.0.2.12\"")).contains("is also a peer")
+        );
     }
 
     #[test]

@@ -138,8 +138,9 @@ pub fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         .vrrp
         .iter()
         .map(|c| {
-            c.spec.release_timeout
-                .unwrap_or_else(|| skew_and_master_down(c.spec.version, c.spec.priority, c.spec.advert_interval.as_duration()).1)
+            c.spec.release_timeout.unwrap_or_else(|| {
+                skew_and_master_down(c.spec.version, c.spec.priority, c.spec.advert_interval.as_duration()).1
+            })
         })
         .max()
         .unwrap_or_default()
