@@ -48,7 +48,7 @@ PHASES=${PHASES:-crash graceful}
 LOOP_MS=$((PRE_MS + POST_MS))
 MDI=$(mdi_ms 100 $INTERVAL)                            # lb2 is the backup
 RECOVER_LIMIT=$(awk -v m="$MDI" 'BEGIN{printf "%d", m + 1000}')
-URL="http://$VIP:$APP_PORT/"
+URL="http://$VIP_URL:$APP_PORT/"
 APPS=(app1 app2)
 APP_LOGS=("$WORK/app1.access" "$WORK/app2.access")
 
@@ -59,7 +59,7 @@ APP_LOGS=("$WORK/app1.access" "$WORK/app2.access")
 lb_conf() {
     local f
     f=$(vipd_conf "$1" "$2" $INTERVAL 3 true)
-    vipd_http_section web "0.0.0.0:$APP_PORT" round_robin 500ms 5s \
+    vipd_http_section web "$ANY_ADDR:$APP_PORT" round_robin 500ms 5s \
         "${HOST_IP[app1]}:$APP_PORT" "${HOST_IP[app2]}:$APP_PORT" >>"$f"
     echo "$f"
 }
@@ -89,7 +89,7 @@ start_lbs() {
     start_node keepalived lb2 100 $INTERVAL 3 true
     for h in lb1 lb2; do
         start_haproxy "$h" "haproxy-$h" "$(HAPROXY_CHECK_INTER=500ms haproxy_conf "haproxy-$h" \
-            "0.0.0.0:$APP_PORT" "${HOST_IP[app1]}:$APP_PORT" "${HOST_IP[app2]}:$APP_PORT")"
+            "$ANY_ADDR:$APP_PORT" "${HOST_IP[app1]}:$APP_PORT" "${HOST_IP[app2]}:$APP_PORT")"
         LB_PROXY_PID[$h]=$STARTED_PID
     done
 }

@@ -16,6 +16,9 @@
 #   KEEP=1    keep the work directory (configs, logs, captures) after the run
 #   UNICAST=1 lb1 and lb2 advertise to each other by unicast (vipd's
 #             unicast_peers, keepalived's unicast_peer) instead of multicast
+#   V6=1      the VRRP instance is IPv6: hosts get IPv6 (link-local from
+#             their MAC, 2001:db8::/64 beside their IPv4), the VIPs are
+#             fe80::10 and 2001:db8::10, and VIP / has_vip / VIP_URL follow
 
 set -euo pipefail
 
@@ -27,8 +30,23 @@ P="vt$$-"                      # per-run namespace prefix
 SW="${P}sw"                    # switch namespace
 WORK=$(mktemp -d "/tmp/vipd-netns-$SCENARIO.XXXXXX")
 
-VIP=192.0.2.10
-VIP_CIDR=192.0.2.10/24
+V6=${V6:-}
+declare -A HOST_IP6=([lb1]=2001:db8::11 [lb2]=2001:db8::12 [client]=2001:db8::100 [attacker]=2001:db8::66
+    [app1]=2001:db8::21 [app2]=2001:db8::22)
+if [[ -n $V6 ]]; then
+    VIP=2001:db8::10
+    VIP_CIDR=2001:db8::10/64
+    VIP_LL=fe80::10             # the link-local VIP RFC 9568 wants first in adverts
+    VIPS=("$VIP_LL/64" "$VIP_CIDR")
+    VIP_URL="[$VIP]"
+    ANY_ADDR="[::]"
+else
+    VIP=192.0.2.10
+    VIP_CIDR=192.0.2.10/24
+    VIPS=("$VIP_CIDR")
+    VIP_URL=$VIP
+    ANY_ADDR=0.0.0.0
+fi
 VRID=51
 CONTROL=127.0.0.1:9090
 declare -A HOST_IP=([lb1]=192.0.2.11 [lb2]=192.0.2.12 [client]=192.0.2.100 [attacker]=192.0.2.66)
@@ -138,11 +156,18 @@ topo_up() {
         n=$(ns "$h")
         ip netns add "$n"; NAMESPACES+=("$n")
         ip -n "$n" link set lo up
+        # IPv6 only where asked (it keeps captures to what the tests are
+        # about); then without duplicate address detection, so link-local
+        # addresses are usable at once.
+        if [[ -n $V6 ]]; then
+            ip netns exec "$n" sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0
+        else
+            ip netns exec "$n" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
+        fi
         ip -n "$SW" link add "$h" type veth peer name eth0 netns "$n"
         [[ -n ${HOST_MAC[$h]:-} ]] && ip -n "$n" link set eth0 address "${HOST_MAC[$h]}"
         ip -n "$n" addr add "${HOST_IP[$h]}/24" dev eth0
-        # IPv6 off on the segment: keeps captures to what the tests are about.
-        ip netns exec "$n" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
+        [[ -n $V6 && -n ${HOST_IP6[$h]:-} ]] && ip -n "$n" addr add "${HOST_IP6[$h]}/64" dev eth0 nodad
         ip -n "$n" link set eth0 up
         ip -n "$SW" link set "$h" master br0
         ip -n "$SW" link set "$h" up
@@ -192,7 +217,7 @@ advert_interval = "$intv"
 version = $ver
 preempt = $pre
 preempt_delay = "0s"
-virtual_ips = ["$VIP_CIDR"]
+virtual_ips = [$(printf '"%s", ' "${VIPS[@]}" | sed 's/, $//')]
 garp_count = 5
 garp_repeat_delay = "${GARP_REPEAT:-5s}"
 v3_checksum_pseudo_header = true
@@ -233,7 +258,7 @@ vrrp_instance VI_$VRID {
     $np
     $uc
     virtual_ipaddress {
-        $VIP_CIDR dev eth0
+$(printf '        %s dev eth0\n' "${VIPS[@]}")
     }
 }
 EOF
@@ -336,7 +361,7 @@ term_node() {
 
 # ---------------------------------------------------------------- observations
 
-has_vip() { ip -n "$(ns "$1")" -4 addr show dev eth0 | grep -q "inet $VIP/"; }
+has_vip() { ip -n "$(ns "$1")" addr show dev eth0 | grep -qE "inet6? $VIP/"; }
 
 # vip_holder: "lb1", "lb2", "lb1 lb2" or "none"
 vip_holder() {

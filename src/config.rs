@@ -2,7 +2,7 @@
 //! [`Config`]. Every error names the key, the value and `file:line:col`.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -12,8 +12,8 @@ use toml::Spanned;
 
 use crate::proxy::balance::Algorithm;
 use crate::vrrp::notify::Hooks;
-use crate::vrrp::packet::{Centiseconds, ChecksumForm, Version};
-use crate::vrrp::router::InstanceSpec;
+use crate::vrrp::packet::{Centiseconds, ChecksumForm, Family, Version};
+use crate::vrrp::router::{is_link_local, InstanceSpec};
 use crate::vrrp::sync::GroupSpec;
 use crate::vrrp::track::{ScriptSpec, TrackerSpec, Watched};
 
@@ -144,11 +144,11 @@ pub struct ControlConfig {
     pub listen: SocketAddr,
 }
 
-/// A virtual IPv4 address with the prefix it is added with.
+/// A virtual address with the prefix it is added with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VirtualIp {
     /// The address.
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     /// Its prefix length on the interface.
     pub prefix_len: u8,
 }
@@ -296,6 +296,8 @@ struct RawVrrp {
     #[serde(default)]
     unicast_peers: Vec<Spanned<String>>,
     unicast_source: Option<Spanned<String>>,
+    link_local_vip: Option<Spanned<String>>,
+    na_router_flag: Option<bool>,
     garp_count: Option<Spanned<i64>>,
     garp_interval: Option<Spanned<String>>,
     garp_repeat_delay: Option<Spanned<String>>,
@@ -355,7 +357,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
     }
     let mut vrrp = Vec::new();
     let mut listener_refs = Vec::new();
-    let mut seen: HashMap<(String, u8), String> = HashMap::new();
+    let mut seen: HashMap<(String, Family, u8), String> = HashMap::new();
     for r in raw.vrrp {
         listener_refs.extend(r.track_http.iter().map(|t| (t.get_ref().listener.clone(), t.span())));
         let v = validate_vrrp(r, &invalid, text, &mut scripts)?;
@@ -375,12 +377,14 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
                 ),
             });
         }
-        if let Some(other) = seen.insert((v.interface.clone(), v.spec.vrid), v.spec.name.clone()) {
+        // A VRID names one virtual router per interface and family (IPv4
+        // and IPv6 adverts are apart on the wire, RFC 9568 §7.3).
+        if let Some(other) = seen.insert((v.interface.clone(), v.spec.family(), v.spec.vrid), v.spec.name.clone()) {
             return Err(ConfigError::Invalid {
                 path: path.to_path_buf(),
                 at: v.interface_at,
                 message: format!(
-                    "vrrp.vrid = {}: instance {:?} uses the same VRID on interface {:?} as instance {other:?}",
+                    "vrrp.vrid = {}: instance {:?} uses the same VRID and family on interface {:?} as instance {other:?}",
                     v.spec.vrid, v.spec.name, v.interface
                 ),
             });
@@ -528,14 +532,59 @@ fn validate_vrrp(
     if virtual_ips.is_empty() {
         return Err(invalid(r.virtual_ips.span(), "vrrp.virtual_ips must list at least one address".into()));
     }
+    let v6 = virtual_ips[0].addr.is_ipv6();
+    if virtual_ips.iter().any(|v| v.addr.is_ipv6() != v6) {
+        return Err(invalid(
+            r.virtual_ips.span(),
+            "vrrp.virtual_ips: IPv4 and IPv6 addresses in one instance; use one instance per family (they may share the VRID)".into(),
+        ));
+    }
+    if v6 && version == Version::V2 {
+        return Err(invalid(
+            r.virtual_ips.span(),
+            "vrrp.virtual_ips: IPv6 needs version = 3 (VRRPv2 is IPv4 only)".into(),
+        ));
+    }
+    if let Some(s) = &r.link_local_vip {
+        let ll = virtual_ip(s.get_ref()).ok().filter(|v| is_link_local(v.addr)).ok_or_else(|| {
+            invalid(s.span(), format!("vrrp.link_local_vip = {:?}: not an fe80::/10 address", s.get_ref()))
+        })?;
+        if !v6 {
+            return Err(invalid(s.span(), "vrrp.link_local_vip: only for an IPv6 instance".into()));
+        }
+        if virtual_ips.iter().any(|v| is_link_local(v.addr) && v.addr != ll.addr) {
+            return Err(invalid(s.span(), "vrrp.link_local_vip: virtual_ips lists another link-local address".into()));
+        }
+        virtual_ips.retain(|v| v.addr != ll.addr);
+        virtual_ips.insert(0, VirtualIp { addr: ll.addr, prefix_len: 64 });
+    }
+    if v6 {
+        // RFC 9568 §5.2.9: the first address of an IPv6 advert is a
+        // link-local one. Listed one goes first; none listed: the one the
+        // virtual MAC 00-00-5E-00-02-{VRID} would give (RFC 4291 EUI-64).
+        match virtual_ips.iter().position(|v| is_link_local(v.addr)) {
+            Some(i) => {
+                let ll = virtual_ips.remove(i);
+                virtual_ips.insert(0, ll);
+            }
+            None => {
+                let ll = Ipv6Addr::new(0xfe80, 0, 0, 0, 0x0200, 0x5eff, 0xfe00, 0x0200 | u16::from(vrid));
+                virtual_ips.insert(0, VirtualIp { addr: IpAddr::V6(ll), prefix_len: 64 });
+            }
+        }
+    }
     // The count field is 8 bits and the message must fit one frame.
     if virtual_ips.len() > 64 {
         return Err(invalid(r.virtual_ips.span(), "vrrp.virtual_ips: at most 64 addresses".into()));
     }
-    let unicast = |s: &Spanned<String>, key: &str| -> Result<Ipv4Addr, ConfigError> {
+    let unicast = |s: &Spanned<String>, key: &str| -> Result<IpAddr, ConfigError> {
         let a = s.get_ref();
-        let addr: Ipv4Addr = a.parse().map_err(|_| invalid(s.span(), format!("{key}: {a:?}: not an IPv4 address")))?;
-        if addr.is_unspecified() || addr.is_multicast() || addr.is_broadcast() || addr.is_loopback() {
+        let addr: IpAddr = a.parse().map_err(|_| invalid(s.span(), format!("{key}: {a:?}: not an IP address")))?;
+        if addr.is_ipv6() != v6 {
+            let want = if v6 { "IPv6" } else { "IPv4" };
+            return Err(invalid(s.span(), format!("{key}: {a:?}: the instance's virtual_ips are {want}")));
+        }
+        if !usable_unicast(addr) {
             return Err(invalid(s.span(), format!("{key}: {a:?}: not a usable unicast address")));
         }
         if virtual_ips.iter().any(|v| v.addr == addr) {
@@ -668,6 +717,7 @@ fn validate_vrrp(
         release_timeout,
         unicast_peers,
         unicast_source,
+        na_router_flag: r.na_router_flag.unwrap_or(false),
     };
     Ok(VrrpConfig {
         spec,
@@ -925,16 +975,26 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 fn virtual_ip(s: &str) -> Result<VirtualIp, String> {
-    let (addr, prefix) = s.split_once('/').unwrap_or((s, "32"));
-    let addr: IpAddr = addr.parse().map_err(|_| "not an IP address".to_string())?;
-    let IpAddr::V4(addr) = addr else {
-        return Err("IPv6 virtual addresses are not supported yet".into());
+    let (addr, prefix) = match s.split_once('/') {
+        Some((a, p)) => (a, Some(p)),
+        None => (s, None),
     };
-    let prefix_len: u8 = prefix.parse().ok().filter(|p| *p <= 32).ok_or("prefix length must be 0..=32")?;
-    if addr.is_unspecified() || addr.is_multicast() || addr.is_broadcast() || addr.is_loopback() {
+    let addr: IpAddr = addr.parse().map_err(|_| "not an IP address".to_string())?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let prefix_len: u8 = match prefix {
+        None => max,
+        Some(p) => p.parse().ok().filter(|p| *p <= max).ok_or(format!("prefix length must be 0..={max}"))?,
+    };
+    if !usable_unicast(addr) {
         return Err("not a usable unicast address".into());
     }
     Ok(VirtualIp { addr, prefix_len })
+}
+
+/// Not unspecified, multicast, broadcast or loopback.
+fn usable_unicast(addr: IpAddr) -> bool {
+    let broadcast = matches!(addr, IpAddr::V4(a) if a.is_broadcast());
+    !(addr.is_unspecified() || addr.is_multicast() || broadcast || addr.is_loopback())
 }
 
 fn locate(text: &str, offset: usize) -> Location {
@@ -978,8 +1038,8 @@ virtual_ips = ["192.0.2.10/24", "192.0.2.20"]
         assert_eq!((s.vrid, s.priority, s.version), (51, 150, Version::V3));
         assert_eq!(s.advert_interval.get(), 10);
         assert!(s.preempt);
-        assert_eq!(v.virtual_ips[1], VirtualIp { addr: Ipv4Addr::new(192, 0, 2, 20), prefix_len: 32 });
-        assert_eq!(s.virtual_ips, [Ipv4Addr::new(192, 0, 2, 10), Ipv4Addr::new(192, 0, 2, 20)]);
+        assert_eq!(v.virtual_ips[1], VirtualIp { addr: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 20)), prefix_len: 32 });
+        assert_eq!(s.virtual_ips, [IpAddr::V4(Ipv4Addr::new(192, 0, 2, 10)), IpAddr::V4(Ipv4Addr::new(192, 0, 2, 20))]);
         assert_eq!(s.garp_count, 5);
         assert_eq!(s.garp_interval, Duration::ZERO);
         assert_eq!(s.garp_repeat_delay, Some(Duration::from_secs(5)));
@@ -1014,19 +1074,49 @@ virtual_ips = ["192.0.2.10/24", "192.0.2.20"]
         )
         .expect("valid");
         let s = &c.vrrp[0].spec;
-        assert_eq!(s.unicast_peers, [Ipv4Addr::new(192, 0, 2, 12), Ipv4Addr::new(192, 0, 2, 13)]);
-        assert_eq!(s.unicast_source, Some(Ipv4Addr::new(192, 0, 2, 11)));
+        assert_eq!(
+            s.unicast_peers,
+            [IpAddr::V4(Ipv4Addr::new(192, 0, 2, 12)), IpAddr::V4(Ipv4Addr::new(192, 0, 2, 13))]
+        );
+        assert_eq!(s.unicast_source, Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 11))));
         assert_eq!(
             err(&with("unicast_peers = [\"224.0.0.18\"]")),
             "t.toml:10:18: vrrp.unicast_peers: \"224.0.0.18\": not a usable unicast address"
         );
-        assert!(err(&with("unicast_peers = [\"peer\"]")).contains("\"peer\": not an IPv4 address"));
+        assert!(err(&with("unicast_peers = [\"peer\"]")).contains("\"peer\": not an IP address"));
+        assert!(err(&with("unicast_peers = [\"2001:db8::12\"]")).contains("the instance's virtual_ips are IPv4"));
         assert!(err(&with("unicast_peers = [\"192.0.2.10\"]")).contains("is one of the instance's virtual_ips"));
         assert!(err(&with("unicast_peers = [\"192.0.2.12\", \"192.0.2.12\"]")).contains("listed twice"));
         assert!(err(&with("unicast_source = \"192.0.2.11\"")).contains("only with unicast_peers"));
         assert!(
             err(&with("unicast_peers = [\"192.0.2.12\"]\nunicast_source = \"192.0.2.12\"")).contains("is also a peer")
         );
+    }
+
+    #[test]
+    fn ipv6_instances_lead_with_a_link_local_vip() {
+        let v6 = |extra: &str| GOOD.replace("\"192.0.2.10/24\", \"192.0.2.20\"", "\"2001:db8::10/64\"") + extra;
+        let c = parse(&v6(""), Path::new("t")).expect("valid");
+        let v = &c.vrrp[0];
+        let addrs: Vec<String> = v.virtual_ips.iter().map(|v| v.to_string()).collect();
+        // None listed: the one of the virtual MAC 00-00-5E-00-02-33 (VRID 51).
+        assert_eq!(addrs, ["fe80::200:5eff:fe00:233/64", "2001:db8::10/64"]);
+        assert_eq!(v.spec.virtual_ips.len(), 2);
+        assert_eq!(v.spec.family(), crate::vrrp::packet::Family::V6);
+        // Listed anywhere: it goes first; or named by link_local_vip.
+        let listed = GOOD.replace("\"192.0.2.10/24\", \"192.0.2.20\"", "\"2001:db8::10/64\", \"fe80::10/64\"");
+        let c = parse(&listed, Path::new("t")).expect("valid");
+        assert_eq!(c.vrrp[0].virtual_ips[0].to_string(), "fe80::10/64");
+        let named = parse(&v6("link_local_vip = \"fe80::77\"\n"), Path::new("t")).expect("valid");
+        assert_eq!(named.vrrp[0].virtual_ips[0].to_string(), "fe80::77/64");
+        assert_eq!(named.vrrp[0].virtual_ips.len(), 2);
+        assert!(err(&v6("link_local_vip = \"2001:db8::1\"\n")).contains("not an fe80::/10 address"));
+        assert!(err(&with("link_local_vip = \"fe80::1\"")).contains("only for an IPv6 instance"));
+        let mixed = GOOD.replace("\"192.0.2.20\"", "\"2001:db8::20\"");
+        assert!(err(&mixed).contains("IPv4 and IPv6 addresses in one instance"));
+        assert!(err(&v6("").replace("advert_interval = \"100ms\"", "advert_interval = \"1s\"\nversion = 2"))
+            .contains("IPv6 needs version = 3"));
+        assert!(err(&GOOD.replace("192.0.2.20", "2001:db8::20/129")).contains("prefix length must be 0..=128"));
     }
 
     #[test]

@@ -21,6 +21,7 @@ use crate::proxy::server::{self, Listener, Proxy};
 use crate::vrrp::driver::{DrainGate, Driver, InstanceSide};
 use crate::vrrp::fsm::skew_and_master_down;
 use crate::vrrp::notify::{HookQueue, HookRuns};
+use crate::vrrp::packet::Family;
 use crate::vrrp::probe::{self, TrackShared};
 use crate::vrrp::stats::Stats;
 use crate::vrrp::sync::GroupShared;
@@ -276,15 +277,17 @@ async fn run_vrrp(
     // One watch channel per interface, subscribed before the instances read
     // the initial link state so no change can fall in between.
     let mut link_senders: HashMap<String, watch::Sender<bool>> = HashMap::new();
-    let mut interfaces: Vec<&str> = Vec::new();
+    // One driver per interface and address family.
+    let mut drivers_of: Vec<(String, Family)> = Vec::new();
     for c in &configs {
-        if !interfaces.contains(&c.interface.as_str()) {
-            interfaces.push(&c.interface);
+        let key = (c.interface.clone(), c.spec.family());
+        if !drivers_of.contains(&key) {
+            drivers_of.push(key);
         }
     }
-    let link_receivers: Vec<_> = interfaces
+    let link_receivers: Vec<_> = drivers_of
         .iter()
-        .map(|name| link_senders.entry(name.to_string()).or_insert_with(|| watch::channel(true).0).subscribe())
+        .map(|(name, _)| link_senders.entry(name.clone()).or_insert_with(|| watch::channel(true).0).subscribe())
         .collect();
     // Tracked interfaces too; the probe reads each one's state itself.
     let tracked_links: HashMap<String, watch::Receiver<bool>> = configs
@@ -321,6 +324,7 @@ async fn run_vrrp(
     );
     // One driver per interface, its instances in config order.
     let mut by_interface: Vec<(String, Location, Vec<InstanceSide>)> = Vec::new();
+    let mut keys: Vec<(String, Family)> = Vec::new();
     let each = configs.into_iter().zip(stats).zip(probes.tracking).zip(probes.hooks).zip(probes.groups);
     for ((((cfg, stats), tracking), hooks), group) in each {
         let side = InstanceSide {
@@ -331,9 +335,13 @@ async fn run_vrrp(
             hooks: hooks.map(|q| (q, cfg.notify.clone())),
             group,
         };
-        match by_interface.iter_mut().find(|(name, _, _)| *name == cfg.interface) {
-            Some((_, _, sides)) => sides.push(side),
-            None => by_interface.push((cfg.interface.clone(), cfg.interface_at, vec![side])),
+        let key = (cfg.interface.clone(), cfg.spec.family());
+        match keys.iter().position(|k| *k == key) {
+            Some(i) => by_interface[i].2.push(side),
+            None => {
+                keys.push(key);
+                by_interface.push((cfg.interface.clone(), cfg.interface_at, vec![side]));
+            }
         }
     }
     let mut drivers = Vec::new();

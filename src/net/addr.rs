@@ -3,12 +3,12 @@
 //! deleting an address that is not there counts as success.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::{Arc, Mutex};
 
 use futures_util::{StreamExt, TryStreamExt};
 use rtnetlink::packet_core::NetlinkPayload;
-use rtnetlink::packet_route::address::{AddressAttribute, AddressHeaderFlags, AddressMessage};
+use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage};
 use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use rtnetlink::packet_route::RouteNetlinkMessage;
 use rtnetlink::{AddressMessageBuilder, Handle, MulticastGroup};
@@ -97,30 +97,17 @@ impl Netlink {
         }
     }
 
-    /// The interface's IPv4 addresses, with whether each is secondary.
-    pub async fn ipv4_on(&self, index: u32) -> Result<Vec<(Ipv4Addr, bool)>, NetlinkError> {
-        let addrs = self.ipv4_addresses(index).await?;
-        Ok(addrs.into_iter().map(|(a, m)| (a, m.header.flags.contains(AddressHeaderFlags::Secondary))).collect())
-    }
-
-    /// Whether the interface `name` is up with carrier. Unlike
-    /// [`Netlink::link`] it needs no hardware address (tun, WireGuard).
-    pub async fn link_up(&self, name: &str) -> Result<bool, NetlinkError> {
-        Ok(is_usable(&self.link_message(name).await?))
-    }
-
-    async fn ipv4_addresses(&self, index: u32) -> Result<Vec<(Ipv4Addr, AddressMessage)>, NetlinkError> {
+    /// The interface's addresses, with whether each is secondary (IPv4).
+    /// IPv6 addresses still under duplicate address detection, or that
+    /// failed it, are left out: nothing can be sent from them.
+    pub async fn addresses_on(&self, index: u32) -> Result<Vec<(IpAddr, bool)>, NetlinkError> {
         let mut stream = self.handle.address().get().set_link_index_filter(index).execute();
         let mut out = Vec::new();
         loop {
             match stream.try_next().await {
                 Ok(Some(msg)) => {
-                    let addr = msg.attributes.iter().find_map(|a| match a {
-                        AddressAttribute::Local(IpAddr::V4(v4)) => Some(*v4),
-                        _ => None,
-                    });
-                    if let Some(addr) = addr {
-                        out.push((addr, msg));
+                    if let Some(a) = usable_address(&msg) {
+                        out.push((a, msg.header.flags.contains(AddressHeaderFlags::Secondary)));
                     }
                 }
                 Ok(None) => return Ok(out),
@@ -134,31 +121,55 @@ impl Netlink {
         }
     }
 
-    /// Whether `vip` is on the interface.
-    pub async fn has(&self, index: u32, vip: &VirtualIp) -> Result<bool, NetlinkError> {
-        Ok(self.ipv4_addresses(index).await?.iter().any(|(a, _)| *a == vip.addr))
+    /// Whether the interface `name` is up with carrier. Unlike
+    /// [`Netlink::link`] it needs no hardware address (tun, WireGuard).
+    pub async fn link_up(&self, name: &str) -> Result<bool, NetlinkError> {
+        Ok(is_usable(&self.link_message(name).await?))
     }
 
-    /// Adds `vip`; replaces an identical one, so repeating is harmless.
+    /// Whether `vip` is on the interface.
+    pub async fn has(&self, index: u32, vip: &VirtualIp) -> Result<bool, NetlinkError> {
+        Ok(self.addresses_on(index).await?.iter().any(|(a, _)| *a == vip.addr))
+    }
+
+    /// Adds `vip`; replaces an identical one, so repeating is harmless. An
+    /// IPv6 one skips duplicate address detection (`nodad`): the address
+    /// is ours to take over, and DAD would hold it back for a second or
+    /// more (and fail it while the old master still answers).
     pub async fn add(&self, index: u32, vip: &VirtualIp) -> Result<(), NetlinkError> {
-        self.handle
-            .address()
-            .add(index, IpAddr::V4(vip.addr), vip.prefix_len)
-            .replace()
-            .execute()
-            .await
-            .map_err(|source| NetlinkError::Request { what: format!("adding {vip}"), source })
+        let mut request = self.handle.address().add(index, vip.addr, vip.prefix_len).replace();
+        if vip.addr.is_ipv6() {
+            let msg = request.message_mut();
+            msg.header.flags |= AddressHeaderFlags::Nodad;
+            msg.attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
+        }
+        request.execute().await.map_err(|source| NetlinkError::Request { what: format!("adding {vip}"), source })
     }
 
     /// Deletes `vip`; an address that is not there is not an error.
     pub async fn del(&self, index: u32, vip: &VirtualIp) -> Result<(), NetlinkError> {
-        let msg = AddressMessageBuilder::<Ipv4Addr>::new().index(index).address(vip.addr, vip.prefix_len).build();
+        let msg = match vip.addr {
+            IpAddr::V4(a) => AddressMessageBuilder::<Ipv4Addr>::new().index(index).address(a, vip.prefix_len).build(),
+            IpAddr::V6(a) => AddressMessageBuilder::<Ipv6Addr>::new().index(index).address(a, vip.prefix_len).build(),
+        };
         match self.handle.address().del(msg).execute().await {
             Ok(()) => Ok(()),
             Err(e) if is_absent(&e) => Ok(()),
             Err(source) => Err(NetlinkError::Request { what: format!("deleting {vip}"), source }),
         }
     }
+}
+
+/// The address a message describes: IFA_LOCAL for IPv4 (IFA_ADDRESS is
+/// the peer's on point-to-point links), IFA_ADDRESS for IPv6; `None` for an
+/// IPv6 address that is tentative or failed duplicate address detection.
+fn usable_address(msg: &AddressMessage) -> Option<IpAddr> {
+    let unusable = AddressHeaderFlags::Tentative | AddressHeaderFlags::Dadfailed;
+    msg.attributes.iter().find_map(|a| match a {
+        AddressAttribute::Local(IpAddr::V4(v4)) => Some(IpAddr::V4(*v4)),
+        AddressAttribute::Address(IpAddr::V6(v6)) if !msg.header.flags.intersects(unusable) => Some(IpAddr::V6(*v6)),
+        _ => None,
+    })
 }
 
 /// Administratively up and with carrier.
@@ -174,10 +185,10 @@ enum Heard {
     Lost,
 }
 
-/// Subscribes to the kernel's `group` events and hands each to `each`, on
-/// a task of its own, for as long as the socket lives.
-fn watch_group(group: MulticastGroup, mut each: impl FnMut(Heard) + Send + 'static) -> Result<(), NetlinkError> {
-    let (connection, _handle, mut messages) = rtnetlink::new_multicast_connection(&[group])?;
+/// Subscribes to the kernel's events of `groups` and hands each to `each`,
+/// on a task of its own, for as long as the socket lives.
+fn watch_group(groups: &[MulticastGroup], mut each: impl FnMut(Heard) + Send + 'static) -> Result<(), NetlinkError> {
+    let (connection, _handle, mut messages) = rtnetlink::new_multicast_connection(groups)?;
     tokio::spawn(connection);
     tokio::spawn(async move {
         while let Some((message, _)) = messages.next().await {
@@ -198,7 +209,7 @@ pub fn watch_links(senders: HashMap<String, watch::Sender<bool>>) -> Result<(), 
     // Each link's sender and a count of the events heard for it, so a
     // re-read after lost events never overwrites a newer event.
     let senders: Links = Arc::new(Mutex::new(senders.into_iter().map(|(n, tx)| (n, (tx, 0))).collect()));
-    watch_group(MulticastGroup::Link, move |heard| {
+    watch_group(&[MulticastGroup::Link], move |heard| {
         let (msg, exists) = match heard {
             Heard::Message(RouteNetlinkMessage::NewLink(m)) => (m, true),
             Heard::Message(RouteNetlinkMessage::DelLink(m)) => (m, false),
@@ -252,7 +263,7 @@ pub enum AddrEvent {
         /// Interface index.
         index: u32,
         /// The address.
-        addr: Ipv4Addr,
+        addr: IpAddr,
         /// Added (else removed).
         added: bool,
     },
@@ -264,7 +275,7 @@ pub enum AddrEvent {
 /// Publishes every IPv4 address change of every interface on `tx`, from
 /// the kernel's address events (someone deleting a VIP, or the primary).
 pub fn watch_addresses(tx: broadcast::Sender<AddrEvent>) -> Result<(), NetlinkError> {
-    watch_group(MulticastGroup::Ipv4Ifaddr, move |heard| {
+    watch_group(&[MulticastGroup::Ipv4Ifaddr, MulticastGroup::Ipv6Ifaddr], move |heard| {
         let (msg, added) = match heard {
             Heard::Message(RouteNetlinkMessage::NewAddress(m)) => (m, true),
             Heard::Message(RouteNetlinkMessage::DelAddress(m)) => (m, false),
@@ -274,8 +285,10 @@ pub fn watch_addresses(tx: broadcast::Sender<AddrEvent>) -> Result<(), NetlinkEr
                 return;
             }
         };
+        // Any change matters, also an IPv6 address leaving its tentative state.
         let addr = msg.attributes.iter().find_map(|a| match a {
-            AddressAttribute::Local(IpAddr::V4(v4)) => Some(*v4),
+            AddressAttribute::Local(IpAddr::V4(v4)) => Some(IpAddr::V4(*v4)),
+            AddressAttribute::Address(IpAddr::V6(v6)) => Some(IpAddr::V6(*v6)),
             _ => None,
         });
         if let Some(addr) = addr {

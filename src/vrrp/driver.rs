@@ -4,7 +4,7 @@
 //! [`Router`] and carries out what the router says.
 
 use std::future::Future;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -15,16 +15,16 @@ use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use super::fsm::State;
 use super::notify::{state_word, HookQueue, Hooks};
+use super::packet::{Datagram, Family};
 use super::probe::TrackShared;
 use super::router::{InstanceSpec, Output, Router};
-use super::socket::VrrpSocket;
+use super::socket::{Recv, VrrpSocket};
 use super::stats::Stats;
 use super::sync::{member_priority, GroupShared, MemberState, Others};
 use super::timer::PreciseTimer;
 use crate::config::VirtualIp;
 use crate::net::addr::{AddrEvent, Netlink, NetlinkError};
 use crate::net::announce::Announcer;
-use crate::net::frames;
 
 /// Why an interface's instances could not start.
 #[derive(Debug, thiserror::Error)]
@@ -107,10 +107,11 @@ impl Side {
     }
 }
 
-/// Every instance of one interface and what it runs on.
+/// Every instance of one interface and address family, and what they run on.
 #[derive(Debug)]
 pub struct Driver {
     ifname: String,
+    family: Family,
     ifindex: u32,
     router: Router,
     socket: VrrpSocket,
@@ -133,7 +134,8 @@ pub struct Driver {
 
 impl Driver {
     /// Looks up `ifname`, removes VIPs a crashed run may have left, and
-    /// opens the sockets. Fails with a message naming what is missing.
+    /// opens the sockets for `instances`, all of one family. Fails with a
+    /// message naming what is missing.
     pub async fn prepare(
         ifname: &str,
         instances: Vec<InstanceSide>,
@@ -143,7 +145,8 @@ impl Driver {
         drain: Option<DrainGate>,
     ) -> Result<Self, DriverError> {
         let iface = netlink.link(ifname).await?;
-        let mut addresses = netlink.ipv4_on(iface.index).await?;
+        let family = instances.first().map_or(Family::V4, |i| i.spec.family());
+        let mut addresses = netlink.addresses_on(iface.index).await?;
         for vip in instances.iter().flat_map(|i| &i.vips) {
             if addresses.iter().any(|(a, _)| *a == vip.addr) {
                 warn!(iface = %ifname, %vip, "removing virtual IP left by an earlier run");
@@ -155,7 +158,7 @@ impl Driver {
             let iface = ifname.to_string();
             move |source| DriverError::Socket { what, iface, source }
         };
-        let socket = VrrpSocket::open(ifname, iface.index).map_err(socket_err("raw VRRP socket"))?;
+        let socket = VrrpSocket::open(ifname, iface.index, family).map_err(socket_err("raw VRRP socket"))?;
         let timer = PreciseTimer::new().map_err(socket_err("timerfd"))?;
         let announcer = Announcer::open(iface.index).map_err(socket_err("AF_PACKET socket"))?;
         let specs = instances.iter().map(|i| (i.spec.clone(), Arc::clone(&i.stats))).collect();
@@ -165,7 +168,12 @@ impl Driver {
             match source {
                 Some(s) => info!(vrid = i.spec.vrid, iface = %ifname, source = %s, "instance {:?} ready", i.spec.name),
                 None => {
-                    warn!(vrid = i.spec.vrid, iface = %ifname, "instance {:?}: no IPv4 address of its own (other than VIPs{}) to send adverts from: starting in fault until one is added", i.spec.name, i.spec.unicast_source.map_or(String::new(), |s| format!("; unicast_source {s}")))
+                    let what = match (family, i.spec.unicast_source) {
+                        (_, Some(s)) => format!("its unicast_source {s}"),
+                        (Family::V4, None) => "an IPv4 address of its own (other than VIPs)".to_string(),
+                        (Family::V6, None) => "a link-local IPv6 address (fe80::/10) of its own".to_string(),
+                    };
+                    warn!(vrid = i.spec.vrid, iface = %ifname, "instance {:?}: the interface lacks {what} to send adverts from: starting in fault until it has it", i.spec.name)
                 }
             }
         }
@@ -175,6 +183,7 @@ impl Driver {
             .collect();
         Ok(Driver {
             ifname: ifname.to_string(),
+            family,
             ifindex: iface.index,
             router,
             socket,
@@ -194,7 +203,11 @@ impl Driver {
     /// Runs until `shutdown` flips (or its sender goes), then resigns:
     /// priority 0 from each master, VIPs removed once its successor spoke.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
-        let span = info_span!("vrrp", iface = %self.ifname);
+        let family = match self.family {
+            Family::V4 => "ipv4",
+            Family::V6 => "ipv6",
+        };
+        let span = info_span!("vrrp", iface = %self.ifname, family);
         async move {
             self.router.start(Instant::now());
             for i in 0..self.sides.len() {
@@ -234,8 +247,8 @@ impl Driver {
                         // Master_Down_Timer makes a backup flip to master
                         // and straight back.
                         for _ in 0..MAX_QUEUED_DRAIN {
-                            let Some(n) = self.socket.try_recv(&mut buf) else { break };
-                            self.router.handle_datagram(Instant::now(), &buf[..n.min(buf.len())]);
+                            let Some(r) = self.socket.try_recv(&mut buf) else { break };
+                            self.receive(r, &buf);
                         }
                         self.router.handle_timeout(Instant::now());
                     }
@@ -252,9 +265,9 @@ impl Driver {
                         }
                     },
                     r = self.socket.recv(&mut buf) => match r {
-                        Ok(n) => {
+                        Ok(r) => {
                             recv_errors = 0;
-                            self.router.handle_datagram(Instant::now(), &buf[..n.min(buf.len())]);
+                            self.receive(r, &buf);
                         }
                         Err(e) => {
                             recv_errors = recv_errors.saturating_add(1);
@@ -277,6 +290,23 @@ impl Driver {
         }
         .instrument(span)
         .await
+    }
+
+    /// Hands one received packet to the router.
+    fn receive(&mut self, r: Recv, buf: &[u8]) {
+        let now = Instant::now();
+        match r {
+            Recv::Ipv4Packet(n) => self.router.handle_ipv4_packet(now, &buf[..n.min(buf.len())]),
+            Recv::Ipv6Message { len, source, destination, hop_limit } => {
+                let d = Datagram {
+                    source: source.into(),
+                    destination: destination.into(),
+                    ttl: hop_limit,
+                    message: &buf[..len.min(buf.len())],
+                };
+                self.router.handle_datagram(now, d);
+            }
+        }
     }
 
     fn side(&self, vrid: u8) -> Option<&Side> {
@@ -516,8 +546,8 @@ impl Driver {
         self.execute().await;
     }
 
-    async fn read_addresses(&mut self) -> Option<Vec<(Ipv4Addr, bool)>> {
-        match self.netlink.ipv4_on(self.ifindex).await {
+    async fn read_addresses(&mut self) -> Option<Vec<(IpAddr, bool)>> {
+        match self.netlink.addresses_on(self.ifindex).await {
             Ok(a) => Some(a),
             Err(e) => {
                 for side in &self.sides {
@@ -591,13 +621,13 @@ async fn side_change(sides: &[Side]) {
     futures_util::future::select_all(waits).await;
 }
 
-fn send_frames(announcer: &Announcer, frames: &[[u8; frames::GARP_LEN]], stats: &Stats) {
+fn send_frames(announcer: &Announcer, frames: &[Vec<u8>], stats: &Stats) {
     for frame in frames {
         match announcer.send(frame) {
             Ok(()) => {
                 stats.garps.fetch_add(1, Ordering::Relaxed);
             }
-            Err(e) => warn!(error = %e, "sending gratuitous ARP failed"),
+            Err(e) => warn!(error = %e, "sending gratuitous ARP / neighbour advertisement failed"),
         }
     }
 }

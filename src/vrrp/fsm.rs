@@ -6,7 +6,7 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use super::packet::{Centiseconds, Version};
@@ -67,15 +67,15 @@ pub enum Reason {
     /// No advert within Master_Down_Interval.
     MasterDownTimerExpired,
     /// The master resigned; we waited Skew_Time.
-    PriorityZeroReceived { from: Ipv4Addr },
+    PriorityZeroReceived { from: IpAddr },
     /// We ignored a lower-priority master (preempt) until our timer fired.
-    Preempted { priority: u8, from: Ipv4Addr },
+    Preempted { priority: u8, from: IpAddr },
     /// A higher priority (or equal priority, higher address) master exists.
-    HigherPriority { priority: u8, from: Ipv4Addr },
+    HigherPriority { priority: u8, from: IpAddr },
     /// Operator stop.
     Shutdown,
     /// Operator stop, after the new master's first advert arrived.
-    HandedOver { to: Ipv4Addr },
+    HandedOver { to: IpAddr },
     /// The interface went down.
     LinkDown,
     /// The interface came back.
@@ -134,7 +134,7 @@ pub enum Event {
     /// A validated advert for our VRID from another router.
     Advert {
         /// IP source of the advert: the sender's primary address.
-        source: Ipv4Addr,
+        source: IpAddr,
         /// Its priority.
         priority: u8,
         /// Its Max Advertise Interval.
@@ -177,11 +177,11 @@ pub enum Action {
     StateChanged { from: State, to: State, reason: Reason },
     /// Another router acted as master beside us (a split network healing,
     /// or it stepping down); we re-advertise and re-announce. For the log.
-    Reasserted { against: Ipv4Addr, priority: u8 },
+    Reasserted { against: IpAddr, priority: u8 },
     /// We own the addresses (priority 255) and so does the sender: a
     /// misconfiguration (RFC 9568 erratum 8298); the higher primary address
     /// wins the tie as for any equal priority. For the log.
-    OwnerConflict { from: Ipv4Addr },
+    OwnerConflict { from: IpAddr },
 }
 
 /// Configuration of one instance as the state machine needs it.
@@ -198,7 +198,7 @@ pub struct Params {
     /// After startup, how long preemption is held back.
     pub preempt_delay: Duration,
     /// Our primary address on the interface, for the tie-break.
-    pub primary_ip: Ipv4Addr,
+    pub primary_ip: IpAddr,
     /// When to repeat the gratuitous ARP burst after becoming master.
     pub garp_repeat_delay: Option<Duration>,
     /// While master, gratuitous ARPs again this often (for switches that
@@ -238,7 +238,7 @@ pub struct Fsm {
     started_at: Option<Instant>,
     /// Last time a lower-priority master made us re-assert ourselves.
     last_reassert: Option<Instant>,
-    master_ip: Option<Ipv4Addr>,
+    master_ip: Option<IpAddr>,
     /// The priority in the followed master's last advert.
     master_priority: Option<u8>,
     /// When we last became master.
@@ -289,7 +289,7 @@ impl Fsm {
     }
 
     /// Address of the current master as far as we know.
-    pub fn master_ip(&self) -> Option<Ipv4Addr> {
+    pub fn master_ip(&self) -> Option<IpAddr> {
         self.master_ip
     }
 
@@ -386,7 +386,7 @@ impl Fsm {
 
     /// The interface's primary address changed: adverts go from it, and it
     /// is our side of the tie-break (RFC 9568 §6.4.3).
-    pub fn set_primary_ip(&mut self, ip: Ipv4Addr) {
+    pub fn set_primary_ip(&mut self, ip: IpAddr) {
         self.params.primary_ip = ip;
         if self.state == State::Master {
             self.master_ip = Some(ip);
@@ -543,14 +543,14 @@ impl Fsm {
 
     /// Two owners of one virtual router (erratum 8298): said, then the
     /// ordinary rules go on.
-    fn note_owner_conflict(&mut self, source: Ipv4Addr, priority: u8) {
+    fn note_owner_conflict(&mut self, source: IpAddr, priority: u8) {
         if priority == PRIORITY_OWNER && self.params.priority == PRIORITY_OWNER {
             self.actions.push_back(Action::OwnerConflict { from: source });
         }
     }
 
     /// §6.4.2 "If an ADVERTISEMENT is received" in Backup.
-    fn backup_receives(&mut self, now: Instant, source: Ipv4Addr, priority: u8, interval: Centiseconds) {
+    fn backup_receives(&mut self, now: Instant, source: IpAddr, priority: u8, interval: Centiseconds) {
         self.note_owner_conflict(source, priority);
         if priority == PRIORITY_RESIGN {
             // Only the master we follow can resign for us. A priority 0 from
@@ -595,13 +595,13 @@ impl Fsm {
     }
 
     /// §6.4.3 "If an ADVERTISEMENT is received" in Master.
-    fn master_receives_while_resigning(&mut self, source: Ipv4Addr, priority: u8) {
+    fn master_receives_while_resigning(&mut self, source: IpAddr, priority: u8) {
         if priority != PRIORITY_RESIGN {
             self.release(Reason::HandedOver { to: source });
         }
     }
 
-    fn master_receives(&mut self, now: Instant, source: Ipv4Addr, priority: u8, interval: Centiseconds) {
+    fn master_receives(&mut self, now: Instant, source: IpAddr, priority: u8, interval: Centiseconds) {
         if self.is_resigning() {
             self.master_receives_while_resigning(source, priority);
             return;
@@ -615,8 +615,8 @@ impl Fsm {
             }
             return;
         }
-        let theirs_wins = priority > self.params.priority
-            || (priority == self.params.priority && u32::from(source) > u32::from(self.params.primary_ip));
+        let theirs_wins =
+            priority > self.params.priority || (priority == self.params.priority && source > self.params.primary_ip);
         if theirs_wins {
             self.adver_timer = None;
             self.garp_repeat_timer = None;
@@ -661,7 +661,7 @@ impl Fsm {
     /// also announce again, because clients may have followed its
     /// gratuitous ARPs. Our advert goes out just before, so a lower master
     /// steps down now, not at our next tick.
-    fn reassert(&mut self, against: Ipv4Addr, priority: u8) {
+    fn reassert(&mut self, against: IpAddr, priority: u8) {
         self.actions.push_back(Action::Reasserted { against, priority });
         self.actions.push_back(Action::Announce);
     }
@@ -687,10 +687,15 @@ impl Fsm {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::Ipv4Addr;
 
-    const ME: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 11);
-    const PEER_LOW: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 5);
-    const PEER_HIGH: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 20);
+    const fn ip(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(a, b, c, d))
+    }
+
+    const ME: IpAddr = ip(192, 0, 2, 11);
+    const PEER_LOW: IpAddr = ip(192, 0, 2, 5);
+    const PEER_HIGH: IpAddr = ip(192, 0, 2, 20);
 
     fn cs(v: u16) -> Centiseconds {
         Centiseconds::new(v).expect("valid interval")
@@ -714,7 +719,7 @@ mod tests {
         std::iter::from_fn(|| fsm.poll_action()).collect()
     }
 
-    fn advert(source: Ipv4Addr, priority: u8) -> Event {
+    fn advert(source: IpAddr, priority: u8) -> Event {
         Event::Advert { source, priority, interval: cs(100) }
     }
 
@@ -1234,7 +1239,7 @@ mod tests {
             ]
         );
         // A new primary is our side of the tie-break from now on.
-        let new = Ipv4Addr::new(192, 0, 2, 99);
+        let new = ip(192, 0, 2, 99);
         f.set_primary_ip(new);
         assert_eq!(f.params().primary_ip, new);
     }
@@ -1269,7 +1274,7 @@ mod tests {
                 .iter()
                 .enumerate()
                 .map(|(i, p)| {
-                    let mut f = Fsm::new(Params { primary_ip: Ipv4Addr::new(192, 0, 2, 11 + i as u8), ..params(*p) });
+                    let mut f = Fsm::new(Params { primary_ip: ip(192, 0, 2, 11 + i as u8), ..params(*p) });
                     f.handle(t0, Event::Startup);
                     (f, true)
                 })
@@ -1353,7 +1358,7 @@ mod tests {
         let mdi = skew_and_master_down(Version::V3, 100, ms(1000)).1;
         assert_eq!(took_over - last_advert, mdi);
         // The old master comes back and preempts at once.
-        lan.nodes[0] = (Fsm::new(Params { primary_ip: Ipv4Addr::new(192, 0, 2, 11), ..params(150) }), true);
+        lan.nodes[0] = (Fsm::new(Params { primary_ip: ip(192, 0, 2, 11), ..params(150) }), true);
         lan.nodes[0].0.handle(lan.now, Event::Startup);
         lan.run_until(ms(40_000));
         assert_eq!(lan.masters(), vec![0]);

@@ -1,5 +1,7 @@
-//! VRRP advertisement wire format for IPv4: VRRPv3 (RFC 5798 / RFC 9568) and
-//! VRRPv2 (RFC 3768). Pure: bytes in, values out.
+//! VRRP advertisement wire format: VRRPv3 (RFC 9568) over IPv4 and IPv6,
+//! and VRRPv2 (RFC 3768, IPv4 only). Pure: bytes in, values out; the checks
+//! here are the wire's, and whether a packet is for one of our instances is
+//! the router's question.
 //!
 //! ```text
 //!  0                   1                   2                   3
@@ -16,14 +18,16 @@
 //! +-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+-+
 //! ```
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 /// IP protocol number of VRRP.
 pub const IPPROTO_VRRP: u8 = 112;
 /// The IPv4 multicast group adverts are sent to (RFC 5798 §5.1.1.2).
 pub const MULTICAST_V4: Ipv4Addr = Ipv4Addr::new(224, 0, 0, 18);
-/// TTL every advert must carry (RFC 5798 §5.1.1.3).
+/// The IPv6 multicast group adverts are sent to (RFC 9568 §5.1.2.2).
+pub const MULTICAST_V6: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 0x12);
+/// TTL (hop limit) every advert must carry (RFC 9568 §5.1.1.3, §5.1.2.3).
 pub const REQUIRED_TTL: u8 = 255;
 /// Fixed VRRP header length, before the address list.
 pub const HEADER_LEN: usize = 8;
@@ -31,6 +35,46 @@ pub const HEADER_LEN: usize = 8;
 const V2_AUTH_DATA_LEN: usize = 8;
 /// The only packet type defined: ADVERTISEMENT.
 const TYPE_ADVERTISEMENT: u8 = 1;
+
+/// Address family: an instance, a router and a socket have one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Family {
+    /// IPv4.
+    V4,
+    /// IPv6.
+    V6,
+}
+
+impl Family {
+    /// The family of `a`.
+    pub fn of(a: IpAddr) -> Family {
+        match a {
+            IpAddr::V4(_) => Family::V4,
+            IpAddr::V6(_) => Family::V6,
+        }
+    }
+
+    /// Where multicast adverts go.
+    pub fn group(self) -> IpAddr {
+        match self {
+            Family::V4 => IpAddr::V4(MULTICAST_V4),
+            Family::V6 => IpAddr::V6(MULTICAST_V6),
+        }
+    }
+}
+
+/// One received VRRP message and what its IP header said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Datagram<'a> {
+    /// IP source.
+    pub source: IpAddr,
+    /// IP destination.
+    pub destination: IpAddr,
+    /// TTL or hop limit.
+    pub ttl: u8,
+    /// The VRRP message (the IP payload).
+    pub message: &'a [u8],
+}
 
 /// VRRP protocol version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -186,8 +230,8 @@ pub struct Advert {
     pub priority: u8,
     /// Max Advertise Interval (v3) or Adver Int (v2, whole seconds).
     pub interval: Centiseconds,
-    /// Virtual addresses the sender protects.
-    pub addresses: Vec<Ipv4Addr>,
+    /// Virtual addresses the sender protects, all of the packet's family.
+    pub addresses: Vec<IpAddr>,
 }
 
 /// A received advertisement together with what the IP header said.
@@ -196,9 +240,9 @@ pub struct Received {
     /// The advert itself.
     pub advert: Advert,
     /// IP source: the sender's primary address, used for the tie-break.
-    pub source: Ipv4Addr,
-    /// IP destination: 224.0.0.18, or ours for a unicast advert.
-    pub destination: Ipv4Addr,
+    pub source: IpAddr,
+    /// IP destination: 224.0.0.18 or ff02::12, or ours for a unicast advert.
+    pub destination: IpAddr,
     /// Which checksum form verified.
     pub checksum_form: ChecksumForm,
 }
@@ -207,6 +251,16 @@ pub struct Received {
 /// what the wire alone can tell; whether it is for one of our instances is
 /// the router's question.
 pub fn parse_ipv4(packet: &[u8]) -> Result<Received, DropReason> {
+    parse_datagram(&ipv4_datagram(packet)?)
+}
+
+/// Validates a datagram's message with what its IP header said.
+pub fn parse_datagram(d: &Datagram<'_>) -> Result<Received, DropReason> {
+    parse(d.message, d.ttl, d.source, d.destination)
+}
+
+/// The VRRP message in a whole IPv4 packet, and its header's fields.
+pub fn ipv4_datagram(packet: &[u8]) -> Result<Datagram<'_>, DropReason> {
     if packet.len() < 20 {
         return Err(DropReason::Truncated);
     }
@@ -221,7 +275,7 @@ pub fn parse_ipv4(packet: &[u8]) -> Result<Received, DropReason> {
     let ttl = packet[8];
     let source = Ipv4Addr::new(packet[12], packet[13], packet[14], packet[15]);
     let destination = Ipv4Addr::new(packet[16], packet[17], packet[18], packet[19]);
-    parse(&packet[ihl..total_len], ttl, source, destination)
+    Ok(Datagram { source: source.into(), destination: destination.into(), ttl, message: &packet[ihl..total_len] })
 }
 
 /// The VRID an IPv4 VRRP packet claims, read without validating anything:
@@ -232,9 +286,10 @@ pub fn claimed_vrid_ipv4(packet: &[u8]) -> Option<u8> {
 }
 
 /// Validates a VRRP message (the IP payload) in the order of RFC 9568 §7.1,
-/// as far as the wire goes: TTL, version, type, length, checksum, v2
-/// authentication type, a usable interval.
-pub fn parse(msg: &[u8], ttl: u8, source: Ipv4Addr, destination: Ipv4Addr) -> Result<Received, DropReason> {
+/// as far as the wire goes: TTL or hop limit, version, type, length,
+/// checksum, v2 authentication type, a usable interval. The family is the
+/// source's.
+pub fn parse(msg: &[u8], ttl: u8, source: IpAddr, destination: IpAddr) -> Result<Received, DropReason> {
     if ttl != REQUIRED_TTL {
         return Err(DropReason::Ttl);
     }
@@ -242,7 +297,7 @@ pub fn parse(msg: &[u8], ttl: u8, source: Ipv4Addr, destination: Ipv4Addr) -> Re
         return Err(DropReason::Truncated);
     }
     let version = match msg[0] >> 4 {
-        2 => Version::V2,
+        2 if source.is_ipv4() => Version::V2,
         3 => Version::V3,
         _ => return Err(DropReason::Version),
     };
@@ -254,7 +309,8 @@ pub fn parse(msg: &[u8], ttl: u8, source: Ipv4Addr, destination: Ipv4Addr) -> Re
         Version::V2 => V2_AUTH_DATA_LEN,
         Version::V3 => 0,
     };
-    let expected_len = HEADER_LEN + 4 * count + trailer;
+    let size = address_len(source);
+    let expected_len = HEADER_LEN + size * count + trailer;
     // A count of 0 announces nothing to protect (RFC 5798 §5.2.5).
     if msg.len() != expected_len || count == 0 {
         return Err(DropReason::Length);
@@ -270,9 +326,12 @@ pub fn parse(msg: &[u8], ttl: u8, source: Ipv4Addr, destination: Ipv4Addr) -> Re
         }
     };
     let interval = Centiseconds::new(interval).ok_or(DropReason::ZeroInterval)?;
-    let addresses = msg[HEADER_LEN..HEADER_LEN + 4 * count]
-        .chunks_exact(4)
-        .map(|a| Ipv4Addr::new(a[0], a[1], a[2], a[3]))
+    let addresses = msg[HEADER_LEN..HEADER_LEN + size * count]
+        .chunks_exact(size)
+        .filter_map(|a| match size {
+            4 => <[u8; 4]>::try_from(a).ok().map(IpAddr::from),
+            _ => <[u8; 16]>::try_from(a).ok().map(IpAddr::from),
+        })
         .collect();
     Ok(Received {
         advert: Advert { version, vrid: msg[1], priority: msg[2], interval, addresses },
@@ -282,24 +341,41 @@ pub fn parse(msg: &[u8], ttl: u8, source: Ipv4Addr, destination: Ipv4Addr) -> Re
     })
 }
 
+/// Bytes of one address of `a`'s family in the address list.
+fn address_len(a: IpAddr) -> usize {
+    match a {
+        IpAddr::V4(_) => 4,
+        IpAddr::V6(_) => 16,
+    }
+}
+
 /// v2 covers the message; v3 over IPv4 is accepted in either form, and a
-/// unicast v3 advert also with 224.0.0.18 in the pseudo-header (older senders).
+/// unicast v3 advert also with 224.0.0.18 in the pseudo-header (older
+/// senders); over IPv6 the pseudo-header is required (RFC 9568 §5.2.8).
 fn verify_checksum(
     msg: &[u8],
     version: Version,
-    source: Ipv4Addr,
-    destination: Ipv4Addr,
+    source: IpAddr,
+    destination: IpAddr,
 ) -> Result<ChecksumForm, DropReason> {
-    if internet_checksum(&[msg]) == 0 {
-        return Ok(ChecksumForm::MessageOnly);
-    }
-    if version == Version::V3 {
-        let len = msg.len() as u16;
-        for dst in [destination, MULTICAST_V4] {
-            if internet_checksum(&[&pseudo_header(source, dst, len), msg]) == 0 {
-                return Ok(ChecksumForm::PseudoHeader);
+    let len = msg.len() as u16;
+    match (source, destination) {
+        (IpAddr::V6(s), IpAddr::V6(d)) if internet_checksum(&[&pseudo_header_v6(s, d, len), msg]) == 0 => {
+            return Ok(ChecksumForm::PseudoHeader);
+        }
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            if internet_checksum(&[msg]) == 0 {
+                return Ok(ChecksumForm::MessageOnly);
+            }
+            if version == Version::V3 {
+                for dst in [d, MULTICAST_V4] {
+                    if internet_checksum(&[&pseudo_header(s, dst, len), msg]) == 0 {
+                        return Ok(ChecksumForm::PseudoHeader);
+                    }
+                }
             }
         }
+        _ => {}
     }
     Err(DropReason::Checksum)
 }
@@ -311,12 +387,13 @@ impl Advert {
             Version::V2 => V2_AUTH_DATA_LEN,
             Version::V3 => 0,
         };
-        HEADER_LEN + 4 * self.addresses.len() + trailer
+        HEADER_LEN + self.addresses.iter().map(|a| address_len(*a)).sum::<usize>() + trailer
     }
 
     /// Builds the VRRP message (the IP payload) with its checksum. `source`
     /// and `destination` only matter for the v3 pseudo-header form.
-    pub fn emit(&self, form: ChecksumForm, source: Ipv4Addr, destination: Ipv4Addr) -> Vec<u8> {
+    /// Over IPv6 the checksum always covers the pseudo-header.
+    pub fn emit(&self, form: ChecksumForm, source: IpAddr, destination: IpAddr) -> Vec<u8> {
         let mut msg = Vec::with_capacity(self.buffer_len());
         msg.push(self.version.number() << 4 | TYPE_ADVERTISEMENT);
         msg.push(self.vrid);
@@ -332,15 +409,21 @@ impl Advert {
         }
         msg.extend_from_slice(&[0, 0]);
         for a in self.addresses.iter().take(255) {
-            msg.extend_from_slice(&a.octets());
+            match a {
+                IpAddr::V4(a) => msg.extend_from_slice(&a.octets()),
+                IpAddr::V6(a) => msg.extend_from_slice(&a.octets()),
+            }
         }
         if self.version == Version::V2 {
             msg.extend_from_slice(&[0; V2_AUTH_DATA_LEN]);
         }
-        let checksum = if self.version == Version::V3 && form == ChecksumForm::PseudoHeader {
-            internet_checksum(&[&pseudo_header(source, destination, msg.len() as u16), &msg])
-        } else {
-            internet_checksum(&[&msg])
+        let len = msg.len() as u16;
+        let checksum = match (source, destination) {
+            (IpAddr::V6(s), IpAddr::V6(d)) => internet_checksum(&[&pseudo_header_v6(s, d, len), &msg]),
+            (IpAddr::V4(s), IpAddr::V4(d)) if self.version == Version::V3 && form == ChecksumForm::PseudoHeader => {
+                internet_checksum(&[&pseudo_header(s, d, len), &msg])
+            }
+            _ => internet_checksum(&[&msg]),
         };
         msg[6..8].copy_from_slice(&checksum.to_be_bytes());
         msg
@@ -354,6 +437,21 @@ fn pseudo_header(source: Ipv4Addr, destination: Ipv4Addr, len: u16) -> [u8; 12] 
     p[4..8].copy_from_slice(&destination.octets());
     p[9] = IPPROTO_VRRP;
     p[10..12].copy_from_slice(&len.to_be_bytes());
+    p
+}
+
+/// The IPv6 pseudo-header of RFC 8200 §8.1, for next header `VRRP`.
+fn pseudo_header_v6(source: Ipv6Addr, destination: Ipv6Addr, len: u16) -> [u8; 40] {
+    upper_layer_pseudo_header_v6(source, destination, u32::from(len), IPPROTO_VRRP)
+}
+
+/// The IPv6 pseudo-header for any upper-layer protocol (VRRP, ICMPv6).
+pub fn upper_layer_pseudo_header_v6(source: Ipv6Addr, destination: Ipv6Addr, len: u32, next: u8) -> [u8; 40] {
+    let mut p = [0u8; 40];
+    p[0..16].copy_from_slice(&source.octets());
+    p[16..32].copy_from_slice(&destination.octets());
+    p[32..36].copy_from_slice(&len.to_be_bytes());
+    p[39] = next;
     p
 }
 
@@ -461,11 +559,55 @@ mod tests {
         }
     }
 
+    /// keepalived's IPv6 adverts: (name, whole IPv6 packet, decoded line).
+    fn v6_vectors() -> Vec<(String, Vec<u8>, String)> {
+        let text = include_str!("../../tests/vectors/vectors-v6.txt");
+        let mut out = Vec::new();
+        let (mut name, mut packet) = (String::new(), None);
+        for line in text.lines().map(str::trim) {
+            if let Some(rest) = line.strip_prefix('[') {
+                name = rest.split(']').next().unwrap_or_default().to_string();
+            } else if let Some(h) = line.strip_prefix("ipv6_hex=") {
+                packet = Some(hex(h));
+            } else if line.starts_with("vrrp version=") {
+                out.push((name.clone(), packet.take().expect("ipv6_hex first"), line.to_string()));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn keepalived_ipv6_vectors_parse_and_emit_byte_identical() {
+        let vs = v6_vectors();
+        assert!(vs.len() >= 8, "IPv6 vectors: {}", vs.len());
+        for (name, p, decoded) in &vs {
+            let addr = |at: usize| IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(&p[at..at + 16]).expect("16")));
+            let d = Datagram { source: addr(8), destination: addr(24), ttl: p[7], message: &p[40..] };
+            let rx = parse_datagram(&d).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(rx.checksum_form, ChecksumForm::PseudoHeader, "{name}");
+            assert_eq!(rx.advert.priority.to_string(), field(decoded, "priority"), "{name}");
+            let addrs: Vec<String> = rx.advert.addresses.iter().map(|a| a.to_string()).collect();
+            assert_eq!(addrs.join(","), field(decoded, "addrs"), "{name}");
+            // The pseudo-header form is the only one for IPv6, whatever was asked.
+            for form in [ChecksumForm::PseudoHeader, ChecksumForm::MessageOnly] {
+                assert_eq!(rx.advert.emit(form, d.source, d.destination), d.message, "{name}");
+            }
+            // A hop limit below 255 crossed a router; v2 does not exist for IPv6.
+            assert_eq!(parse_datagram(&Datagram { ttl: 254, ..d }), Err(DropReason::Ttl));
+            let mut v2 = d.message.to_vec();
+            v2[0] = 0x21;
+            assert_eq!(parse_datagram(&Datagram { message: &v2, ..d }), Err(DropReason::Version));
+            let mut bad = d.message.to_vec();
+            bad[2] ^= 1;
+            assert_eq!(parse_datagram(&Datagram { message: &bad, ..d }), Err(DropReason::Checksum));
+        }
+    }
+
     #[test]
     fn emit_is_byte_identical_to_keepalived() {
         for v in all_v4_vectors() {
             let rx = parse_ipv4(&v.ipv4).expect("parses");
-            let dst = Ipv4Addr::new(v.ipv4[16], v.ipv4[17], v.ipv4[18], v.ipv4[19]);
+            let dst = IpAddr::V4(Ipv4Addr::new(v.ipv4[16], v.ipv4[17], v.ipv4[18], v.ipv4[19]));
             let ours = rx.advert.emit(ChecksumForm::PseudoHeader, rx.source, dst);
             assert_eq!(ours, v.vrrp, "{}", v.name);
             assert_eq!(ours.len(), rx.advert.buffer_len());
@@ -477,10 +619,10 @@ mod tests {
         let text = include_str!("../../tests/vectors/vectors.txt");
         let v = vectors(text).into_iter().find(|v| v.name == "v3-adverts").expect("v3 vector");
         let rx = parse_ipv4(&v.ipv4).expect("parses");
-        let plain = rx.advert.emit(ChecksumForm::MessageOnly, rx.source, MULTICAST_V4);
+        let plain = rx.advert.emit(ChecksumForm::MessageOnly, rx.source, G4);
         // The vector file gives this value as checksum_v2_style.
         assert_eq!(u16::from_be_bytes([plain[6], plain[7]]), 0x76b6);
-        let back = parse(&plain, 255, rx.source, MULTICAST_V4).expect("accepted");
+        let back = parse(&plain, 255, rx.source, G4).expect("accepted");
         assert_eq!(back.checksum_form, ChecksumForm::MessageOnly);
         assert_eq!(back.advert, rx.advert);
     }
@@ -490,9 +632,9 @@ mod tests {
         let text = include_str!("../../tests/vectors/vectors-unicast.txt");
         let v = vectors(text).into_iter().find(|v| v.name == "unicast-v3-adverts").expect("unicast vector");
         let rx = parse_ipv4(&v.ipv4).expect("parses");
-        let old_style = rx.advert.emit(ChecksumForm::PseudoHeader, rx.source, MULTICAST_V4);
+        let old_style = rx.advert.emit(ChecksumForm::PseudoHeader, rx.source, G4);
         assert_eq!(u16::from_be_bytes([old_style[6], old_style[7]]), 0xd3c1);
-        let unicast_dst = Ipv4Addr::new(192, 0, 2, 12);
+        let unicast_dst = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 12));
         let back = parse(&old_style, 255, rx.source, unicast_dst).expect("accepted");
         assert_eq!(back.checksum_form, ChecksumForm::PseudoHeader);
     }
@@ -501,24 +643,26 @@ mod tests {
         hex("31339601000ad41bc000020a")
     }
 
-    const SRC: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 11);
+    const SRC4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 11);
+    const SRC: IpAddr = IpAddr::V4(SRC4);
+    const G4: IpAddr = IpAddr::V4(MULTICAST_V4);
 
     fn reason(msg: &[u8], ttl: u8) -> DropReason {
-        parse(msg, ttl, SRC, MULTICAST_V4).expect_err("must be dropped")
+        parse(msg, ttl, SRC, G4).expect_err("must be dropped")
     }
 
     /// Re-checksums a tampered message so that only the tampering is wrong.
     fn fix_checksum(mut msg: Vec<u8>) -> Vec<u8> {
         msg[6] = 0;
         msg[7] = 0;
-        let c = internet_checksum(&[&pseudo_header(SRC, MULTICAST_V4, msg.len() as u16), &msg]);
+        let c = internet_checksum(&[&pseudo_header(SRC4, MULTICAST_V4, msg.len() as u16), &msg]);
         msg[6..8].copy_from_slice(&c.to_be_bytes());
         msg
     }
 
     #[test]
     fn each_drop_reason_is_named() {
-        assert!(parse(&good_v3(), 255, SRC, MULTICAST_V4).is_ok());
+        assert!(parse(&good_v3(), 255, SRC, G4).is_ok());
         assert_eq!(reason(&good_v3(), 64), DropReason::Ttl);
         assert_eq!(reason(&good_v3()[..6], 255), DropReason::Truncated);
         assert_eq!(reason(&good_v3()[..10], 255), DropReason::Length);
@@ -545,7 +689,7 @@ mod tests {
         // Whose VRID it is, is not the wire's question.
         let mut m = good_v3();
         m[1] = 52;
-        assert_eq!(parse(&fix_checksum(m), 255, SRC, MULTICAST_V4).map(|r| r.advert.vrid), Ok(52));
+        assert_eq!(parse(&fix_checksum(m), 255, SRC, G4).map(|r| r.advert.vrid), Ok(52));
         let mut m = good_v3();
         m[4] = 0;
         m[5] = 0;
@@ -555,14 +699,14 @@ mod tests {
     #[test]
     fn v2_auth_is_checked() {
         let msg = hex("21339601000186bfc000020a0000000000000000");
-        assert!(parse(&msg, 255, SRC, MULTICAST_V4).is_ok());
+        assert!(parse(&msg, 255, SRC, G4).is_ok());
         let mut m = msg.clone();
         m[4] = 1;
         m[6] = 0;
         m[7] = 0;
         let c = internet_checksum(&[&m]);
         m[6..8].copy_from_slice(&c.to_be_bytes());
-        assert_eq!(parse(&m, 255, SRC, MULTICAST_V4), Err(DropReason::Auth));
+        assert_eq!(parse(&m, 255, SRC, G4), Err(DropReason::Auth));
     }
 
     #[test]
@@ -599,7 +743,7 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn parse_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..128), ttl in 0u8..=255) {
-            let _ = parse(&bytes, ttl, SRC, MULTICAST_V4);
+            let _ = parse(&bytes, ttl, SRC, G4);
             let _ = parse_ipv4(&bytes);
         }
 
@@ -608,11 +752,11 @@ mod tests {
             let advert = Advert {
                 version: Version::V3, vrid: 51, priority: prio,
                 interval: Centiseconds::new(cs).expect("cs"),
-                addresses: (0..n).map(|i| Ipv4Addr::new(192, 0, 2, i as u8)).collect(),
+                addresses: (0..n).map(|i| IpAddr::V4(Ipv4Addr::new(192, 0, 2, i as u8))).collect(),
             };
             let form = if pseudo { ChecksumForm::PseudoHeader } else { ChecksumForm::MessageOnly };
-            let msg = advert.emit(form, SRC, MULTICAST_V4);
-            let rx = parse(&msg, 255, SRC, MULTICAST_V4).expect("own packet parses");
+            let msg = advert.emit(form, SRC, G4);
+            let rx = parse(&msg, 255, SRC, G4).expect("own packet parses");
             proptest::prop_assert_eq!(rx.advert, advert);
         }
     }

@@ -1,4 +1,4 @@
-//! The VRRP instances of one interface (IPv4), by VRID: fed the
+//! The VRRP instances of one interface and address family, by VRID: fed the
 //! interface's datagrams, its link and address changes and each instance's
 //! tracker and sync group conditions, it says what to do through
 //! [`Router::poll_output`]. The protocol rules of RFC 9568 §7.1 that need
@@ -7,7 +7,7 @@
 //! [`Fsm`]. Pure: no socket, no clock, no task; the driver passes the time.
 
 use std::collections::VecDeque;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
 use super::fsm::{skew_and_master_down, Action, Event, Fsm, Params, Reason, State, PRIORITY_OWNER};
-use super::packet::{self, Advert, Centiseconds, ChecksumForm, DropReason, Version, MULTICAST_V4};
+use super::packet::{self, Advert, Centiseconds, ChecksumForm, Datagram, DropReason, Family, Version};
 use super::stats::Stats;
 use crate::net::frames;
 
@@ -44,8 +44,9 @@ pub struct InstanceSpec {
     pub preempt: bool,
     /// Hold preemption back this long after start.
     pub preempt_delay: Duration,
-    /// Addresses claimed as master, in advert order.
-    pub virtual_ips: Vec<Ipv4Addr>,
+    /// Addresses claimed as master, in advert order, all of one family
+    /// (for IPv6 a link-local one first, RFC 9568 §5.2.9).
+    pub virtual_ips: Vec<IpAddr>,
     /// Checksum form sent for VRRPv3.
     pub checksum: ChecksumForm,
     /// Gratuitous ARPs per VIP in a burst.
@@ -60,10 +61,19 @@ pub struct InstanceSpec {
     /// Master_Down_Interval.
     pub release_timeout: Option<Duration>,
     /// Adverts go to these by unicast, and only theirs are accepted;
-    /// empty = multicast to 224.0.0.18.
-    pub unicast_peers: Vec<Ipv4Addr>,
+    /// empty = multicast to 224.0.0.18 or ff02::12.
+    pub unicast_peers: Vec<IpAddr>,
     /// Send from this address rather than the interface's primary.
-    pub unicast_source: Option<Ipv4Addr>,
+    pub unicast_source: Option<IpAddr>,
+    /// The Router flag of unsolicited neighbour advertisements (IPv6).
+    pub na_router_flag: bool,
+}
+
+impl InstanceSpec {
+    /// The instance's address family: its VIPs'.
+    pub fn family(&self) -> Family {
+        self.virtual_ips.first().map_or(Family::V4, |a| Family::of(*a))
+    }
 }
 
 /// What the driver is to do, in order.
@@ -74,9 +84,9 @@ pub enum Output {
         /// Whose.
         vrid: u8,
         /// Source address; the kernel refuses one that is not ours.
-        source: Ipv4Addr,
-        /// 224.0.0.18 or a unicast peer.
-        destination: Ipv4Addr,
+        source: IpAddr,
+        /// The multicast group or a unicast peer.
+        destination: IpAddr,
         /// The VRRP message.
         message: Vec<u8>,
     },
@@ -93,12 +103,12 @@ pub enum Output {
         /// Wait for the drain gate first.
         drain: bool,
     },
-    /// Send these link-layer frames (gratuitous ARPs).
+    /// Send these link-layer frames (gratuitous ARPs, neighbour advertisements).
     Frames {
         /// Whose.
         vrid: u8,
         /// The frames.
-        frames: Vec<[u8; frames::GARP_LEN]>,
+        frames: Vec<Vec<u8>>,
     },
     /// The instance changed state.
     StateChanged {
@@ -116,9 +126,9 @@ pub enum Output {
         /// Whose.
         vrid: u8,
         /// Before.
-        from: Option<Ipv4Addr>,
+        from: Option<IpAddr>,
         /// Now.
-        to: Option<Ipv4Addr>,
+        to: Option<IpAddr>,
     },
 }
 
@@ -139,9 +149,9 @@ pub struct View {
     /// Its effective priority.
     pub priority: u8,
     /// The address it sends from, if it has one.
-    pub source: Option<Ipv4Addr>,
+    pub source: Option<IpAddr>,
     /// The master as far as it knows (itself when master).
-    pub master: Option<Ipv4Addr>,
+    pub master: Option<IpAddr>,
 }
 
 /// The rest of a spaced gratuitous ARP burst.
@@ -157,7 +167,7 @@ struct Member {
     fsm: Fsm,
     stats: Arc<Stats>,
     /// Where adverts go from; `None` leaves the instance in Fault.
-    source: Option<Ipv4Addr>,
+    source: Option<IpAddr>,
     tracker_fault: bool,
     group_fault: bool,
     stopping: bool,
@@ -180,44 +190,60 @@ impl Member {
 /// The instances of one interface and address family.
 #[derive(Debug)]
 pub struct Router {
+    family: Family,
     mac: [u8; 6],
     link_up: bool,
     /// The interface's addresses (address, secondary) as last told.
-    addresses: Vec<(Ipv4Addr, bool)>,
+    addresses: Vec<(IpAddr, bool)>,
     members: Vec<Member>,
     outputs: VecDeque<Output>,
 }
 
-/// The interface's own address to send from: a primary (not secondary)
-/// one that is not a VIP of ours, else any that is not a VIP.
-pub fn primary_of(addrs: &[(Ipv4Addr, bool)], vips: &[Ipv4Addr]) -> Option<Ipv4Addr> {
-    let mut candidates = addrs.iter().filter(|(a, _)| !vips.contains(a));
-    let first = candidates.clone().next().map(|(a, _)| *a);
-    candidates.find(|(_, secondary)| !secondary).map(|(a, _)| *a).or(first)
+/// The interface's own address of `family` to send from, none of `vips`:
+/// for IPv4 a primary (not secondary) one, else any; for IPv6 a link-local
+/// one, as RFC 9568 §5.1.2.1 requires.
+pub fn primary_of(family: Family, addrs: &[(IpAddr, bool)], vips: &[IpAddr]) -> Option<IpAddr> {
+    let mut candidates = addrs.iter().filter(|(a, _)| Family::of(*a) == family && !vips.contains(a));
+    match family {
+        Family::V4 => {
+            let first = candidates.clone().next().map(|(a, _)| *a);
+            candidates.find(|(_, secondary)| !secondary).map(|(a, _)| *a).or(first)
+        }
+        Family::V6 => candidates.find(|(a, _)| is_link_local(*a)).map(|(a, _)| *a),
+    }
+}
+
+/// fe80::/10.
+pub fn is_link_local(a: IpAddr) -> bool {
+    matches!(a, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80)
 }
 
 impl Router {
     /// The router of an interface with link-layer address `mac`, usable or
-    /// not (`link_up`), holding `addresses`, running `instances` (nothing
-    /// happens before [`Router::start`]).
+    /// not (`link_up`), holding `addresses`, running `instances`, all of
+    /// one family (nothing happens before [`Router::start`]).
     pub fn new(
         mac: [u8; 6],
         link_up: bool,
-        addresses: &[(Ipv4Addr, bool)],
+        addresses: &[(IpAddr, bool)],
         instances: Vec<(InstanceSpec, Arc<Stats>)>,
     ) -> Self {
-        let all_vips: Vec<Ipv4Addr> = instances.iter().flat_map(|(s, _)| s.virtual_ips.iter().copied()).collect();
+        let family = instances.first().map_or(Family::V4, |(s, _)| s.family());
+        let all_vips: Vec<IpAddr> = instances.iter().flat_map(|(s, _)| s.virtual_ips.iter().copied()).collect();
         let members = instances
             .into_iter()
             .map(|(spec, stats)| {
-                let source = source_for(&spec, addresses, &all_vips);
+                let source = source_for(family, &spec, addresses, &all_vips);
                 let fsm = Fsm::new(Params {
                     version: spec.version,
                     priority: spec.priority,
                     advert_interval: spec.advert_interval,
                     preempt: spec.preempt,
                     preempt_delay: spec.preempt_delay,
-                    primary_ip: source.unwrap_or(Ipv4Addr::UNSPECIFIED),
+                    primary_ip: source.unwrap_or(match family {
+                        Family::V4 => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                        Family::V6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+                    }),
                     garp_repeat_delay: spec.garp_repeat_delay,
                     garp_refresh: spec.garp_refresh,
                     release_timeout: spec.release_timeout.unwrap_or_else(|| {
@@ -238,7 +264,7 @@ impl Router {
                 }
             })
             .collect();
-        Router { mac, link_up, addresses: addresses.to_vec(), members, outputs: VecDeque::new() }
+        Router { family, mac, link_up, addresses: addresses.to_vec(), members, outputs: VecDeque::new() }
     }
 
     /// Starts every instance: backup (or master as owner), then fault at
@@ -306,12 +332,20 @@ impl Router {
     }
 
     /// One IPv4 packet from the interface's raw socket, IP header included.
-    /// A packet that fails a check is counted (on the instance whose VRID
-    /// it claims, or on every one when none is ours) and does nothing else.
-    pub fn handle_datagram(&mut self, now: Instant, packet: &[u8]) {
-        let rx = match packet::parse_ipv4(packet) {
+    pub fn handle_ipv4_packet(&mut self, now: Instant, packet: &[u8]) {
+        match packet::ipv4_datagram(packet) {
+            Ok(d) => self.handle_datagram(now, d),
+            Err(reason) => self.count_drop(packet::claimed_vrid_ipv4(packet), reason),
+        }
+    }
+
+    /// One VRRP message and what its IP header said. A packet that fails a
+    /// check is counted (on the instance whose VRID it claims, or on every
+    /// one when none is ours) and does nothing else.
+    pub fn handle_datagram(&mut self, now: Instant, d: Datagram<'_>) {
+        let rx = match packet::parse_datagram(&d) {
             Ok(rx) => rx,
-            Err(reason) => return self.count_drop(packet::claimed_vrid_ipv4(packet), reason),
+            Err(reason) => return self.count_drop(d.message.get(1).copied(), reason),
         };
         // Our own adverts, should the kernel loop one back.
         if self.members.iter().any(|m| m.source == Some(rx.source)) {
@@ -367,12 +401,12 @@ impl Router {
     /// The interface's addresses now (address, secondary): each instance
     /// follows its source (the primary, or its `unicast_source`), goes to
     /// Fault without one and back when one returns.
-    pub fn set_addresses(&mut self, now: Instant, addresses: &[(Ipv4Addr, bool)]) {
+    pub fn set_addresses(&mut self, now: Instant, addresses: &[(IpAddr, bool)]) {
         self.addresses = addresses.to_vec();
-        let all_vips: Vec<Ipv4Addr> = self.members.iter().flat_map(|m| m.spec.virtual_ips.iter().copied()).collect();
+        let all_vips: Vec<IpAddr> = self.members.iter().flat_map(|m| m.spec.virtual_ips.iter().copied()).collect();
         for i in 0..self.members.len() {
             let m = &mut self.members[i];
-            let source = source_for(&m.spec, addresses, &all_vips);
+            let source = source_for(self.family, &m.spec, addresses, &all_vips);
             if source == m.source {
                 continue;
             }
@@ -536,8 +570,8 @@ impl Router {
             interval: m.spec.advert_interval,
             addresses: m.spec.virtual_ips.clone(),
         };
-        let destinations: &[Ipv4Addr] =
-            if m.spec.unicast_peers.is_empty() { &[MULTICAST_V4] } else { &m.spec.unicast_peers };
+        let group = [self.family.group()];
+        let destinations: &[IpAddr] = if m.spec.unicast_peers.is_empty() { &group } else { &m.spec.unicast_peers };
         for &destination in destinations {
             // A unicast v3 checksum covers the real destination (what
             // keepalived 2.2 sends; receivers also take the 224.0.0.18 form).
@@ -559,7 +593,7 @@ impl Router {
         let frames = self.garps(i);
         let m = &mut self.members[i];
         if m.spec.garp_interval.is_zero() {
-            let all = frames.iter().copied().cycle().take(frames.len() * rounds as usize).collect();
+            let all = frames.iter().cloned().cycle().take(frames.len() * rounds as usize).collect();
             self.outputs.push_back(Output::Frames { vrid: m.spec.vrid, frames: all });
             return;
         }
@@ -582,17 +616,24 @@ impl Router {
         self.outputs.push_back(Output::Frames { vrid: m.spec.vrid, frames });
     }
 
-    fn garps(&self, i: usize) -> Vec<[u8; frames::GARP_LEN]> {
-        self.members[i].spec.virtual_ips.iter().map(|&a| frames::gratuitous_arp(self.mac, a)).collect()
+    /// One gratuitous ARP or unsolicited neighbour advertisement per VIP.
+    fn garps(&self, i: usize) -> Vec<Vec<u8>> {
+        let spec = &self.members[i].spec;
+        spec.virtual_ips.iter().map(|&a| frames::announcement(self.mac, a, spec.na_router_flag)).collect()
     }
 }
 
 /// Where an instance sends from: its `unicast_source` while the interface
 /// has it, else the interface's primary.
-fn source_for(spec: &InstanceSpec, addresses: &[(Ipv4Addr, bool)], all_vips: &[Ipv4Addr]) -> Option<Ipv4Addr> {
+fn source_for(
+    family: Family,
+    spec: &InstanceSpec,
+    addresses: &[(IpAddr, bool)],
+    all_vips: &[IpAddr],
+) -> Option<IpAddr> {
     match spec.unicast_source {
         Some(s) => addresses.iter().any(|(a, _)| *a == s).then_some(s),
-        None => primary_of(addresses, all_vips),
+        None => primary_of(family, addresses, all_vips),
     }
 }
 
@@ -602,10 +643,18 @@ mod tests {
     //! virtual time, so codec, filters and state machine run together.
     use super::*;
 
-    const A: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 11);
-    const B: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 12);
-    const C: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 13);
-    const VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
+    const fn v4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(a, b, c, d))
+    }
+    const fn v6(last: u16) -> IpAddr {
+        IpAddr::V6(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, last))
+    }
+
+    const A: IpAddr = v4(192, 0, 2, 11);
+    const B: IpAddr = v4(192, 0, 2, 12);
+    const C: IpAddr = v4(192, 0, 2, 13);
+    const VIP: IpAddr = v4(192, 0, 2, 10);
+    const GROUP4: IpAddr = IpAddr::V4(packet::MULTICAST_V4);
     const MS: Duration = Duration::from_millis(1);
 
     fn spec(vrid: u8, priority: u8) -> InstanceSpec {
@@ -626,11 +675,13 @@ mod tests {
             release_timeout: None,
             unicast_peers: Vec::new(),
             unicast_source: None,
+            na_router_flag: false,
         }
     }
 
     /// An IPv4 packet around `msg` as a raw socket delivers it.
-    fn ipv4(source: Ipv4Addr, destination: Ipv4Addr, ttl: u8, msg: &[u8]) -> Vec<u8> {
+    fn ipv4(source: IpAddr, destination: IpAddr, ttl: u8, msg: &[u8]) -> Vec<u8> {
+        let (IpAddr::V4(source), IpAddr::V4(destination)) = (source, destination) else { panic!("IPv4 only") };
         let total = (20 + msg.len()) as u16;
         let mut p = vec![0x45, 0xc0];
         p.extend_from_slice(&total.to_be_bytes());
@@ -642,7 +693,7 @@ mod tests {
     }
 
     struct Node {
-        addr: Ipv4Addr,
+        addr: IpAddr,
         router: Router,
         stats: Vec<Arc<Stats>>,
         /// Cut off the LAN (crashed, or its cable pulled).
@@ -660,13 +711,17 @@ mod tests {
     }
 
     impl Lan {
-        fn new(nodes: Vec<(Ipv4Addr, Vec<InstanceSpec>)>) -> Lan {
+        fn new(nodes: Vec<(IpAddr, Vec<InstanceSpec>)>) -> Lan {
             let nodes = nodes
                 .into_iter()
                 .map(|(addr, specs)| {
                     let stats: Vec<Arc<Stats>> =
                         specs.iter().map(|s| Arc::new(Stats::new(s, "eth0", Vec::new(), None))).collect();
-                    let mac = [2, 0, 0x5e, 0x10, 0, addr.octets()[3]];
+                    let last = match addr {
+                        IpAddr::V4(a) => a.octets()[3],
+                        IpAddr::V6(a) => a.octets()[15],
+                    };
+                    let mac = [2, 0, 0x5e, 0x10, 0, last];
                     let instances = specs.into_iter().zip(stats.iter().cloned()).collect();
                     Node { addr, router: Router::new(mac, true, &[(addr, false)], instances), stats, cut: false }
                 })
@@ -694,7 +749,7 @@ mod tests {
                     while let Some(o) = n.router.poll_output() {
                         if let Output::Send { source, destination, message, .. } = &o {
                             if !n.cut {
-                                sent.push((i, *destination, ipv4(*source, *destination, 255, message)));
+                                sent.push((i, *source, *destination, message.clone()));
                             }
                         }
                         self.log.push((self.now - self.t0, i, o));
@@ -703,14 +758,19 @@ mod tests {
                 if sent.is_empty() {
                     return;
                 }
-                for (from, destination, packet) in sent {
+                for (from, source, destination, message) in sent {
                     let multicast = destination.is_multicast();
                     if multicast && self.multicast_filtered {
                         continue;
                     }
                     for (j, n) in self.nodes.iter_mut().enumerate() {
                         if j != from && !n.cut && (multicast || n.addr == destination) {
-                            n.router.handle_datagram(self.now, &packet);
+                            if source.is_ipv4() {
+                                n.router.handle_ipv4_packet(self.now, &ipv4(source, destination, 255, &message));
+                            } else {
+                                let d = Datagram { source, destination, ttl: 255, message: &message };
+                                n.router.handle_datagram(self.now, d);
+                            }
                         }
                     }
                 }
@@ -900,17 +960,17 @@ mod tests {
             interval: Centiseconds::new(10).expect("cs"),
             addresses: vec![VIP],
         };
-        let msg = advert.emit(ChecksumForm::PseudoHeader, A, MULTICAST_V4);
+        let msg = advert.emit(ChecksumForm::PseudoHeader, A, GROUP4);
         let r = &mut lan.nodes[0].router;
-        r.handle_datagram(lan.now, &ipv4(A, MULTICAST_V4, 64, &msg));
-        let other = Advert { vrid: 60, ..advert.clone() }.emit(ChecksumForm::PseudoHeader, A, MULTICAST_V4);
-        r.handle_datagram(lan.now, &ipv4(A, MULTICAST_V4, 255, &other));
+        r.handle_ipv4_packet(lan.now, &ipv4(A, GROUP4, 64, &msg));
+        let other = Advert { vrid: 60, ..advert.clone() }.emit(ChecksumForm::PseudoHeader, A, GROUP4);
+        r.handle_ipv4_packet(lan.now, &ipv4(A, GROUP4, 255, &other));
         let v2 = Advert { version: Version::V2, interval: Centiseconds::new(100).expect("cs"), ..advert.clone() }.emit(
             ChecksumForm::MessageOnly,
             A,
-            MULTICAST_V4,
+            GROUP4,
         );
-        r.handle_datagram(lan.now, &ipv4(A, MULTICAST_V4, 255, &v2));
+        r.handle_ipv4_packet(lan.now, &ipv4(A, GROUP4, 255, &v2));
         // TTL and version on the instance whose VRID it claims; a stranger's VRID on both.
         assert_eq!(lan.dropped(0, 0, DropReason::Ttl), 1);
         assert_eq!(lan.dropped(0, 1, DropReason::Ttl), 0);
@@ -919,7 +979,7 @@ mod tests {
         // None of it is heard: no master was learnt.
         assert_eq!(lan.nodes[0].router.view(51).and_then(|v| v.master), None);
         // A good one is.
-        lan.nodes[0].router.handle_datagram(lan.now, &ipv4(A, MULTICAST_V4, 255, &msg));
+        lan.nodes[0].router.handle_ipv4_packet(lan.now, &ipv4(A, GROUP4, 255, &msg));
         assert_eq!(lan.nodes[0].router.view(51).and_then(|v| v.master), Some(A));
     }
 
@@ -941,8 +1001,8 @@ mod tests {
             addresses: vec![VIP],
         };
         let send = |lan: &mut Lan, a: &Advert| {
-            let msg = a.emit(ChecksumForm::MessageOnly, A, MULTICAST_V4);
-            lan.nodes[0].router.handle_datagram(lan.now, &ipv4(A, MULTICAST_V4, 255, &msg));
+            let msg = a.emit(ChecksumForm::MessageOnly, A, GROUP4);
+            lan.nodes[0].router.handle_ipv4_packet(lan.now, &ipv4(A, GROUP4, 255, &msg));
         };
         send(&mut lan, &advert);
         assert_eq!(lan.dropped(0, 0, DropReason::Interval), 1);
@@ -982,7 +1042,7 @@ mod tests {
         // Only the VIP left: no address of our own.
         r.set_addresses(lan.now, &[(VIP, false)]);
         assert_eq!(r.view(51).map(|v| v.state), Some(State::Fault));
-        let other = Ipv4Addr::new(192, 0, 2, 21);
+        let other = v4(192, 0, 2, 21);
         r.set_addresses(lan.now, &[(VIP, false), (other, true)]);
         let v = r.view(51).expect("instance");
         assert_eq!((v.state, v.source), (State::Backup, Some(other)));
@@ -997,5 +1057,50 @@ mod tests {
         assert_eq!(r.view(52).map(|v| v.state), Some(State::Fault));
         r.set_addresses(lan.now, &[(A, false), (other, true)]);
         assert_eq!(r.view(52).map(|v| (v.state, v.source)), Some((State::Backup, Some(other))));
+    }
+
+    fn spec6(vrid: u8, priority: u8) -> InstanceSpec {
+        let global = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10));
+        InstanceSpec { virtual_ips: vec![v6(0x10), global], ..spec(vrid, priority) }
+    }
+
+    #[test]
+    fn ipv6_elects_from_link_local_sources_and_announces_with_neighbour_advertisements() {
+        let mut lan = Lan::new(vec![(v6(0x11), vec![spec6(51, 150)]), (v6(0x12), vec![spec6(51, 100)])]);
+        lan.start();
+        lan.run_until(lan.at(1000));
+        assert_eq!((lan.state(0, 51), lan.state(1, 51)), (State::Master, State::Backup));
+        for (_, i, o) in &lan.log {
+            if let (0, Output::Send { source, destination, message, .. }) = (i, o) {
+                assert_eq!((*source, *destination), (v6(0x11), IpAddr::V6(packet::MULTICAST_V6)));
+                assert_eq!(message.len(), 8 + 2 * 16);
+            }
+        }
+        let frames: Vec<&Vec<u8>> = lan
+            .log
+            .iter()
+            .filter_map(|(_, i, o)| match o {
+                Output::Frames { frames, .. } if *i == 0 => Some(frames),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        // Five rounds of one advertisement per VIP.
+        assert_eq!(frames.len(), 10);
+        assert!(frames.iter().all(|f| f.len() == frames::NA_LEN && f[12..14] == [0x86, 0xdd]));
+        lan.nodes[0].cut = true;
+        lan.run_until(lan.at(2000));
+        let t = lan.became(1, State::Master, 1000 * MS).expect("B took over");
+        assert!(t <= 1000 * MS + 361 * MS, "{t:?}");
+    }
+
+    #[test]
+    fn ipv6_sources_are_link_local_only() {
+        let global = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x11));
+        assert_eq!(primary_of(Family::V6, &[(global, false)], &[]), None);
+        assert_eq!(primary_of(Family::V6, &[(global, false), (v6(0x11), false)], &[]), Some(v6(0x11)));
+        // Never one of our VIPs, nor an address of the other family.
+        assert_eq!(primary_of(Family::V6, &[(v6(0x10), false), (A, false)], &[v6(0x10)]), None);
+        assert_eq!(primary_of(Family::V4, &[(v6(0x11), false), (A, true)], &[]), Some(A));
     }
 }

@@ -3,7 +3,7 @@
 //! types `control` sees, so that it never looks at the driver.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
@@ -54,12 +54,12 @@ pub struct Stats {
 #[derive(Debug)]
 struct Dynamic {
     state: State,
-    master_ip: Option<Ipv4Addr>,
+    master_ip: Option<IpAddr>,
     master_adver_interval_ms: u64,
     transitions: u64,
     since: SystemTime,
     last_reason: String,
-    peers: BTreeMap<Ipv4Addr, PeerStats>,
+    peers: BTreeMap<IpAddr, PeerStats>,
 }
 
 /// What we have seen from one peer.
@@ -99,7 +99,7 @@ pub struct Snapshot {
     /// Notify hook runs by state and result ("ok", "failed", "timeout", "error").
     pub notify_runs: Vec<NotifyRuns>,
     /// The master as last seen (ourselves when master).
-    pub master_ip: Option<Ipv4Addr>,
+    pub master_ip: Option<IpAddr>,
     /// Our Advertisement_Interval.
     pub advert_interval_ms: u64,
     /// Master_Adver_Interval as learnt from the master.
@@ -171,7 +171,7 @@ pub struct TxSnapshot {
 #[derive(Debug, Clone, Serialize)]
 pub struct PeerSnapshot {
     /// Its address.
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
     /// Its counters.
     #[serde(flatten)]
     pub stats: PeerStats,
@@ -286,7 +286,7 @@ impl Stats {
         self.dropped[reason.index()].fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(super) fn count_peer(&self, source: Ipv4Addr, form: ChecksumForm, priority: u8) {
+    pub(super) fn count_peer(&self, source: IpAddr, form: ChecksumForm, priority: u8) {
         self.rx_adverts.fetch_add(1, Ordering::Relaxed);
         let mut d = self.dynamic();
         if d.peers.len() >= MAX_PEERS && !d.peers.contains_key(&source) {
