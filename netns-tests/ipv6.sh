@@ -71,7 +71,7 @@ EOF
     echo "$f"
 }
 state4() { vipd_json "$1" | jq -r '.vrrp[] | select(.name == "web4") | .state'; }
-has_vip4() { ip -n "$(ns "$1")" -4 addr show dev eth0 | grep -q "inet 192.0.2.10/"; }
+has_vip4() { addr_on "$1" eth0 192.0.2.10; }
 both_on() { state_is "$1" master && [[ $(state4 "$1") == master ]] && has_vip "$1" && has_vip4 "$1"; }
 topo_up lb1 lb2 client
 start_vipd lb1 "$(dual_conf lb1 150)" "$WORK/lb1.log"

@@ -361,7 +361,15 @@ term_node() {
 
 # ---------------------------------------------------------------- observations
 
-has_vip() { ip -n "$(ns "$1")" addr show dev eth0 | grep -qE "inet6? $VIP/"; }
+# addr_on HOST DEV ADDR: ADDR is on HOST's DEV. The listing is read whole
+# first: under pipefail `ip ... | grep -q` fails whenever grep quits before
+# ip has written everything (an IPv6 listing is long enough for that).
+addr_on() {
+    local out
+    out=$(ip -n "$(ns "$1")" addr show dev "$2" 2>/dev/null) || return 1
+    grep -qE "inet6? $3/" <<<"$out"
+}
+has_vip() { addr_on "$1" eth0 "$VIP"; }
 
 # vip_holder: "lb1", "lb2", "lb1 lb2" or "none"
 vip_holder() {

@@ -75,7 +75,7 @@ CONF
 start_vipd lb1 "$(lb_conf lb1 150 "track_scripts = [{ name = \"gate\", command = [\"$WORK/gate.sh\"], interval = \"200ms\", rise = 1, fall = 1, weight = 60 }]")" "$WORK/lb1.log"
 start_vipd lb2 "$(lb_conf lb2 100)" "$WORK/lb2.log"
 
-has_lan_vip() { ip -n "$(ns "$1")" -4 addr show dev eth1 | grep -q "inet $LAN_VIP/"; }
+has_lan_vip() { addr_on "$1" eth1 "$LAN_VIP"; }
 state_of() { ns_exec "$1" curl -s -m 1 "http://$CONTROL/status" | jq -r ".vrrp[] | select(.name == \"$2\") | .state"; }
 # group_on HOST: both VIPs on HOST, neither on the other, both its instances master.
 group_on() {

@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::net::addr::Vmac;
 use crate::proxy::balance::Algorithm;
 use crate::vrrp::notify::Hooks;
 use crate::vrrp::packet::{Centiseconds, ChecksumForm, Family, Version};
@@ -174,6 +175,9 @@ pub struct VrrpConfig {
     pub trackers: Vec<TrackerSpec>,
     /// Commands run on state changes.
     pub notify: Hooks,
+    /// The macvlan with the virtual router MAC that holds the VIPs
+    /// (`use_vmac`), if any.
+    pub vmac: Option<Vmac>,
 }
 
 const DEFAULT_CONTROL: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9090);
@@ -298,6 +302,8 @@ struct RawVrrp {
     unicast_source: Option<Spanned<String>>,
     link_local_vip: Option<Spanned<String>>,
     na_router_flag: Option<bool>,
+    use_vmac: Option<bool>,
+    vmac_interface: Option<Spanned<String>>,
     garp_count: Option<Spanned<i64>>,
     garp_interval: Option<Spanned<String>>,
     garp_repeat_delay: Option<Spanned<String>>,
@@ -388,6 +394,20 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
                     v.spec.vrid, v.spec.name, v.interface
                 ),
             });
+        }
+        if let Some(m) = &v.vmac {
+            let taken =
+                vrrp.iter().find(|o| o.interface == m.name || o.vmac.as_ref().is_some_and(|x| x.name == m.name));
+            if let Some(o) = taken {
+                return Err(ConfigError::Invalid {
+                    path: path.to_path_buf(),
+                    at: v.interface_at,
+                    message: format!(
+                        "vrrp.use_vmac: instance {:?}'s interface {:?} is also used by instance {:?} (set vmac_interface)",
+                        v.spec.name, m.name, o.spec.name
+                    ),
+                });
+            }
         }
         vrrp.push(v);
     }
@@ -696,6 +716,33 @@ fn validate_vrrp(
         "vrrp",
         invalid,
     )?;
+    let vmac = match (r.use_vmac.unwrap_or(false), &r.vmac_interface) {
+        (false, Some(s)) => return Err(invalid(s.span(), "vrrp.vmac_interface: only with use_vmac = true".into())),
+        (false, None) => None,
+        (true, _) if v6 => {
+            return Err(invalid(
+                r.virtual_ips.span(),
+                "vrrp.use_vmac: not supported for IPv6 instances yet (IPv4 only)".into(),
+            ))
+        }
+        (true, name) => {
+            let name = match name {
+                Some(s) => {
+                    let n = s.get_ref();
+                    if n.is_empty() || n.len() > 15 || n.contains(['/', ' ', ':']) || n == iface {
+                        return Err(invalid(
+                            s.span(),
+                            format!("vrrp.vmac_interface = {n:?}: not a usable interface name"),
+                        ));
+                    }
+                    n.clone()
+                }
+                None => format!("vrrp.{vrid}"),
+            };
+            // RFC 9568 §7.3: 00-00-5E-00-01-{VRID} for IPv4.
+            Some(Vmac { name, mac: [0x00, 0x00, 0x5e, 0x00, 0x01, vrid] })
+        }
+    };
     let spec = InstanceSpec {
         name,
         vrid,
@@ -726,6 +773,7 @@ fn validate_vrrp(
         virtual_ips,
         trackers,
         notify,
+        vmac,
     })
 }
 
@@ -1117,6 +1165,21 @@ virtual_ips = ["192.0.2.10/24", "192.0.2.20"]
         assert!(err(&v6("").replace("advert_interval = \"100ms\"", "advert_interval = \"1s\"\nversion = 2"))
             .contains("IPv6 needs version = 3"));
         assert!(err(&GOOD.replace("192.0.2.20", "2001:db8::20/129")).contains("prefix length must be 0..=128"));
+    }
+
+    #[test]
+    fn virtual_mac() {
+        let c = parse(&with("use_vmac = true"), Path::new("t")).expect("valid");
+        assert_eq!(c.vrrp[0].vmac, Some(Vmac { name: "vrrp.51".into(), mac: [0, 0, 0x5e, 0, 1, 51] }));
+        assert_eq!(parse(GOOD, Path::new("t")).expect("valid").vrrp[0].vmac, None);
+        let named = parse(&with("use_vmac = true\nvmac_interface = \"vip51\""), Path::new("t")).expect("valid");
+        assert_eq!(named.vrrp[0].vmac.as_ref().map(|v| v.name.as_str()), Some("vip51"));
+        assert!(err(&with("vmac_interface = \"vip51\"")).contains("only with use_vmac = true"));
+        assert!(err(&with("use_vmac = true\nvmac_interface = \"eth0\"")).contains("not a usable interface name"));
+        let v6 = GOOD.replace("\"192.0.2.10/24\", \"192.0.2.20\"", "\"2001:db8::10/64\"");
+        assert!(
+            err(&v6.replace("priority = 150", "priority = 150\nuse_vmac = true")).contains("not supported for IPv6")
+        );
     }
 
     #[test]

@@ -15,7 +15,7 @@ use tracing::{error, info, warn};
 
 use crate::config::{Config, Location, VrrpConfig};
 use crate::control::{self, Sources};
-use crate::net::addr::{watch_addresses, watch_links, Netlink};
+use crate::net::addr::{watch_addresses, watch_links, Netlink, Vmac};
 use crate::proxy::backends::Pool;
 use crate::proxy::server::{self, Listener, Proxy};
 use crate::vrrp::driver::{DrainGate, Driver, InstanceSide};
@@ -277,17 +277,18 @@ async fn run_vrrp(
     // One watch channel per interface, subscribed before the instances read
     // the initial link state so no change can fall in between.
     let mut link_senders: HashMap<String, watch::Sender<bool>> = HashMap::new();
-    // One driver per interface and address family.
-    let mut drivers_of: Vec<(String, Family)> = Vec::new();
+    // One driver per interface and address family, and one per instance
+    // with a virtual MAC (as grouped below).
+    let mut drivers_of: Vec<(String, Family, Option<Vmac>)> = Vec::new();
     for c in &configs {
-        let key = (c.interface.clone(), c.spec.family());
-        if !drivers_of.contains(&key) {
+        let key = (c.interface.clone(), c.spec.family(), c.vmac.clone());
+        if c.vmac.is_some() || !drivers_of.contains(&key) {
             drivers_of.push(key);
         }
     }
     let link_receivers: Vec<_> = drivers_of
         .iter()
-        .map(|(name, _)| link_senders.entry(name.clone()).or_insert_with(|| watch::channel(true).0).subscribe())
+        .map(|(name, _, _)| link_senders.entry(name.clone()).or_insert_with(|| watch::channel(true).0).subscribe())
         .collect();
     // Tracked interfaces too; the probe reads each one's state itself.
     let tracked_links: HashMap<String, watch::Receiver<bool>> = configs
@@ -323,8 +324,8 @@ async fn run_vrrp(
         &probe::Sources { pools: &probes.pools, links: &tracked_links, scripts: &probes.scripts },
     );
     // One driver per interface, its instances in config order.
-    let mut by_interface: Vec<(String, Location, Vec<InstanceSide>)> = Vec::new();
-    let mut keys: Vec<(String, Family)> = Vec::new();
+    let mut by_interface: Vec<(String, Location, Option<Vmac>, Vec<InstanceSide>)> = Vec::new();
+    let mut keys: Vec<(String, Family, Option<Vmac>)> = Vec::new();
     let each = configs.into_iter().zip(stats).zip(probes.tracking).zip(probes.hooks).zip(probes.groups);
     for ((((cfg, stats), tracking), hooks), group) in each {
         let side = InstanceSide {
@@ -335,19 +336,21 @@ async fn run_vrrp(
             hooks: hooks.map(|q| (q, cfg.notify.clone())),
             group,
         };
-        let key = (cfg.interface.clone(), cfg.spec.family());
-        match keys.iter().position(|k| *k == key) {
-            Some(i) => by_interface[i].2.push(side),
+        // An instance with a virtual MAC has a driver of its own.
+        let key = (cfg.interface.clone(), cfg.spec.family(), cfg.vmac.clone());
+        match keys.iter().position(|k| *k == key && k.2.is_none()) {
+            Some(i) => by_interface[i].3.push(side),
             None => {
                 keys.push(key);
-                by_interface.push((cfg.interface.clone(), cfg.interface_at, vec![side]));
+                by_interface.push((cfg.interface.clone(), cfg.interface_at, cfg.vmac.clone(), vec![side]));
             }
         }
     }
     let mut drivers = Vec::new();
-    for ((iface, at, sides), link) in by_interface.into_iter().zip(link_receivers) {
+    for ((iface, at, vmac, sides), link) in by_interface.into_iter().zip(link_receivers) {
         let names: Vec<String> = sides.iter().map(|s| s.spec.name.clone()).collect();
-        match Driver::prepare(&iface, sides, netlink.clone(), link, addr_events.subscribe(), drain.clone()).await {
+        let (addrs, drain) = (addr_events.subscribe(), drain.clone());
+        match Driver::prepare(&iface, vmac, sides, netlink.clone(), link, addrs, drain).await {
             Ok(d) => drivers.push(d),
             Err(e) => {
                 let _ = ready.send(Err(anyhow!(

@@ -9,9 +9,10 @@ use std::sync::{Arc, Mutex};
 use futures_util::{StreamExt, TryStreamExt};
 use rtnetlink::packet_core::NetlinkPayload;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage};
+use rtnetlink::packet_route::link::MacVlanMode;
 use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use rtnetlink::packet_route::RouteNetlinkMessage;
-use rtnetlink::{AddressMessageBuilder, Handle, MulticastGroup};
+use rtnetlink::{AddressMessageBuilder, Handle, LinkMacVlan, LinkUnspec, MulticastGroup};
 use tokio::sync::{broadcast, watch};
 
 use crate::config::VirtualIp;
@@ -30,6 +31,14 @@ pub enum NetlinkError {
         /// The kernel's answer.
         source: rtnetlink::Error,
     },
+    /// A kernel setting could not be written.
+    #[error("writing {path}: {source}")]
+    Sysctl {
+        /// The /proc/sys file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
     /// No interface of that name.
     #[error("interface {0:?} does not exist")]
     NoSuchLink(String),
@@ -47,6 +56,16 @@ pub struct Link {
     pub mac: [u8; 6],
     /// Administratively up and with carrier.
     pub up: bool,
+}
+
+/// A macvlan that carries the virtual router MAC (RFC 9568 §7.3), so that
+/// clients' neighbour entries for the VIPs never change on a failover.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vmac {
+    /// Its interface name (keepalived's default: `vrrp.{VRID}`).
+    pub name: String,
+    /// 00-00-5E-00-01-{VRID}.
+    pub mac: [u8; 6],
 }
 
 /// A netlink handle; its connection task runs on the caller's runtime.
@@ -127,6 +146,62 @@ impl Netlink {
         Ok(is_usable(&self.link_message(name).await?))
     }
 
+    /// Creates `vmac` on the interface `parent` (index): a macvlan in
+    /// private mode with the virtual MAC, up. One left by an earlier run is
+    /// replaced. Before it comes up: no IPv6 on it (its link-local address
+    /// would be the same on every node), and ARP that answers and asks for
+    /// each interface's own addresses only, on it and on its parent, so
+    /// that the parent never speaks for a VIP with its own MAC. Returns the
+    /// macvlan's index.
+    pub async fn create_vmac(&self, parent: &str, parent_index: u32, vmac: &Vmac) -> Result<u32, NetlinkError> {
+        self.delete_link(&vmac.name).await?;
+        let what = || format!("creating macvlan {:?} on {parent:?}", vmac.name);
+        let msg = LinkMacVlan::new(&vmac.name, parent_index, MacVlanMode::Private).address(vmac.mac.to_vec()).build();
+        self.handle.link().add(msg).execute().await.map_err(|source| NetlinkError::Request { what: what(), source })?;
+        let index = self.link_message(&vmac.name).await?.header.index;
+        // arp_ignore=1: answer ARP only for addresses of the interface it
+        // came in on; arp_announce=2: ask with an address of the interface
+        // it goes out of. rp_filter=0 on the macvlan: replies to what comes
+        // in on it leave through the parent.
+        for (iface, key, value) in [
+            (vmac.name.as_str(), "ipv6/conf/{}/disable_ipv6", "1"),
+            (vmac.name.as_str(), "ipv4/conf/{}/arp_ignore", "1"),
+            (vmac.name.as_str(), "ipv4/conf/{}/arp_announce", "2"),
+            (vmac.name.as_str(), "ipv4/conf/{}/rp_filter", "0"),
+            (parent, "ipv4/conf/{}/arp_ignore", "1"),
+            (parent, "ipv4/conf/{}/arp_announce", "2"),
+        ] {
+            let path = format!("/proc/sys/net/{}", key.replace("{}", iface));
+            if let Err(e) = std::fs::write(&path, value) {
+                // Without IPv6 in the kernel there is nothing to turn off.
+                if !key.starts_with("ipv6") {
+                    return Err(NetlinkError::Sysctl { path, source: e });
+                }
+            }
+        }
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).up().build())
+            .execute()
+            .await
+            .map_err(|source| NetlinkError::Request { what: format!("bringing {:?} up", vmac.name), source })?;
+        Ok(index)
+    }
+
+    /// Deletes the interface `name`; one that does not exist is not an error.
+    pub async fn delete_link(&self, name: &str) -> Result<(), NetlinkError> {
+        let index = match self.link_message(name).await {
+            Ok(m) => m.header.index,
+            Err(NetlinkError::NoSuchLink(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        match self.handle.link().del(index).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if is_absent(&e) => Ok(()),
+            Err(source) => Err(NetlinkError::Request { what: format!("deleting interface {name:?}"), source }),
+        }
+    }
+
     /// Whether `vip` is on the interface.
     pub async fn has(&self, index: u32, vip: &VirtualIp) -> Result<bool, NetlinkError> {
         Ok(self.addresses_on(index).await?.iter().any(|(a, _)| *a == vip.addr))
@@ -136,12 +211,22 @@ impl Netlink {
     /// IPv6 one skips duplicate address detection (`nodad`): the address
     /// is ours to take over, and DAD would hold it back for a second or
     /// more (and fail it while the old master still answers).
-    pub async fn add(&self, index: u32, vip: &VirtualIp) -> Result<(), NetlinkError> {
+    ///
+    /// Without `prefix_route` the kernel adds no route for the prefix (a
+    /// VIP on a macvlan: the parent's route stays the way out, so the
+    /// host's own traffic never leaves with the VIP's address).
+    pub async fn add(&self, index: u32, vip: &VirtualIp, prefix_route: bool) -> Result<(), NetlinkError> {
         let mut request = self.handle.address().add(index, vip.addr, vip.prefix_len).replace();
+        let mut flags = AddressFlags::empty();
         if vip.addr.is_ipv6() {
-            let msg = request.message_mut();
-            msg.header.flags |= AddressHeaderFlags::Nodad;
-            msg.attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
+            flags |= AddressFlags::Nodad;
+            request.message_mut().header.flags |= AddressHeaderFlags::Nodad;
+        }
+        if !prefix_route {
+            flags |= AddressFlags::Noprefixroute;
+        }
+        if !flags.is_empty() {
+            request.message_mut().attributes.push(AddressAttribute::Flags(flags));
         }
         request.execute().await.map_err(|source| NetlinkError::Request { what: format!("adding {vip}"), source })
     }

@@ -23,7 +23,7 @@ use super::stats::Stats;
 use super::sync::{member_priority, GroupShared, MemberState, Others};
 use super::timer::PreciseTimer;
 use crate::config::VirtualIp;
-use crate::net::addr::{AddrEvent, Netlink, NetlinkError};
+use crate::net::addr::{AddrEvent, Netlink, NetlinkError, Vmac};
 use crate::net::announce::Announcer;
 
 /// Why an interface's instances could not start.
@@ -112,6 +112,9 @@ impl Side {
 pub struct Driver {
     ifname: String,
     family: Family,
+    /// Where the VIPs go: the interface, or the macvlan of `vmac`.
+    vip_ifindex: u32,
+    vmac: Option<Vmac>,
     ifindex: u32,
     router: Router,
     socket: VrrpSocket,
@@ -133,11 +136,13 @@ pub struct Driver {
 }
 
 impl Driver {
-    /// Looks up `ifname`, removes VIPs a crashed run may have left, and
-    /// opens the sockets for `instances`, all of one family. Fails with a
-    /// message naming what is missing.
+    /// Looks up `ifname`, removes VIPs a crashed run may have left, creates
+    /// the macvlan of `vmac` if asked (its one instance's VIPs and adverts
+    /// then go there), and opens the sockets for `instances`, all of one
+    /// family. Fails with a message naming what is missing.
     pub async fn prepare(
         ifname: &str,
+        vmac: Option<Vmac>,
         instances: Vec<InstanceSide>,
         netlink: Netlink,
         link: watch::Receiver<bool>,
@@ -158,11 +163,29 @@ impl Driver {
             let iface = ifname.to_string();
             move |source| DriverError::Socket { what, iface, source }
         };
-        let socket = VrrpSocket::open(ifname, iface.index, family).map_err(socket_err("raw VRRP socket"))?;
+        let (vip_ifindex, mac) = match &vmac {
+            Some(v) => {
+                let index = netlink.create_vmac(ifname, iface.index, v).await?;
+                info!(iface = %ifname, vmac = %v.name, "virtual MAC interface up");
+                (index, v.mac)
+            }
+            None => (iface.index, iface.mac),
+        };
+        // Sent from the VIPs' interface. Received there too for multicast:
+        // a multicast frame from another node's virtual MAC, which is ours
+        // as well, goes to our macvlan only, not to its parent. Unicast
+        // adverts come to the parent's own address.
+        let unicast = instances.iter().any(|i| !i.spec.unicast_peers.is_empty());
+        let (rx_name, rx_index) = match &vmac {
+            Some(v) if !unicast => (v.name.as_str(), vip_ifindex),
+            _ => (ifname, iface.index),
+        };
+        let mut socket = VrrpSocket::open(rx_name, rx_index, family).map_err(socket_err("raw VRRP socket"))?;
+        socket.send_via(vip_ifindex);
         let timer = PreciseTimer::new().map_err(socket_err("timerfd"))?;
-        let announcer = Announcer::open(iface.index).map_err(socket_err("AF_PACKET socket"))?;
+        let announcer = Announcer::open(vip_ifindex).map_err(socket_err("AF_PACKET socket"))?;
         let specs = instances.iter().map(|i| (i.spec.clone(), Arc::clone(&i.stats))).collect();
-        let router = Router::new(iface.mac, iface.up, &addresses, specs);
+        let router = Router::new(mac, iface.up, &addresses, specs);
         for i in &instances {
             let source = router.view(i.spec.vrid).and_then(|v| v.source);
             match source {
@@ -184,6 +207,8 @@ impl Driver {
         Ok(Driver {
             ifname: ifname.to_string(),
             family,
+            vip_ifindex,
+            vmac,
             ifindex: iface.index,
             router,
             socket,
@@ -257,7 +282,7 @@ impl Driver {
                         self.addr_retry = None;
                         self.follow_addresses().await;
                     }
-                    wake = addr_change(&mut self.addrs, self.ifindex) => match wake {
+                    wake = addr_change(&mut self.addrs, [self.ifindex, self.vip_ifindex]) => match wake {
                         AddrWake::Ours => self.follow_addresses().await,
                         AddrWake::Closed => {
                             warn!("the address watch ended; VIPs and the primary are no longer followed");
@@ -285,6 +310,11 @@ impl Driver {
                 // (or its release timer fires) and its VIPs are released.
                 if self.stopping && self.router.is_done() && self.draining.is_empty() {
                     break;
+                }
+            }
+            if let Some(v) = &self.vmac {
+                if let Err(e) = self.netlink.delete_link(&v.name).await {
+                    warn!(error = %e, vmac = %v.name, "could not remove the virtual MAC interface");
                 }
             }
         }
@@ -379,9 +409,9 @@ impl Driver {
         let Some(side) = self.side(vrid) else { return };
         for vip in &side.inst.vips {
             let result = if claim {
-                self.netlink.add(self.ifindex, vip).await
+                self.netlink.add(self.vip_ifindex, vip, self.vmac.is_none()).await
             } else {
-                self.netlink.del(self.ifindex, vip).await
+                self.netlink.del(self.vip_ifindex, vip).await
             };
             if let Err(e) = result {
                 side.inst.stats.netlink_errors.fetch_add(1, Ordering::Relaxed);
@@ -490,11 +520,12 @@ impl Driver {
     /// rather than trusting the event, so events of our own changes, late
     /// or repeated, do nothing.
     async fn follow_addresses(&mut self) {
-        let Some(addrs) = self.read_addresses().await else { return };
+        let Some(addrs) = self.read_addresses(self.ifindex).await else { return };
         self.router.set_addresses(Instant::now(), &addrs);
-        // A state change just now (to fault, say) changed the VIPs: look again.
-        let addrs = if self.execute().await {
-            match self.read_addresses().await {
+        // A state change just now (to fault, say) changed the VIPs: look
+        // again; and a macvlan's VIPs are its own.
+        let addrs = if self.execute().await || self.vip_ifindex != self.ifindex {
+            match self.read_addresses(self.vip_ifindex).await {
                 Some(a) => a,
                 None => return,
             }
@@ -515,12 +546,12 @@ impl Driver {
                 let change = match (master, present) {
                     (true, false) => self
                         .netlink
-                        .add(self.ifindex, vip)
+                        .add(self.vip_ifindex, vip, self.vmac.is_none())
                         .await
                         .map(|()| "put back a virtual IP deleted under the master"),
                     (false, true) if !handing_over => self
                         .netlink
-                        .del(self.ifindex, vip)
+                        .del(self.vip_ifindex, vip)
                         .await
                         .map(|()| "removed a virtual IP added while not master"),
                     _ => continue,
@@ -546,8 +577,8 @@ impl Driver {
         self.execute().await;
     }
 
-    async fn read_addresses(&mut self) -> Option<Vec<(IpAddr, bool)>> {
-        match self.netlink.addresses_on(self.ifindex).await {
+    async fn read_addresses(&mut self, index: u32) -> Option<Vec<(IpAddr, bool)>> {
+        match self.netlink.addresses_on(index).await {
             Ok(a) => Some(a),
             Err(e) => {
                 for side in &self.sides {
@@ -578,15 +609,15 @@ enum AddrWake {
     Closed,
 }
 
-/// Waits for an address change of interface `ifindex` (or for lost
+/// Waits for an address change of an interface of `ours` (or for lost
 /// events), then takes whatever else is queued: one look at the interface
 /// serves a burst. Never resolves without a watch.
-async fn addr_change(addrs: &mut Option<broadcast::Receiver<AddrEvent>>, ifindex: u32) -> AddrWake {
+async fn addr_change(addrs: &mut Option<broadcast::Receiver<AddrEvent>>, ours: [u32; 2]) -> AddrWake {
     use broadcast::error::{RecvError, TryRecvError};
     let Some(rx) = addrs else { return std::future::pending().await };
     loop {
         match rx.recv().await {
-            Ok(AddrEvent::Changed { index, .. }) if index != ifindex => continue,
+            Ok(AddrEvent::Changed { index, .. }) if !ours.contains(&index) => continue,
             Ok(_) | Err(RecvError::Lagged(_)) => break,
             Err(RecvError::Closed) => return AddrWake::Closed,
         }

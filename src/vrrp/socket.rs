@@ -44,6 +44,7 @@ pub enum Recv {
 #[derive(Debug)]
 pub struct VrrpSocket {
     fd: AsyncFd<Socket>,
+    /// Where adverts leave: the interface, or its macvlan with the virtual MAC.
     ifindex: u32,
     family: Family,
 }
@@ -87,6 +88,12 @@ impl VrrpSocket {
         // closed only when the AsyncFd (and with it the registration) drops.
         let fd = unsafe { AsyncFd::register(s) }.map_err(|e| e.into_parts().1)?;
         Ok(VrrpSocket { fd, ifindex, family })
+    }
+
+    /// Adverts leave through interface `ifindex` (a macvlan of the one the
+    /// socket is bound to, for the virtual MAC) while it receives on its own.
+    pub fn send_via(&mut self, ifindex: u32) {
+        self.ifindex = ifindex;
     }
 
     /// A packet already queued on the socket, without waiting: `None` when
