@@ -86,8 +86,8 @@ need_root() { [[ $(id -u) -eq 0 ]] || { echo "$SCENARIO: must run as root" >&2; 
 ensure_pkg() {
     command -v "$1" >/dev/null 2>&1 && return 0
     log "installing $2 (for $1)"
-    if [[ $2 == keepalived && ! -e /usr/sbin/policy-rc.d ]]; then
-        # Keep Debian from starting keepalived system-wide on install.
+    if [[ ($2 == keepalived || $2 == frr) && ! -e /usr/sbin/policy-rc.d ]]; then
+        # Keep Debian from starting keepalived or FRR system-wide on install.
         printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
         chmod 755 /usr/sbin/policy-rc.d
     fi
@@ -291,11 +291,118 @@ start_keepalived() {
 start_node() {
     local kind=$1 h=$2 conf
     shift 2
-    if [[ $kind == vipd ]]; then
-        conf=$(vipd_conf "$h" "$@"); start_vipd "$h" "$conf" "$WORK/$h.log"
-    else
-        conf=$(keepalived_conf "$h" "$@"); start_keepalived "$h" "$conf" "$WORK/$h.log"
+    case $kind in
+        vipd) conf=$(vipd_conf "$h" "$@"); start_vipd "$h" "$conf" "$WORK/$h.log" ;;
+        keepalived) conf=$(keepalived_conf "$h" "$@"); start_keepalived "$h" "$conf" "$WORK/$h.log" ;;
+        frr) conf=$(frr_conf "$h" "$@"); start_frr "$h" "$conf" "$WORK/$h.log" ;;
+        *) fail "unknown node kind $kind" ;;
+    esac
+}
+
+# ---------------------------------------------------------------- FRR
+
+# FRR's vrrpd (Debian's frr: zebra + vrrpd), IPv4. As FRR's documentation
+# asks, the node gets a macvlan vrrp4-2-VRID in bridge mode with the virtual
+# MAC and the VIP before vrrpd starts; vrrpd then holds it in protodown
+# while backup. Each node's daemons run in its namespace under a pathspace
+# of their own (-N), so their sockets never meet the system's.
+FRR_DIR=/usr/lib/frr
+declare -A FRR_ZEBRA=()         # host -> zebra's PID (vrrpd's is NODE_PID)
+declare -a FRR_SPACES=()        # the daemons' run directories we made
+frr_vmac() { echo "vrrp4-2-$VRID"; }
+frr_cleanup() {
+    local d
+    for d in "${FRR_SPACES[@]}"; do rm -rf -- "$d"; done
+}
+frr_space() { echo "${P}$1"; }
+
+# frr_dir HOST: the node's FRR files, in a directory the frr user (whose
+# rights the daemons drop to) may use.
+frr_dir() {
+    local d="$WORK/frr-$1"
+    if [[ ! -d $d ]]; then
+        mkdir -p "$d"
+        chown frr:frr "$d"
+        chmod o+x "$WORK"
     fi
+    echo "$d"
+}
+
+# frr_conf HOST PRIO INTERVAL VERSION PREEMPT -> prints the vrrpd config path.
+frr_conf() {
+    local h=$1 prio=$2 intv=$3 ver=$4 pre=$5 f np=""
+    ensure_pkg "$FRR_DIR/vrrpd" frr
+    f="$(frr_dir "$h")/vrrpd.conf"
+    [[ $pre == false ]] && np=" no vrrp $VRID preempt"
+    cat >"$f" <<EOF
+hostname $h
+interface eth0
+ vrrp $VRID version $ver
+ vrrp $VRID priority $prio
+ vrrp $VRID advertisement-interval $(interval_ms "$intv")
+$np
+ vrrp $VRID ip $VIP
+EOF
+    chown frr:frr "$f"
+    echo "$f"
+}
+
+# start_frr HOST CONF LOG: the macvlan, then zebra, then vrrpd (foreground,
+# PIDs recorded; zebra goes with the node).
+start_frr() {
+    local h=$1 conf=$2 logf=$3 n sp i mac d
+    n=$(ns "$h"); sp=$(frr_space "$h"); d=$(frr_dir "$h")
+    ensure_pkg "$FRR_DIR/vrrpd" frr
+    mac=$(printf '00:00:5e:00:01:%02x' "$VRID")
+    if ! ip -n "$n" link show "$(frr_vmac)" >/dev/null 2>&1; then
+        ip -n "$n" link add "$(frr_vmac)" link eth0 type macvlan mode bridge
+        ip -n "$n" link set dev "$(frr_vmac)" address "$mac"
+        ip -n "$n" addr add "$VIP_CIDR" dev "$(frr_vmac)"
+        ip -n "$n" link set dev "$(frr_vmac)" up
+    fi
+    if [[ ! -d /var/run/frr/$sp ]]; then
+        install -d -o frr -g frr "/var/run/frr/$sp"
+        FRR_SPACES+=("/var/run/frr/$sp")
+        ((${#FRR_SPACES[@]} > 1)) || CLEANUP_HOOKS+=(frr_cleanup)
+    fi
+    install -o frr -g frr /dev/null "$d/zebra.conf"
+    ip netns exec "$n" "$FRR_DIR/zebra" -N "$sp" -P 0 -f "$d/zebra.conf" -i "$d/zebra.pid" \
+        --log "file:$d/zebra.log" >>"$logf" 2>&1 &
+    FRR_ZEBRA[$h]=$!
+    EXTRA_PIDS+=("$!")
+    for ((i = 0; i < 200; i++)); do [[ -S /var/run/frr/$sp/zserv.api ]] && break; sleep 0.02; done
+    [[ -S /var/run/frr/$sp/zserv.api ]] || fail "$h: zebra did not open its socket (see $logf)"
+    # vrrpd started before zebra knows eth0's address refuses to start and
+    # tries again only 10 s later.
+    for ((i = 0; i < 250; i++)); do
+        vtysh -N "$sp" -c "show interface eth0" 2>/dev/null | grep -F "inet ${HOST_IP[$h]}/" >/dev/null && break
+        sleep 0.02
+    done
+    ip netns exec "$n" "$FRR_DIR/vrrpd" -N "$sp" -P 0 -f "$conf" -i "$d/vrrpd.pid" \
+        --log "file:$d/vrrpd.log" >>"$logf" 2>&1 &
+    NODE_PID[$h]=$!; NODE_KIND[$h]=frr; NODE_LOG[$h]=$logf
+    log "started FRR vrrpd on $h (pid ${NODE_PID[$h]}, zebra ${FRR_ZEBRA[$h]})"
+}
+
+# frr_state HOST: master, backup, init or unreachable, from vtysh.
+frr_state() {
+    local s
+    s=$(vtysh -N "$(frr_space "$1")" -c "show vrrp $VRID json" 2>/dev/null | jq -r '.[0].v4.status // empty' 2>/dev/null)
+    case $s in
+        Master) echo master ;;
+        Backup) echo backup ;;
+        Initialize) echo init ;;
+        *) echo unreachable ;;
+    esac
+}
+
+# frr_holds HOST: the VIP is on the node's macvlan and the macvlan is not
+# in protodown (what FRR does as backup).
+frr_holds() {
+    local out
+    addr_on "$1" "$(frr_vmac)" "$VIP" || return 1
+    out=$(ip -n "$(ns "$1")" -d link show dev "$(frr_vmac)") || return 1
+    [[ $out != *"protodown on"* ]]
 }
 
 # keepalived's VRRP child PID (from its -r pid file), waited for briefly.
@@ -308,7 +415,13 @@ keepalived_child() {
     return 1
 }
 
-forget_node() { unset "NODE_PID[$1]" "NODE_KIND[$1]"; }
+forget_node() {
+    if [[ -n ${FRR_ZEBRA[$1]:-} ]]; then
+        stop_pid "${FRR_ZEBRA[$1]}" KILL 2000 >/dev/null 2>&1 || true
+        unset "FRR_ZEBRA[$1]"
+    fi
+    unset "NODE_PID[$1]" "NODE_KIND[$1]"
+}
 
 # kill_node_hard HOST: SIGKILL the node's daemon by its recorded PID.
 # keepalived's VRRP child has a parent-death signal and would resign
@@ -369,7 +482,9 @@ addr_on() {
     out=$(ip -n "$(ns "$1")" addr show dev "$2" 2>/dev/null) || return 1
     grep -qE "inet6? $3/" <<<"$out"
 }
-has_vip() { addr_on "$1" eth0 "$VIP"; }
+has_vip() {
+    if [[ ${NODE_KIND[$1]:-} == frr ]]; then frr_holds "$1"; else addr_on "$1" eth0 "$VIP"; fi
+}
 
 # vip_holder: "lb1", "lb2", "lb1 lb2" or "none"
 vip_holder() {
@@ -395,6 +510,8 @@ node_state() {
         echo "${s:-init}"
     elif [[ ${NODE_KIND[$1]:-} == vipd ]]; then
         vipd_state "$1"
+    elif [[ ${NODE_KIND[$1]:-} == frr ]]; then
+        frr_state "$1"
     else
         echo down
     fi
