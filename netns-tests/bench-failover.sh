@@ -8,9 +8,24 @@
 #                                                      (theory: Skew_Time)
 # plus the CPU time vipd (and keepalived) use idle as master at 100 ms.
 # Env: VIPD (default ../target/release/vipd), REPS (5), IDLE_SECS (60),
-#      INTERVALS ("1s 100ms"), IMPLS ("vipd keepalived").
+#      INTERVALS ("1s 100ms"), IMPLS ("vipd keepalived"),
+#      MODES ("multicast ipv6 unicast"): IPv4 multicast; IPv6 (lib.sh's V6,
+#      NAs in place of GARPs); IPv4 unicast peers (captured on lb2, since
+#      the client does not see unicast adverts). Each mode runs as its own
+#      process (lib.sh reads V6/UNICAST when sourced).
 NT_DIR0=$(cd "$(dirname "$0")" && pwd)
 export VIPD=${VIPD:-$NT_DIR0/../target/release/vipd}
+MODES=${MODES:-multicast ipv6 unicast}
+if [[ -z ${MODE:-} ]]; then
+    for m in $MODES; do MODE=$m "$0" "$@" || exit $?; done
+    exit 0
+fi
+case $MODE in
+    multicast) ;;
+    ipv6) export V6=1 ;;
+    unicast) export UNICAST=1 ;;
+    *) echo "bench-failover: unknown MODE $MODE" >&2; exit 2 ;;
+esac
 source "$NT_DIR0/lib.sh"
 need_root
 REPS=${REPS:-5}
@@ -27,18 +42,31 @@ ensure_pkg keepalived keepalived
 
 sleep_iv() { sleep "$(awk -v n="$1" -v m="$(interval_ms "$2")" 'BEGIN{print n*m/1000}')"; }
 
+# What lb1's and lb2's adverts and lb2's announcements look like in
+# tcpdump's text, and where to capture them.
+case $MODE in
+    multicast)
+        ADV1=" ${HOST_IP[lb1]} > 224.0.0.18: VRRP"; ADV2=" ${HOST_IP[lb2]} > 224.0.0.18: VRRP"
+        ANNOUNCE="Request who-has $VIP (ff:ff:ff:ff:ff:ff) tell $VIP,"; CAP_HOST=client; FILTER="ip proto 112 or arp" ;;
+    ipv6)
+        ADV1=" fe80::5eff:fe10:11 > ff02::12: VRRP"; ADV2=" fe80::5eff:fe10:12 > ff02::12: VRRP"
+        ANNOUNCE="neighbor advertisement, tgt is $VIP,"; CAP_HOST=client; FILTER="ip6 proto 112 or icmp6" ;;
+    unicast)
+        ADV1=" ${HOST_IP[lb1]} > ${HOST_IP[lb2]}: VRRP"; ADV2=" ${HOST_IP[lb2]} > ${HOST_IP[lb1]}: VRRP"
+        ANNOUNCE="Request who-has $VIP (ff:ff:ff:ff:ff:ff) tell $VIP,"; CAP_HOST=lb2; FILTER="ip proto 112 or arp" ;;
+esac
+
 # measure FILE crash|graceful -> "ADVERT_MS GARP_MS" from one capture.
 #   t_a: crash: lb1's last advert; graceful: lb1's priority-0 advert
-#   t_b: lb2's first advert after t_a;  t_g: lb2's first GARP for the VIP after t_a
+#   t_b: lb2's first advert after t_a;  t_g: lb2's first GARP (NA) for the VIP after t_a
 measure() {
-    read_capture "$1" | awk -v kind="$2" -v a="${HOST_IP[lb1]}" -v b="${HOST_IP[lb2]}" \
-        -v bmac="${HOST_MAC[lb2]}" -v vip="$VIP" '
+    read_capture "$1" | awk -v kind="$2" -v a="$ADV1" -v b="$ADV2" -v bmac="${HOST_MAC[lb2]}" -v ann="$ANNOUNCE" '
         { t = $1 * 1000 }
-        index($0, " " a " > 224.0.0.18: VRRP") && !tb {
+        index($0, a) && !tb {
             if (kind == "crash" || index($0, ", prio 0,")) ta = t
         }
-        index($0, " " b " > 224.0.0.18: VRRP") && ta && !tb { tb = t }
-        $2 == bmac && index($0, "Request who-has " vip " ") && index($0, "tell " vip ",") && ta && !tg { tg = t }
+        index($0, b) && ta && !tb { tb = t }
+        $2 == bmac && index($0, ann) && ta && !tg { tg = t }
         END {
             if (!ta || !tb) { print "NA NA"; exit }
             printf "%.1f %s\n", tb - ta, (tg ? sprintf("%.1f", tg - ta) : "NA")
@@ -85,7 +113,7 @@ bench_one() {
             wait_pair_settled lb1 lb2 "$settle"
             sleep_iv 3 "$intv"
             f="$WORK/$impl-$intv-$kind-$rep.pcap"
-            start_capture client "$f" "ip proto 112 or arp"
+            start_capture "$CAP_HOST" "$f" "$FILTER"
             local cap=$CAPTURE_PID
             sleep_iv 2 "$intv"
             if [[ $kind == crash ]]; then
@@ -136,7 +164,7 @@ done
 
 SCENARIO=bench-failover
 echo
-echo "Failover on the wire, ms (lb1 prio 150 -> lb2 prio 100, $REPS reps; vipd = $VIPD)"
+echo "Failover on the wire, $MODE, ms (lb1 prio 150 -> lb2 prio 100, $REPS reps; vipd = $VIPD)"
 echo "  crash_*: dead master's last advert -> lb2's first advert / first GARP"
 echo "  grace_*: priority-0 advert         -> lb2's first advert / first GARP"
 printf '%-10s %-6s %-11s %8s %8s %8s %3s\n' impl intv metric median min max n

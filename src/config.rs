@@ -719,12 +719,6 @@ fn validate_vrrp(
     let vmac = match (r.use_vmac.unwrap_or(false), &r.vmac_interface) {
         (false, Some(s)) => return Err(invalid(s.span(), "vrrp.vmac_interface: only with use_vmac = true".into())),
         (false, None) => None,
-        (true, _) if v6 => {
-            return Err(invalid(
-                r.virtual_ips.span(),
-                "vrrp.use_vmac: not supported for IPv6 instances yet (IPv4 only)".into(),
-            ))
-        }
         (true, name) => {
             let name = match name {
                 Some(s) => {
@@ -737,10 +731,12 @@ fn validate_vrrp(
                     }
                     n.clone()
                 }
+                None if v6 => format!("vrrp6.{vrid}"),
                 None => format!("vrrp.{vrid}"),
             };
-            // RFC 9568 §7.3: 00-00-5E-00-01-{VRID} for IPv4.
-            Some(Vmac { name, mac: [0x00, 0x00, 0x5e, 0x00, 0x01, vrid] })
+            // RFC 9568 §7.3: 00-00-5E-00-01-{VRID} for IPv4, 00-00-5E-00-02-{VRID} for IPv6.
+            let family_byte = if v6 { 0x02 } else { 0x01 };
+            Some(Vmac { name, mac: [0x00, 0x00, 0x5e, 0x00, family_byte, vrid], ipv6: v6 })
         }
     };
     let spec = InstanceSpec {
@@ -1170,16 +1166,15 @@ virtual_ips = ["192.0.2.10/24", "192.0.2.20"]
     #[test]
     fn virtual_mac() {
         let c = parse(&with("use_vmac = true"), Path::new("t")).expect("valid");
-        assert_eq!(c.vrrp[0].vmac, Some(Vmac { name: "vrrp.51".into(), mac: [0, 0, 0x5e, 0, 1, 51] }));
+        assert_eq!(c.vrrp[0].vmac, Some(Vmac { name: "vrrp.51".into(), mac: [0, 0, 0x5e, 0, 1, 51], ipv6: false }));
         assert_eq!(parse(GOOD, Path::new("t")).expect("valid").vrrp[0].vmac, None);
         let named = parse(&with("use_vmac = true\nvmac_interface = \"vip51\""), Path::new("t")).expect("valid");
         assert_eq!(named.vrrp[0].vmac.as_ref().map(|v| v.name.as_str()), Some("vip51"));
         assert!(err(&with("vmac_interface = \"vip51\"")).contains("only with use_vmac = true"));
         assert!(err(&with("use_vmac = true\nvmac_interface = \"eth0\"")).contains("not a usable interface name"));
         let v6 = GOOD.replace("\"192.0.2.10/24\", \"192.0.2.20\"", "\"2001:db8::10/64\"");
-        assert!(
-            err(&v6.replace("priority = 150", "priority = 150\nuse_vmac = true")).contains("not supported for IPv6")
-        );
+        let c = parse(&v6.replace("priority = 150", "priority = 150\nuse_vmac = true"), Path::new("t")).expect("valid");
+        assert_eq!(c.vrrp[0].vmac, Some(Vmac { name: "vrrp6.51".into(), mac: [0, 0, 0x5e, 0, 2, 51], ipv6: true }));
     }
 
     #[test]

@@ -64,8 +64,12 @@ pub struct Link {
 pub struct Vmac {
     /// Its interface name (keepalived's default: `vrrp.{VRID}`).
     pub name: String,
-    /// 00-00-5E-00-01-{VRID}.
+    /// 00-00-5E-00-01-{VRID} (IPv4) or 00-00-5E-00-02-{VRID} (IPv6).
     pub mac: [u8; 6],
+    /// For an IPv6 instance: the macvlan keeps IPv6, with a random
+    /// link-local address (adverts go from it; the one its MAC would give
+    /// is the same on every node).
+    pub ipv6: bool,
 }
 
 /// A netlink handle; its connection task runs on the caller's runtime.
@@ -148,11 +152,13 @@ impl Netlink {
 
     /// Creates `vmac` on the interface `parent` (index): a macvlan in
     /// private mode with the virtual MAC, up. One left by an earlier run is
-    /// replaced. Before it comes up: no IPv6 on it (its link-local address
-    /// would be the same on every node), and ARP that answers and asks for
-    /// each interface's own addresses only, on it and on its parent, so
-    /// that the parent never speaks for a VIP with its own MAC. Returns the
-    /// macvlan's index.
+    /// replaced. Before it comes up, for IPv4: no IPv6 on it (its
+    /// link-local address would be the same on every node), and ARP that
+    /// answers and asks for each interface's own addresses only, on it and
+    /// on its parent, so that the parent never speaks for a VIP with its
+    /// own MAC; for IPv6: a random link-local address (neighbour discovery
+    /// answers for an address on the interface it belongs to only, so the
+    /// parent needs nothing). Returns the macvlan's index.
     pub async fn create_vmac(&self, parent: &str, parent_index: u32, vmac: &Vmac) -> Result<u32, NetlinkError> {
         self.delete_link(&vmac.name).await?;
         let what = || format!("creating macvlan {:?} on {parent:?}", vmac.name);
@@ -163,18 +169,23 @@ impl Netlink {
         // came in on; arp_announce=2: ask with an address of the interface
         // it goes out of. rp_filter=0 on the macvlan: replies to what comes
         // in on it leave through the parent.
-        for (iface, key, value) in [
-            (vmac.name.as_str(), "ipv6/conf/{}/disable_ipv6", "1"),
-            (vmac.name.as_str(), "ipv4/conf/{}/arp_ignore", "1"),
-            (vmac.name.as_str(), "ipv4/conf/{}/arp_announce", "2"),
-            (vmac.name.as_str(), "ipv4/conf/{}/rp_filter", "0"),
+        let name = vmac.name.as_str();
+        let ipv4_settings = [
+            (name, "ipv6/conf/{}/disable_ipv6", "1"),
+            (name, "ipv4/conf/{}/arp_ignore", "1"),
+            (name, "ipv4/conf/{}/arp_announce", "2"),
+            (name, "ipv4/conf/{}/rp_filter", "0"),
             (parent, "ipv4/conf/{}/arp_ignore", "1"),
             (parent, "ipv4/conf/{}/arp_announce", "2"),
-        ] {
+        ];
+        // addr_gen_mode 3: a random interface identifier.
+        let ipv6_settings = [(name, "ipv6/conf/{}/addr_gen_mode", "3")];
+        let settings: &[(&str, &str, &str)] = if vmac.ipv6 { &ipv6_settings } else { &ipv4_settings };
+        for &(iface, key, value) in settings {
             let path = format!("/proc/sys/net/{}", key.replace("{}", iface));
             if let Err(e) = std::fs::write(&path, value) {
                 // Without IPv6 in the kernel there is nothing to turn off.
-                if !key.starts_with("ipv6") {
+                if vmac.ipv6 || !key.starts_with("ipv6") {
                     return Err(NetlinkError::Sysctl { path, source: e });
                 }
             }

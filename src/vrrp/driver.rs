@@ -114,6 +114,9 @@ pub struct Driver {
     family: Family,
     /// Where the VIPs go: the interface, or the macvlan of `vmac`.
     vip_ifindex: u32,
+    /// Whose addresses adverts go from: the interface, or for IPv6 the
+    /// macvlan.
+    source_ifindex: u32,
     vmac: Option<Vmac>,
     ifindex: u32,
     router: Router,
@@ -184,6 +187,12 @@ impl Driver {
         socket.send_via(vip_ifindex);
         let timer = PreciseTimer::new().map_err(socket_err("timerfd"))?;
         let announcer = Announcer::open(vip_ifindex).map_err(socket_err("AF_PACKET socket"))?;
+        // IPv6 adverts leave from a link-local address of the interface
+        // they leave by: with a virtual MAC, the macvlan's own (random) one.
+        let source_ifindex = if family == Family::V6 { vip_ifindex } else { iface.index };
+        if source_ifindex != iface.index {
+            addresses = netlink.addresses_on(source_ifindex).await?;
+        }
         let specs = instances.iter().map(|i| (i.spec.clone(), Arc::clone(&i.stats))).collect();
         let router = Router::new(mac, iface.up, &addresses, specs);
         for i in &instances {
@@ -208,6 +217,7 @@ impl Driver {
             ifname: ifname.to_string(),
             family,
             vip_ifindex,
+            source_ifindex,
             vmac,
             ifindex: iface.index,
             router,
@@ -520,11 +530,11 @@ impl Driver {
     /// rather than trusting the event, so events of our own changes, late
     /// or repeated, do nothing.
     async fn follow_addresses(&mut self) {
-        let Some(addrs) = self.read_addresses(self.ifindex).await else { return };
+        let Some(addrs) = self.read_addresses(self.source_ifindex).await else { return };
         self.router.set_addresses(Instant::now(), &addrs);
         // A state change just now (to fault, say) changed the VIPs: look
         // again; and a macvlan's VIPs are its own.
-        let addrs = if self.execute().await || self.vip_ifindex != self.ifindex {
+        let addrs = if self.execute().await || self.vip_ifindex != self.source_ifindex {
             match self.read_addresses(self.vip_ifindex).await {
                 Some(a) => a,
                 None => return,
