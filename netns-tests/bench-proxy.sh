@@ -119,7 +119,7 @@ nginx_ready $H "$BACKEND_PID" "http://$BACKEND/" 5000 || fail "backend: $WHY"
 
 VIPD_CONF="$WORK/vipd.toml"
 {
-    printf '[control]\nlisten = "%s"\n' "$VIPD_CONTROL"
+    printf '[control]\nlisten = "%s"\nsocket = "%s"\n' "$VIPD_CONTROL" "$WORK/vipd.sock"
     vipd_http_section bench "127.0.0.1:${PORT[vipd]}" round_robin 2s 2s "$BACKEND"
 } >"$VIPD_CONF"
 # VIPD_MAX_HEADER_SIZE=8192 measures the smaller per-connection read buffer

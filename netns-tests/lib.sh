@@ -207,6 +207,7 @@ vipd_conf() {
     cat >"$f" <<EOF
 [control]
 listen = "$CONTROL"
+socket = "$WORK/$h.sock"
 
 [[vrrp]]
 name = "web"

@@ -62,6 +62,7 @@ wait_for 20000 http_ok client "http://$APP/" || fail "gunicorn does not answer o
 cat >"$WORK/vipd.toml" <<EOF
 [control]
 listen = "127.0.0.1:9090"
+socket = "$WORK/vipd.sock"
 
 [[http]]
 name = "web"

@@ -47,6 +47,7 @@ lb_conf() {
     cat >"$f" <<CONF
 [control]
 listen = "$CONTROL"
+socket = "$WORK/$h.sock"
 
 [[vrrp]]
 name = "web"

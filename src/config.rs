@@ -143,7 +143,12 @@ pub struct HealthConfig {
 pub struct ControlConfig {
     /// Where `/status`, `/metrics` and `/` are served.
     pub listen: SocketAddr,
+    /// The Unix socket for the operator's commands (mode 0600).
+    pub socket: PathBuf,
 }
+
+/// Where the operator's commands go unless `[control] socket` says.
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/vipd/control.sock";
 
 /// A virtual address with the prefix it is added with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -283,6 +288,7 @@ struct RawHealth {
 #[serde(deny_unknown_fields)]
 struct RawControl {
     listen: Option<Spanned<String>>,
+    socket: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -340,7 +346,21 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
     };
     let raw: RawConfig =
         toml::from_str(text).map_err(|e| invalid(e.span().unwrap_or(0..0), e.message().trim().to_string()))?;
-    let listen = match raw.control.and_then(|c| c.listen) {
+    let (listen, socket) = match raw.control {
+        Some(c) => (c.listen, c.socket),
+        None => (None, None),
+    };
+    let socket = match socket {
+        None => PathBuf::from(DEFAULT_CONTROL_SOCKET),
+        Some(s) if s.get_ref().starts_with('/') && s.get_ref().len() < 100 => PathBuf::from(s.get_ref()),
+        Some(s) => {
+            return Err(invalid(
+                s.span(),
+                format!("control.socket = {:?}: expected an absolute path of under 100 bytes", s.get_ref()),
+            ))
+        }
+    };
+    let listen = match listen {
         None => DEFAULT_CONTROL,
         Some(l) => l
             .get_ref()
@@ -476,7 +496,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
     if vrrp.is_empty() && http.is_empty() {
         return Err(invalid(0..0, "nothing to do: no [[vrrp]] and no [[http]] section".to_string()));
     }
-    Ok(Config { control: ControlConfig { listen }, vrrp, http, scripts, sync_groups })
+    Ok(Config { control: ControlConfig { listen, socket }, vrrp, http, scripts, sync_groups })
 }
 
 fn validate_vrrp(

@@ -1,8 +1,11 @@
 //! The control endpoint: `/status` (JSON), `/metrics` (Prometheus text) and
-//! `/` (a small HTML page), served with hyper on the control address.
+//! `/` (a small HTML page), served with hyper on the control address; and
+//! the operator's commands on a Unix socket (mode 0600), so that no network
+//! client can change anything.
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http_body_util::Full;
@@ -12,11 +15,13 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
-use tokio::net::TcpListener;
-use tracing::debug;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, UnixListener, UnixStream};
+use tracing::{debug, info, warn};
 
-use crate::proxy::backends::{Pool, PoolSnapshot};
+use crate::proxy::backends::{Admin, Pool, PoolSnapshot};
 use crate::vrrp::fsm::State;
+use crate::vrrp::operator::{Ask, Operator};
 use crate::vrrp::stats::{Snapshot, Stats};
 use crate::vrrp::sync::{GroupShared, GroupSnapshot};
 
@@ -272,4 +277,157 @@ fn page(status: &Status) -> String {
          <th>master</th><th>virtual IPs</th><th>transitions</th><th>last reason</th><th>dropped</th></tr>{rows}</table>\
          <p><a href=\"/status\">/status</a> · <a href=\"/metrics\">/metrics</a></p></body></html>\n"
     )
+}
+
+/// An operator's command as the control socket reads it: one line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControlCommand {
+    /// `vrrp step-down|resume NAME`, `vrrp priority NAME N|reset`.
+    Vrrp {
+        /// Instance name.
+        name: String,
+        /// What to change.
+        ask: Ask,
+    },
+    /// `backend drain|disable|enable LISTENER ADDRESS`.
+    Backend {
+        /// Listener name.
+        listener: String,
+        /// The backend's address as configured.
+        address: SocketAddr,
+        /// Its new state.
+        admin: Admin,
+    },
+}
+
+/// What the control socket understands, for error answers.
+const USAGE: &str = "commands: vrrp step-down NAME | vrrp resume NAME | vrrp priority NAME 1..254|reset | \
+     backend drain|disable|enable LISTENER ADDRESS";
+
+/// Reads one command line.
+pub fn parse_command(line: &str) -> Result<ControlCommand, String> {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let vrrp = |name: &str, ask| Ok(ControlCommand::Vrrp { name: name.to_string(), ask });
+    match words.as_slice() {
+        ["vrrp", "step-down", name] => vrrp(name, Ask::StepDown),
+        ["vrrp", "resume", name] => vrrp(name, Ask::Resume),
+        ["vrrp", "priority", name, "reset"] => vrrp(name, Ask::Priority(None)),
+        ["vrrp", "priority", name, n] => match n.parse::<u8>() {
+            Ok(p) if (1..=254).contains(&p) => vrrp(name, Ask::Priority(Some(p))),
+            _ => Err(format!("priority {n:?}: must be 1..=254 (255 is the address owner's) or reset")),
+        },
+        ["backend", verb, listener, address] => {
+            let admin = match *verb {
+                "drain" => Admin::Draining,
+                "disable" => Admin::Disabled,
+                "enable" => Admin::Enabled,
+                _ => return Err(format!("backend {verb:?}: {USAGE}")),
+            };
+            let address = address.parse().map_err(|_| format!("backend address {address:?}: expected IP:PORT"))?;
+            Ok(ControlCommand::Backend { listener: listener.to_string(), address, admin })
+        }
+        ["reload" | "upgrade"] => {
+            Err("not supported yet: a changed configuration or binary still needs a restart".to_string())
+        }
+        _ => Err(USAGE.to_string()),
+    }
+}
+
+/// Longest command line read.
+const MAX_COMMAND: u64 = 1024;
+
+/// Serves the operator's commands on `listener` until the task is dropped:
+/// one line in, one line out (`ok: ...` or `error: ...`), each logged with
+/// the peer's credentials.
+pub async fn serve_commands(listener: UnixListener, operator: Operator, pools: Vec<Arc<Pool>>) {
+    let targets = Arc::new((operator, pools));
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                warn!(error = %e, "control socket accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let targets = Arc::clone(&targets);
+        tokio::spawn(async move { answer_command(stream, &targets.0, &targets.1).await });
+    }
+}
+
+async fn answer_command(stream: UnixStream, operator: &Operator, pools: &[Arc<Pool>]) {
+    let who = match stream.peer_cred() {
+        Ok(c) => format!("uid {} pid {}", c.uid(), c.pid().map_or_else(|| "?".to_string(), |p| p.to_string())),
+        Err(_) => "an unknown peer".to_string(),
+    };
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    let mut reader = BufReader::new(read.take(MAX_COMMAND));
+    let answer = match tokio::time::timeout(std::time::Duration::from_secs(5), reader.read_line(&mut line)).await {
+        Ok(Ok(_)) => match parse_command(line.trim()) {
+            Ok(command) => run_command(command, operator, pools).await,
+            Err(e) => Err(e),
+        },
+        Ok(Err(e)) => Err(format!("reading the command: {e}")),
+        Err(_) => Err("no command within 5 s".to_string()),
+    };
+    match &answer {
+        Ok(what) => info!(peer = %who, command = line.trim(), "control command: {what}"),
+        Err(why) => warn!(peer = %who, command = line.trim(), "control command refused: {why}"),
+    }
+    let text = match answer {
+        Ok(s) => format!("ok: {s}\n"),
+        Err(e) => format!("error: {e}\n"),
+    };
+    let _ = write.write_all(text.as_bytes()).await;
+}
+
+async fn run_command(command: ControlCommand, operator: &Operator, pools: &[Arc<Pool>]) -> Result<String, String> {
+    match command {
+        ControlCommand::Vrrp { name, ask } => operator.ask(&name, ask).await,
+        ControlCommand::Backend { listener, address, admin } => {
+            let pool =
+                pools.iter().find(|p| p.name() == listener).ok_or_else(|| format!("no listener {listener:?}"))?;
+            pool.set_admin(address, admin)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_parse_and_bad_ones_say_why() {
+        assert_eq!(
+            parse_command("vrrp step-down web"),
+            Ok(ControlCommand::Vrrp { name: "web".into(), ask: Ask::StepDown })
+        );
+        assert_eq!(
+            parse_command(" vrrp  resume web "),
+            Ok(ControlCommand::Vrrp { name: "web".into(), ask: Ask::Resume })
+        );
+        assert_eq!(
+            parse_command("vrrp priority web 90"),
+            Ok(ControlCommand::Vrrp { name: "web".into(), ask: Ask::Priority(Some(90)) })
+        );
+        assert_eq!(
+            parse_command("vrrp priority web reset"),
+            Ok(ControlCommand::Vrrp { name: "web".into(), ask: Ask::Priority(None) })
+        );
+        assert!(parse_command("vrrp priority web 255").unwrap_err().contains("1..=254"));
+        assert!(parse_command("vrrp priority web 0").is_err());
+        assert_eq!(
+            parse_command("backend drain web 192.0.2.21:8080"),
+            Ok(ControlCommand::Backend {
+                listener: "web".into(),
+                address: "192.0.2.21:8080".parse().expect("addr"),
+                admin: Admin::Draining
+            })
+        );
+        assert!(parse_command("backend pause web 192.0.2.21:8080").unwrap_err().contains("commands:"));
+        assert!(parse_command("backend drain web app1").unwrap_err().contains("IP:PORT"));
+        assert!(parse_command("reload").unwrap_err().contains("not supported yet"));
+        assert!(parse_command("").unwrap_err().contains("commands:"));
+    }
 }

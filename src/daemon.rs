@@ -21,6 +21,7 @@ use crate::proxy::server::{self, Listener, Proxy};
 use crate::vrrp::driver::{DrainGate, Driver, InstanceSide};
 use crate::vrrp::fsm::skew_and_master_down;
 use crate::vrrp::notify::{HookQueue, HookRuns};
+use crate::vrrp::operator::Operator;
 use crate::vrrp::packet::Family;
 use crate::vrrp::probe::{self, TrackShared};
 use crate::vrrp::stats::Stats;
@@ -48,6 +49,7 @@ pub fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
     let control = StdTcpListener::bind(config.control.listen)
         .with_context(|| format!("control.listen = {}: cannot listen", config.control.listen))?;
     control.set_nonblocking(true).context("control socket")?;
+    let command_socket = bind_command_socket(&config.control.socket)?;
 
     // Bind every HTTP listener before anything else runs, so a port in use
     // fails the start; serving starts before VRRP can claim a VIP.
@@ -148,7 +150,7 @@ pub fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         + SHUTDOWN_GRACE
         + VIP_HOLD_MAX;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let (ready_tx, ready_rx) = mpsc::channel::<anyhow::Result<()>>();
+    let (ready_tx, ready_rx) = mpsc::channel::<anyhow::Result<Operator>>();
     let (done_tx, done_rx) = mpsc::channel::<()>();
     let vrrp_config = config.vrrp.clone();
     let vrrp_stats = stats.clone();
@@ -169,21 +171,25 @@ pub fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
             let _ = done_tx.send(());
         })
         .context("spawning the VRRP thread")?;
-    match ready_rx.recv() {
-        Ok(Ok(())) => {}
+    let operator = match ready_rx.recv() {
+        Ok(Ok(operator)) => operator,
         Ok(Err(e)) => {
             let _ = vrrp_thread.join();
             return Err(e);
         }
         Err(_) => return Err(anyhow!("the VRRP thread ended before it was ready")),
-    }
+    };
 
     let signal_result = rt.block_on(async {
         let listener = tokio::net::TcpListener::from_std(control).context("control socket")?;
         info!(listen = %config.control.listen, "control endpoint up");
+        let commands = tokio::net::UnixListener::from_std(command_socket).context("control.socket")?;
+        info!(socket = %config.control.socket.display(), "control socket up");
+        let commander = tokio::spawn(control::serve_commands(commands, operator, pools.clone()));
         let server = tokio::spawn(control::serve(listener, Sources { vrrp: stats, http: pools, groups: group_list }));
         let outcome = signals.wait().await;
         server.abort();
+        commander.abort();
         outcome
     });
     // Make before break: VRRP hands the VIP over first (a master keeps it
@@ -205,6 +211,7 @@ pub fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         h.wait_idle(hooks_max);
     }
     probe_rt.shutdown_background();
+    let _ = std::fs::remove_file(&config.control.socket);
     info!("stopped");
     signal_result
 }
@@ -213,6 +220,27 @@ pub fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
 fn stats_for(c: &VrrpConfig, tracking: Option<Arc<TrackShared>>) -> Stats {
     let vips = c.virtual_ips.iter().map(|v| v.to_string()).collect();
     Stats::new(&c.spec, &c.interface, vips, tracking)
+}
+
+/// Binds the operator's command socket, mode 0600, creating its directory
+/// if need be. A socket file nobody answers on is left from an earlier run
+/// and replaced; one that answers belongs to a running vipd.
+fn bind_command_socket(path: &Path) -> anyhow::Result<std::os::unix::net::UnixListener> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let what = || format!("control.socket = {}", path.display());
+    if let Some(dir) = path.parent().filter(|d| !d.exists()) {
+        std::fs::DirBuilder::new().recursive(true).mode(0o750).create(dir).with_context(what)?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            anyhow::bail!("{}: another vipd is listening there", what());
+        }
+        std::fs::remove_file(path).with_context(what)?;
+    }
+    let listener = std::os::unix::net::UnixListener::bind(path).with_context(what)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).with_context(what)?;
+    listener.set_nonblocking(true).with_context(what)?;
+    Ok(listener)
 }
 
 /// What the VRRP side hands to the probe runtime: trackers to feed, where
@@ -264,7 +292,7 @@ async fn run_vrrp(
     probes: Probes,
     path: PathBuf,
     shutdown: watch::Receiver<bool>,
-    ready: mpsc::Sender<anyhow::Result<()>>,
+    ready: mpsc::Sender<anyhow::Result<Operator>>,
     drain: Option<DrainGate>,
 ) {
     let netlink = match Netlink::connect() {
@@ -347,11 +375,19 @@ async fn run_vrrp(
         }
     }
     let mut drivers = Vec::new();
+    let mut operator = Operator::default();
     for ((iface, at, vmac, sides), link) in by_interface.into_iter().zip(link_receivers) {
         let names: Vec<String> = sides.iter().map(|s| s.spec.name.clone()).collect();
+        let (commands, inbox) = tokio::sync::mpsc::unbounded_channel();
+        for s in &sides {
+            operator.add(s.spec.name.clone(), s.spec.vrid, commands.clone());
+        }
         let (addrs, drain) = (addr_events.subscribe(), drain.clone());
         match Driver::prepare(&iface, vmac, sides, netlink.clone(), link, addrs, drain).await {
-            Ok(d) => drivers.push(d),
+            Ok(mut d) => {
+                d.take_commands(inbox);
+                drivers.push(d);
+            }
             Err(e) => {
                 let _ = ready.send(Err(anyhow!(
                     "{}:{}:{}: vrrp instance {:?}, interface = {iface:?}: {e}",
@@ -364,7 +400,7 @@ async fn run_vrrp(
             }
         }
     }
-    let _ = ready.send(Ok(()));
+    let _ = ready.send(Ok(operator));
     let tasks: Vec<_> = drivers.into_iter().map(|d| tokio::spawn(d.run(shutdown.clone()))).collect();
     for t in tasks {
         if let Err(e) = t.await {

@@ -39,6 +39,50 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Change a running VRRP instance, over the daemon's control socket.
+    Vrrp {
+        #[command(subcommand)]
+        action: VrrpAction,
+        /// The daemon's control socket (`[control] socket`).
+        #[arg(long, global = true, default_value = vipd::config::DEFAULT_CONTROL_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Take a backend out of rotation or put it back, over the control socket.
+    Backend {
+        /// drain: no new requests, those in flight finish; disable: the same,
+        /// and counted as down by track_http; enable: back in rotation.
+        #[arg(value_parser = ["drain", "disable", "enable"])]
+        action: String,
+        /// The [[http]] listener's name.
+        listener: String,
+        /// The backend's address as configured (IP:PORT).
+        address: String,
+        /// The daemon's control socket (`[control] socket`).
+        #[arg(long, default_value = vipd::config::DEFAULT_CONTROL_SOCKET)]
+        socket: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum VrrpAction {
+    /// Hand the VIPs over now (priority 0, kept until the new master
+    /// advertises); then stay backup without preemption until `resume`.
+    StepDown {
+        /// Instance name.
+        name: String,
+    },
+    /// Preempt again as configured after a step-down.
+    Resume {
+        /// Instance name.
+        name: String,
+    },
+    /// Advertise this priority (1..254) until `reset`, whatever the trackers say.
+    Priority {
+        /// Instance name.
+        name: String,
+        /// 1..254, or `reset`.
+        priority: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -56,6 +100,17 @@ fn main() -> ExitCode {
             }
         },
         Command::Status { control, json } => status(control, json),
+        Command::Vrrp { action, socket } => {
+            let line = match action {
+                VrrpAction::StepDown { name } => format!("vrrp step-down {name}"),
+                VrrpAction::Resume { name } => format!("vrrp resume {name}"),
+                VrrpAction::Priority { name, priority } => format!("vrrp priority {name} {priority}"),
+            };
+            command(&socket, &line)
+        }
+        Command::Backend { action, listener, address, socket } => {
+            command(&socket, &format!("backend {action} {listener} {address}"))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -77,6 +132,26 @@ fn run(path: PathBuf) -> anyhow::Result<()> {
         .init();
     let config = vipd::config::load(&path)?;
     vipd::daemon::run(config, &path)
+}
+
+/// Sends one command line to the daemon's control socket and prints the
+/// answer; an `error:` answer is an error.
+fn command(socket: &std::path::Path, line: &str) -> anyhow::Result<()> {
+    let mut stream = std::os::unix::net::UnixStream::connect(socket)
+        .with_context(|| format!("connecting to {} (is vipd running, and are you root?)", socket.display()))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    writeln!(stream, "{line}")?;
+    stream.shutdown(std::net::Shutdown::Write)?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).context("reading the answer")?;
+    let answer = answer.trim_end();
+    match answer.strip_prefix("error: ") {
+        Some(why) => bail!("{why}"),
+        None => {
+            println!("{}", answer.strip_prefix("ok: ").unwrap_or(answer));
+            Ok(())
+        }
+    }
 }
 
 fn status(control: SocketAddr, json: bool) -> anyhow::Result<()> {

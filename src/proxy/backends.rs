@@ -4,7 +4,7 @@
 //! (`idle`).
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,9 +31,47 @@ pub struct Backend {
     failures: AtomicU64,
     /// Connection slots (`max_conns`); `None` = no limit.
     slots: Option<Arc<Semaphore>>,
+    /// What the operator set ([`Admin`] as u8).
+    admin: AtomicU8,
+}
+
+/// A backend's administrative state (`vipd backend drain|disable|enable`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admin {
+    /// In rotation.
+    Enabled = 0,
+    /// No new requests; those in flight finish; still counted as up by
+    /// `track_http` (it is meant to come back).
+    Draining = 1,
+    /// No new requests, and counted as down (maintenance).
+    Disabled = 2,
+}
+
+impl Admin {
+    fn from_u8(v: u8) -> Admin {
+        match v {
+            1 => Admin::Draining,
+            2 => Admin::Disabled,
+            _ => Admin::Enabled,
+        }
+    }
+
+    /// The word in `/status`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Admin::Enabled => "enabled",
+            Admin::Draining => "draining",
+            Admin::Disabled => "disabled",
+        }
+    }
 }
 
 impl Backend {
+    /// What the operator set.
+    pub fn admin(&self) -> Admin {
+        Admin::from_u8(self.admin.load(Ordering::Relaxed))
+    }
+
     fn has_free_slot(&self) -> bool {
         self.slots.as_ref().is_none_or(|s| s.available_permits() > 0)
     }
@@ -54,6 +92,8 @@ pub struct BackendSnapshot {
     pub requests: u64,
     /// Connect errors, broken connections, timeouts and 5xx answers.
     pub failures: u64,
+    /// "enabled", "draining" or "disabled" (`vipd backend ...`).
+    pub admin: &'static str,
 }
 
 /// `/status` view of one listener.
@@ -133,6 +173,7 @@ impl Pool {
                 slots: (config.max_conns > 0).then(|| Arc::new(Semaphore::new(config.max_conns))),
                 requests: AtomicU64::new(0),
                 failures: AtomicU64::new(0),
+                admin: AtomicU8::new(Admin::Enabled as u8),
             })
             .collect();
         let total = backends.len();
@@ -165,7 +206,7 @@ impl Pool {
     /// them, it needs a passing check too (see [`Pool::check_passed`]).
     pub fn is_available(&self, i: usize) -> bool {
         let Some(b) = self.backends.get(i) else { return false };
-        if !b.active_healthy.load(Ordering::Relaxed) {
+        if !b.active_healthy.load(Ordering::Relaxed) || b.admin() == Admin::Disabled {
             return false;
         }
         if !b.ejected.load(Ordering::Relaxed) {
@@ -187,7 +228,11 @@ impl Pool {
 
     fn pick_where(&self, tried: &[usize], also: impl Fn(&Backend) -> bool) -> Option<usize> {
         self.selector.select(
-            |i| !tried.contains(&i) && self.is_available(i) && self.backends.get(i).is_some_and(&also),
+            |i| {
+                !tried.contains(&i)
+                    && self.is_available(i)
+                    && self.backends.get(i).is_some_and(|b| b.admin() == Admin::Enabled && also(b))
+            },
             |i| self.backends.get(i).map_or(u64::MAX, |b| b.in_flight.load(Ordering::Relaxed)),
             &mut |n| fastrand::usize(..n.max(1)),
         )
@@ -346,9 +391,29 @@ impl Pool {
                     in_flight: b.in_flight.load(Ordering::Relaxed),
                     requests: b.requests.load(Ordering::Relaxed),
                     failures: b.failures.load(Ordering::Relaxed),
+                    admin: b.admin().name(),
                 })
                 .collect(),
         }
+    }
+
+    /// Sets backend `address`'s administrative state; says what changed.
+    pub fn set_admin(&self, address: SocketAddr, admin: Admin) -> Result<String, String> {
+        let b = self
+            .backends
+            .iter()
+            .find(|b| b.address == address)
+            .ok_or_else(|| format!("listener {:?} has no backend {address}", self.config.name))?;
+        let before = Admin::from_u8(b.admin.swap(admin as u8, Ordering::Relaxed));
+        // Disabled counts as down for track_http.
+        self.publish_health();
+        let in_flight = b.in_flight.load(Ordering::Relaxed);
+        Ok(format!("{} {address}: {} -> {} ({in_flight} in flight)", self.config.name, before.name(), admin.name()))
+    }
+
+    /// The listener's name.
+    pub fn name(&self) -> &str {
+        &self.config.name
     }
 
     /// The cool-down, for log messages.

@@ -10,11 +10,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use super::fsm::State;
 use super::notify::{state_word, HookQueue, Hooks};
+use super::operator::{Ask, Command};
 use super::packet::{Datagram, Family};
 use super::probe::TrackShared;
 use super::router::{InstanceSpec, Output, Router};
@@ -94,6 +95,8 @@ struct Side {
     group_fault: bool,
     /// The most another sync group member's trackers lower it.
     group_lowered: u8,
+    /// Set by `vipd vrrp priority`: replaces the tracked priority.
+    priority_override: Option<u8>,
 }
 
 impl Side {
@@ -133,6 +136,8 @@ pub struct Driver {
     addr_retry: Option<Instant>,
     sides: Vec<Side>,
     drain: Option<DrainGate>,
+    /// The operator's commands for these instances.
+    commands: Option<mpsc::UnboundedReceiver<Command>>,
     /// Hand-overs whose VIPs wait for the drain gate: (vrid, since when).
     draining: Vec<(u8, Instant)>,
     stopping: bool,
@@ -211,7 +216,13 @@ impl Driver {
         }
         let sides = instances
             .into_iter()
-            .map(|inst| Side { inst, tracker_fault: false, group_fault: false, group_lowered: 0 })
+            .map(|inst| Side {
+                inst,
+                tracker_fault: false,
+                group_fault: false,
+                group_lowered: 0,
+                priority_override: None,
+            })
             .collect();
         Ok(Driver {
             ifname: ifname.to_string(),
@@ -230,9 +241,15 @@ impl Driver {
             addr_retry: None,
             sides,
             drain,
+            commands: None,
             draining: Vec::new(),
             stopping: false,
         })
+    }
+
+    /// The operator's commands for these instances come from `commands`.
+    pub fn take_commands(&mut self, commands: mpsc::UnboundedReceiver<Command>) {
+        self.commands = Some(commands);
     }
 
     /// Runs until `shutdown` flips (or its sender goes), then resigns:
@@ -288,6 +305,10 @@ impl Driver {
                         self.router.handle_timeout(Instant::now());
                     }
                     _ = tokio::time::sleep(DRAIN_POLL), if !self.draining.is_empty() => self.check_drains().await,
+                    command = next_command(&mut self.commands) => match command {
+                        Some(c) => self.command(c),
+                        None => self.commands = None,
+                    },
                     _ = retry_at(self.addr_retry) => {
                         self.addr_retry = None;
                         self.follow_addresses().await;
@@ -453,6 +474,45 @@ impl Driver {
         }
     }
 
+    /// Carries out an operator's command and says how it went.
+    fn command(&mut self, c: Command) {
+        let Some(i) = self.sides.iter().position(|s| s.vrid() == c.vrid) else {
+            let _ = c.reply.send(Err("no such instance here".into()));
+            return;
+        };
+        let name = self.sides[i].inst.spec.name.clone();
+        let now = Instant::now();
+        let answer = match c.ask {
+            Ask::StepDown | Ask::Resume => {
+                let resume = c.ask == Ask::Resume;
+                let before = self.router.view(c.vrid).map(|v| v.state);
+                self.router.operator_step_down(now, c.vrid, resume);
+                Ok(match (resume, before) {
+                    (true, _) => format!("{name}: resumed (preempts again as configured)"),
+                    (false, Some(State::Master)) => format!("{name}: stepping down: priority 0 sent, the VIPs stay until the new master advertises; then backup without preemption until resume"),
+                    (false, _) => format!("{name}: not master; held as backup without preemption until resume"),
+                })
+            }
+            Ask::Priority(p) if self.sides[i].inst.spec.priority == 255 && p.is_some() => {
+                Err(format!("{name}: priority 255 is the address owner's and is not overridden"))
+            }
+            Ask::Priority(p) => {
+                self.sides[i].priority_override = p;
+                self.sides[i].inst.stats.priority_override.store(p.unwrap_or(0), Ordering::Relaxed);
+                self.apply_priority(i);
+                Ok(match p {
+                    Some(p) => format!("{name}: priority {p} until reset"),
+                    None => format!("{name}: priority back to the configured and tracked one"),
+                })
+            }
+        };
+        match &answer {
+            Ok(what) => info!(instance = %name, "operator: {what}"),
+            Err(why) => warn!(instance = %name, "operator command refused: {why}"),
+        }
+        let _ = c.reply.send(answer);
+    }
+
     /// A tracker's verdict changed: new effective priority, or Fault.
     fn follow_trackers(&mut self, i: usize) {
         let Some(tracking) = self.sides[i].inst.tracking.clone() else { return };
@@ -473,7 +533,8 @@ impl Driver {
     /// moves as one). An owner (255) is never lowered.
     fn apply_priority(&mut self, i: usize) {
         let side = &self.sides[i];
-        let effective = member_priority(side.inst.spec.priority, side.own_priority(), side.group_lowered);
+        let tracked = member_priority(side.inst.spec.priority, side.own_priority(), side.group_lowered);
+        let effective = side.priority_override.unwrap_or(tracked);
         let Some(before) = self.router.view(side.vrid()).map(|v| v.priority) else { return };
         if effective != before {
             let why = side
@@ -640,6 +701,15 @@ async fn addr_change(addrs: &mut Option<broadcast::Receiver<AddrEvent>>, ours: [
 async fn retry_at(at: Option<Instant>) {
     match at {
         Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next operator command; `None` once the sender is gone; never
+/// without a channel.
+async fn next_command(commands: &mut Option<mpsc::UnboundedReceiver<Command>>) -> Option<Command> {
+    match commands {
+        Some(rx) => rx.recv().await,
         None => std::future::pending().await,
     }
 }

@@ -94,6 +94,8 @@ pub enum Reason {
     GroupOk,
     /// A member of our sync group lost to a better master: we follow.
     GroupStepDown,
+    /// The operator asked for a hand-over; the successor took over.
+    OperatorStepDown { to: IpAddr },
 }
 
 impl fmt::Display for Reason {
@@ -120,6 +122,7 @@ impl fmt::Display for Reason {
             Reason::GroupFault => f.write_str("a member of the sync group is in fault"),
             Reason::GroupOk => f.write_str("no member of the sync group is in fault"),
             Reason::GroupStepDown => f.write_str("a member of the sync group is backup"),
+            Reason::OperatorStepDown { to } => write!(f, "step-down asked by the operator: new master {to} took over"),
         }
     }
 }
@@ -160,6 +163,13 @@ pub enum Event {
     /// A member of the sync group is backup under a better master: a master
     /// steps down too (priority 0, VIPs released), so the group moves whole.
     GroupStepDown,
+    /// The operator asks for a planned hand-over (`vipd vrrp step-down`):
+    /// a master sends priority 0 and keeps its VIPs until its successor
+    /// advertises, as on a planned stop, then stays backup; no instance
+    /// preempts until [`Event::OperatorResume`].
+    OperatorStepDown,
+    /// The operator lifts a step-down (`vipd vrrp resume`).
+    OperatorResume,
 }
 
 /// Outputs of the state machine, executed in order by the instance.
@@ -245,6 +255,11 @@ pub struct Fsm {
     master_since: Option<Instant>,
     /// No preemption while set (a sync group member lost to a better master).
     preempt_hold: bool,
+    /// The operator stepped this instance down: no preemption until resumed.
+    operator_hold: bool,
+    /// Where a resigning master goes once its successor speaks: Initialize
+    /// on a planned stop, Backup on an operator's step-down.
+    resign_to: State,
     actions: VecDeque<Action>,
 }
 
@@ -268,6 +283,8 @@ impl Fsm {
             master_priority: None,
             master_since: None,
             preempt_hold: false,
+            operator_hold: false,
+            resign_to: State::Initialize,
             actions: VecDeque::new(),
         }
     }
@@ -328,7 +345,20 @@ impl Fsm {
                 self.master_receives(now, source, priority, interval)
             }
             (State::Backup | State::Master, Event::Startup) => {}
-            (State::Master, Event::Shutdown) => self.master_resigns(now),
+            (State::Master, Event::Shutdown) => {
+                // Also when a step-down is under way: this one ends the instance.
+                self.resign_to = State::Initialize;
+                self.master_resigns(now);
+            }
+            (State::Master, Event::OperatorStepDown) => {
+                self.operator_hold = true;
+                if !self.is_resigning() {
+                    self.resign_to = State::Backup;
+                    self.master_resigns(now);
+                }
+            }
+            (_, Event::OperatorStepDown) => self.operator_hold = true,
+            (_, Event::OperatorResume) => self.operator_hold = false,
             (State::Backup | State::Fault, Event::Shutdown) => {
                 self.cancel_timers();
                 self.transition(State::Initialize, Reason::Shutdown);
@@ -409,7 +439,7 @@ impl Fsm {
     /// Runs every timer whose deadline is at or before `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.release_timer.is_some_and(|t| t <= now) {
-            self.release(Reason::Shutdown);
+            self.release(now, None);
             return;
         }
         if self.garp_repeat_timer.is_some_and(|t| t <= now) {
@@ -492,15 +522,28 @@ impl Fsm {
         self.cancel_timers();
         self.actions.push_back(Action::SendAdvert { priority: PRIORITY_RESIGN });
         if self.params.release_timeout.is_zero() {
-            self.release(Reason::Shutdown);
+            self.release(now, None);
         } else {
             self.release_timer = Some(now + self.params.release_timeout);
         }
     }
 
-    fn release(&mut self, reason: Reason) {
+    /// A resigning master lets its VIPs go: its successor `to` spoke (or
+    /// none did within the release timeout). After a planned stop it is
+    /// done; after an operator's step-down it follows the successor.
+    fn release(&mut self, now: Instant, to: Option<IpAddr>) {
         self.cancel_timers();
         self.actions.push_back(Action::ReleaseVips);
+        if self.resign_to == State::Backup {
+            self.resign_to = State::Initialize;
+            self.master_ip = to;
+            self.master_priority = None;
+            self.arm_master_down(now, Reason::MasterDownTimerExpired);
+            let reason = to.map_or(Reason::Shutdown, |to| Reason::OperatorStepDown { to });
+            self.transition(State::Backup, reason);
+            return;
+        }
+        let reason = to.map_or(Reason::Shutdown, |to| Reason::HandedOver { to });
         self.transition(State::Initialize, reason);
     }
 
@@ -521,7 +564,13 @@ impl Fsm {
     fn preempt_allowed(&self, now: Instant) -> bool {
         self.params.preempt
             && !self.preempt_hold
+            && !self.operator_hold
             && self.started_at.is_none_or(|t| now >= t + self.params.preempt_delay)
+    }
+
+    /// Whether the operator stepped this instance down (and has not resumed it).
+    pub fn is_stepped_down(&self) -> bool {
+        self.operator_hold
     }
 
     /// Holds preemption back (or lets it go): a sync group member is backup
@@ -595,15 +644,15 @@ impl Fsm {
     }
 
     /// §6.4.3 "If an ADVERTISEMENT is received" in Master.
-    fn master_receives_while_resigning(&mut self, source: IpAddr, priority: u8) {
+    fn master_receives_while_resigning(&mut self, now: Instant, source: IpAddr, priority: u8) {
         if priority != PRIORITY_RESIGN {
-            self.release(Reason::HandedOver { to: source });
+            self.release(now, Some(source));
         }
     }
 
     fn master_receives(&mut self, now: Instant, source: IpAddr, priority: u8, interval: Centiseconds) {
         if self.is_resigning() {
-            self.master_receives_while_resigning(source, priority);
+            self.master_receives_while_resigning(now, source, priority);
             return;
         }
         self.note_owner_conflict(source, priority);
@@ -1031,6 +1080,67 @@ mod tests {
             ]
         );
         assert_eq!(f.poll_timeout(), None);
+    }
+
+    #[test]
+    fn operator_step_down_hands_over_then_stays_backup_until_resumed() {
+        let t0 = Instant::now();
+        let mut f = master(150, t0);
+        let now = t0 + ms(9000);
+        f.handle(now, Event::OperatorStepDown);
+        assert_eq!(drain(&mut f), vec![Action::SendAdvert { priority: 0 }], "VIPs kept until the successor speaks");
+        assert!(f.is_resigning() && f.is_stepped_down());
+        f.handle(now + ms(400), advert(PEER_LOW, 100));
+        assert_eq!(
+            drain(&mut f),
+            vec![
+                Action::ReleaseVips,
+                Action::StateChanged {
+                    from: State::Master,
+                    to: State::Backup,
+                    reason: Reason::OperatorStepDown { to: PEER_LOW }
+                },
+            ]
+        );
+        assert_eq!(f.master_ip(), Some(PEER_LOW));
+        // A lower-priority master does not make it preempt...
+        f.handle(now + ms(1400), advert(PEER_LOW, 100));
+        assert_eq!(f.state(), State::Backup);
+        let down = f.poll_timeout().expect("master down armed");
+        assert!(down > now + ms(1400), "the advert was heard, not ignored for preemption");
+        // ...but if the master dies it takes over, as any backup.
+        f.handle_timeout(down);
+        assert_eq!(f.state(), State::Master);
+        drain(&mut f);
+        // Resumed, a stepped-down backup preempts again.
+        let mut g = master(150, t0);
+        g.handle(now, Event::OperatorStepDown);
+        g.handle(now + ms(300), advert(PEER_LOW, 100));
+        drain(&mut g);
+        g.handle(now + ms(500), Event::OperatorResume);
+        assert!(!g.is_stepped_down());
+        g.handle(now + ms(1300), advert(PEER_LOW, 100));
+        let down = g.poll_timeout().expect("master down armed");
+        g.handle_timeout(down);
+        assert_eq!(g.state(), State::Master, "preempted after resume");
+    }
+
+    #[test]
+    fn shutdown_during_a_step_down_ends_the_instance() {
+        let t0 = Instant::now();
+        let mut f = master(150, t0);
+        let now = t0 + ms(9000);
+        f.handle(now, Event::OperatorStepDown);
+        f.handle(now + ms(10), Event::Shutdown);
+        drain(&mut f);
+        f.handle(now + ms(300), advert(PEER_LOW, 100));
+        let last = drain(&mut f).pop();
+        assert!(matches!(last, Some(Action::StateChanged { to: State::Initialize, .. })), "{last:?}");
+        // A backup stepped down only holds preemption.
+        let mut b = backup(150, t0);
+        b.handle(t0 + ms(10), Event::OperatorStepDown);
+        assert!(drain(&mut b).is_empty());
+        assert!(b.is_stepped_down());
     }
 
     #[test]

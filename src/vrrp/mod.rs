@@ -5,6 +5,7 @@ pub mod command;
 pub mod driver;
 pub mod fsm;
 pub mod notify;
+pub mod operator;
 pub mod packet;
 pub mod probe;
 pub mod router;

@@ -458,6 +458,17 @@ impl Router {
         self.pump(now, i);
     }
 
+    /// The operator's step-down of `vrid` (`resume` = false) or its end.
+    /// False when there is no such instance.
+    pub fn operator_step_down(&mut self, now: Instant, vrid: u8, resume: bool) -> bool {
+        let Some(i) = self.index(vrid) else { return false };
+        let event = if resume { Event::OperatorResume } else { Event::OperatorStepDown };
+        self.members[i].fsm.handle(now, event);
+        self.members[i].stats.stepped_down.store(!resume, Ordering::Relaxed);
+        self.pump(now, i);
+        true
+    }
+
     /// Starts a gratuitous ARP burst for `vrid`'s VIPs (one was put back).
     pub fn announce(&mut self, now: Instant, vrid: u8) {
         if let Some(i) = self.index(vrid) {

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
@@ -44,6 +44,10 @@ pub struct Stats {
     pub(super) vips_restored: AtomicU64,
     /// How far a sync group member's trackers lower this instance.
     pub(super) group_lowered: AtomicU8,
+    /// Stepped down by the operator (no preemption until resumed).
+    pub(super) stepped_down: AtomicBool,
+    /// The operator's priority override; 0 = none.
+    pub(super) priority_override: AtomicU8,
     /// The instance's trackers, if it has any.
     tracking: Option<Arc<TrackShared>>,
     /// How its notify hooks ended.
@@ -96,6 +100,11 @@ pub struct Snapshot {
     pub priority_explanation: String,
     /// Every tracker and its state.
     pub trackers: Vec<TrackerStatus>,
+    /// Stepped down by `vipd vrrp step-down` (no preemption until `resume`).
+    pub stepped_down: bool,
+    /// The priority `vipd vrrp priority` set, if any (it replaces the
+    /// trackers' and the sync group's).
+    pub priority_override: Option<u8>,
     /// Notify hook runs by state and result ("ok", "failed", "timeout", "error").
     pub notify_runs: Vec<NotifyRuns>,
     /// The master as last seen (ourselves when master).
@@ -209,6 +218,8 @@ impl Stats {
             netlink_errors: AtomicU64::new(0),
             vips_restored: AtomicU64::new(0),
             group_lowered: Default::default(),
+            stepped_down: AtomicBool::new(false),
+            priority_override: AtomicU8::new(0),
             tracking,
             notify_runs: Arc::default(),
             dynamic: Mutex::new(Dynamic {
@@ -245,6 +256,11 @@ impl Stats {
             effective_priority = with_group;
             priority_explanation = format!("{} - {by_group} (sync group)", self.priority);
         }
+        let priority_override = Some(self.priority_override.load(Ordering::Relaxed)).filter(|p| *p != 0);
+        if let Some(p) = priority_override {
+            effective_priority = p;
+            priority_explanation = format!("{p} (set by vipd vrrp priority)");
+        }
         let d = self.dynamic();
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
         Snapshot {
@@ -257,6 +273,8 @@ impl Stats {
             effective_priority,
             priority_explanation,
             trackers,
+            stepped_down: self.stepped_down.load(Ordering::Relaxed),
+            priority_override,
             notify_runs: NotifyRuns::list(&self.notify_runs),
             master_ip: d.master_ip,
             advert_interval_ms: self.advert_interval_ms,

@@ -1,0 +1,52 @@
+//! What an operator may ask of a running VRRP instance (`vipd vrrp
+//! step-down|resume|priority`), and the handle the control socket asks it
+//! through: each driver answers the commands for its instances.
+
+use std::collections::HashMap;
+
+use tokio::sync::{mpsc, oneshot};
+
+/// One change to an instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ask {
+    /// A planned hand-over: priority 0, the VIPs kept until the new master
+    /// advertises; then backup, without preemption until [`Ask::Resume`].
+    StepDown,
+    /// Preempt again as configured.
+    Resume,
+    /// Advertise this priority (1..=254) whatever the trackers say; `None`
+    /// goes back to the configured and tracked one.
+    Priority(Option<u8>),
+}
+
+/// A command on its way to the driver of instance `vrid`.
+#[derive(Debug)]
+pub struct Command {
+    /// The instance's VRID (unique within its driver).
+    pub vrid: u8,
+    /// What to change.
+    pub ask: Ask,
+    /// What happened, in a sentence, or why not.
+    pub reply: oneshot::Sender<Result<String, String>>,
+}
+
+/// Where each instance's commands go, by instance name.
+#[derive(Debug, Clone, Default)]
+pub struct Operator {
+    by_name: HashMap<String, (u8, mpsc::UnboundedSender<Command>)>,
+}
+
+impl Operator {
+    /// Commands for instance `name` (VRID `vrid`) go to `driver`.
+    pub fn add(&mut self, name: String, vrid: u8, driver: mpsc::UnboundedSender<Command>) {
+        self.by_name.insert(name, (vrid, driver));
+    }
+
+    /// Asks instance `name` for `ask`; the answer says what happened.
+    pub async fn ask(&self, name: &str, ask: Ask) -> Result<String, String> {
+        let (vrid, driver) = self.by_name.get(name).ok_or_else(|| format!("no vrrp instance {name:?}"))?;
+        let (reply, answer) = oneshot::channel();
+        driver.send(Command { vrid: *vrid, ask, reply }).map_err(|_| "the VRRP thread is gone".to_string())?;
+        answer.await.map_err(|_| "the VRRP thread did not answer".to_string())?
+    }
+}
