@@ -31,13 +31,6 @@ status_both() {
         ns_exec "$h" "$VIPD" status --control "$CONTROL" || true
     done
 }
-lb_conf() {
-    local f
-    f=$(vipd_conf "$1" "$2" "$INTERVAL" 3 true)
-    vipd_http_section web "0.0.0.0:$APP_PORT" round_robin 500ms 5s \
-        "${HOST_IP[app1]}:$APP_PORT" "${HOST_IP[app2]}:$APP_PORT" >>"$f"
-    echo "$f"
-}
 # traffic TAG MS: the client's request loop for MS milliseconds, in the background.
 traffic() {
     TRAFFIC_OUT="$WORK/$1.client"
@@ -52,12 +45,9 @@ report() {
 
 say "topology: bridge in namespace $SW; lb1 ${HOST_IP[lb1]}, lb2 ${HOST_IP[lb2]}, app1 ${HOST_IP[app1]}, app2 ${HOST_IP[app2]}, client ${HOST_IP[client]}; VIP $VIP_CIDR"
 topo_up lb1 lb2 app1 app2 client
-for a in app1 app2; do
-    app_server "$a"
-    nginx_ready "$a" "$STARTED_PID" "http://${HOST_IP[$a]}:$APP_PORT/healthz" 5000 || fail "$a: $WHY"
-done
-start_vipd lb2 "$(lb_conf lb2 100)" "$WORK/lb2.log"
-start_vipd lb1 "$(lb_conf lb1 150)" "$WORK/lb1.log"
+start_app_servers
+start_vipd lb2 "$(vipd_lb_conf lb2 100 "$INTERVAL")" "$WORK/lb2.log"
+start_vipd lb1 "$(vipd_lb_conf lb1 150 "$INTERVAL")" "$WORK/lb1.log"
 wait_pair_settled lb1 lb2 15000
 for h in lb1 lb2; do wait_for 10000 vipd_backends_healthy "$h" || fail "$h: backends not healthy"; done
 say "lb1 is master and holds the VIP (VIP on: $(vip_holder)); both balance over app1 and app2"
@@ -79,7 +69,7 @@ report 5000 "$t_ev"
 status_both
 
 say "lb1 comes back (it removes the VIP its crash left behind) and preempts"
-start_vipd lb1 "$(lb_conf lb1 150)" "$WORK/lb1.log"
+start_vipd lb1 "$(vipd_lb_conf lb1 150 "$INTERVAL")" "$WORK/lb1.log"
 wait_pair_settled lb1 lb2 15000
 wait_for 10000 vipd_backends_healthy lb1 || fail "lb1: backends not healthy"
 echo "lb1 is master again; VIP on: $(vip_holder); client's entry: $(client_neigh_mac)"

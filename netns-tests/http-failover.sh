@@ -55,14 +55,6 @@ APP_LOGS=("$WORK/app1.access" "$WORK/app2.access")
 ((PERIOD_MS >= 5 && PERIOD_MS <= 1000)) || fail "PERIOD_MS=$PERIOD_MS out of range 5..1000"
 ((LOOP_MS >= 1000 && LOOP_MS <= 120000)) || fail "PRE_MS + POST_MS = $LOOP_MS out of range 1000..120000"
 
-# lb_conf HOST PRIO: lib.sh's VRRP config plus the [[http]] table.
-lb_conf() {
-    local f
-    f=$(vipd_conf "$1" "$2" $INTERVAL 3 true)
-    vipd_http_section web "$ANY_ADDR:$APP_PORT" round_robin 500ms 5s \
-        "${HOST_IP[app1]}:$APP_PORT" "${HOST_IP[app2]}:$APP_PORT" >>"$f"
-    echo "$f"
-}
 
 declare -A APP_PID=()
 start_apps() {
@@ -81,8 +73,8 @@ declare -A LB_PROXY_PID=()
 start_lbs() {
     local h
     if [[ $IMPL == vipd ]]; then
-        start_vipd lb1 "$(lb_conf lb1 150)" "$WORK/lb1.log"
-        start_vipd lb2 "$(lb_conf lb2 100)" "$WORK/lb2.log"
+        start_vipd lb1 "$(vipd_lb_conf lb1 150 $INTERVAL)" "$WORK/lb1.log"
+        start_vipd lb2 "$(vipd_lb_conf lb2 100 $INTERVAL)" "$WORK/lb2.log"
         return
     fi
     start_node keepalived lb1 150 $INTERVAL 3 true

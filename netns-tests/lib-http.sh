@@ -247,6 +247,26 @@ fall = 3
 EOF
 }
 
+# vipd_lb_conf HOST PRIO INTERVAL: lib.sh's VRRP config (VRRPv3, preempt)
+# plus [[http]] "web" on port APP_PORT of any address over app1 and app2
+# (health checks every 500 ms, drain 5 s). Prints the config path.
+vipd_lb_conf() {
+    local f
+    f=$(vipd_conf "$1" "$2" "$3" 3 true)
+    vipd_http_section web "$ANY_ADDR:$APP_PORT" round_robin 500ms 5s \
+        "${HOST_IP[app1]}:$APP_PORT" "${HOST_IP[app2]}:$APP_PORT" >>"$f"
+    echo "$f"
+}
+
+# start_app_servers: app1 and app2 (nginx answering its name), ready.
+start_app_servers() {
+    local a
+    for a in app1 app2; do
+        app_server "$a"
+        nginx_ready "$a" "$STARTED_PID" "http://${HOST_IP[$a]}:$APP_PORT/healthz" 5000 || fail "$a: $WHY"
+    done
+}
+
 # vipd_backends_healthy HOST [CONTROL]: every backend of the first [[http]]
 # of vipd on HOST reports healthy.
 vipd_backends_healthy() {

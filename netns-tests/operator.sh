@@ -25,13 +25,6 @@ ensure_pkg jq jq
 INTERVAL=100ms
 PERIOD_MS=20
 URL="http://$VIP_URL:$APP_PORT/"
-lb_conf() {
-    local f
-    f=$(vipd_conf "$1" "$2" $INTERVAL 3 true)
-    vipd_http_section web "$ANY_ADDR:$APP_PORT" round_robin 500ms 5s \
-        "${HOST_IP[app1]}:$APP_PORT" "${HOST_IP[app2]}:$APP_PORT" >>"$f"
-    echo "$f"
-}
 ctl() { local h=$1; shift; "$VIPD" "$@" --socket "$WORK/$h.sock"; }
 vrrp_ctl() { local h=$1; shift; "$VIPD" vrrp "$@" --socket "$WORK/$h.sock"; }
 # run_loop TAG MS: the client loop for MS ms; sets OUT and CPID.
@@ -50,12 +43,9 @@ finish_loop() {
 }
 
 topo_up lb1 lb2 app1 app2 client
-for a in app1 app2; do
-    app_server "$a"
-    nginx_ready "$a" "$STARTED_PID" "http://${HOST_IP[$a]}:$APP_PORT/healthz" 5000 || fail "$a: $WHY"
-done
-start_vipd lb1 "$(lb_conf lb1 150)" "$WORK/lb1.log"
-start_vipd lb2 "$(lb_conf lb2 100)" "$WORK/lb2.log"
+start_app_servers
+start_vipd lb1 "$(vipd_lb_conf lb1 150 $INTERVAL)" "$WORK/lb1.log"
+start_vipd lb2 "$(vipd_lb_conf lb2 100 $INTERVAL)" "$WORK/lb2.log"
 wait_pair_settled lb1 lb2 5000
 for h in lb1 lb2; do wait_for 10000 vipd_backends_healthy "$h" || fail "$h: backends not healthy"; done
 [[ $(stat -c %a "$WORK/lb1.sock") == 600 ]] || fail "the control socket is mode $(stat -c %a "$WORK/lb1.sock"), want 600"
