@@ -247,6 +247,16 @@ fall = 3
 EOF
 }
 
+# need_lb_pair: root, vipd, and what a vipd pair over nginx app servers
+# with a curl client needs.
+need_lb_pair() {
+    need_root
+    need_vipd
+    ensure_pkg_nosvc nginx nginx
+    ensure_pkg curl curl
+    ensure_pkg jq jq
+}
+
 # vipd_lb_conf HOST PRIO INTERVAL: lib.sh's VRRP config (VRRPv3, preempt)
 # plus [[http]] "web" on port APP_PORT of any address over app1 and app2
 # (health checks every 500 ms, drain 5 s). Prints the config path.
@@ -265,6 +275,19 @@ start_app_servers() {
         app_server "$a"
         nginx_ready "$a" "$STARTED_PID" "http://${HOST_IP[$a]}:$APP_PORT/healthz" 5000 || fail "$a: $WHY"
     done
+}
+
+# start_lb_pair INTERVAL: a fresh topology (lb1 lb2 app1 app2 client), the
+# app servers, vipd on lb1 (150) and lb2 (100) from vipd_lb_conf, settled
+# with lb1 master and every backend healthy on both.
+start_lb_pair() {
+    local h
+    topo_up lb1 lb2 app1 app2 client
+    start_app_servers
+    start_vipd lb1 "$(vipd_lb_conf lb1 150 "$1")" "$WORK/lb1.log"
+    start_vipd lb2 "$(vipd_lb_conf lb2 100 "$1")" "$WORK/lb2.log"
+    wait_pair_settled lb1 lb2 5000
+    for h in lb1 lb2; do wait_for 10000 vipd_backends_healthy "$h" || fail "$h: backends not healthy"; done
 }
 
 # vipd_backends_healthy HOST [CONTROL]: every backend of the first [[http]]

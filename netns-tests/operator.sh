@@ -16,11 +16,7 @@
 NT_DIR0=$(cd "$(dirname "$0")" && pwd)
 source "$NT_DIR0/lib.sh"
 source "$NT_DIR0/lib-http.sh"
-need_root
-need_vipd
-ensure_pkg_nosvc nginx nginx
-ensure_pkg curl curl
-ensure_pkg jq jq
+need_lb_pair
 
 INTERVAL=100ms
 PERIOD_MS=20
@@ -42,12 +38,7 @@ finish_loop() {
     echo "$total"
 }
 
-topo_up lb1 lb2 app1 app2 client
-start_app_servers
-start_vipd lb1 "$(vipd_lb_conf lb1 150 $INTERVAL)" "$WORK/lb1.log"
-start_vipd lb2 "$(vipd_lb_conf lb2 100 $INTERVAL)" "$WORK/lb2.log"
-wait_pair_settled lb1 lb2 5000
-for h in lb1 lb2; do wait_for 10000 vipd_backends_healthy "$h" || fail "$h: backends not healthy"; done
+start_lb_pair $INTERVAL
 [[ $(stat -c %a "$WORK/lb1.sock") == 600 ]] || fail "the control socket is mode $(stat -c %a "$WORK/lb1.sock"), want 600"
 
 # 1. Step-down and resume.

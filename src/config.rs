@@ -330,6 +330,55 @@ struct RawVrrp {
     notify_timeout: Option<Spanned<String>>,
 }
 
+/// Why a running daemon cannot take `new` in place of `old` without a
+/// restart, if it cannot: what a reload applies today is each existing VRRP
+/// instance's own settings (priority, preempt, timing, VIPs, gratuitous ARP,
+/// unicast peers, notify hooks). `None`: it can.
+pub fn reload_refusal(old: &Config, new: &Config) -> Option<String> {
+    if old.control != new.control {
+        return Some("[control] changed".into());
+    }
+    if old.http != new.http {
+        return Some("[[http]] changed (listeners and backends are not reloaded yet)".into());
+    }
+    if old.sync_groups != new.sync_groups || old.scripts != new.scripts {
+        return Some("[[sync_group]] or [[track_script]] changed".into());
+    }
+    let names = |c: &Config| c.vrrp.iter().map(|v| v.spec.name.clone()).collect::<Vec<_>>();
+    if names(old) != names(new) {
+        return Some(format!(
+            "the [[vrrp]] instances changed ({} -> {}): adding, removing or reordering instances is not reloaded yet",
+            names(old).join(", "),
+            names(new).join(", ")
+        ));
+    }
+    for (o, n) in old.vrrp.iter().zip(&new.vrrp) {
+        let what = if o.interface != n.interface {
+            "interface"
+        } else if o.spec.vrid != n.spec.vrid {
+            "vrid"
+        } else if o.spec.version != n.spec.version {
+            "version"
+        } else if o.spec.family() != n.spec.family() {
+            "the address family of virtual_ips"
+        } else if o.vmac != n.vmac {
+            "use_vmac or vmac_interface"
+        } else if o.trackers != n.trackers {
+            "track_http, track_interfaces or track_scripts"
+        } else if o.notify.is_empty() != n.notify.is_empty() {
+            "notify hooks, from none or to none"
+        } else if o.spec.priority != n.spec.priority && (o.spec.priority == 255 || n.spec.priority == 255) {
+            "priority to or from 255 (the address owner)"
+        } else if o.spec.priority != n.spec.priority && !n.trackers.is_empty() {
+            "priority of an instance with trackers"
+        } else {
+            continue;
+        };
+        return Some(format!("vrrp instance {:?}: {what} changed", n.spec.name));
+    }
+    None
+}
+
 /// Reads and validates a config file.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let text =
@@ -1195,6 +1244,31 @@ virtual_ips = ["192.0.2.10/24", "192.0.2.20"]
         let v6 = GOOD.replace("\"192.0.2.10/24\", \"192.0.2.20\"", "\"2001:db8::10/64\"");
         let c = parse(&v6.replace("priority = 150", "priority = 150\nuse_vmac = true"), Path::new("t")).expect("valid");
         assert_eq!(c.vrrp[0].vmac, Some(Vmac { name: "vrrp6.51".into(), mac: [0, 0, 0x5e, 0, 2, 51], ipv6: true }));
+    }
+
+    #[test]
+    fn reload_takes_instance_settings_and_refuses_the_rest() {
+        let old = parse(GOOD, Path::new("t")).expect("valid");
+        let same = parse(GOOD, Path::new("t")).expect("valid");
+        assert_eq!(reload_refusal(&old, &same), None);
+        let settings = parse(
+            &GOOD
+                .replace("priority = 150", "priority = 140\npreempt = false")
+                .replace("\"192.0.2.20\"", "\"192.0.2.30\""),
+            Path::new("t"),
+        )
+        .expect("valid");
+        assert_eq!(reload_refusal(&old, &settings), None);
+        let refused = |text: &str| {
+            let new = parse(text, Path::new("t")).expect("valid");
+            reload_refusal(&old, &new).expect("refused")
+        };
+        assert!(refused(&GOOD.replace("vrid = 51", "vrid = 52")).contains("vrid changed"));
+        assert!(refused(&GOOD.replace("interface = \"eth0\"", "interface = \"eth1\"")).contains("interface changed"));
+        assert!(refused(&GOOD.replace("name = \"web\"", "name = \"www\"")).contains("instances changed"));
+        assert!(refused(&with("use_vmac = true")).contains("use_vmac"));
+        assert!(refused(&GOOD.replace("9191", "9192")).contains("[control]"));
+        assert!(refused(&GOOD.replace("priority = 150", "priority = 255")).contains("address owner"));
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
@@ -26,7 +27,7 @@ use crate::vrrp::stats::{Snapshot, Stats};
 use crate::vrrp::sync::{GroupShared, GroupSnapshot};
 
 /// Everything the control endpoint reports on.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Sources {
     /// One per VRRP instance, in config order.
     pub vrrp: Vec<Arc<Stats>>,
@@ -34,6 +35,94 @@ pub struct Sources {
     pub http: Vec<Arc<Pool>>,
     /// One per sync group, in config order.
     pub groups: Vec<Arc<GroupShared>>,
+    /// The configuration file and its reloads.
+    pub config: Arc<ConfigState>,
+}
+
+/// The configuration file in use and how its reloads went.
+#[derive(Debug)]
+pub struct ConfigState {
+    path: String,
+    inner: std::sync::Mutex<ConfigInner>,
+}
+
+#[derive(Debug)]
+struct ConfigInner {
+    loaded_at: SystemTime,
+    generation: u64,
+    last_reload: Option<LastReload>,
+}
+
+/// How the last reload went.
+#[derive(Debug, Clone, Serialize)]
+pub struct LastReload {
+    /// Taken.
+    pub ok: bool,
+    /// Why not (the file's first error, or what a reload cannot change).
+    pub error: Option<String>,
+    /// When, seconds since the Unix epoch.
+    pub at: f64,
+}
+
+/// The `config` part of `/status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConfigSnapshot {
+    /// The file.
+    pub path: String,
+    /// When the running configuration was loaded, seconds since the Unix epoch.
+    pub loaded_at: f64,
+    /// 1 at start, one more per reload taken.
+    pub generation: u64,
+    /// The last reload asked for, if any.
+    pub last_reload: Option<LastReload>,
+}
+
+fn unix_seconds(t: SystemTime) -> f64 {
+    t.duration_since(SystemTime::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
+impl ConfigState {
+    /// The file `path`, loaded now.
+    pub fn new(path: &std::path::Path) -> Arc<Self> {
+        Arc::new(ConfigState {
+            path: path.display().to_string(),
+            inner: std::sync::Mutex::new(ConfigInner {
+                loaded_at: SystemTime::now(),
+                generation: 1,
+                last_reload: None,
+            }),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ConfigInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A reload was taken.
+    pub fn reloaded(&self) {
+        let mut c = self.lock();
+        let now = SystemTime::now();
+        c.loaded_at = now;
+        c.generation += 1;
+        c.last_reload = Some(LastReload { ok: true, error: None, at: unix_seconds(now) });
+    }
+
+    /// A reload was refused; the running configuration stays.
+    pub fn refused(&self, why: &str) {
+        let at = unix_seconds(SystemTime::now());
+        self.lock().last_reload = Some(LastReload { ok: false, error: Some(why.to_string()), at });
+    }
+
+    /// For `/status`.
+    pub fn snapshot(&self) -> ConfigSnapshot {
+        let c = self.lock();
+        ConfigSnapshot {
+            path: self.path.clone(),
+            loaded_at: unix_seconds(c.loaded_at),
+            generation: c.generation,
+            last_reload: c.last_reload.clone(),
+        }
+    }
 }
 
 /// The `/status` document.
@@ -45,6 +134,8 @@ pub struct Status {
     pub http: Vec<PoolSnapshot>,
     /// Sync groups.
     pub sync_groups: Vec<GroupSnapshot>,
+    /// The configuration file and its reloads.
+    pub config: ConfigSnapshot,
 }
 
 impl Sources {
@@ -54,6 +145,7 @@ impl Sources {
             vrrp: self.vrrp.iter().map(|s| s.snapshot()).collect(),
             http: self.http.iter().map(|p| p.snapshot()).collect(),
             sync_groups: self.groups.iter().map(|g| g.snapshot()).collect(),
+            config: self.config.snapshot(),
         }
     }
 }
@@ -123,6 +215,19 @@ pub fn metrics(status: &Status) -> String {
         }
     };
     let id = |s: &Snapshot| format!("instance=\"{}\",vrid=\"{}\"", escape(&s.name), s.vrid);
+    let c = &status.config;
+    family(
+        "vipd_config_last_reload_successful",
+        "gauge",
+        "1 when the last reload was taken (or none was asked for), 0 when it was refused.",
+        &mut std::iter::once((String::new(), u64::from(c.last_reload.as_ref().is_none_or(|r| r.ok)))),
+    );
+    family(
+        "vipd_config_last_reload_success_timestamp_seconds",
+        "gauge",
+        "When the running configuration was loaded.",
+        &mut std::iter::once((String::new(), c.loaded_at as u64)),
+    );
     let states = [State::Initialize, State::Backup, State::Master, State::Fault];
     family(
         "vipd_vrrp_state",
@@ -289,6 +394,8 @@ pub enum ControlCommand {
         /// What to change.
         ask: Ask,
     },
+    /// `reload`: read the configuration file again and apply what changed.
+    Reload,
     /// `backend drain|disable|enable LISTENER ADDRESS`.
     Backend {
         /// Listener name.
@@ -302,7 +409,10 @@ pub enum ControlCommand {
 
 /// What the control socket understands, for error answers.
 const USAGE: &str = "commands: vrrp step-down NAME | vrrp resume NAME | vrrp priority NAME 1..254|reset | \
-     backend drain|disable|enable LISTENER ADDRESS";
+     backend drain|disable|enable LISTENER ADDRESS | reload";
+
+/// Asks the daemon to reload; the answer says what happened.
+pub type Reloader = tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<Result<String, String>>>;
 
 /// Reads one command line.
 pub fn parse_command(line: &str) -> Result<ControlCommand, String> {
@@ -326,9 +436,8 @@ pub fn parse_command(line: &str) -> Result<ControlCommand, String> {
             let address = address.parse().map_err(|_| format!("backend address {address:?}: expected IP:PORT"))?;
             Ok(ControlCommand::Backend { listener: listener.to_string(), address, admin })
         }
-        ["reload" | "upgrade"] => {
-            Err("not supported yet: a changed configuration or binary still needs a restart".to_string())
-        }
+        ["reload"] => Ok(ControlCommand::Reload),
+        ["upgrade"] => Err("not supported yet: a new binary still needs a restart".to_string()),
         _ => Err(USAGE.to_string()),
     }
 }
@@ -339,8 +448,8 @@ const MAX_COMMAND: u64 = 1024;
 /// Serves the operator's commands on `listener` until the task is dropped:
 /// one line in, one line out (`ok: ...` or `error: ...`), each logged with
 /// the peer's credentials.
-pub async fn serve_commands(listener: UnixListener, operator: Operator, pools: Vec<Arc<Pool>>) {
-    let targets = Arc::new((operator, pools));
+pub async fn serve_commands(listener: UnixListener, operator: Operator, pools: Vec<Arc<Pool>>, reload: Reloader) {
+    let targets = Arc::new(Targets { operator, pools, reload });
     loop {
         let stream = match listener.accept().await {
             Ok((s, _)) => s,
@@ -351,11 +460,18 @@ pub async fn serve_commands(listener: UnixListener, operator: Operator, pools: V
             }
         };
         let targets = Arc::clone(&targets);
-        tokio::spawn(async move { answer_command(stream, &targets.0, &targets.1).await });
+        tokio::spawn(async move { answer_command(stream, &targets).await });
     }
 }
 
-async fn answer_command(stream: UnixStream, operator: &Operator, pools: &[Arc<Pool>]) {
+/// Who carries the commands out.
+struct Targets {
+    operator: Operator,
+    pools: Vec<Arc<Pool>>,
+    reload: Reloader,
+}
+
+async fn answer_command(stream: UnixStream, targets: &Targets) {
     let who = match stream.peer_cred() {
         Ok(c) => format!("uid {} pid {}", c.uid(), c.pid().map_or_else(|| "?".to_string(), |p| p.to_string())),
         Err(_) => "an unknown peer".to_string(),
@@ -365,7 +481,7 @@ async fn answer_command(stream: UnixStream, operator: &Operator, pools: &[Arc<Po
     let mut reader = BufReader::new(read.take(MAX_COMMAND));
     let answer = match tokio::time::timeout(std::time::Duration::from_secs(5), reader.read_line(&mut line)).await {
         Ok(Ok(_)) => match parse_command(line.trim()) {
-            Ok(command) => run_command(command, operator, pools).await,
+            Ok(command) => run_command(command, targets).await,
             Err(e) => Err(e),
         },
         Ok(Err(e)) => Err(format!("reading the command: {e}")),
@@ -382,13 +498,21 @@ async fn answer_command(stream: UnixStream, operator: &Operator, pools: &[Arc<Po
     let _ = write.write_all(text.as_bytes()).await;
 }
 
-async fn run_command(command: ControlCommand, operator: &Operator, pools: &[Arc<Pool>]) -> Result<String, String> {
+async fn run_command(command: ControlCommand, targets: &Targets) -> Result<String, String> {
     match command {
-        ControlCommand::Vrrp { name, ask } => operator.ask(&name, ask).await,
+        ControlCommand::Vrrp { name, ask } => targets.operator.ask(&name, ask).await,
         ControlCommand::Backend { listener, address, admin } => {
-            let pool =
-                pools.iter().find(|p| p.name() == listener).ok_or_else(|| format!("no listener {listener:?}"))?;
+            let pool = targets
+                .pools
+                .iter()
+                .find(|p| p.name() == listener)
+                .ok_or_else(|| format!("no listener {listener:?}"))?;
             pool.set_admin(address, admin)
+        }
+        ControlCommand::Reload => {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            targets.reload.send(reply).await.map_err(|_| "the daemon is stopping".to_string())?;
+            answer.await.map_err(|_| "the daemon did not answer".to_string())?
         }
     }
 }
@@ -427,7 +551,8 @@ mod tests {
         );
         assert!(parse_command("backend pause web 192.0.2.21:8080").unwrap_err().contains("commands:"));
         assert!(parse_command("backend drain web app1").unwrap_err().contains("IP:PORT"));
-        assert!(parse_command("reload").unwrap_err().contains("not supported yet"));
+        assert_eq!(parse_command("reload"), Ok(ControlCommand::Reload));
+        assert!(parse_command("upgrade").unwrap_err().contains("not supported yet"));
         assert!(parse_command("").unwrap_err().contains("commands:"));
     }
 }

@@ -14,14 +14,14 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::config::{Config, Location, VrrpConfig};
-use crate::control::{self, Sources};
+use crate::control::{self, ConfigState, Sources};
 use crate::net::addr::{watch_addresses, watch_links, Netlink, Vmac};
 use crate::proxy::backends::Pool;
 use crate::proxy::server::{self, Listener, Proxy};
 use crate::vrrp::driver::{DrainGate, Driver, InstanceSide};
 use crate::vrrp::fsm::skew_and_master_down;
 use crate::vrrp::notify::{HookQueue, HookRuns};
-use crate::vrrp::operator::Operator;
+use crate::vrrp::operator::{Ask, Operator, Reconfigured};
 use crate::vrrp::packet::Family;
 use crate::vrrp::probe::{self, TrackShared};
 use crate::vrrp::stats::Stats;
@@ -180,14 +180,32 @@ pub fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         Err(_) => return Err(anyhow!("the VRRP thread ended before it was ready")),
     };
 
+    let config_state = ConfigState::new(config_path);
     let signal_result = rt.block_on(async {
         let listener = tokio::net::TcpListener::from_std(control).context("control socket")?;
         info!(listen = %config.control.listen, "control endpoint up");
         let commands = tokio::net::UnixListener::from_std(command_socket).context("control.socket")?;
         info!(socket = %config.control.socket.display(), "control socket up");
-        let commander = tokio::spawn(control::serve_commands(commands, operator, pools.clone()));
-        let server = tokio::spawn(control::serve(listener, Sources { vrrp: stats, http: pools, groups: group_list }));
-        let outcome = signals.wait().await;
+        let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel(4);
+        let commander = tokio::spawn(control::serve_commands(commands, operator.clone(), pools.clone(), reload_tx));
+        let sources = Sources { vrrp: stats, http: pools, groups: group_list, config: Arc::clone(&config_state) };
+        let server = tokio::spawn(control::serve(listener, sources));
+        let mut running = config.clone();
+        let mut signals = signals;
+        let outcome = loop {
+            tokio::select! {
+                _ = signals.term.recv() => { info!("SIGTERM received"); break Ok(()); }
+                _ = signals.int.recv() => { info!("SIGINT received"); break Ok(()); }
+                _ = signals.hup.recv() => {
+                    info!("SIGHUP: reloading {}", config_path.display());
+                    let _ = reload(config_path, &mut running, &operator, &config_state).await;
+                }
+                Some(reply) = reload_rx.recv() => {
+                    info!("reload asked on the control socket");
+                    let _ = reply.send(reload(config_path, &mut running, &operator, &config_state).await);
+                }
+            }
+        };
         server.abort();
         commander.abort();
         outcome
@@ -272,16 +290,46 @@ impl StopSignals {
             hup: signal(SignalKind::hangup()).context("installing SIGHUP handler")?,
         })
     }
+}
 
-    async fn wait(mut self) -> anyhow::Result<()> {
-        loop {
-            tokio::select! {
-                _ = self.term.recv() => { info!("SIGTERM received"); return Ok(()); }
-                _ = self.int.recv() => { info!("SIGINT received"); return Ok(()); }
-                _ = self.hup.recv() => warn!("SIGHUP: reloading is not supported yet; restart vipd to apply a new config"),
+/// Reads the file again and applies it in place where a reload can (see
+/// [`crate::config::reload_refusal`]); otherwise, or when the file is bad,
+/// the running configuration stays and the answer says why. Either way
+/// `/status` and `/metrics` show the outcome.
+async fn reload(path: &Path, running: &mut Config, operator: &Operator, state: &ConfigState) -> Result<String, String> {
+    let result = async {
+        let new = crate::config::load(path).map_err(|e| e.to_string())?;
+        if let Some(why) = crate::config::reload_refusal(running, &new) {
+            return Err(format!("{why}; the running configuration stays (restart vipd to apply it)"));
+        }
+        let mut changed = Vec::new();
+        for (old, new) in running.vrrp.iter().zip(&new.vrrp) {
+            if old.spec == new.spec && old.virtual_ips == new.virtual_ips && old.notify == new.notify {
+                continue;
             }
+            let settings =
+                Reconfigured { spec: new.spec.clone(), vips: new.virtual_ips.clone(), notify: new.notify.clone() };
+            changed.push(operator.ask(&new.spec.name, Ask::Reconfigure(Box::new(settings))).await?);
+        }
+        *running = new;
+        Ok(if changed.is_empty() {
+            "reloaded: nothing changed".to_string()
+        } else {
+            format!("reloaded: {}", changed.join("; "))
+        })
+    }
+    .await;
+    match &result {
+        Ok(what) => {
+            state.reloaded();
+            info!("{what}");
+        }
+        Err(why) => {
+            state.refused(why);
+            error!(error = %why, "reload refused");
         }
     }
+    result
 }
 
 /// The VRRP thread: prepares every instance (reporting the first failure

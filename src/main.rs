@@ -47,6 +47,13 @@ enum Command {
         #[arg(long, global = true, default_value = vipd::config::DEFAULT_CONTROL_SOCKET)]
         socket: PathBuf,
     },
+    /// Make the running daemon read its configuration file again and apply
+    /// what a reload can change (refused, with the reason, otherwise).
+    Reload {
+        /// The daemon's control socket (`[control] socket`).
+        #[arg(long, default_value = vipd::config::DEFAULT_CONTROL_SOCKET)]
+        socket: PathBuf,
+    },
     /// Take a backend out of rotation or put it back, over the control socket.
     Backend {
         /// drain: no new requests, those in flight finish; disable: the same,
@@ -108,6 +115,7 @@ fn main() -> ExitCode {
             };
             command(&socket, &line)
         }
+        Command::Reload { socket } => command(&socket, "reload"),
         Command::Backend { action, listener, address, socket } => {
             command(&socket, &format!("backend {action} {listener} {address}"))
         }

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use vipd::control::{serve, Sources};
+use vipd::control::{serve, ConfigState, Sources};
 use vipd::vrrp::stats::Stats;
 
 const CONFIG: &str = r#"
@@ -37,7 +37,13 @@ async fn status_metrics_and_not_found() {
     let stats = Arc::new(Stats::new(&c.spec, &c.interface, vips, None));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
-    let server = tokio::spawn(serve(listener, Sources { vrrp: vec![stats], http: Vec::new(), groups: Vec::new() }));
+    let sources = Sources {
+        vrrp: vec![stats],
+        http: Vec::new(),
+        groups: Vec::new(),
+        config: ConfigState::new(Path::new("t.toml")),
+    };
+    let server = tokio::spawn(serve(listener, sources));
 
     let (head, body) = get(addr, "/status").await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");

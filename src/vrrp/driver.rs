@@ -306,7 +306,7 @@ impl Driver {
                     }
                     _ = tokio::time::sleep(DRAIN_POLL), if !self.draining.is_empty() => self.check_drains().await,
                     command = next_command(&mut self.commands) => match command {
-                        Some(c) => self.command(c),
+                        Some(c) => self.command(c).await,
                         None => self.commands = None,
                     },
                     _ = retry_at(self.addr_retry) => {
@@ -475,7 +475,7 @@ impl Driver {
     }
 
     /// Carries out an operator's command and says how it went.
-    fn command(&mut self, c: Command) {
+    async fn command(&mut self, c: Command) {
         let Some(i) = self.sides.iter().position(|s| s.vrid() == c.vrid) else {
             let _ = c.reply.send(Err("no such instance here".into()));
             return;
@@ -496,6 +496,7 @@ impl Driver {
             Ask::Priority(p) if self.sides[i].inst.spec.priority == 255 && p.is_some() => {
                 Err(format!("{name}: priority 255 is the address owner's and is not overridden"))
             }
+            Ask::Reconfigure(r) => Ok(self.reconfigure(i, *r).await),
             Ask::Priority(p) => {
                 self.sides[i].priority_override = p;
                 self.sides[i].inst.stats.priority_override.store(p.unwrap_or(0), Ordering::Relaxed);
@@ -511,6 +512,41 @@ impl Driver {
             Err(why) => warn!(instance = %name, "operator command refused: {why}"),
         }
         let _ = c.reply.send(answer);
+    }
+
+    /// A reload's settings for instance `i`: the router takes them in
+    /// place; VIPs it dropped leave the interface if it held them; the
+    /// priority follows (trackers and an override still apply).
+    async fn reconfigure(&mut self, i: usize, r: super::operator::Reconfigured) -> String {
+        let vrid = self.sides[i].vrid();
+        let held = self.router.holds_vips(vrid);
+        let side = &mut self.sides[i];
+        let dropped: Vec<VirtualIp> =
+            side.inst.vips.iter().filter(|v| !r.vips.iter().any(|n| n.addr == v.addr)).copied().collect();
+        side.inst.stats.reconfigured(&r.spec, r.vips.iter().map(|v| v.to_string()).collect());
+        side.inst.vips = r.vips;
+        side.inst.spec = r.spec.clone();
+        if let Some((_, hooks)) = &mut side.inst.hooks {
+            *hooks = r.notify;
+        }
+        self.router.reconfigure(Instant::now(), r.spec);
+        if held {
+            for vip in &dropped {
+                if let Err(e) = self.netlink.del(self.vip_ifindex, vip).await {
+                    self.sides[i].inst.stats.netlink_errors.fetch_add(1, Ordering::Relaxed);
+                    error!(error = %e, vrid, %vip, "could not remove a virtual IP the reload dropped");
+                }
+            }
+        }
+        self.apply_priority(i);
+        let side = &self.sides[i];
+        format!(
+            "{}: reloaded (priority {}, {} VIPs{})",
+            side.inst.spec.name,
+            side.inst.spec.priority,
+            side.inst.vips.len(),
+            if dropped.is_empty() { String::new() } else { format!(", {} dropped", dropped.len()) }
+        )
     }
 
     /// A tracker's verdict changed: new effective priority, or Fault.

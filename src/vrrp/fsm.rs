@@ -568,6 +568,19 @@ impl Fsm {
             && self.started_at.is_none_or(|t| now >= t + self.params.preempt_delay)
     }
 
+    /// A reload changed the instance's settings (`params`; its priority and
+    /// primary address stay, they change through [`Fsm::set_priority`] and
+    /// [`Fsm::set_primary_ip`]): they apply from now on, without a
+    /// transition and without touching a running timer, so a master's
+    /// advert rhythm goes on (a new interval from its next advert).
+    pub fn reconfigure(&mut self, params: Params) {
+        let (priority, primary_ip) = (self.params.priority, self.params.primary_ip);
+        self.params = Params { priority, primary_ip, ..params };
+        if self.params.garp_refresh.is_none() {
+            self.garp_refresh_timer = None;
+        }
+    }
+
     /// Whether the operator stepped this instance down (and has not resumed it).
     pub fn is_stepped_down(&self) -> bool {
         self.operator_hold

@@ -6,8 +6,23 @@ use std::collections::HashMap;
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::notify::Hooks;
+use super::router::InstanceSpec;
+use crate::config::VirtualIp;
+
+/// An instance's settings as a reload found them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reconfigured {
+    /// What the router runs.
+    pub spec: InstanceSpec,
+    /// The VIPs with their prefixes.
+    pub vips: Vec<VirtualIp>,
+    /// Its notify hooks.
+    pub notify: Hooks,
+}
+
 /// One change to an instance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ask {
     /// A planned hand-over: priority 0, the VIPs kept until the new master
     /// advertises; then backup, without preemption until [`Ask::Resume`].
@@ -17,6 +32,8 @@ pub enum Ask {
     /// Advertise this priority (1..=254) whatever the trackers say; `None`
     /// goes back to the configured and tracked one.
     Priority(Option<u8>),
+    /// A reload: these settings from now on, without a transition.
+    Reconfigure(Box<Reconfigured>),
 }
 
 /// A command on its way to the driver of instance `vrid`.

@@ -234,22 +234,11 @@ impl Router {
             .into_iter()
             .map(|(spec, stats)| {
                 let source = source_for(family, &spec, addresses, &all_vips);
-                let fsm = Fsm::new(Params {
-                    version: spec.version,
-                    priority: spec.priority,
-                    advert_interval: spec.advert_interval,
-                    preempt: spec.preempt,
-                    preempt_delay: spec.preempt_delay,
-                    primary_ip: source.unwrap_or(match family {
-                        Family::V4 => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-                        Family::V6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
-                    }),
-                    garp_repeat_delay: spec.garp_repeat_delay,
-                    garp_refresh: spec.garp_refresh,
-                    release_timeout: spec.release_timeout.unwrap_or_else(|| {
-                        skew_and_master_down(spec.version, spec.priority, spec.advert_interval.as_duration()).1
-                    }),
+                let primary = source.unwrap_or(match family {
+                    Family::V4 => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                    Family::V6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
                 });
+                let fsm = Fsm::new(params_of(&spec, primary));
                 Member {
                     spec,
                     fsm,
@@ -469,6 +458,33 @@ impl Router {
         true
     }
 
+    /// A reload's settings for instance `spec.vrid` (same VRID, version and
+    /// family): they apply without a transition. A master that gained VIPs
+    /// claims and announces them; dropping the ones it lost is the
+    /// driver's (it knows their prefixes). The priority is the driver's to
+    /// set (trackers and overrides make it). False when there is no such
+    /// instance.
+    pub fn reconfigure(&mut self, now: Instant, spec: InstanceSpec) -> bool {
+        let Some(i) = self.index(spec.vrid) else { return false };
+        let m = &mut self.members[i];
+        let gained = spec.virtual_ips.iter().any(|a| !m.spec.virtual_ips.contains(a));
+        m.fsm.reconfigure(params_of(&spec, m.fsm.params().primary_ip));
+        m.spec = spec;
+        let all_vips: Vec<IpAddr> = self.members.iter().flat_map(|m| m.spec.virtual_ips.iter().copied()).collect();
+        let m = &mut self.members[i];
+        // A source chosen among the interface's own addresses must not be a VIP now.
+        let source = source_for(self.family, &m.spec, &self.addresses, &all_vips);
+        if source != m.source {
+            self.set_addresses(now, &self.addresses.clone());
+        }
+        let m = &self.members[i];
+        if gained && m.fsm.state() == State::Master && !m.fsm.is_resigning() {
+            self.outputs.push_back(Output::ClaimVips { vrid: m.spec.vrid });
+            self.start_burst(now, i);
+        }
+        true
+    }
+
     /// Starts a gratuitous ARP burst for `vrid`'s VIPs (one was put back).
     pub fn announce(&mut self, now: Instant, vrid: u8) {
         if let Some(i) = self.index(vrid) {
@@ -631,6 +647,23 @@ impl Router {
     fn garps(&self, i: usize) -> Vec<Vec<u8>> {
         let spec = &self.members[i].spec;
         spec.virtual_ips.iter().map(|&a| frames::announcement(self.mac, a, spec.na_router_flag)).collect()
+    }
+}
+
+/// The state machine's settings for `spec`, sending from `primary`.
+fn params_of(spec: &InstanceSpec, primary: IpAddr) -> Params {
+    Params {
+        version: spec.version,
+        priority: spec.priority,
+        advert_interval: spec.advert_interval,
+        preempt: spec.preempt,
+        preempt_delay: spec.preempt_delay,
+        primary_ip: primary,
+        garp_repeat_delay: spec.garp_repeat_delay,
+        garp_refresh: spec.garp_refresh,
+        release_timeout: spec
+            .release_timeout
+            .unwrap_or_else(|| skew_and_master_down(spec.version, spec.priority, spec.advert_interval.as_duration()).1),
     }
 }
 
@@ -1113,5 +1146,37 @@ mod tests {
         // Never one of our VIPs, nor an address of the other family.
         assert_eq!(primary_of(Family::V6, &[(v6(0x10), false), (A, false)], &[v6(0x10)]), None);
         assert_eq!(primary_of(Family::V4, &[(v6(0x11), false), (A, true)], &[]), Some(A));
+    }
+
+    #[test]
+    fn a_reload_changes_a_master_in_place() {
+        let mut lan = pair();
+        lan.start();
+        lan.run_until(lan.at(1000));
+        let before = lan.log.len();
+        let extra = v4(192, 0, 2, 30);
+        let changed = InstanceSpec { virtual_ips: vec![VIP, extra], preempt: false, ..spec(51, 150) };
+        assert!(lan.nodes[0].router.reconfigure(lan.now, changed));
+        lan.run_until(lan.at(2000));
+        let after: Vec<&Output> = lan.log[before..].iter().filter(|(_, i, _)| *i == 0).map(|(_, _, o)| o).collect();
+        // No transition; the new VIP claimed and announced once; the adverts
+        // go on every 100 ms and carry both addresses.
+        assert!(!after.iter().any(|o| matches!(o, Output::StateChanged { .. })));
+        assert_eq!(after.iter().filter(|o| matches!(o, Output::ClaimVips { .. })).count(), 1);
+        assert_eq!(after.iter().filter(|o| matches!(o, Output::Frames { .. })).count(), 1);
+        let times: Vec<Duration> = lan.log[before..]
+            .iter()
+            .filter(|(_, i, o)| *i == 0 && matches!(o, Output::Send { .. }))
+            .map(|(t, _, _)| *t)
+            .collect();
+        assert!(times.windows(2).all(|w| w[1] - w[0] <= 100 * MS), "{times:?}");
+        let Some((_, _, Output::Send { message, .. })) =
+            lan.log.iter().rev().find(|(_, i, o)| *i == 0 && matches!(o, Output::Send { .. }))
+        else {
+            panic!("no advert")
+        };
+        assert_eq!(message[3], 2, "two addresses in the advert");
+        assert_eq!((lan.state(0, 51), lan.state(1, 51)), (State::Master, State::Backup));
+        assert!(!lan.nodes[0].router.reconfigure(lan.now, spec(52, 150)), "no such instance");
     }
 }

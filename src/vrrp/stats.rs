@@ -30,9 +30,8 @@ pub struct Stats {
     interface: String,
     vrid: u8,
     version: u8,
-    priority: u8,
-    advert_interval_ms: u64,
-    virtual_ips: Vec<String>,
+    /// What a reload may change.
+    configured: Mutex<Configured>,
     pub(super) rx_adverts: AtomicU64,
     pub(super) rx_address_mismatch: AtomicU64,
     pub(super) rx_owner_conflicts: AtomicU64,
@@ -53,6 +52,14 @@ pub struct Stats {
     /// How its notify hooks ended.
     pub notify_runs: Arc<HookRuns>,
     dynamic: Mutex<Dynamic>,
+}
+
+/// The settings `/status` shows that a reload may change.
+#[derive(Debug, Clone)]
+struct Configured {
+    priority: u8,
+    advert_interval_ms: u64,
+    virtual_ips: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -205,9 +212,11 @@ impl Stats {
             interface: interface.to_string(),
             vrid: spec.vrid,
             version: spec.version.number(),
-            priority: spec.priority,
-            advert_interval_ms: interval_ms,
-            virtual_ips,
+            configured: Mutex::new(Configured {
+                priority: spec.priority,
+                advert_interval_ms: interval_ms,
+                virtual_ips,
+            }),
             rx_adverts: AtomicU64::new(0),
             rx_address_mismatch: AtomicU64::new(0),
             rx_owner_conflicts: AtomicU64::new(0),
@@ -234,6 +243,20 @@ impl Stats {
         }
     }
 
+    fn configured(&self) -> Configured {
+        self.configured.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// A reload changed the instance's settings.
+    pub(super) fn reconfigured(&self, spec: &InstanceSpec, virtual_ips: Vec<String>) {
+        let mut c = self.configured.lock().unwrap_or_else(|p| p.into_inner());
+        *c = Configured {
+            priority: spec.priority,
+            advert_interval_ms: spec.advert_interval.as_duration().as_millis() as u64,
+            virtual_ips,
+        };
+    }
+
     fn dynamic(&self) -> MutexGuard<'_, Dynamic> {
         // A panic while holding this lock cannot leave it inconsistent:
         // every writer sets whole fields.
@@ -242,19 +265,20 @@ impl Stats {
 
     /// A consistent copy for the control server.
     pub fn snapshot(&self) -> Snapshot {
+        let Configured { priority, advert_interval_ms, virtual_ips } = self.configured();
         let (mut effective_priority, mut priority_explanation, trackers) = match &self.tracking {
             Some(t) => {
                 let e = t.effective();
                 (e.priority, e.explanation, t.status())
             }
-            None => (self.priority, self.priority.to_string(), Vec::new()),
+            None => (priority, priority.to_string(), Vec::new()),
         };
         // Another sync group member's trackers lower this one further.
         let by_group = self.group_lowered.load(Ordering::Relaxed);
-        let with_group = member_priority(self.priority, effective_priority, by_group);
+        let with_group = member_priority(priority, effective_priority, by_group);
         if with_group < effective_priority {
             effective_priority = with_group;
-            priority_explanation = format!("{} - {by_group} (sync group)", self.priority);
+            priority_explanation = format!("{priority} - {by_group} (sync group)");
         }
         let priority_override = Some(self.priority_override.load(Ordering::Relaxed)).filter(|p| *p != 0);
         if let Some(p) = priority_override {
@@ -269,7 +293,7 @@ impl Stats {
             vrid: self.vrid,
             version: self.version,
             state: d.state.name(),
-            priority: self.priority,
+            priority,
             effective_priority,
             priority_explanation,
             trackers,
@@ -277,12 +301,12 @@ impl Stats {
             priority_override,
             notify_runs: NotifyRuns::list(&self.notify_runs),
             master_ip: d.master_ip,
-            advert_interval_ms: self.advert_interval_ms,
+            advert_interval_ms,
             master_adver_interval_ms: d.master_adver_interval_ms,
             transitions: d.transitions,
             since: unix_seconds(d.since),
             last_reason: d.last_reason.clone(),
-            virtual_ips: self.virtual_ips.clone(),
+            virtual_ips,
             rx: RxSnapshot {
                 adverts: load(&self.rx_adverts),
                 address_mismatch: load(&self.rx_address_mismatch),
