@@ -365,8 +365,10 @@ pub fn reload_refusal(old: &Config, new: &Config) -> Option<String> {
             "use_vmac or vmac_interface"
         } else if o.trackers != n.trackers {
             "track_http, track_interfaces or track_scripts"
-        } else if o.notify.is_empty() != n.notify.is_empty() {
-            "notify hooks, from none or to none"
+        } else if o.notify.is_empty() != n.notify.is_empty() || o.notify.timeout != n.notify.timeout {
+            "notify hooks, from none or to none, or notify_timeout"
+        } else if o.vmac.is_some() && o.spec.unicast_peers.is_empty() != n.spec.unicast_peers.is_empty() {
+            "unicast_peers, from none or to none, with use_vmac (it decides where adverts are received)"
         } else if o.spec.priority != n.spec.priority && (o.spec.priority == 255 || n.spec.priority == 255) {
             "priority to or from 255 (the address owner)"
         } else if o.spec.priority != n.spec.priority && !n.trackers.is_empty() {
@@ -690,6 +692,17 @@ fn validate_vrrp(
         unicast_peers.push(addr);
     }
     let unicast_source = r.unicast_source.as_ref().map(|s| unicast(s, "vrrp.unicast_source")).transpose()?;
+    // IPv6 adverts go from the link-local address unless unicast_source
+    // says otherwise: a peer listed by another address would never
+    // recognise them.
+    if v6 && unicast_source.is_none() {
+        if let Some(s) = r.unicast_peers.iter().find(|s| s.get_ref().parse().is_ok_and(|a| !is_link_local(a))) {
+            return Err(invalid(
+                s.span(),
+                format!("vrrp.unicast_peers: {:?}: an IPv6 peer that is not link-local (fe80::/10) needs unicast_source (adverts go from the link-local address otherwise)", s.get_ref()),
+            ));
+        }
+    }
     if let (Some(source), Some(s)) = (unicast_source, &r.unicast_source) {
         if unicast_peers.is_empty() {
             return Err(invalid(s.span(), "vrrp.unicast_source: only with unicast_peers".into()));
@@ -788,6 +801,12 @@ fn validate_vrrp(
     let vmac = match (r.use_vmac.unwrap_or(false), &r.vmac_interface) {
         (false, Some(s)) => return Err(invalid(s.span(), "vrrp.vmac_interface: only with use_vmac = true".into())),
         (false, None) => None,
+        (true, _) if v6 && !unicast_peers.is_empty() => {
+            return Err(invalid(
+                r.virtual_ips.span(),
+                "vrrp.use_vmac: not with unicast_peers for IPv6 (adverts go from the macvlan's random link-local address, which no peer could list)".into(),
+            ))
+        }
         (true, name) => {
             let name = match name {
                 Some(s) => {
@@ -1230,6 +1249,17 @@ virtual_ips = ["192.0.2.10/24", "192.0.2.20"]
         assert!(err(&v6("").replace("advert_interval = \"100ms\"", "advert_interval = \"1s\"\nversion = 2"))
             .contains("IPv6 needs version = 3"));
         assert!(err(&GOOD.replace("192.0.2.20", "2001:db8::20/129")).contains("prefix length must be 0..=128"));
+    }
+
+    #[test]
+    fn ipv6_unicast_peers() {
+        let v6 = GOOD.replace("\"192.0.2.10/24\", \"192.0.2.20\"", "\"2001:db8::10/64\"");
+        let with6 = |line: &str| v6.replace("priority = 150", &format!("priority = 150\n{line}"));
+        assert!(parse(&with6("unicast_peers = [\"fe80::12\"]"), Path::new("t")).is_ok());
+        assert!(err(&with6("unicast_peers = [\"2001:db8::12\"]")).contains("needs unicast_source"));
+        assert!(parse(&with6("unicast_peers = [\"2001:db8::12\"]\nunicast_source = \"2001:db8::11\""), Path::new("t"))
+            .is_ok());
+        assert!(err(&with6("unicast_peers = [\"fe80::12\"]\nuse_vmac = true")).contains("not with unicast_peers"));
     }
 
     #[test]

@@ -140,6 +140,9 @@ pub struct Driver {
     commands: Option<mpsc::UnboundedReceiver<Command>>,
     /// Hand-overs whose VIPs wait for the drain gate: (vrid, since when).
     draining: Vec<(u8, Instant)>,
+    /// When the drain gate is looked at next (a deadline, so that busy
+    /// sockets cannot keep pushing it back).
+    next_drain_check: Option<Instant>,
     stopping: bool,
 }
 
@@ -243,6 +246,7 @@ impl Driver {
             drain,
             commands: None,
             draining: Vec::new(),
+            next_drain_check: None,
             stopping: false,
         })
     }
@@ -304,7 +308,7 @@ impl Driver {
                         }
                         self.router.handle_timeout(Instant::now());
                     }
-                    _ = tokio::time::sleep(DRAIN_POLL), if !self.draining.is_empty() => self.check_drains().await,
+                    _ = retry_at(self.next_drain_check), if !self.draining.is_empty() => self.check_drains().await,
                     command = next_command(&mut self.commands) => match command {
                         Some(c) => self.command(c).await,
                         None => self.commands = None,
@@ -400,7 +404,9 @@ impl Driver {
                 }
                 Output::ReleaseVips { vrid, drain } => {
                     if drain && self.drain.is_some() {
-                        self.draining.push((vrid, Instant::now()));
+                        let now = Instant::now();
+                        self.draining.push((vrid, now));
+                        self.next_drain_check.get_or_insert(now + DRAIN_POLL);
                     } else {
                         touched = true;
                         self.change_vips(vrid, false).await;
@@ -461,9 +467,13 @@ impl Driver {
         };
         let busy = (gate.busy)();
         let now = Instant::now();
+        self.next_drain_check = Some(now + DRAIN_POLL);
         let (due, waiting): (Vec<_>, Vec<_>) =
             self.draining.drain(..).partition(|(_, since)| !busy || now.duration_since(*since) >= gate.max_wait);
         self.draining = waiting;
+        if self.draining.is_empty() {
+            self.next_drain_check = None;
+        }
         for (vrid, since) in due {
             if busy {
                 warn!(vrid, waited = ?now.duration_since(since), "releasing virtual IPs with requests still in flight");
@@ -519,10 +529,13 @@ impl Driver {
     /// priority follows (trackers and an override still apply).
     async fn reconfigure(&mut self, i: usize, r: super::operator::Reconfigured) -> String {
         let vrid = self.sides[i].vrid();
-        let held = self.router.holds_vips(vrid);
+        // Held also while a hand-over waits on the drain gate.
+        let held = self.router.holds_vips(vrid) || self.draining.iter().any(|(v, _)| *v == vrid);
         let side = &mut self.sides[i];
-        let dropped: Vec<VirtualIp> =
-            side.inst.vips.iter().filter(|v| !r.vips.iter().any(|n| n.addr == v.addr)).copied().collect();
+        // Whole entries: a VIP whose prefix changed goes with its old
+        // prefix (the kernel deletes by address and prefix) and comes back.
+        let dropped: Vec<VirtualIp> = side.inst.vips.iter().filter(|v| !r.vips.contains(v)).copied().collect();
+        let reprefixed = dropped.iter().any(|d| r.vips.iter().any(|n| n.addr == d.addr));
         side.inst.stats.reconfigured(&r.spec, r.vips.iter().map(|v| v.to_string()).collect());
         side.inst.vips = r.vips;
         side.inst.spec = r.spec.clone();
@@ -536,6 +549,9 @@ impl Driver {
                     self.sides[i].inst.stats.netlink_errors.fetch_add(1, Ordering::Relaxed);
                     error!(error = %e, vrid, %vip, "could not remove a virtual IP the reload dropped");
                 }
+            }
+            if reprefixed && self.router.view(vrid).is_some_and(|v| v.state == State::Master && !v.resigning) {
+                self.change_vips(vrid, true).await;
             }
         }
         self.apply_priority(i);

@@ -188,6 +188,9 @@ pub enum Action {
     /// Another router acted as master beside us (a split network healing,
     /// or it stepping down); we re-advertise and re-announce. For the log.
     Reasserted { against: IpAddr, priority: u8 },
+    /// An operator's step-down found no successor within the release
+    /// timeout: the instance stays master (and no longer held). For the log.
+    StepDownAborted,
     /// We own the addresses (priority 255) and so does the sender: a
     /// misconfiguration (RFC 9568 erratum 8298); the higher primary address
     /// wins the tie as for any equal priority. For the log.
@@ -439,6 +442,17 @@ impl Fsm {
     /// Runs every timer whose deadline is at or before `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.release_timer.is_some_and(|t| t <= now) {
+            if self.resign_to == State::Backup {
+                // A step-down nobody took over: giving the VIPs up would
+                // leave them on no node. Stay master, and say so.
+                self.release_timer = None;
+                self.resign_to = State::Initialize;
+                self.operator_hold = false;
+                self.actions.push_back(Action::StepDownAborted);
+                self.send_advert(now);
+                self.garp_refresh_timer = self.params.garp_refresh.map(|every| now + every);
+                return;
+            }
             self.release(now, None);
             return;
         }
@@ -1136,6 +1150,21 @@ mod tests {
         let down = g.poll_timeout().expect("master down armed");
         g.handle_timeout(down);
         assert_eq!(g.state(), State::Master, "preempted after resume");
+    }
+
+    #[test]
+    fn a_step_down_nobody_takes_over_stays_master() {
+        let t0 = Instant::now();
+        let mut f = master(150, t0);
+        let now = t0 + ms(9000);
+        f.handle(now, Event::OperatorStepDown);
+        drain(&mut f);
+        let deadline = f.poll_timeout().expect("release timer");
+        f.handle_timeout(deadline);
+        assert_eq!(drain(&mut f), vec![Action::StepDownAborted, Action::SendAdvert { priority: 150 }]);
+        assert_eq!(f.state(), State::Master);
+        assert!(!f.is_resigning() && !f.is_stepped_down());
+        assert_eq!(f.poll_timeout(), Some(deadline + ms(1000)), "adverts go on");
     }
 
     #[test]

@@ -566,6 +566,10 @@ impl Router {
                 Action::StateChanged { from, to, reason } => {
                     self.outputs.push_back(Output::StateChanged { vrid, from, to, reason })
                 }
+                Action::StepDownAborted => {
+                    m.stats.stepped_down.store(false, Ordering::Relaxed);
+                    warn!(vrid, "step-down: no other router took over within the release timeout; staying master");
+                }
                 Action::Reasserted { against, priority } => {
                     info!(vrid, %against, priority, "another router acted as master; advertising and announcing again");
                 }
