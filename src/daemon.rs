@@ -17,7 +17,8 @@ use crate::config::{Config, Location, VrrpConfig};
 use crate::control::{self, ConfigState, Sources};
 use crate::net::addr::{watch_addresses, watch_links, Netlink, Vmac};
 use crate::proxy::backends::Pool;
-use crate::proxy::server::{self, Listener, Proxy};
+use crate::proxy::server::{self, Listener, Proxy, HEARTBEAT_EVERY};
+use crate::systemd;
 use crate::vrrp::driver::{DrainGate, Driver, InstanceSide};
 use crate::vrrp::fsm::skew_and_master_down;
 use crate::vrrp::notify::{HookQueue, HookRuns};
@@ -155,6 +156,14 @@ pub fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
     let vrrp_config = config.vrrp.clone();
     let vrrp_stats = stats.clone();
     let path = config_path.to_path_buf();
+    // systemd's watchdog is pinged from the VRRP thread, while every proxy
+    // worker answers too.
+    let watchdog = systemd::watchdog_interval().map(|every| {
+        let beats = proxy.as_ref().map(|p| p.heartbeats()).unwrap_or_default();
+        let within = every * 2 + HEARTBEAT_EVERY;
+        let alive: Arc<dyn Fn() -> bool + Send + Sync> = Arc::new(move || beats.iter().all(|b| b.fresh(within)));
+        (every, alive)
+    });
     let vrrp_thread = std::thread::Builder::new()
         .name("vrrp".into())
         .spawn(move || {
@@ -163,7 +172,9 @@ pub fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
                 .build()
                 .context("starting the VRRP runtime")
                 .map(|rt| {
-                    rt.block_on(run_vrrp(vrrp_config, vrrp_stats, probes, path, shutdown_rx, ready_tx.clone(), drain))
+                    let ready = ready_tx.clone();
+                    let ties = ProxyTies { drain, watchdog };
+                    rt.block_on(run_vrrp(vrrp_config, vrrp_stats, probes, path, shutdown_rx, ready, ties))
                 });
             if let Err(e) = result {
                 let _ = ready_tx.send(Err(e));
@@ -189,23 +200,50 @@ pub fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel(4);
         let commander = tokio::spawn(control::serve_commands(commands, operator.clone(), pools.clone(), reload_tx));
         let sources = Sources { vrrp: stats, http: pools, groups: group_list, config: Arc::clone(&config_state) };
+        let sources_for_summary = Arc::new(sources.clone());
         let server = tokio::spawn(control::serve(listener, sources));
         let mut running = config.clone();
         let mut signals = signals;
+        // systemd: ready now, and a one-line summary whenever it changes.
+        let summary_of = {
+            let sources = sources_for_summary.clone();
+            move || summary(&sources.status())
+        };
+        systemd::ready(&summary_of());
+        let summarizer = tokio::spawn({
+            let summary_of = summary_of.clone();
+            async move {
+                let mut last = String::new();
+                let mut every = tokio::time::interval(Duration::from_secs(2));
+                loop {
+                    every.tick().await;
+                    let now = summary_of();
+                    if now != last {
+                        systemd::status(&now);
+                        last = now;
+                    }
+                }
+            }
+        });
         let outcome = loop {
             tokio::select! {
                 _ = signals.term.recv() => { info!("SIGTERM received"); break Ok(()); }
                 _ = signals.int.recv() => { info!("SIGINT received"); break Ok(()); }
                 _ = signals.hup.recv() => {
                     info!("SIGHUP: reloading {}", config_path.display());
+                    systemd::reloading();
                     let _ = reload(config_path, &mut running, &operator, &config_state).await;
+                    systemd::ready(&summary_of());
                 }
                 Some(reply) = reload_rx.recv() => {
                     info!("reload asked on the control socket");
+                    systemd::reloading();
                     let _ = reply.send(reload(config_path, &mut running, &operator, &config_state).await);
+                    systemd::ready(&summary_of());
                 }
             }
         };
+        summarizer.abort();
         server.abort();
         commander.abort();
         outcome
@@ -214,6 +252,7 @@ pub fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
     // until its successor advertises), the proxy serves meanwhile, then
     // drains what is in flight.
     info!("shutting down");
+    systemd::stopping();
     let _ = shutdown_tx.send(true);
     match done_rx.recv_timeout(vrrp_grace) {
         Ok(()) => {
@@ -238,6 +277,25 @@ pub fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
 fn stats_for(c: &VrrpConfig, tracking: Option<Arc<TrackShared>>) -> Stats {
     let vips = c.virtual_ips.iter().map(|v| v.to_string()).collect();
     Stats::new(&c.spec, &c.interface, vips, tracking)
+}
+
+/// What the VRRP thread takes from the proxy: the gate a hand-over waits
+/// on, and (under a systemd watchdog) how often to ping and whether every
+/// proxy worker answers.
+struct ProxyTies {
+    drain: Option<DrainGate>,
+    watchdog: Option<(Duration, Arc<dyn Fn() -> bool + Send + Sync>)>,
+}
+
+/// The one line `systemctl status` shows: each instance's state and
+/// priority, each listener's healthy backends.
+fn summary(status: &control::Status) -> String {
+    let vrrp = status.vrrp.iter().map(|s| format!("{} {} {}", s.name, s.state, s.effective_priority));
+    let http = status.http.iter().map(|p| {
+        let healthy = p.backends.iter().filter(|b| b.healthy).count();
+        format!("http {} {healthy}/{} healthy", p.name, p.backends.len())
+    });
+    vrrp.chain(http).collect::<Vec<_>>().join("; ")
 }
 
 /// Binds the operator's command socket, mode 0600, creating its directory
@@ -341,8 +399,9 @@ async fn run_vrrp(
     path: PathBuf,
     shutdown: watch::Receiver<bool>,
     ready: mpsc::Sender<anyhow::Result<Operator>>,
-    drain: Option<DrainGate>,
+    ties: ProxyTies,
 ) {
+    let ProxyTies { drain, watchdog } = ties;
     let netlink = match Netlink::connect() {
         Ok(n) => n,
         Err(e) => {
@@ -450,9 +509,20 @@ async fn run_vrrp(
     }
     let _ = ready.send(Ok(operator));
     let tasks: Vec<_> = drivers.into_iter().map(|d| tokio::spawn(d.run(shutdown.clone()))).collect();
+    let pinger = watchdog.map(|(every, alive)| tokio::spawn(systemd::watchdog(every, alive)));
     for t in tasks {
         if let Err(e) = t.await {
             error!(error = %e, "VRRP driver task failed");
         }
+    }
+    // With a watchdog (or no instance at all) this thread lives until shutdown.
+    let mut shutdown = shutdown;
+    while !*shutdown.borrow_and_update() {
+        if shutdown.changed().await.is_err() {
+            break;
+        }
+    }
+    if let Some(p) = pinger {
+        p.abort();
     }
 }

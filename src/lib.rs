@@ -9,4 +9,5 @@ pub mod control;
 pub mod daemon;
 pub mod net;
 pub mod proxy;
+pub mod systemd;
 pub mod vrrp;

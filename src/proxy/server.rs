@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use crate::systemd::Heartbeat;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Bytes;
 use hyper::server::conn::http2;
@@ -86,7 +87,11 @@ pub struct Proxy {
     done: mpsc::Receiver<()>,
     workers: usize,
     drain: Duration,
+    heartbeats: Vec<Arc<Heartbeat>>,
 }
+
+/// How often each worker shows it still runs its tasks.
+pub const HEARTBEAT_EVERY: Duration = Duration::from_millis(500);
 
 impl Proxy {
     /// Starts the workers. Health checks run on worker 0.
@@ -103,8 +108,12 @@ impl Proxy {
                 per_worker[w].push((Arc::clone(&l.pool), socket, Arc::clone(&limit)));
             }
         }
+        let mut heartbeats = Vec::new();
         for (w, jobs) in per_worker.into_iter().enumerate() {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let heartbeat = Arc::new(Heartbeat::default());
+            heartbeat.beat();
+            heartbeats.push(Arc::clone(&heartbeat));
             let stop_rx = stop_rx.clone();
             let done_tx = done_tx.clone();
             // Counted from here, so trackers never see a started listener
@@ -113,6 +122,12 @@ impl Proxy {
             std::thread::Builder::new().name(format!("proxy-{w}")).spawn(move || {
                 let _serving = serving;
                 rt.block_on(async move {
+                    tokio::spawn(async move {
+                        loop {
+                            heartbeat.beat();
+                            tokio::time::sleep(HEARTBEAT_EVERY).await;
+                        }
+                    });
                     let mut tasks = Vec::new();
                     for (pool, socket, limit) in jobs {
                         if w == 0 {
@@ -130,7 +145,13 @@ impl Proxy {
                 let _ = done_tx.send(());
             })?;
         }
-        Ok(Proxy { stop, done, workers, drain })
+        Ok(Proxy { stop, done, workers, drain, heartbeats })
+    }
+
+    /// Each worker's sign of life, renewed every [`HEARTBEAT_EVERY`] by a
+    /// task on its runtime (the systemd watchdog pings only while all are fresh).
+    pub fn heartbeats(&self) -> Vec<Arc<Heartbeat>> {
+        self.heartbeats.clone()
     }
 
     /// Stops accepting, lets in-flight requests finish up to the drain
