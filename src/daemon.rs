@@ -138,18 +138,6 @@ pub fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         scripts: config.scripts.clone(),
     };
     // A resigning master may wait for its successor up to its release timeout.
-    let vrrp_grace = config
-        .vrrp
-        .iter()
-        .map(|c| {
-            c.spec.release_timeout.unwrap_or_else(|| {
-                skew_and_master_down(c.spec.version, c.spec.priority, c.spec.advert_interval.as_duration()).1
-            })
-        })
-        .max()
-        .unwrap_or_default()
-        + SHUTDOWN_GRACE
-        + VIP_HOLD_MAX;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (ready_tx, ready_rx) = mpsc::channel::<anyhow::Result<Operator>>();
     let (done_tx, done_rx) = mpsc::channel::<()>();
@@ -160,7 +148,7 @@ pub fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
     // worker answers too.
     let watchdog = systemd::watchdog_interval().map(|every| {
         let beats = proxy.as_ref().map(|p| p.heartbeats()).unwrap_or_default();
-        let within = every * 2 + HEARTBEAT_EVERY;
+        let within = every + HEARTBEAT_EVERY;
         let alive: Arc<dyn Fn() -> bool + Send + Sync> = Arc::new(move || beats.iter().all(|b| b.fresh(within)));
         (every, alive)
     });
@@ -246,8 +234,13 @@ pub fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         summarizer.abort();
         server.abort();
         commander.abort();
-        outcome
+        // A reload may have changed what the stop waits for.
+        Ok::<_, anyhow::Error>((outcome, vrrp_grace(&running)))
     });
+    let (signal_result, vrrp_grace) = match signal_result {
+        Ok((outcome, grace)) => (outcome, grace),
+        Err(e) => (Err(e), vrrp_grace(&config)),
+    };
     // Make before break: VRRP hands the VIP over first (a master keeps it
     // until its successor advertises), the proxy serves meanwhile, then
     // drains what is in flight.
@@ -277,6 +270,23 @@ pub fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
 fn stats_for(c: &VrrpConfig, tracking: Option<Arc<TrackShared>>) -> Stats {
     let vips = c.virtual_ips.iter().map(|v| v.to_string()).collect();
     Stats::new(&c.spec, &c.interface, vips, tracking)
+}
+
+/// How long the VRRP thread gets to finish its planned stop: a resigning
+/// master may wait for its successor up to its release timeout.
+fn vrrp_grace(config: &Config) -> Duration {
+    config
+        .vrrp
+        .iter()
+        .map(|c| {
+            c.spec.release_timeout.unwrap_or_else(|| {
+                skew_and_master_down(c.spec.version, c.spec.priority, c.spec.advert_interval.as_duration()).1
+            })
+        })
+        .max()
+        .unwrap_or_default()
+        + SHUTDOWN_GRACE
+        + VIP_HOLD_MAX
 }
 
 /// What the VRRP thread takes from the proxy: the gate a hand-over waits
@@ -313,7 +323,11 @@ fn bind_command_socket(path: &Path) -> anyhow::Result<std::os::unix::net::UnixLi
         }
         std::fs::remove_file(path).with_context(what)?;
     }
-    let listener = std::os::unix::net::UnixListener::bind(path).with_context(what)?;
+    // Created as 0600: no moment at the process umask's mode.
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let bound = std::os::unix::net::UnixListener::bind(path);
+    nix::sys::stat::umask(old);
+    let listener = bound.with_context(what)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).with_context(what)?;
     listener.set_nonblocking(true).with_context(what)?;
     Ok(listener)
@@ -512,7 +526,12 @@ async fn run_vrrp(
     let pinger = watchdog.map(|(every, alive)| tokio::spawn(systemd::watchdog(every, alive)));
     for t in tasks {
         if let Err(e) = t.await {
+            // Its instances are dead: no more watchdog pings, so that
+            // systemd restarts vipd rather than leave them so.
             error!(error = %e, "VRRP driver task failed");
+            if let Some(p) = &pinger {
+                p.abort();
+            }
         }
     }
     // With a watchdog (or no instance at all) this thread lives until shutdown.

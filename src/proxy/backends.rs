@@ -333,8 +333,10 @@ impl Pool {
         if self.serving.load(Ordering::Relaxed) == 0 {
             return Health { healthy: 0, total };
         }
+        // A disabled backend is down for track_http too; a draining one is not.
         let available = |b: &Backend| {
-            b.active_healthy.load(Ordering::Relaxed)
+            b.admin() != Admin::Disabled
+                && b.active_healthy.load(Ordering::Relaxed)
                 && (!b.ejected.load(Ordering::Relaxed) || (self.config.health.is_none() && self.cooldown_over(b)))
         };
         Health { healthy: self.backends.iter().filter(|b| available(b)).count(), total }

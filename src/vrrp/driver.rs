@@ -632,7 +632,11 @@ impl Driver {
             };
             let lowered = side.inst.spec.priority.saturating_sub(side.own_priority());
             let own_fault = !view.usable_alone;
-            group.publish(*i, MemberState { own_fault, lost: view.follows_better_master, lowered, word });
+            // A member the operator stepped down follows its successor,
+            // whatever that one's priority: the group goes with it.
+            let handed_over = view.stepped_down && view.state == State::Backup && view.master.is_some();
+            let lost = view.follows_better_master || handed_over;
+            group.publish(*i, MemberState { own_fault, lost, lowered, word });
         }
     }
 

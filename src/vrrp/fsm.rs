@@ -587,12 +587,16 @@ impl Fsm {
     /// [`Fsm::set_primary_ip`]): they apply from now on, without a
     /// transition and without touching a running timer, so a master's
     /// advert rhythm goes on (a new interval from its next advert).
-    pub fn reconfigure(&mut self, params: Params) {
+    pub fn reconfigure(&mut self, now: Instant, params: Params) {
         let (priority, primary_ip) = (self.params.priority, self.params.primary_ip);
         self.params = Params { priority, primary_ip, ..params };
-        if self.params.garp_refresh.is_none() {
-            self.garp_refresh_timer = None;
-        }
+        // A master's refresh bursts follow the new setting from now on.
+        self.garp_refresh_timer = match self.params.garp_refresh {
+            Some(every) if self.state == State::Master && !self.is_resigning() => {
+                Some(self.garp_refresh_timer.map_or(now + every, |t| t.min(now + every)))
+            }
+            _ => None,
+        };
     }
 
     /// Whether the operator stepped this instance down (and has not resumed it).

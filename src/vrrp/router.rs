@@ -152,6 +152,8 @@ pub struct View {
     pub source: Option<IpAddr>,
     /// The master as far as it knows (itself when master).
     pub master: Option<IpAddr>,
+    /// Stepped down by the operator (no preemption until resumed).
+    pub stepped_down: bool,
 }
 
 /// The rest of a spaced gratuitous ARP burst.
@@ -468,7 +470,7 @@ impl Router {
         let Some(i) = self.index(spec.vrid) else { return false };
         let m = &mut self.members[i];
         let gained = spec.virtual_ips.iter().any(|a| !m.spec.virtual_ips.contains(a));
-        m.fsm.reconfigure(params_of(&spec, m.fsm.params().primary_ip));
+        m.fsm.reconfigure(now, params_of(&spec, m.fsm.params().primary_ip));
         m.spec = spec;
         let all_vips: Vec<IpAddr> = self.members.iter().flat_map(|m| m.spec.virtual_ips.iter().copied()).collect();
         let m = &mut self.members[i];
@@ -504,6 +506,7 @@ impl Router {
             priority: m.fsm.params().priority,
             source: m.source,
             master: m.fsm.master_ip(),
+            stepped_down: m.fsm.is_stepped_down(),
         })
     }
 
