@@ -228,12 +228,17 @@ EOF
 }
 
 # The other LB's address, for unicast.
+# The other LB's address, for unicast: with V6 its link-local address
+# (adverts go from there), from its MAC.
+declare -A HOST_LL=([lb1]=fe80::5eff:fe10:11 [lb2]=fe80::5eff:fe10:12)
 unicast_peer_of() {
+    local other
     case $1 in
-        lb1) echo "${HOST_IP[lb2]}" ;;
-        lb2) echo "${HOST_IP[lb1]}" ;;
+        lb1) other=lb2 ;;
+        lb2) other=lb1 ;;
         *) fail "no unicast peer for $1" ;;
     esac
+    if [[ -n $V6 ]]; then echo "${HOST_LL[$other]}"; else echo "${HOST_IP[$other]}"; fi
 }
 
 # keepalived_conf HOST PRIO INTERVAL VERSION PREEMPT -> prints the config path.
@@ -241,7 +246,10 @@ unicast_peer_of() {
 keepalived_conf() {
     local h=$1 prio=$2 intv=$3 ver=$4 pre=$5 f="$WORK/$1-keepalived.conf" np="" uc=""
     [[ $pre == false ]] && np="nopreempt"
-    [[ -n ${UNICAST:-} ]] && uc="unicast_src_ip ${HOST_IP[$h]}
+    local src=${HOST_IP[$h]}
+    [[ -n $V6 ]] && src=${HOST_LL[$h]}
+    [[ -n ${UNICAST:-} ]] && uc="unicast_src_ip $src
+    unicast_ttl 255
     unicast_peer {
         $(unicast_peer_of "$h")
     }"
