@@ -39,7 +39,8 @@ pub fn status(line: &str) {
 /// How often systemd wants a ping (half of `WatchdogSec=`), if it wants any.
 pub fn watchdog_interval() -> Option<Duration> {
     let mut usec = 0;
-    sd_notify::watchdog_enabled(false, &mut usec).then(|| Duration::from_micros(usec / 2))
+    // Never a zero period (a tokio interval panics on it).
+    sd_notify::watchdog_enabled(false, &mut usec).then(|| Duration::from_micros(usec / 2).max(Duration::from_millis(1)))
 }
 
 /// Pings the watchdog every `every` for as long as the task runs and
