@@ -416,19 +416,22 @@ impl Router {
     /// A weightless tracker of `vrid` started or stopped failing.
     pub fn set_tracker_fault(&mut self, now: Instant, vrid: u8, fault: bool) {
         let Some(i) = self.index(vrid) else { return };
-        let was = self.members[i].usable(self.link_up);
-        self.members[i].tracker_fault = fault;
-        let is = self.members[i].usable(self.link_up);
-        self.condition_changed(now, i, was, is, Event::TrackerFault, Event::TrackersOk);
+        self.change_member(now, i, |m| m.tracker_fault = fault, Event::TrackerFault, Event::TrackersOk);
     }
 
     /// A member of `vrid`'s sync group is in fault, or none is any more.
     pub fn set_group_fault(&mut self, now: Instant, vrid: u8, fault: bool) {
         let Some(i) = self.index(vrid) else { return };
+        self.change_member(now, i, |m| m.group_fault = fault, Event::GroupFault, Event::GroupOk);
+    }
+
+    /// Applies `change` to member `i`, then tells its state machine `down`
+    /// or `up` if that made it unusable or usable.
+    fn change_member(&mut self, now: Instant, i: usize, change: impl FnOnce(&mut Member), down: Event, up: Event) {
         let was = self.members[i].usable(self.link_up);
-        self.members[i].group_fault = fault;
+        change(&mut self.members[i]);
         let is = self.members[i].usable(self.link_up);
-        self.condition_changed(now, i, was, is, Event::GroupFault, Event::GroupOk);
+        self.condition_changed(now, i, was, is, down, up);
     }
 
     /// The effective priority of `vrid` (trackers, sync group).
