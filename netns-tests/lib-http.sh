@@ -11,6 +11,7 @@
 # App servers on the test segment (lib.sh's HOST_IP has the LBs and client).
 HOST_IP[app1]=192.0.2.21
 HOST_IP[app2]=192.0.2.22
+HOST_IP[app3]=192.0.2.23
 APP_PORT=8080
 
 # ensure_pkg_nosvc CMD PKG: like ensure_pkg, but first make Debian's
@@ -277,12 +278,14 @@ start_app_servers() {
     done
 }
 
-# start_lb_pair INTERVAL: a fresh topology (lb1 lb2 app1 app2 client), the
-# app servers, vipd on lb1 (150) and lb2 (100) from vipd_lb_conf, settled
-# with lb1 master and every backend healthy on both.
+# start_lb_pair INTERVAL: a fresh topology (lb1 lb2 app1 app2 client, and
+# the hosts in LB_EXTRA_HOSTS), the app servers, vipd on lb1 (150) and lb2
+# (100) from vipd_lb_conf, settled with lb1 master and every backend
+# healthy on both.
 start_lb_pair() {
     local h
-    topo_up lb1 lb2 app1 app2 client
+    # shellcheck disable=SC2086 # a list of names
+    topo_up lb1 lb2 app1 app2 client ${LB_EXTRA_HOSTS:-}
     start_app_servers
     start_vipd lb1 "$(vipd_lb_conf lb1 150 "$1")" "$WORK/lb1.log"
     start_vipd lb2 "$(vipd_lb_conf lb2 100 "$1")" "$WORK/lb2.log"
@@ -354,6 +357,26 @@ wait_client_loop() {
     fi
     wait "$pid" 2>/dev/null || true
     untrack_pid "$pid"
+}
+
+# start_keepalive_loop HOST URL COUNT RATE OUT: in HOST's namespace, one
+# curl doing COUNT GETs of URL?k=N one after the other at most RATE per
+# second (curl's --rate), on one connection as long as the server keeps it
+# open. Appends "CODE CONNECTS" per request to OUT. Sets CLIENT_PID.
+start_keepalive_loop() {
+    local h=$1 url=$2 count=$3 rate=$4 out=$5
+    ensure_pkg curl curl
+    # The bodies go to /dev/null, one line per request to stderr (%{stderr}).
+    ns_exec "$h" curl -s -m $((count / ${rate%/s} + 10)) --rate "$rate" \
+        -w '%{stderr}%{http_code} %{num_connects}\n' "$url?k=[1-$count]" >/dev/null 2>>"$out" &
+    CLIENT_PID=$!
+    EXTRA_PIDS+=("$CLIENT_PID")
+}
+
+# keepalive_stats OUT -> "ka_total=N ka_failed=N ka_connects=N" (eval it):
+# requests, those not answered 200, and connections opened for them.
+keepalive_stats() {
+    awk '{ n++; if ($1 != "200") f++; c += $2 } END { printf "ka_total=%d ka_failed=%d ka_connects=%d\n", n, f, c }' "$1"
 }
 
 # loop_stats OUT EVENT_MS -> one line of KEY=VALUE (eval it):

@@ -331,15 +331,13 @@ struct RawVrrp {
 }
 
 /// Why a running daemon cannot take `new` in place of `old` without a
-/// restart, if it cannot: what a reload applies today is each existing VRRP
-/// instance's own settings (priority, preempt, timing, VIPs, gratuitous ARP,
-/// unicast peers, notify hooks). `None`: it can.
+/// restart, if it cannot: what a reload applies today is the `[[http]]`
+/// listeners (any change: added, removed, moved, backends, settings) and
+/// each existing VRRP instance's own settings (priority, preempt, timing,
+/// VIPs, gratuitous ARP, unicast peers, notify hooks). `None`: it can.
 pub fn reload_refusal(old: &Config, new: &Config) -> Option<String> {
     if old.control != new.control {
         return Some("[control] changed".into());
-    }
-    if old.http != new.http {
-        return Some("[[http]] changed (listeners and backends are not reloaded yet)".into());
     }
     if old.sync_groups != new.sync_groups || old.scripts != new.scripts {
         return Some("[[sync_group]] or [[track_script]] changed".into());
@@ -1289,6 +1287,10 @@ virtual_ips = ["192.0.2.10/24", "192.0.2.20"]
         )
         .expect("valid");
         assert_eq!(reload_refusal(&old, &settings), None);
+        let http = "[[http]]\nname = \"site\"\nlisten = \"127.0.0.1:8080\"\nbackends = [\"192.0.2.21:80\"]\n";
+        let with_http = parse(&format!("{GOOD}\n{http}"), Path::new("t")).expect("valid");
+        assert_eq!(reload_refusal(&old, &with_http), None, "a listener added");
+        assert_eq!(reload_refusal(&with_http, &old), None, "a listener removed");
         let refused = |text: &str| {
             let new = parse(text, Path::new("t")).expect("valid");
             reload_refusal(&old, &new).expect("refused")

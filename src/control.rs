@@ -20,7 +20,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, UnixListener, UnixStream};
 use tracing::{debug, info, warn};
 
-use crate::proxy::backends::{Admin, Pool, PoolSnapshot};
+use crate::proxy::backends::{Admin, HttpListeners, PoolSnapshot};
 use crate::vrrp::fsm::State;
 use crate::vrrp::operator::{Ask, Operator};
 use crate::vrrp::stats::{Snapshot, Stats};
@@ -31,8 +31,8 @@ use crate::vrrp::sync::{GroupShared, GroupSnapshot};
 pub struct Sources {
     /// One per VRRP instance, in config order.
     pub vrrp: Vec<Arc<Stats>>,
-    /// One per HTTP listener, in config order.
-    pub http: Vec<Arc<Pool>>,
+    /// The HTTP listeners, in config order (a reload may change them).
+    pub http: Arc<HttpListeners>,
     /// One per sync group, in config order.
     pub groups: Vec<Arc<GroupShared>>,
     /// The configuration file and its reloads.
@@ -143,7 +143,7 @@ impl Sources {
     pub fn status(&self) -> Status {
         Status {
             vrrp: self.vrrp.iter().map(|s| s.snapshot()).collect(),
-            http: self.http.iter().map(|p| p.snapshot()).collect(),
+            http: self.http.list().iter().map(|p| p.snapshot()).collect(),
             sync_groups: self.groups.iter().map(|g| g.snapshot()).collect(),
             config: self.config.snapshot(),
         }
@@ -448,7 +448,7 @@ const MAX_COMMAND: u64 = 1024;
 /// Serves the operator's commands on `listener` until the task is dropped:
 /// one line in, one line out (`ok: ...` or `error: ...`), each logged with
 /// the peer's credentials.
-pub async fn serve_commands(listener: UnixListener, operator: Operator, pools: Vec<Arc<Pool>>, reload: Reloader) {
+pub async fn serve_commands(listener: UnixListener, operator: Operator, pools: Arc<HttpListeners>, reload: Reloader) {
     let targets = Arc::new(Targets { operator, pools, reload });
     loop {
         let stream = match listener.accept().await {
@@ -467,7 +467,7 @@ pub async fn serve_commands(listener: UnixListener, operator: Operator, pools: V
 /// Who carries the commands out.
 struct Targets {
     operator: Operator,
-    pools: Vec<Arc<Pool>>,
+    pools: Arc<HttpListeners>,
     reload: Reloader,
 }
 
@@ -502,11 +502,7 @@ async fn run_command(command: ControlCommand, targets: &Targets) -> Result<Strin
     match command {
         ControlCommand::Vrrp { name, ask } => targets.operator.ask(&name, ask).await,
         ControlCommand::Backend { listener, address, admin } => {
-            let pool = targets
-                .pools
-                .iter()
-                .find(|p| p.name() == listener)
-                .ok_or_else(|| format!("no listener {listener:?}"))?;
+            let pool = targets.pools.find(&listener).ok_or_else(|| format!("no listener {listener:?}"))?;
             pool.set_admin(address, admin)
         }
         ControlCommand::Reload => {

@@ -16,7 +16,7 @@ use tracing::{error, info, warn};
 use crate::config::{Config, Location, VrrpConfig};
 use crate::control::{self, ConfigState, Sources};
 use crate::net::addr::{watch_addresses, watch_links, Netlink, Vmac};
-use crate::proxy::backends::Pool;
+use crate::proxy::backends::{HttpListeners, ListenerPool};
 use crate::proxy::server::{self, Listener, Proxy, HEARTBEAT_EVERY};
 use crate::systemd;
 use crate::vrrp::driver::{DrainGate, Driver, InstanceSide};
@@ -59,24 +59,21 @@ pub fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
     for h in &config.http {
         let sockets = server::bind(h.listen, workers)
             .with_context(|| format!("http {:?}: listen = {}: cannot listen", h.name, h.listen))?;
-        listeners.push(Listener { pool: Pool::new(h.clone()), sockets });
+        listeners.push(Listener { pool: ListenerPool::new(h.clone()), sockets });
     }
-    let pools: Vec<Arc<Pool>> = listeners.iter().map(|l| Arc::clone(&l.pool)).collect();
+    // The workers run even with no listener yet: a reload may add one.
+    info!(workers, "starting HTTP proxy");
+    let proxy = Proxy::start(workers, listeners).context("starting the HTTP proxy")?;
+    let pools = proxy.listeners();
     // A resigning master keeps its VIPs until requests in flight are done,
     // but not long: once the new master has announced itself, clients'
     // packets go there anyway, and two holders of the VIP both answer ARP.
     // (Long requests and WebSockets still finish their drain afterwards.)
-    let drain_max = config.http.iter().map(|h| h.drain_timeout).max().unwrap_or_default();
-    let drain = (!pools.is_empty()).then(|| {
-        let watched = pools.clone();
-        DrainGate { busy: Arc::new(move || watched.iter().any(|p| p.busy())), max_wait: drain_max.min(VIP_HOLD_MAX) }
+    let drain_max = config.http.iter().map(|h| h.drain_timeout).max().unwrap_or(VIP_HOLD_MAX);
+    let drain = Some({
+        let watched = Arc::clone(&pools);
+        DrainGate { busy: Arc::new(move || watched.busy()), max_wait: drain_max.min(VIP_HOLD_MAX) }
     });
-    let proxy = if listeners.is_empty() {
-        None
-    } else {
-        info!(workers, "starting HTTP proxy");
-        Some(Proxy::start(listeners).context("starting the HTTP proxy")?)
-    };
 
     let tracking: Vec<Option<Arc<TrackShared>>> = config
         .vrrp
@@ -134,7 +131,7 @@ pub fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         tracking,
         groups,
         hooks: hooks.clone(),
-        pools: pools.clone(),
+        pools: Arc::clone(&pools),
         scripts: config.scripts.clone(),
     };
     // A resigning master may wait for its successor up to its release timeout.
@@ -147,7 +144,7 @@ pub fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
     // systemd's watchdog is pinged from the VRRP thread, while every proxy
     // worker answers too.
     let watchdog = systemd::watchdog_interval().map(|every| {
-        let beats = proxy.as_ref().map(|p| p.heartbeats()).unwrap_or_default();
+        let beats = proxy.heartbeats();
         let within = every + HEARTBEAT_EVERY;
         let alive: Arc<dyn Fn() -> bool + Send + Sync> = Arc::new(move || beats.iter().all(|b| b.fresh(within)));
         (every, alive)
@@ -186,7 +183,8 @@ pub fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         let commands = tokio::net::UnixListener::from_std(command_socket).context("control.socket")?;
         info!(socket = %config.control.socket.display(), "control socket up");
         let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel(4);
-        let commander = tokio::spawn(control::serve_commands(commands, operator.clone(), pools.clone(), reload_tx));
+        let commander =
+            tokio::spawn(control::serve_commands(commands, operator.clone(), Arc::clone(&pools), reload_tx));
         let sources = Sources { vrrp: stats, http: pools, groups: group_list, config: Arc::clone(&config_state) };
         let sources_for_summary = Arc::new(sources.clone());
         let server = tokio::spawn(control::serve(listener, sources));
@@ -220,13 +218,13 @@ pub fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
                 _ = signals.hup.recv() => {
                     info!("SIGHUP: reloading {}", config_path.display());
                     systemd::reloading();
-                    let _ = reload(config_path, &mut running, &operator, &config_state).await;
+                    let _ = reload(config_path, &mut running, &operator, &proxy, &config_state).await;
                     systemd::ready(&summary_of());
                 }
                 Some(reply) = reload_rx.recv() => {
                     info!("reload asked on the control socket");
                     systemd::reloading();
-                    let _ = reply.send(reload(config_path, &mut running, &operator, &config_state).await);
+                    let _ = reply.send(reload(config_path, &mut running, &operator, &proxy, &config_state).await);
                     systemd::ready(&summary_of());
                 }
             }
@@ -253,10 +251,8 @@ pub fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         }
         Err(_) => warn!("VRRP thread did not finish within {vrrp_grace:?}; exiting anyway"),
     }
-    if let Some(proxy) = proxy {
-        info!("draining HTTP connections");
-        proxy.shutdown();
-    }
+    info!("draining HTTP connections");
+    proxy.shutdown();
     for h in hooks.iter().flatten().chain(&group_hooks) {
         h.wait_idle(hooks_max);
     }
@@ -342,7 +338,7 @@ struct Probes {
     hooks: Vec<Option<HookQueue>>,
     /// Per instance: its sync group and its index there.
     groups: Vec<Option<(Arc<GroupShared>, usize)>>,
-    pools: Vec<Arc<Pool>>,
+    pools: Arc<HttpListeners>,
     scripts: Vec<ScriptSpec>,
 }
 
@@ -368,13 +364,22 @@ impl StopSignals {
 /// [`crate::config::reload_refusal`]); otherwise, or when the file is bad,
 /// the running configuration stays and the answer says why. Either way
 /// `/status` and `/metrics` show the outcome.
-async fn reload(path: &Path, running: &mut Config, operator: &Operator, state: &ConfigState) -> Result<String, String> {
+async fn reload(
+    path: &Path,
+    running: &mut Config,
+    operator: &Operator,
+    proxy: &Proxy,
+    state: &ConfigState,
+) -> Result<String, String> {
     let result = async {
         let new = crate::config::load(path).map_err(|e| e.to_string())?;
         if let Some(why) = crate::config::reload_refusal(running, &new) {
             return Err(format!("{why}; the running configuration stays (restart vipd to apply it)"));
         }
-        let mut changed = Vec::new();
+        // HTTP first: binding a new listener is what most likely fails, and
+        // it refuses the reload before anything changed.
+        let mut changed = proxy.apply(&new.http)?;
+        running.http = new.http.clone();
         for (old, new) in running.vrrp.iter().zip(&new.vrrp) {
             if old.spec == new.spec && old.virtual_ips == new.virtual_ips && old.notify == new.notify {
                 continue;
@@ -470,7 +475,7 @@ async fn run_vrrp(
     probe::start(
         &probes.runtime,
         &tracked,
-        &probe::Sources { pools: &probes.pools, links: &tracked_links, scripts: &probes.scripts },
+        &probe::Sources { pools: probes.pools.as_ref(), links: &tracked_links, scripts: &probes.scripts },
     );
     // One driver per interface, its instances in config order.
     let mut by_interface: Vec<(String, Location, Option<Vmac>, Vec<InstanceSide>)> = Vec::new();

@@ -39,7 +39,7 @@ async fn status_metrics_and_not_found() {
     let addr = listener.local_addr().expect("addr");
     let sources = Sources {
         vrrp: vec![stats],
-        http: Vec::new(),
+        http: Default::default(),
         groups: Vec::new(),
         config: ConfigState::new(Path::new("t.toml")),
     };

@@ -16,7 +16,7 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use vipd::proxy::backends::Pool;
+use vipd::proxy::backends::ListenerPool;
 use vipd::proxy::server::{bind, Listener, Proxy};
 
 type BoxBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
@@ -148,7 +148,7 @@ async fn answer(
 }
 
 /// Starts a proxy over `backends` with extra config lines; returns its address.
-fn proxy(backends: &[SocketAddr], extra: &str) -> (SocketAddr, Arc<Pool>, Proxy) {
+fn proxy(backends: &[SocketAddr], extra: &str) -> (SocketAddr, Arc<ListenerPool>, Proxy) {
     let list: Vec<String> = backends.iter().map(|b| format!("\"{b}\"")).collect();
     let text = format!(
         "[[http]]\nname = \"t\"\nlisten = \"127.0.0.1:0\"\nbackends = [{}]\naccess_log = false\n{extra}\n",
@@ -158,8 +158,8 @@ fn proxy(backends: &[SocketAddr], extra: &str) -> (SocketAddr, Arc<Pool>, Proxy)
     let h = config.http[0].clone();
     let sockets = bind(h.listen, 1).expect("bind proxy");
     let addr = sockets[0].local_addr().expect("addr");
-    let pool = Pool::new(h);
-    let p = Proxy::start(vec![Listener { pool: pool.clone(), sockets }]).expect("start proxy");
+    let pool = ListenerPool::new(h);
+    let p = Proxy::start(1, vec![Listener { pool: pool.clone(), sockets }]).expect("start proxy");
     (addr, pool, p)
 }
 
@@ -1145,4 +1145,111 @@ async fn requests_that_cannot_be_replayed_get_a_fresh_backend_connection() {
     assert_eq!(accepted.load(Ordering::Relaxed), 3, "the GET after them reuses one");
     p.shutdown();
     task.abort();
+}
+
+/// `[[http]]` sections for a reload: (name, listen, backends, extra lines).
+fn http_configs(listeners: &[(&str, SocketAddr, &[SocketAddr], &str)]) -> Vec<vipd::config::HttpConfig> {
+    let text: String = listeners
+        .iter()
+        .map(|(name, listen, backends, extra)| {
+            let list: Vec<String> = backends.iter().map(|b| format!("\"{b}\"")).collect();
+            format!(
+                "[[http]]\nname = \"{name}\"\nlisten = \"{listen}\"\nbackends = [{}]\naccess_log = false\n{extra}\n",
+                list.join(", ")
+            )
+        })
+        .collect();
+    vipd::config::parse(&text, Path::new("t.toml")).expect("valid config").http
+}
+
+/// A loopback port nothing listens on now.
+fn free_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_swaps_backends_in_place_and_adds_and_removes_listeners() {
+    let (a, b, c) = (backend("a").await, backend("b").await, backend("c").await);
+    let health = "[http.health]\npath = \"/healthz\"\ninterval = \"100ms\"\nrise = 3\nfall = 1";
+    // Started on a port of its own: a reload names the same address.
+    let addr = free_port();
+    let first = http_configs(&[("t", addr, &[a.addr, b.addr], health)]);
+    let pool = ListenerPool::new(first[0].clone());
+    let p =
+        Proxy::start(1, vec![Listener { pool: pool.clone(), sockets: bind(addr, 1).expect("bind") }]).expect("start");
+    b.down.store(true, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(!pool.snapshot().backends[1].healthy, "b fails its checks");
+    // A keep-alive client, and a request that will be in flight to a.
+    let mut kept = TcpStream::connect(addr).await.expect("connect");
+    let mut pending = Vec::new();
+    kept.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").await.expect("write");
+    assert_eq!(read_response(&mut kept, &mut pending, false).await.2, b"a");
+    let slow = tokio::spawn(get(addr, "/slow?800", &[]));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let requests_to_a = pool.snapshot().backends[0].requests;
+
+    // c added, b reweighted: b keeps its verdict (down, no fresh start as
+    // healthy), a keeps its counters.
+    let said = p.apply(&http_configs(&[("t", addr, &[a.addr, b.addr, c.addr], health)])).expect("applied");
+    assert_eq!(said.len(), 1, "{said:?}");
+    assert!(said[0].contains(&format!("+{}", c.addr)), "{said:?}");
+    let snap = pool.snapshot();
+    assert_eq!(snap.generation, 1);
+    assert_eq!(snap.backends.iter().map(|b| b.healthy).collect::<Vec<_>>(), [true, false, true], "{snap:?}");
+    assert_eq!(snap.backends[0].requests, requests_to_a);
+    assert_eq!(snap.backends[0].in_flight, 1, "the slow request is still counted");
+
+    // a removed while its request is in flight: that one finishes on a,
+    // the keep-alive client's next request goes to c (b is still down).
+    p.apply(&http_configs(&[("t", addr, &[b.addr, c.addr], health)])).expect("applied");
+    for _ in 0..4 {
+        kept.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").await.expect("write");
+        let (status, _, body) = read_response(&mut kept, &mut pending, false).await;
+        assert_eq!((status, body.as_slice()), (200, b"c".as_slice()));
+    }
+    let (status, _, body) = slow.await.expect("slow request");
+    assert_eq!((status, body.as_str()), (200, "a"), "the request in flight finished on the backend it started with");
+    // b comes back after rise = 3 passes, not at once.
+    b.down.store(false, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(pool.snapshot().backends[0].healthy, "b back after its checks");
+
+    // A new listener binds and serves; removed, it stops accepting.
+    let second = free_port();
+    let both = [("t", addr, &[b.addr, c.addr][..], health), ("u", second, &[c.addr][..], "")];
+    let said = p.apply(&http_configs(&both)).expect("applied");
+    assert!(said.iter().any(|s| s.contains("\"u\": added")), "{said:?}");
+    assert_eq!(get(second, "/", &[]).await.2, "c");
+    assert_eq!(p.listeners().list().len(), 2);
+    // A port that cannot be bound refuses the reload, and nothing changes.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let third = taken.local_addr().expect("addr");
+    let clash = [("t", addr, &[a.addr][..], ""), ("w", third, &[c.addr][..], "")];
+    let refused = p.apply(&http_configs(&clash)).expect_err("refused");
+    assert!(refused.contains("cannot listen"), "{refused}");
+    assert_eq!(pool.snapshot().generation, 2, "nothing changed");
+    assert_eq!(p.listeners().list().len(), 2);
+    p.apply(&http_configs(&[("t", addr, &[b.addr, c.addr], health)])).expect("applied");
+    assert_eq!(p.listeners().list().len(), 1);
+    let mut refused = false;
+    for _ in 0..50 {
+        if TcpStream::connect(second).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(refused, "a removed listener stops accepting");
+    // The first listener moves to another port: the new one serves, the old
+    // one stops.
+    let moved = free_port();
+    p.apply(&http_configs(&[("t", moved, &[b.addr, c.addr], health)])).expect("applied");
+    let (status, _, _) = get(moved, "/", &[]).await;
+    assert_eq!(status, 200);
+    assert_eq!(pool.snapshot().listen, moved);
+    p.shutdown();
+    for x in [a, b, c] {
+        x.kill();
+    }
 }

@@ -104,7 +104,7 @@ impl Completion {
     fn finish(&mut self, complete: bool, bytes: u64, upstream: Option<Upstream>) {
         if let (true, Some(conn), Some(guard), Some(idle)) = (complete, upstream, &self.in_flight, &self.idle) {
             if !conn.is_closed() {
-                idle.put(guard.index(), conn, Instant::now());
+                idle.put(guard.address(), conn, Instant::now());
             }
         }
         self.in_flight = None;

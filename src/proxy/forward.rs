@@ -128,18 +128,13 @@ fn local(status: StatusCode, text: &'static str, mut done: Completion) -> Respon
     r
 }
 
-/// A ready connection to backend `i`: a pooled one if any is still good.
-/// With `fresh`, always a new one: for a request that cannot be sent again.
-async fn checkout(
-    pool: &Pool,
-    idle: &IdleConns<Upstream>,
-    i: usize,
-    addr: SocketAddr,
-    fresh: bool,
-) -> Result<Upstream, String> {
+/// A ready connection to the backend at `addr`: a pooled one if any is
+/// still good. With `fresh`, always a new one: for a request that cannot
+/// be sent again.
+async fn checkout(pool: &Pool, idle: &IdleConns<Upstream>, addr: SocketAddr, fresh: bool) -> Result<Upstream, String> {
     let timeout = pool.config.connect_timeout;
     if !fresh {
-        while let Some(mut conn) = idle.take(i, Instant::now(), |c| !c.is_closed()) {
+        while let Some(mut conn) = idle.take(addr, Instant::now(), |c| !c.is_closed()) {
             // Driving it here also finds out whether the backend closed it.
             if let Ok(true) = tokio::time::timeout(timeout, conn.ready()).await {
                 return Ok(conn);
@@ -211,7 +206,7 @@ pub async fn handle(
         if let Some(l) = done.log.as_mut() {
             l.backend = Some(addr);
         }
-        let mut conn = match checkout(&pool, &idle, i, addr, replay.is_none()).await {
+        let mut conn = match checkout(&pool, &idle, addr, replay.is_none()).await {
             Ok(c) => c,
             Err(e) => {
                 warn!(backend = %addr, error = %e, "backend unreachable; trying another");

@@ -1,8 +1,11 @@
 //! Active health checks: one task per backend sends `GET path` every
 //! interval on a fresh connection; a 2xx or 3xx answer within the timeout
 //! passes. The pure [`Hysteresis`] turns passes and failures into flips.
-//! Checks run beside the traffic and never block a request.
+//! Checks run beside the traffic and never block a request. A reload keeps
+//! the task of a backend that stays with the same check settings; others
+//! start from the backend's current verdict (no fresh `rise` period).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -12,41 +15,71 @@ use hyper::header::{CONNECTION, HOST, USER_AGENT};
 use hyper::Request;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::task::AbortHandle;
 use tokio::time::MissedTickBehavior;
 use tracing::{info, warn};
 
-use super::backends::Pool;
+use super::backends::{Backend, ListenerPool};
 use super::balance::Hysteresis;
 use crate::config::HealthConfig;
 
-/// Starts the checks of every backend of `pool` on the current runtime.
-pub fn spawn_checks(pool: &Arc<Pool>) {
-    let Some(cfg) = pool.config.health.clone() else { return };
-    for (i, b) in pool.backends().iter().enumerate() {
-        tokio::spawn(check_loop(Arc::clone(pool), i, b.address, cfg.clone()));
+/// Runs the checks of `listener`'s backends on the current runtime, and
+/// after each reload those of its new generation, until `stop`.
+pub async fn supervise(listener: Arc<ListenerPool>, mut stop: watch::Receiver<bool>) {
+    let mut generations = listener.watch_generation();
+    let mut running: HashMap<SocketAddr, (Arc<Backend>, HealthConfig, AbortHandle)> = HashMap::new();
+    loop {
+        generations.borrow_and_update();
+        let pool = listener.current();
+        let wanted: Vec<(Arc<Backend>, HealthConfig)> = match &pool.config.health {
+            Some(cfg) => pool.backends().iter().map(|b| (Arc::clone(b), cfg.clone())).collect(),
+            None => Vec::new(),
+        };
+        running.retain(|addr, (b, cfg, task)| {
+            let keep = wanted.iter().any(|(w, c)| Arc::ptr_eq(w, b) && c == cfg && w.address == *addr);
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        for (b, cfg) in wanted {
+            if let std::collections::hash_map::Entry::Vacant(slot) = running.entry(b.address) {
+                let task = tokio::spawn(check_loop(Arc::clone(&listener), Arc::clone(&b), cfg.clone()));
+                slot.insert((b, cfg, task.abort_handle()));
+            }
+        }
+        tokio::select! {
+            changed = generations.changed() => if changed.is_err() { break },
+            _ = stop.changed() => break,
+        }
+    }
+    for (_, (_, _, task)) in running {
+        task.abort();
     }
 }
 
-async fn check_loop(pool: Arc<Pool>, i: usize, addr: SocketAddr, cfg: HealthConfig) {
-    let mut verdicts = Hysteresis::new(cfg.rise, cfg.fall, true);
+async fn check_loop(listener: Arc<ListenerPool>, backend: Arc<Backend>, cfg: HealthConfig) {
+    let addr = backend.address;
+    let mut verdicts = Hysteresis::new(cfg.rise, cfg.fall, backend.is_active_healthy());
     let mut ticker = tokio::time::interval(cfg.interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
         let result = check_once(addr, &cfg).await;
         if let Some(up) = verdicts.observe(result.is_ok()) {
-            pool.set_active_healthy(i, up);
+            listener.set_active_healthy(&backend, up);
             match &result {
                 Ok(()) => {
-                    info!(listener = %pool.config.name, backend = %addr, "backend is healthy again ({} checks passed)", cfg.rise)
+                    info!(listener = %listener.name(), backend = %addr, "backend is healthy again ({} checks passed)", cfg.rise)
                 }
                 Err(why) => {
-                    warn!(listener = %pool.config.name, backend = %addr, reason = %why, "backend is down ({} checks failed)", cfg.fall)
+                    warn!(listener = %listener.name(), backend = %addr, reason = %why, "backend is down ({} checks failed)", cfg.fall)
                 }
             }
         }
-        if result.is_ok() && pool.check_passed(i) {
-            info!(listener = %pool.config.name, backend = %addr, "ejected backend back after its cool-down and a passing check");
+        if result.is_ok() && listener.check_passed(&backend) {
+            info!(listener = %listener.name(), backend = %addr, "ejected backend back after its cool-down and a passing check");
         }
     }
 }

@@ -1,10 +1,12 @@
-//! Idle backend connections, kept per worker thread and listener. A socket
+//! Idle backend connections, kept per worker thread and listener, by
+//! backend address (so they outlive a reload that keeps the backend). A socket
 //! stays on the runtime that opened it: its readiness comes from that
 //! runtime's reactor, so handing it to another worker would tie that
 //! worker's requests to this one's load (and break them when this one
 //! stops first).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -22,27 +24,33 @@ struct Parked<T> {
 }
 
 /// One worker's idle connections to each backend of one listener, the
-/// newest at the back.
+/// newest at the back. One lock for all: only its worker's tasks take it.
 pub struct IdleConns<T> {
-    backends: Vec<Mutex<VecDeque<Parked<T>>>>,
+    backends: Mutex<HashMap<SocketAddr, VecDeque<Parked<T>>>>,
 }
 
 impl<T> std::fmt::Debug for IdleConns<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IdleConns").field("backends", &self.backends.len()).finish_non_exhaustive()
+        f.debug_struct("IdleConns").finish_non_exhaustive()
+    }
+}
+
+impl<T> Default for IdleConns<T> {
+    fn default() -> Self {
+        IdleConns { backends: Mutex::new(HashMap::new()) }
     }
 }
 
 impl<T> IdleConns<T> {
-    /// Room for `backends` backends.
-    pub fn new(backends: usize) -> Self {
-        IdleConns { backends: (0..backends).map(|_| Mutex::new(VecDeque::new())).collect() }
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, VecDeque<Parked<T>>>> {
+        self.backends.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The newest connection to backend `i` that is young enough and still
-    /// `usable`; the others met on the way are closed.
-    pub fn take(&self, i: usize, now: Instant, usable: impl Fn(&T) -> bool) -> Option<T> {
-        let mut idle = self.backends.get(i)?.lock().unwrap_or_else(|p| p.into_inner());
+    /// The newest connection to the backend at `addr` that is young enough
+    /// and still `usable`; the others met on the way are closed.
+    pub fn take(&self, addr: SocketAddr, now: Instant, usable: impl Fn(&T) -> bool) -> Option<T> {
+        let mut all = self.lock();
+        let idle = all.get_mut(&addr)?;
         while let Some(p) = idle.pop_back() {
             if now.saturating_duration_since(p.since) <= MAX_IDLE_AGE && usable(&p.conn) {
                 return Some(p.conn);
@@ -51,11 +59,12 @@ impl<T> IdleConns<T> {
         None
     }
 
-    /// Parks a connection to backend `i`; closes the ones too old to use.
-    pub fn put(&self, i: usize, conn: T, now: Instant) {
-        let Some(slot) = self.backends.get(i) else { return };
-        let mut idle = slot.lock().unwrap_or_else(|p| p.into_inner());
-        drop_expired(&mut idle, now);
+    /// Parks a connection to the backend at `addr`; closes the ones too
+    /// old to use.
+    pub fn put(&self, addr: SocketAddr, conn: T, now: Instant) {
+        let mut all = self.lock();
+        let idle = all.entry(addr).or_default();
+        drop_expired(idle, now);
         if idle.len() >= MAX_PER_BACKEND {
             idle.pop_front();
         }
@@ -64,18 +73,18 @@ impl<T> IdleConns<T> {
 
     /// Closes every connection too old to use (run now and then, so a quiet
     /// backend's connections do not stay open, half-closed, until traffic
-    /// returns).
+    /// returns). A backend left with none is forgotten: one a reload
+    /// removed is gone once its connections are.
     pub fn sweep(&self, now: Instant) {
-        for b in &self.backends {
-            drop_expired(&mut b.lock().unwrap_or_else(|p| p.into_inner()), now);
-        }
+        self.lock().retain(|_, idle| {
+            drop_expired(idle, now);
+            !idle.is_empty()
+        });
     }
 
     /// Closes them all.
     pub fn clear(&self) {
-        for b in &self.backends {
-            b.lock().unwrap_or_else(|p| p.into_inner()).clear();
-        }
+        self.lock().clear();
     }
 }
 
@@ -90,36 +99,46 @@ fn drop_expired<T>(idle: &mut VecDeque<Parked<T>>, now: Instant) {
 mod tests {
     use super::*;
 
+    fn at(n: u16) -> SocketAddr {
+        SocketAddr::from(([192, 0, 2, 21], n))
+    }
+
+    fn parked(idle: &IdleConns<usize>, addr: SocketAddr) -> Option<usize> {
+        idle.lock().get(&addr).map(VecDeque::len)
+    }
+
     #[test]
     fn newest_first_old_and_unusable_ones_closed() {
         let t0 = Instant::now();
-        let idle = IdleConns::new(2);
-        idle.put(0, 1, t0);
-        idle.put(0, 2, t0 + Duration::from_secs(1));
-        idle.put(0, 3, t0 + Duration::from_secs(2));
-        assert_eq!(idle.take(0, t0 + Duration::from_secs(2), |_| true), Some(3));
+        let idle = IdleConns::default();
+        idle.put(at(1), 1, t0);
+        idle.put(at(1), 2, t0 + Duration::from_secs(1));
+        idle.put(at(1), 3, t0 + Duration::from_secs(2));
+        assert_eq!(idle.take(at(1), t0 + Duration::from_secs(2), |_| true), Some(3));
         // 2 is not usable and is closed on the way to 1.
-        assert_eq!(idle.take(0, t0 + Duration::from_secs(2), |c| *c != 2), Some(1));
-        assert_eq!(idle.take(0, t0, |_| true), None);
+        assert_eq!(idle.take(at(1), t0 + Duration::from_secs(2), |c| *c != 2), Some(1));
+        assert_eq!(idle.take(at(1), t0, |_| true), None);
         // Too old: not handed out, and swept when another is parked.
-        idle.put(1, 7, t0);
-        assert_eq!(idle.take(1, t0 + MAX_IDLE_AGE + Duration::from_millis(1), |_| true), None);
-        idle.put(1, 8, t0);
-        idle.put(1, 9, t0 + MAX_IDLE_AGE + Duration::from_secs(1));
-        assert_eq!(idle.backends[1].lock().expect("lock").len(), 1);
+        idle.put(at(2), 7, t0);
+        assert_eq!(idle.take(at(2), t0 + MAX_IDLE_AGE + Duration::from_millis(1), |_| true), None);
+        idle.put(at(2), 8, t0);
+        idle.put(at(2), 9, t0 + MAX_IDLE_AGE + Duration::from_secs(1));
+        assert_eq!(parked(&idle, at(2)), Some(1));
+        // A sweep closes what aged and forgets backends left with none.
         idle.sweep(t0 + 2 * MAX_IDLE_AGE + Duration::from_secs(2));
-        assert!(idle.backends[1].lock().expect("lock").is_empty());
-        assert_eq!(idle.take(5, t0, |_| true), None, "no such backend");
+        assert_eq!(parked(&idle, at(2)), None);
+        assert_eq!(parked(&idle, at(1)), None);
+        assert_eq!(idle.take(at(5), t0, |_| true), None, "no such backend");
     }
 
     #[test]
     fn at_most_so_many_per_backend() {
         let t0 = Instant::now();
-        let idle = IdleConns::new(1);
+        let idle = IdleConns::default();
         for n in 0..MAX_PER_BACKEND + 10 {
-            idle.put(0, n, t0);
+            idle.put(at(1), n, t0);
         }
-        assert_eq!(idle.backends[0].lock().expect("lock").len(), MAX_PER_BACKEND);
-        assert_eq!(idle.take(0, t0, |_| true), Some(MAX_PER_BACKEND + 9));
+        assert_eq!(parked(&idle, at(1)), Some(MAX_PER_BACKEND));
+        assert_eq!(idle.take(at(1), t0, |_| true), Some(MAX_PER_BACKEND + 9));
     }
 }

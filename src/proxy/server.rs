@@ -28,7 +28,9 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc as tokio_mpsc, watch, Semaphore};
 use tracing::{debug, info, warn};
 
-use super::backends::Pool;
+use crate::config::HttpConfig;
+
+use super::backends::{HttpListeners, ListenerPool, Serving};
 use super::body::ProxyBody;
 use super::h1::conn::{self, Ended};
 use super::idle::{IdleConns, MAX_IDLE_AGE};
@@ -67,85 +69,176 @@ pub fn bind(addr: SocketAddr, workers: usize) -> io::Result<Vec<StdTcpListener>>
         .collect()
 }
 
-/// What one worker serves for one listener: its pool, its socket, the
-/// listener-wide connection limit.
-type Job = (Arc<Pool>, StdTcpListener, Arc<Semaphore>);
+/// What one worker serves for one listener: the listener, its socket,
+/// the listener-wide connection limit, and when to stop.
+struct Job {
+    pool: Arc<ListenerPool>,
+    socket: StdTcpListener,
+    limit: Arc<Semaphore>,
+    stop: watch::Receiver<bool>,
+    /// Counted from before the job is sent, so trackers never see a
+    /// started listener without workers; uncounted when its serving ends.
+    serving: Serving,
+}
 
 /// A listener's pool and its per-worker sockets.
 #[derive(Debug)]
 pub struct Listener {
     /// Backends and config.
-    pub pool: Arc<Pool>,
+    pub pool: Arc<ListenerPool>,
     /// One socket per worker, from [`bind`].
     pub sockets: Vec<StdTcpListener>,
+}
+
+/// A listener being served, as the proxy keeps it to change it later.
+#[derive(Debug)]
+struct Running {
+    pool: Arc<ListenerPool>,
+    listen: SocketAddr,
+    /// Stops its sockets' accept loops (they then drain).
+    stop: watch::Sender<bool>,
+    limit: Arc<Semaphore>,
+    max_connections: usize,
 }
 
 /// The running proxy.
 #[derive(Debug)]
 pub struct Proxy {
-    stop: watch::Sender<bool>,
+    /// Each worker's inbox of listeners to serve.
+    workers: Vec<tokio_mpsc::UnboundedSender<Job>>,
     done: mpsc::Receiver<()>,
-    workers: usize,
-    drain: Duration,
     heartbeats: Vec<Arc<Heartbeat>>,
+    running: std::sync::Mutex<Vec<Running>>,
+    listeners: Arc<HttpListeners>,
 }
 
 /// How often each worker shows it still runs its tasks.
 pub const HEARTBEAT_EVERY: Duration = Duration::from_millis(500);
 
 impl Proxy {
-    /// Starts the workers. Health checks run on worker 0.
-    pub fn start(listeners: Vec<Listener>) -> io::Result<Proxy> {
-        let workers = listeners.iter().map(|l| l.sockets.len()).min().unwrap_or(1).max(1);
-        let drain = listeners.iter().map(|l| l.pool.config.drain_timeout).max().unwrap_or_default();
-        let (stop, stop_rx) = watch::channel(false);
+    /// Starts `workers` workers serving `listeners` (whose sockets come from
+    /// [`bind`] with as many workers). Health checks run on worker 0.
+    pub fn start(workers: usize, listeners: Vec<Listener>) -> io::Result<Proxy> {
+        let workers = workers.max(1);
         let (done_tx, done) = mpsc::channel();
-        let limits: Vec<Arc<Semaphore>> =
-            listeners.iter().map(|l| Arc::new(Semaphore::new(l.pool.config.max_connections))).collect();
-        let mut per_worker: Vec<Vec<Job>> = (0..workers).map(|_| Vec::new()).collect();
-        for (l, limit) in listeners.into_iter().zip(limits) {
-            for (w, socket) in l.sockets.into_iter().enumerate().take(workers) {
-                per_worker[w].push((Arc::clone(&l.pool), socket, Arc::clone(&limit)));
-            }
-        }
+        let mut inboxes = Vec::new();
         let mut heartbeats = Vec::new();
-        for (w, jobs) in per_worker.into_iter().enumerate() {
+        for w in 0..workers {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let heartbeat = Arc::new(Heartbeat::default());
             heartbeat.beat();
             heartbeats.push(Arc::clone(&heartbeat));
-            let stop_rx = stop_rx.clone();
+            let (inbox, jobs) = tokio_mpsc::unbounded_channel();
+            inboxes.push(inbox);
             let done_tx = done_tx.clone();
-            // Counted from here, so trackers never see a started listener
-            // without workers; uncounted when the thread ends, however.
-            let serving: Vec<_> = jobs.iter().map(|(pool, _, _)| pool.serving()).collect();
             std::thread::Builder::new().name(format!("proxy-{w}")).spawn(move || {
-                let _serving = serving;
-                rt.block_on(async move {
-                    tokio::spawn(async move {
-                        loop {
-                            heartbeat.beat();
-                            tokio::time::sleep(HEARTBEAT_EVERY).await;
-                        }
-                    });
-                    let mut tasks = Vec::new();
-                    for (pool, socket, limit) in jobs {
-                        if w == 0 {
-                            health::spawn_checks(&pool);
-                        }
-                        match tokio::net::TcpListener::from_std(socket) {
-                            Ok(l) => tasks.push(tokio::spawn(serve(l, pool, limit, stop_rx.clone()))),
-                            Err(e) => warn!(error = %e, "listener could not join the runtime"),
-                        }
-                    }
-                    for t in tasks {
-                        let _ = t.await;
-                    }
-                });
+                rt.block_on(run_worker(w, jobs, heartbeat));
                 let _ = done_tx.send(());
             })?;
         }
-        Ok(Proxy { stop, done, workers, drain, heartbeats })
+        let proxy = Proxy {
+            workers: inboxes,
+            done,
+            heartbeats,
+            running: std::sync::Mutex::new(Vec::new()),
+            listeners: Arc::default(),
+        };
+        {
+            let mut running = proxy.running();
+            for l in listeners {
+                let max_connections = l.pool.current().config.max_connections;
+                let limit = Arc::new(Semaphore::new(max_connections));
+                running.push(proxy.launch(l, limit, max_connections));
+            }
+            proxy.listeners.set(running.iter().map(|r| Arc::clone(&r.pool)).collect());
+        }
+        Ok(proxy)
+    }
+
+    fn running(&self) -> std::sync::MutexGuard<'_, Vec<Running>> {
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Hands a listener's sockets to the workers, one each.
+    fn launch(&self, l: Listener, limit: Arc<Semaphore>, max_connections: usize) -> Running {
+        let (stop, stop_rx) = watch::channel(false);
+        let listen = l.pool.current().config.listen;
+        for (socket, inbox) in l.sockets.into_iter().zip(&self.workers) {
+            let job = Job {
+                pool: Arc::clone(&l.pool),
+                socket,
+                limit: Arc::clone(&limit),
+                stop: stop_rx.clone(),
+                serving: l.pool.serving(),
+            };
+            if inbox.send(job).is_err() {
+                warn!(listener = %l.pool.name(), "a proxy worker is gone; its share of the listener is not served");
+            }
+        }
+        info!(listener = %l.pool.name(), %listen, "HTTP listener up");
+        Running { pool: l.pool, listen, stop, limit, max_connections }
+    }
+
+    /// The listeners being served, by name.
+    pub fn listeners(&self) -> Arc<HttpListeners> {
+        Arc::clone(&self.listeners)
+    }
+
+    /// Makes `configs` the listeners (a reload). Each listener whose
+    /// address stays keeps its sockets and swaps its backends and settings
+    /// in place ([`ListenerPool::replace`]); one whose address changed
+    /// binds the new one and drains the old; a new one binds; one no
+    /// longer named stops accepting and drains. Every new address is bound
+    /// before anything changes, so one that cannot be bound refuses the
+    /// whole reload. Says what changed.
+    pub fn apply(&self, configs: &[HttpConfig]) -> Result<Vec<String>, String> {
+        let mut running = self.running();
+        let mut bound = Vec::new();
+        for c in configs {
+            let moved = running.iter().find(|r| r.pool.name() == c.name).is_none_or(|r| r.listen != c.listen);
+            if moved {
+                let sockets = bind(c.listen, self.workers.len())
+                    .map_err(|e| format!("http {:?}: listen = {}: cannot listen: {e}", c.name, c.listen))?;
+                bound.push((c.name.clone(), sockets));
+            }
+        }
+        let mut said = Vec::new();
+        let mut kept = Vec::new();
+        for r in running.drain(..) {
+            if configs.iter().any(|c| c.name == r.pool.name()) {
+                kept.push(r);
+            } else {
+                let _ = r.stop.send(true);
+                said.push(format!("http {:?}: removed; its connections drain", r.pool.name()));
+            }
+        }
+        for c in configs {
+            let sockets = bound.iter().position(|(name, _)| *name == c.name).map(|i| bound.swap_remove(i).1);
+            let next = match kept.iter().position(|r| r.pool.name() == c.name) {
+                Some(i) => {
+                    let mut r = kept.swap_remove(i);
+                    said.extend(r.pool.replace(c.clone()));
+                    resize(&r.limit, r.max_connections, c.max_connections);
+                    r.max_connections = c.max_connections;
+                    match sockets {
+                        Some(sockets) => {
+                            let _ = r.stop.send(true);
+                            self.launch(Listener { pool: r.pool, sockets }, r.limit, r.max_connections)
+                        }
+                        None => r,
+                    }
+                }
+                None => {
+                    said.push(format!("http {:?}: added on {}", c.name, c.listen));
+                    let limit = Arc::new(Semaphore::new(c.max_connections));
+                    let pool = ListenerPool::new(c.clone());
+                    self.launch(Listener { pool, sockets: sockets.unwrap_or_default() }, limit, c.max_connections)
+                }
+            };
+            running.push(next);
+        }
+        self.listeners.set(running.iter().map(|r| Arc::clone(&r.pool)).collect());
+        Ok(said)
     }
 
     /// Each worker's sign of life, renewed every [`HEARTBEAT_EVERY`] by a
@@ -157,10 +250,18 @@ impl Proxy {
     /// Stops accepting, lets in-flight requests finish up to the drain
     /// timeout, and waits for the workers.
     pub fn shutdown(self) {
-        let _ = self.stop.send(true);
-        let deadline = self.drain + Duration::from_secs(1);
-        for _ in 0..self.workers {
-            if self.done.recv_timeout(deadline).is_err() {
+        let running = std::mem::take(&mut *self.running());
+        let drain = running.iter().map(|r| r.pool.current().config.drain_timeout).max().unwrap_or_default();
+        for r in &running {
+            let _ = r.stop.send(true);
+        }
+        let Proxy { workers, done, .. } = self;
+        // With no more jobs to come, each worker ends once its listeners have.
+        let count = workers.len();
+        drop(workers);
+        let deadline = drain + Duration::from_secs(1);
+        for _ in 0..count {
+            if done.recv_timeout(deadline).is_err() {
                 warn!("proxy workers did not stop within {deadline:?}");
                 return;
             }
@@ -168,25 +269,70 @@ impl Proxy {
     }
 }
 
+/// Changes a listener's `max_connections` from `old` to `new`. Fewer: the
+/// free slots go at once, busy ones as their connections end.
+fn resize(limit: &Arc<Semaphore>, old: usize, new: usize) {
+    if new > old {
+        limit.add_permits(new - old);
+    } else if old > new {
+        let rest = (old - new).saturating_sub(limit.forget_permits(old - new));
+        if rest > 0 {
+            if let (Ok(rt), Ok(n)) = (tokio::runtime::Handle::try_current(), u32::try_from(rest)) {
+                let limit = Arc::clone(limit);
+                rt.spawn(async move {
+                    if let Ok(held) = limit.acquire_many_owned(n).await {
+                        held.forget();
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// One worker: serves each listener it is handed until that listener
+/// stops, and ends when no more can come and all have ended.
+async fn run_worker(w: usize, mut jobs: tokio_mpsc::UnboundedReceiver<Job>, heartbeat: Arc<Heartbeat>) {
+    tokio::spawn(async move {
+        loop {
+            heartbeat.beat();
+            tokio::time::sleep(HEARTBEAT_EVERY).await;
+        }
+    });
+    let mut tasks = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            job = jobs.recv() => {
+                let Some(job) = job else { break };
+                if w == 0 {
+                    tasks.spawn(health::supervise(Arc::clone(&job.pool), job.stop.clone()));
+                }
+                match tokio::net::TcpListener::from_std(job.socket) {
+                    Ok(l) => {
+                        tasks.spawn(serve(l, job.pool, job.limit, job.stop, job.serving));
+                    }
+                    Err(e) => warn!(error = %e, "listener could not join the runtime"),
+                }
+            }
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+        }
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
 /// Accepts and serves one listener on this worker until `stop`, then
 /// waits up to the drain timeout for its connections to finish.
 async fn serve(
     listener: tokio::net::TcpListener,
-    pool: Arc<Pool>,
+    pool: Arc<ListenerPool>,
     limit: Arc<Semaphore>,
     mut stop: watch::Receiver<bool>,
+    _serving: Serving,
 ) {
-    let cfg = &pool.config;
-    let mut h2 = http2::Builder::new(TokioExecutor::new());
-    h2.timer(TokioTimer::new())
-        .keep_alive_interval(Duration::from_secs(20))
-        .max_concurrent_streams(cfg.h2_max_concurrent_streams);
-    let h2 = Arc::new(h2);
     // Every connection task holds a sender; all dropped = all finished.
     let (alive, mut all_done) = tokio_mpsc::channel::<()>(1);
     // This worker's idle backend connections (HTTP/1 clients', HTTP/2's).
-    let idle = Arc::new(IdleConns::new(pool.backends().len()));
-    let idle_h2 = Arc::new(IdleConns::new(pool.backends().len()));
+    let idle = Arc::new(IdleConns::default());
+    let idle_h2 = Arc::new(IdleConns::default());
     let sweeper = {
         let (idle, idle_h2) = (Arc::clone(&idle), Arc::clone(&idle_h2));
         tokio::spawn(async move {
@@ -200,7 +346,8 @@ async fn serve(
             }
         })
     };
-    info!(listener = %cfg.name, listen = %cfg.listen, "HTTP listener up");
+    let local = listener.local_addr().ok();
+    debug!(listener = %pool.name(), listen = ?local, "HTTP listener up on this worker");
     loop {
         // Past max_connections, connections wait in the kernel's backlog.
         let permit = tokio::select! {
@@ -223,7 +370,6 @@ async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let pool = Arc::clone(&pool);
-        let h2 = Arc::clone(&h2);
         let mut stop = stop.clone();
         let alive = alive.clone();
         let (idle, idle_h2) = (Arc::clone(&idle), Arc::clone(&idle_h2));
@@ -233,14 +379,15 @@ async fn serve(
             let accepted = Instant::now();
             if let Ended::H2(stream, read) = conn::serve(stream, peer, &pool, &idle, &mut stop).await {
                 let io = Prefixed { read, pos: 0, stream };
-                serve_h2(&h2, io, peer, accepted, pool, idle_h2, stop).await;
+                serve_h2(io, peer, accepted, pool, idle_h2, stop).await;
             }
         });
     }
     drop(listener);
     drop(alive);
-    if tokio::time::timeout(cfg.drain_timeout, all_done.recv()).await.is_err() {
-        warn!(listener = %cfg.name, timeout = ?cfg.drain_timeout, "connections still open after the drain timeout");
+    let drain = pool.current().config.drain_timeout;
+    if tokio::time::timeout(drain, all_done.recv()).await.is_err() {
+        warn!(listener = %pool.name(), listen = ?local, timeout = ?drain, "connections still open after the drain timeout");
     }
     sweeper.abort();
     idle.clear();
@@ -259,21 +406,27 @@ const H2_CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// requests within `idle_timeout` of the last stream's end. PINGs and
 /// SETTINGS do not count as activity.
 async fn serve_h2(
-    builder: &http2::Builder<TokioExecutor>,
     io: Prefixed,
     peer: SocketAddr,
     accepted: Instant,
-    pool: Arc<Pool>,
+    listener: Arc<ListenerPool>,
     idle: Arc<IdleConns<Upstream>>,
     mut stop: watch::Receiver<bool>,
 ) {
     let streams = Arc::new(Streams::new(accepted));
-    let (header_timeout, idle_timeout) = (pool.config.client_header_timeout, pool.config.idle_timeout);
+    let cfg = listener.current().config.clone();
+    let (header_timeout, idle_timeout) = (cfg.client_header_timeout, cfg.idle_timeout);
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Duration::from_secs(20))
+        .max_concurrent_streams(cfg.h2_max_concurrent_streams);
     let service = {
         let streams = Arc::clone(&streams);
         service_fn(move |req| {
             let open = Streams::open(&streams);
-            let (pool, idle) = (Arc::clone(&pool), Arc::clone(&idle));
+            // Each stream on the generation current when it opens.
+            let (pool, idle) = (listener.current(), Arc::clone(&idle));
             async move {
                 let resp = forward::handle(pool, idle, peer, req).await;
                 Ok::<_, Infallible>(resp.map(|body| CountedBody { body, _open: open }))

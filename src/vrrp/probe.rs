@@ -16,7 +16,7 @@ use tracing::{debug, info, warn};
 use super::command;
 use super::track::{Effective, Observed, ScriptSpec, TrackerStatus, Trackers, Watched};
 use crate::net::addr::Netlink;
-use crate::proxy::backends::Pool;
+use crate::proxy::backends::{HttpListeners, ListenerPool};
 use crate::proxy::balance::Hysteresis;
 
 /// How often a listener's health is looked at even without a change
@@ -73,7 +73,7 @@ impl TrackShared {
 /// Where the probes look.
 pub struct Sources<'a> {
     /// The HTTP listeners, by name.
-    pub pools: &'a [Arc<Pool>],
+    pub pools: &'a HttpListeners,
     /// Link state by interface name (see `net::addr::watch_links`).
     pub links: &'a HashMap<String, watch::Receiver<bool>>,
     /// Check scripts by name.
@@ -89,9 +89,9 @@ pub fn start(runtime: &tokio::runtime::Handle, instances: &[(String, Arc<TrackSh
         for (i, watched) in specs.into_iter().enumerate() {
             let shared = Arc::clone(shared);
             match watched {
-                Watched::Http { listener, .. } => match sources.pools.iter().find(|p| p.config.name == listener) {
+                Watched::Http { listener, .. } => match sources.pools.find(&listener) {
                     Some(pool) => {
-                        runtime.spawn(follow_listener(Arc::clone(pool), shared, i));
+                        runtime.spawn(follow_listener(pool, shared, i));
                     }
                     // The config checks names; an unknown one is 0 healthy.
                     None => shared.observe(i, Observed::Backends { healthy: 0, total: 0 }),
@@ -118,7 +118,7 @@ pub fn start(runtime: &tokio::runtime::Handle, instances: &[(String, Arc<TrackSh
 }
 
 /// A listener's healthy backends, at every change and once a second.
-async fn follow_listener(pool: Arc<Pool>, shared: Arc<TrackShared>, i: usize) {
+async fn follow_listener(pool: Arc<ListenerPool>, shared: Arc<TrackShared>, i: usize) {
     let mut health = pool.watch_health();
     loop {
         let h = *health.borrow_and_update();

@@ -25,7 +25,7 @@ use tracing::{debug, warn};
 use super::buf::{ReadBuf, BODY_CHUNK};
 use super::upstream::Upstream;
 use super::wire::{self, ChunkError, Framing, HeadError, Preface, Rechunker, Request, ResponseContext};
-use crate::proxy::backends::{NotAdmitted, Pool, QUEUE_TIMEOUT};
+use crate::proxy::backends::{ListenerPool, NotAdmitted, Pool, QUEUE_TIMEOUT};
 use crate::proxy::body::AccessLog;
 use crate::proxy::forward::Tried;
 use crate::proxy::idle::IdleConns;
@@ -110,10 +110,11 @@ impl Client {
 pub async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
-    pool: &Arc<Pool>,
+    listener: &ListenerPool,
     idle: &IdleConns<Upstream>,
     stop: &mut watch::Receiver<bool>,
 ) -> Ended {
+    let mut pool = listener.current();
     let cfg = &pool.config;
     let mut c = Client {
         stream,
@@ -126,6 +127,7 @@ pub async fn serve(
     let mut head_deadline = Instant::now() + cfg.client_header_timeout;
     let mut first = true;
     loop {
+        let cfg = &pool.config;
         if c.buf.is_empty() {
             if *stop.borrow() {
                 return Ended::Closed;
@@ -142,6 +144,10 @@ pub async fn serve(
                 return Ended::Closed;
             }
         }
+        // Each request on the generation current when it begins (a reload
+        // between two requests of a keep-alive client takes effect).
+        listener.refresh(&mut pool);
+        let cfg = &pool.config;
         if !first {
             head_deadline = Instant::now() + cfg.client_header_timeout;
         }
@@ -196,7 +202,7 @@ pub async fn serve(
                 wire::insert_host(&mut up_head, &local.to_string());
             }
         }
-        match forward(&mut c, &req, &up_head, pool, idle, stop).await {
+        match forward(&mut c, &req, &up_head, &pool, idle, stop).await {
             Next::KeepOpen => {}
             Next::Close => return Ended::Closed,
             Next::Linger => {
@@ -377,7 +383,8 @@ async fn forward(
         // What cannot be sent again goes on a fresh connection: a pooled one
         // the backend closes just as the request goes out would fail it
         // with no way back (HAProxy's http-reuse safe, for the same reason).
-        let pooled = if upgrade || !replayable { None } else { idle.take(i, StdInstant::now(), Upstream::is_usable) };
+        let pooled =
+            if upgrade || !replayable { None } else { idle.take(addr, StdInstant::now(), Upstream::is_usable) };
         let mut up = match pooled {
             Some(up) => up,
             None => match Upstream::connect(addr, cfg.connect_timeout).await {
@@ -407,7 +414,7 @@ async fn forward(
                 }
                 if a.reuse {
                     up.reused = true;
-                    idle.put(i, up, StdInstant::now());
+                    idle.put(addr, up, StdInstant::now());
                 }
                 drop(in_flight);
                 if let Some(mut l) = log {
