@@ -373,6 +373,45 @@ start_keepalive_loop() {
     EXTRA_PIDS+=("$CLIENT_PID")
 }
 
+# start_vip_traffic TAG DURATION_MS: what the reload and upgrade scenarios
+# watch: a capture of VRRP on the client (CAP, $WORK/TAG.pcap), a new
+# connection to the VIP every 20 ms (CPID, OUT=$WORK/TAG.client) and a
+# keep-alive client at 50 requests/s (KPID, KA=$WORK/TAG.keepalive), for
+# DURATION_MS; then half a second for them to get going.
+start_vip_traffic() {
+    local tag=$1 dur=$2 url="http://$VIP_URL:$APP_PORT/"
+    start_capture client "$WORK/$tag.pcap" "ip proto 112"
+    CAP=$CAPTURE_PID
+    OUT="$WORK/$tag.client"
+    start_client_loop client "$url" "$tag" "$dur" 20 1 "$OUT"
+    CPID=$CLIENT_PID
+    KA="$WORK/$tag.keepalive"
+    start_keepalive_loop client "$url" $((dur * 50 / 1000)) 50/s "$KA"
+    KPID=$CLIENT_PID
+    sleep 0.5
+}
+
+# finish_vip_traffic TAG DURATION_MS WHAT: waits for start_vip_traffic's
+# clients and stops its capture; fails if a request of either client
+# failed, if lb1 sent priority 0, or if lb1's longest advert gap was over
+# 150 ms (1.5 intervals of 100 ms). Sets total, ka_total, ka_connects and
+# GAP (ms) for the PASS line; WHAT names the events in messages.
+finish_vip_traffic() {
+    local tag=$1 dur=$2 what=$3 adverts
+    wait_client_loop "$CPID" "$dur" 1
+    wait_client_loop "$KPID" "$dur" 10
+    stop_capture "$CAP"
+    eval "$(loop_stats "$OUT" 0)"
+    ((failed == 0)) || fail "$failed of $total requests failed during $what (see $OUT)"
+    eval "$(keepalive_stats "$KA")"
+    ((ka_failed == 0 && ka_total >= dur * 50 / 1000 * 85 / 100)) ||
+        fail "keep-alive client: $ka_failed of $ka_total requests failed during $what (see $KA)"
+    adverts=$(read_capture "$WORK/$tag.pcap" | grep -F " ${HOST_IP[lb1]} > 224.0.0.18: VRRP")
+    grep -q "prio 0," <<<"$adverts" && fail "lb1 sent priority 0 during $what"
+    GAP=$(awk '{ t = $1 * 1000; if (p && t - p > g) g = t - p; p = t } END { printf "%.1f", g }' <<<"$adverts")
+    awk -v g="$GAP" 'BEGIN { exit !(g > 0 && g <= 150) }' || fail "lb1's longest advert gap was $GAP ms (limit 150) during $what"
+}
+
 # keepalive_stats OUT -> "ka_total=N ka_failed=N ka_connects=N" (eval it):
 # requests, those not answered 200, and connections opened for them.
 keepalive_stats() {

@@ -394,8 +394,8 @@ pub enum ControlCommand {
         /// What to change.
         ask: Ask,
     },
-    /// `reload`: read the configuration file again and apply what changed.
-    Reload,
+    /// `reload` or `upgrade`: asked of the daemon itself.
+    Daemon(DaemonAsk),
     /// `backend drain|disable|enable LISTENER ADDRESS`.
     Backend {
         /// Listener name.
@@ -407,12 +407,21 @@ pub enum ControlCommand {
     },
 }
 
+/// What only the daemon's main loop can do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DaemonAsk {
+    /// Read the configuration file again and apply what changed.
+    Reload,
+    /// Hand over to a new process of the installed binary (`vipd upgrade`).
+    Upgrade,
+}
+
 /// What the control socket understands, for error answers.
 const USAGE: &str = "commands: vrrp step-down NAME | vrrp resume NAME | vrrp priority NAME 1..254|reset | \
-     backend drain|disable|enable LISTENER ADDRESS | reload";
+     backend drain|disable|enable LISTENER ADDRESS | reload | upgrade";
 
-/// Asks the daemon to reload; the answer says what happened.
-pub type Reloader = tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<Result<String, String>>>;
+/// Asks the daemon's main loop; the answer says what happened.
+pub type DaemonAsks = tokio::sync::mpsc::Sender<(DaemonAsk, tokio::sync::oneshot::Sender<Result<String, String>>)>;
 
 /// Reads one command line.
 pub fn parse_command(line: &str) -> Result<ControlCommand, String> {
@@ -436,8 +445,8 @@ pub fn parse_command(line: &str) -> Result<ControlCommand, String> {
             let address = address.parse().map_err(|_| format!("backend address {address:?}: expected IP:PORT"))?;
             Ok(ControlCommand::Backend { listener: listener.to_string(), address, admin })
         }
-        ["reload"] => Ok(ControlCommand::Reload),
-        ["upgrade"] => Err("not supported yet: a new binary still needs a restart".to_string()),
+        ["reload"] => Ok(ControlCommand::Daemon(DaemonAsk::Reload)),
+        ["upgrade"] => Ok(ControlCommand::Daemon(DaemonAsk::Upgrade)),
         _ => Err(USAGE.to_string()),
     }
 }
@@ -448,8 +457,8 @@ const MAX_COMMAND: u64 = 1024;
 /// Serves the operator's commands on `listener` until the task is dropped:
 /// one line in, one line out (`ok: ...` or `error: ...`), each logged with
 /// the peer's credentials.
-pub async fn serve_commands(listener: UnixListener, operator: Operator, pools: Arc<HttpListeners>, reload: Reloader) {
-    let targets = Arc::new(Targets { operator, pools, reload });
+pub async fn serve_commands(listener: UnixListener, operator: Operator, pools: Arc<HttpListeners>, daemon: DaemonAsks) {
+    let targets = Arc::new(Targets { operator, pools, daemon });
     loop {
         let stream = match listener.accept().await {
             Ok((s, _)) => s,
@@ -468,7 +477,7 @@ pub async fn serve_commands(listener: UnixListener, operator: Operator, pools: A
 struct Targets {
     operator: Operator,
     pools: Arc<HttpListeners>,
-    reload: Reloader,
+    daemon: DaemonAsks,
 }
 
 async fn answer_command(stream: UnixStream, targets: &Targets) {
@@ -505,9 +514,9 @@ async fn run_command(command: ControlCommand, targets: &Targets) -> Result<Strin
             let pool = targets.pools.find(&listener).ok_or_else(|| format!("no listener {listener:?}"))?;
             pool.set_admin(address, admin)
         }
-        ControlCommand::Reload => {
+        ControlCommand::Daemon(ask) => {
             let (reply, answer) = tokio::sync::oneshot::channel();
-            targets.reload.send(reply).await.map_err(|_| "the daemon is stopping".to_string())?;
+            targets.daemon.send((ask, reply)).await.map_err(|_| "the daemon is stopping".to_string())?;
             answer.await.map_err(|_| "the daemon did not answer".to_string())?
         }
     }
@@ -547,8 +556,8 @@ mod tests {
         );
         assert!(parse_command("backend pause web 192.0.2.21:8080").unwrap_err().contains("commands:"));
         assert!(parse_command("backend drain web app1").unwrap_err().contains("IP:PORT"));
-        assert_eq!(parse_command("reload"), Ok(ControlCommand::Reload));
-        assert!(parse_command("upgrade").unwrap_err().contains("not supported yet"));
+        assert_eq!(parse_command("reload"), Ok(ControlCommand::Daemon(DaemonAsk::Reload)));
+        assert_eq!(parse_command("upgrade"), Ok(ControlCommand::Daemon(DaemonAsk::Upgrade)));
         assert!(parse_command("").unwrap_err().contains("commands:"));
     }
 }

@@ -19,7 +19,8 @@ use crate::net::addr::{watch_addresses, watch_links, Netlink, Vmac};
 use crate::proxy::backends::{HttpListeners, ListenerPool};
 use crate::proxy::server::{self, Listener, Proxy, HEARTBEAT_EVERY};
 use crate::systemd;
-use crate::vrrp::driver::{DrainGate, Driver, InstanceSide};
+use crate::upgrade::{Predecessor, Sockets, Successor, READY_TIMEOUT};
+use crate::vrrp::driver::{DrainGate, Driver, HandedOver, InstanceSide, Stop};
 use crate::vrrp::fsm::skew_and_master_down;
 use crate::vrrp::notify::{HookQueue, HookRuns};
 use crate::vrrp::operator::{Ask, Operator, Reconfigured};
@@ -35,8 +36,27 @@ const VIP_HOLD_MAX: Duration = Duration::from_secs(1);
 /// Beyond the release timeout, how long the VRRP thread gets to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
-/// Runs the daemon in the foreground until SIGTERM or SIGINT.
+/// How long the old process keeps its runtime after answering `vipd
+/// upgrade`, so that the answer gets out before it stops serving commands.
+const ANSWER_GRACE: Duration = Duration::from_millis(200);
+
+/// Runs the daemon in the foreground until SIGTERM or SIGINT (or until a
+/// successor took over, `vipd upgrade`).
 pub fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
+    // Before any thread: it edits the environment.
+    let predecessor = Predecessor::from_env();
+    // The installed binary and how it was started, for `vipd upgrade` (a
+    // package upgrade replaces the file; the path stays).
+    let exe = std::env::current_exe().ok();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    let mut passed = match &predecessor {
+        Some(p) => {
+            let sockets = p.receive_sockets().map_err(|e| anyhow!("vipd upgrade: {e}"))?;
+            info!("started by vipd upgrade: serving the listening sockets of the process being replaced");
+            sockets
+        }
+        None => Sockets::default(),
+    };
     // Signal handlers go in before anything starts: a SIGTERM during
     // start-up is kept and answered with the ordered shutdown below, not
     // with the default action (which would leave a claimed VIP behind).
@@ -47,20 +67,39 @@ pub fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
     };
 
     // Bind the control address first: failing here must not leave a VIP behind.
-    let control = StdTcpListener::bind(config.control.listen)
-        .with_context(|| format!("control.listen = {}: cannot listen", config.control.listen))?;
+    let control = match passed.take_control(config.control.listen) {
+        Some(s) => s,
+        None => StdTcpListener::bind(config.control.listen)
+            .with_context(|| format!("control.listen = {}: cannot listen", config.control.listen))?,
+    };
     control.set_nonblocking(true).context("control socket")?;
-    let command_socket = bind_command_socket(&config.control.socket)?;
+    let command_socket = match passed.take_command(&config.control.socket) {
+        Some(s) => s,
+        None => bind_command_socket(&config.control.socket)?,
+    };
+    command_socket.set_nonblocking(true).context("control.socket")?;
+    // Copies to pass on at an upgrade.
+    let control_copy = control.try_clone().context("control socket")?;
+    let command_copy = command_socket.try_clone().context("control.socket")?;
 
     // Bind every HTTP listener before anything else runs, so a port in use
     // fails the start; serving starts before VRRP can claim a VIP.
     let workers = server::worker_count();
     let mut listeners = Vec::new();
     for h in &config.http {
-        let sockets = server::bind(h.listen, workers)
-            .with_context(|| format!("http {:?}: listen = {}: cannot listen", h.name, h.listen))?;
+        let sockets = match passed.take_listener(&h.name, h.listen) {
+            Some(s) => s,
+            None => server::bind(h.listen, workers)
+                .with_context(|| format!("http {:?}: listen = {}: cannot listen", h.name, h.listen))?,
+        };
+        for s in &sockets {
+            s.set_nonblocking(true).with_context(|| format!("http {:?}: an inherited socket", h.name))?;
+        }
         listeners.push(Listener { pool: ListenerPool::new(h.clone()), sockets });
     }
+    // Passed sockets of listeners this file no longer has: closed now, so
+    // that connections to them are refused rather than queued for nobody.
+    drop(passed);
     // The workers run even with no listener yet: a reload may add one.
     info!(workers, "starting HTTP proxy");
     let proxy = Proxy::start(workers, listeners).context("starting the HTTP proxy")?;
@@ -135,7 +174,16 @@ pub fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         scripts: config.scripts.clone(),
     };
     // A resigning master may wait for its successor up to its release timeout.
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (shutdown_tx, shutdown_rx) = watch::channel(Stop::Run);
+    // The upgrade: where the old process's instances stood (to the VRRP
+    // thread of this one), and where this one's stand (from its VRRP thread).
+    let (gate_tx, gate_rx) = tokio::sync::oneshot::channel();
+    let (handed_tx, mut handed_rx) = tokio::sync::mpsc::unbounded_channel();
+    let succession = Succession {
+        inheriting: predecessor.is_some(),
+        gate: predecessor.is_some().then_some(gate_rx),
+        handed: handed_tx,
+    };
     let (ready_tx, ready_rx) = mpsc::channel::<anyhow::Result<Operator>>();
     let (done_tx, done_rx) = mpsc::channel::<()>();
     let vrrp_config = config.vrrp.clone();
@@ -159,7 +207,7 @@ pub fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
                 .map(|rt| {
                     let ready = ready_tx.clone();
                     let ties = ProxyTies { drain, watchdog };
-                    rt.block_on(run_vrrp(vrrp_config, vrrp_stats, probes, path, shutdown_rx, ready, ties))
+                    rt.block_on(run_vrrp(vrrp_config, vrrp_stats, probes, path, shutdown_rx, ready, ties, succession))
                 });
             if let Err(e) = result {
                 let _ = ready_tx.send(Err(e));
@@ -175,6 +223,23 @@ pub fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         }
         Err(_) => return Err(anyhow!("the VRRP thread ended before it was ready")),
     };
+    // Started by `vipd upgrade`: everything is ready; the old process now
+    // stops its VRRP and says where each instance stood, and ours go on
+    // from there.
+    if let Some(p) = &predecessor {
+        let handed = p.ready_and_wait().unwrap_or_else(|e| {
+            warn!("vipd upgrade: {e}; the VRRP instances start afresh");
+            Vec::new()
+        });
+        info!(instances = handed.len(), "vipd upgrade: taking over from the old process");
+        let _ = gate_tx.send(handed);
+    }
+    let upgrade_from = Upgrader {
+        exe,
+        args,
+        control: (config.control.listen, control_copy),
+        command: (config.control.socket.clone(), command_copy),
+    };
 
     let config_state = ConfigState::new(config_path);
     let signal_result = rt.block_on(async {
@@ -182,9 +247,8 @@ pub fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         info!(listen = %config.control.listen, "control endpoint up");
         let commands = tokio::net::UnixListener::from_std(command_socket).context("control.socket")?;
         info!(socket = %config.control.socket.display(), "control socket up");
-        let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel(4);
-        let commander =
-            tokio::spawn(control::serve_commands(commands, operator.clone(), Arc::clone(&pools), reload_tx));
+        let (asks_tx, mut asks_rx) = tokio::sync::mpsc::channel(4);
+        let commander = tokio::spawn(control::serve_commands(commands, operator.clone(), Arc::clone(&pools), asks_tx));
         let sources = Sources { vrrp: stats, http: pools, groups: group_list, config: Arc::clone(&config_state) };
         let sources_for_summary = Arc::new(sources.clone());
         let server = tokio::spawn(control::serve(listener, sources));
@@ -211,6 +275,7 @@ pub fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
                 }
             }
         });
+        let mut upgraded = false;
         let outcome = loop {
             tokio::select! {
                 _ = signals.term.recv() => { info!("SIGTERM received"); break Ok(()); }
@@ -221,30 +286,55 @@ pub fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
                     let _ = reload(config_path, &mut running, &operator, &proxy, &config_state).await;
                     systemd::ready(&summary_of());
                 }
-                Some(reply) = reload_rx.recv() => {
-                    info!("reload asked on the control socket");
-                    systemd::reloading();
-                    let _ = reply.send(reload(config_path, &mut running, &operator, &proxy, &config_state).await);
-                    systemd::ready(&summary_of());
+                _ = signals.usr2.recv() => {
+                    info!("SIGUSR2: upgrading");
+                    if upgrade_from.hand_over(&proxy, &shutdown_tx, &mut handed_rx).await.is_ok() {
+                        upgraded = true;
+                        break Ok(());
+                    }
                 }
+                Some((ask, reply)) = asks_rx.recv() => match ask {
+                    control::DaemonAsk::Reload => {
+                        info!("reload asked on the control socket");
+                        systemd::reloading();
+                        let _ = reply.send(reload(config_path, &mut running, &operator, &proxy, &config_state).await);
+                        systemd::ready(&summary_of());
+                    }
+                    control::DaemonAsk::Upgrade => {
+                        info!("upgrade asked on the control socket");
+                        let result = upgrade_from.hand_over(&proxy, &shutdown_tx, &mut handed_rx).await;
+                        let done = result.is_ok();
+                        let _ = reply.send(result);
+                        if done {
+                            tokio::time::sleep(ANSWER_GRACE).await;
+                            upgraded = true;
+                            break Ok(());
+                        }
+                    }
+                },
             }
         };
         summarizer.abort();
         server.abort();
         commander.abort();
         // A reload may have changed what the stop waits for.
-        Ok::<_, anyhow::Error>((outcome, vrrp_grace(&running)))
+        Ok::<_, anyhow::Error>((outcome, vrrp_grace(&running), upgraded))
     });
-    let (signal_result, vrrp_grace) = match signal_result {
-        Ok((outcome, grace)) => (outcome, grace),
-        Err(e) => (Err(e), vrrp_grace(&config)),
+    let (signal_result, vrrp_grace, upgraded) = match signal_result {
+        Ok((outcome, grace, upgraded)) => (outcome, grace, upgraded),
+        Err(e) => (Err(e), vrrp_grace(&config), false),
     };
     // Make before break: VRRP hands the VIP over first (a master keeps it
     // until its successor advertises), the proxy serves meanwhile, then
-    // drains what is in flight.
-    info!("shutting down");
-    systemd::stopping();
-    let _ = shutdown_tx.send(true);
+    // drains what is in flight. After an upgrade the VRRP drivers have
+    // already stopped and the successor is systemd's main process.
+    if upgraded {
+        info!("the new process took over; draining HTTP connections and exiting");
+    } else {
+        info!("shutting down");
+        systemd::stopping();
+    }
+    let _ = shutdown_tx.send(Stop::Resign);
     match done_rx.recv_timeout(vrrp_grace) {
         Ok(()) => {
             let _ = vrrp_thread.join();
@@ -257,7 +347,10 @@ pub fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         h.wait_idle(hooks_max);
     }
     probe_rt.shutdown_background();
-    let _ = std::fs::remove_file(&config.control.socket);
+    // After an upgrade the successor listens on that file.
+    if !upgraded {
+        let _ = std::fs::remove_file(&config.control.socket);
+    }
     info!("stopped");
     signal_result
 }
@@ -329,6 +422,87 @@ fn bind_command_socket(path: &Path) -> anyhow::Result<std::os::unix::net::UnixLi
     Ok(listener)
 }
 
+/// What the VRRP thread needs for `vipd upgrade`: whether this process
+/// takes over from another (so VIPs found stay), where that one's
+/// instances stood (once it stopped them), and where to say where this
+/// one's stand when it hands over in turn.
+struct Succession {
+    inheriting: bool,
+    gate: Option<tokio::sync::oneshot::Receiver<Vec<HandedOver>>>,
+    handed: tokio::sync::mpsc::UnboundedSender<Vec<HandedOver>>,
+}
+
+/// What this process needs to start its successor (`vipd upgrade`).
+struct Upgrader {
+    exe: Option<PathBuf>,
+    args: Vec<std::ffi::OsString>,
+    control: (std::net::SocketAddr, StdTcpListener),
+    command: (PathBuf, std::os::unix::net::UnixListener),
+}
+
+impl Upgrader {
+    /// Starts the installed binary with the listening sockets; once it is
+    /// ready, stops this process's VRRP drivers silently and hands it where
+    /// each instance stood. `Ok`: the successor has taken over, this
+    /// process is to drain and exit. `Err`: nothing changed here (the new
+    /// process, if it started, was stopped).
+    async fn hand_over(
+        &self,
+        proxy: &Proxy,
+        stop: &watch::Sender<Stop>,
+        handed: &mut tokio::sync::mpsc::UnboundedReceiver<Vec<HandedOver>>,
+    ) -> Result<String, String> {
+        let result = async {
+            let exe = self.exe.clone().ok_or("the path of this binary is unknown")?;
+            let dup = |fd: std::io::Result<std::os::fd::OwnedFd>| fd.map_err(|e| format!("passing a socket: {e}"));
+            let sockets = Sockets {
+                listeners: proxy.sockets_to_pass().map_err(|e| format!("passing a socket: {e}"))?,
+                control: Some((self.control.0, dup(self.control.1.try_clone().map(Into::into))?)),
+                command: Some((self.command.0.clone(), dup(self.command.1.try_clone().map(Into::into))?)),
+            };
+            let args = self.args.clone();
+            info!(exe = %exe.display(), "vipd upgrade: starting the new process");
+            let successor = tokio::task::spawn_blocking(move || {
+                let mut s = Successor::spawn(&exe, &args, &sockets)?;
+                match s.wait_ready(READY_TIMEOUT) {
+                    Ok(()) => Ok(s),
+                    Err(e) => {
+                        s.abandon();
+                        Err(e)
+                    }
+                }
+            })
+            .await
+            .map_err(|e| format!("the upgrade task failed: {e}"))??;
+            let pid = successor.pid();
+            systemd::main_pid(pid);
+            // From here on there is no way back: this process's VRRP stops.
+            let _ = stop.send(Stop::HandOver);
+            let instances = match tokio::time::timeout(Duration::from_secs(3), handed.recv()).await {
+                Ok(Some(h)) => h,
+                _ => {
+                    warn!("vipd upgrade: the VRRP thread did not say where its instances stood; the new process starts them afresh");
+                    Vec::new()
+                }
+            };
+            if let Err(e) = successor.go(&instances) {
+                error!("vipd upgrade: the new process (pid {pid}) did not take the VRRP state: {e}; it starts its instances afresh");
+            }
+            Ok(format!(
+                "upgraded: pid {pid} took over the listeners and {} VRRP instance(s); pid {} drains and exits",
+                instances.len(),
+                std::process::id()
+            ))
+        }
+        .await;
+        match &result {
+            Ok(what) => info!("{what}"),
+            Err(why) => error!("vipd upgrade failed, carrying on as before: {why}"),
+        }
+        result
+    }
+}
+
 /// What the VRRP side hands to the probe runtime: trackers to feed, where
 /// they look, and the runtime that runs scripts and hooks.
 struct Probes {
@@ -347,6 +521,7 @@ struct StopSignals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
     hup: tokio::signal::unix::Signal,
+    usr2: tokio::signal::unix::Signal,
 }
 
 impl StopSignals {
@@ -356,6 +531,7 @@ impl StopSignals {
             term: signal(SignalKind::terminate()).context("installing SIGTERM handler")?,
             int: signal(SignalKind::interrupt()).context("installing SIGINT handler")?,
             hup: signal(SignalKind::hangup()).context("installing SIGHUP handler")?,
+            usr2: signal(SignalKind::user_defined2()).context("installing SIGUSR2 handler")?,
         })
     }
 }
@@ -411,14 +587,16 @@ async fn reload(
 
 /// The VRRP thread: prepares every instance (reporting the first failure
 /// through `ready`), then runs them until shutdown.
+#[allow(clippy::too_many_arguments)]
 async fn run_vrrp(
     configs: Vec<VrrpConfig>,
     stats: Vec<Arc<Stats>>,
     probes: Probes,
     path: PathBuf,
-    shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<Stop>,
     ready: mpsc::Sender<anyhow::Result<Operator>>,
     ties: ProxyTies,
+    succession: Succession,
 ) {
     let ProxyTies { drain, watchdog } = ties;
     let netlink = match Netlink::connect() {
@@ -509,7 +687,8 @@ async fn run_vrrp(
             operator.add(s.spec.name.clone(), s.spec.vrid, commands.clone());
         }
         let (addrs, drain) = (addr_events.subscribe(), drain.clone());
-        match Driver::prepare(&iface, vmac, sides, netlink.clone(), link, addrs, drain).await {
+        let inheriting = succession.inheriting;
+        match Driver::prepare(&iface, vmac, sides, netlink.clone(), link, addrs, drain, inheriting).await {
             Ok(mut d) => {
                 d.take_commands(inbox);
                 drivers.push(d);
@@ -527,21 +706,34 @@ async fn run_vrrp(
         }
     }
     let _ = ready.send(Ok(operator));
-    let tasks: Vec<_> = drivers.into_iter().map(|d| tokio::spawn(d.run(shutdown.clone()))).collect();
+    // Taking over from an old process: its instances have stopped once it
+    // answers; ours go on from where they stood.
+    let inherited = match succession.gate {
+        Some(gate) => gate.await.unwrap_or_default(),
+        None => Vec::new(),
+    };
+    let tasks: Vec<_> = drivers.into_iter().map(|d| tokio::spawn(d.run(shutdown.clone(), inherited.clone()))).collect();
     let pinger = watchdog.map(|(every, alive)| tokio::spawn(systemd::watchdog(every, alive)));
+    let mut handed = Vec::new();
     for t in tasks {
-        if let Err(e) = t.await {
-            // Its instances are dead: no more watchdog pings, so that
-            // systemd restarts vipd rather than leave them so.
-            error!(error = %e, "VRRP driver task failed");
-            if let Some(p) = &pinger {
-                p.abort();
+        match t.await {
+            Ok(h) => handed.extend(h),
+            Err(e) => {
+                // Its instances are dead: no more watchdog pings, so that
+                // systemd restarts vipd rather than leave them so.
+                error!(error = %e, "VRRP driver task failed");
+                if let Some(p) = &pinger {
+                    p.abort();
+                }
             }
         }
     }
+    if *shutdown.borrow() == Stop::HandOver {
+        let _ = succession.handed.send(handed);
+    }
     // With a watchdog (or no instance at all) this thread lives until shutdown.
     let mut shutdown = shutdown;
-    while !*shutdown.borrow_and_update() {
+    while *shutdown.borrow_and_update() == Stop::Run {
         if shutdown.changed().await.is_err() {
             break;
         }

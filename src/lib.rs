@@ -10,4 +10,5 @@ pub mod daemon;
 pub mod net;
 pub mod proxy;
 pub mod systemd;
+pub mod upgrade;
 pub mod vrrp;

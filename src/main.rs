@@ -54,6 +54,16 @@ enum Command {
         #[arg(long, default_value = vipd::config::DEFAULT_CONTROL_SOCKET)]
         socket: PathBuf,
     },
+    /// Replace the running daemon by a new process of the installed binary
+    /// without a failover: it takes over the listening sockets and each VRRP
+    /// instance's state; the old one drains and exits. Refused, with the
+    /// reason, when the new process does not become ready (the old one
+    /// carries on).
+    Upgrade {
+        /// The daemon's control socket (`[control] socket`).
+        #[arg(long, default_value = vipd::config::DEFAULT_CONTROL_SOCKET)]
+        socket: PathBuf,
+    },
     /// Take a backend out of rotation or put it back, over the control socket.
     Backend {
         /// drain: no new requests, those in flight finish; disable: the same,
@@ -116,6 +126,7 @@ fn main() -> ExitCode {
             command(&socket, &line)
         }
         Command::Reload { socket } => command(&socket, "reload"),
+        Command::Upgrade { socket } => command(&socket, "upgrade"),
         Command::Backend { action, listener, address, socket } => {
             command(&socket, &format!("backend {action} {listener} {address}"))
         }
@@ -147,7 +158,8 @@ fn run(path: PathBuf) -> anyhow::Result<()> {
 fn command(socket: &std::path::Path, line: &str) -> anyhow::Result<()> {
     let mut stream = std::os::unix::net::UnixStream::connect(socket)
         .with_context(|| format!("connecting to {} (is vipd running, and are you root?)", socket.display()))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    // An upgrade waits up to 30 s for the new process.
+    stream.set_read_timeout(Some(Duration::from_secs(45)))?;
     writeln!(stream, "{line}")?;
     stream.shutdown(std::net::Shutdown::Write)?;
     let mut answer = String::new();

@@ -31,6 +31,12 @@ pub fn stopping() {
     send(&[NotifyState::Stopping]);
 }
 
+/// The service's main process is now `pid` (the successor of `vipd
+/// upgrade`; sent by the old main process, which then exits).
+pub fn main_pid(pid: u32) {
+    send(&[NotifyState::MainPid(pid)]);
+}
+
 /// The one-line summary `systemctl status` shows.
 pub fn status(line: &str) {
     send(&[NotifyState::Status(line)]);

@@ -95,6 +95,8 @@ pub struct Listener {
 struct Running {
     pool: Arc<ListenerPool>,
     listen: SocketAddr,
+    /// Copies of the workers' sockets, to pass on (`vipd upgrade`).
+    sockets: Vec<StdTcpListener>,
     /// Stops its sockets' accept loops (they then drain).
     stop: watch::Sender<bool>,
     limit: Arc<Semaphore>,
@@ -159,11 +161,16 @@ impl Proxy {
         self.running.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Hands a listener's sockets to the workers, one each.
+    /// Hands a listener's sockets to the workers, in turn (one each when
+    /// there are as many; a successor of `vipd upgrade` may have another
+    /// number of workers than the sockets it inherited, and every socket
+    /// must be served: connections queued on one nobody accepts from would
+    /// wait forever).
     fn launch(&self, l: Listener, limit: Arc<Semaphore>, max_connections: usize) -> Running {
         let (stop, stop_rx) = watch::channel(false);
         let listen = l.pool.current().config.listen;
-        for (socket, inbox) in l.sockets.into_iter().zip(&self.workers) {
+        let copies = l.sockets.iter().filter_map(|s| s.try_clone().ok()).collect();
+        for (socket, inbox) in l.sockets.into_iter().zip(self.workers.iter().cycle()) {
             let job = Job {
                 pool: Arc::clone(&l.pool),
                 socket,
@@ -176,7 +183,7 @@ impl Proxy {
             }
         }
         info!(listener = %l.pool.name(), %listen, "HTTP listener up");
-        Running { pool: l.pool, listen, stop, limit, max_connections }
+        Running { pool: l.pool, listen, sockets: copies, stop, limit, max_connections }
     }
 
     /// The listeners being served, by name.
@@ -241,6 +248,18 @@ impl Proxy {
         Ok(said)
     }
 
+    /// Every listener's sockets (new descriptors of them), to pass to the
+    /// successor process of `vipd upgrade`.
+    pub fn sockets_to_pass(&self) -> io::Result<Vec<(String, SocketAddr, Vec<std::os::fd::OwnedFd>)>> {
+        self.running()
+            .iter()
+            .map(|r| {
+                let fds = r.sockets.iter().map(|s| s.try_clone().map(Into::into)).collect::<io::Result<Vec<_>>>()?;
+                Ok((r.pool.name().to_string(), r.listen, fds))
+            })
+            .collect()
+    }
+
     /// Each worker's sign of life, renewed every [`HEARTBEAT_EVERY`] by a
     /// task on its runtime (the systemd watchdog pings only while all are fresh).
     pub fn heartbeats(&self) -> Vec<Arc<Heartbeat>> {
@@ -255,6 +274,9 @@ impl Proxy {
         for r in &running {
             let _ = r.stop.send(true);
         }
+        // The copies go too: once the workers close theirs, a connection
+        // attempt is refused rather than left in a queue nobody serves.
+        drop(running);
         let Proxy { workers, done, .. } = self;
         // With no more jobs to come, each worker ends once its listeners have.
         let count = workers.len();

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc, watch};
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
-use super::fsm::State;
+use super::fsm::{Inherited, State};
 use super::notify::{state_word, HookQueue, Hooks};
 use super::operator::{Ask, Command};
 use super::packet::{Datagram, Family};
@@ -110,6 +110,30 @@ impl Side {
     }
 }
 
+/// What the VRRP drivers are told to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// Keep running.
+    Run,
+    /// The planned stop: masters resign (priority 0, make-before-break).
+    Resign,
+    /// `vipd upgrade`: stop at once and silently (no advert, the VIPs and
+    /// virtual MAC interfaces stay) and say where each instance stands, for
+    /// the successor process that goes on from there.
+    HandOver,
+}
+
+/// Where one instance stood when its driver handed over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandedOver {
+    /// The instance's name.
+    pub name: String,
+    /// Its VRID.
+    pub vrid: u8,
+    /// Its state.
+    pub state: Inherited,
+}
+
 /// Every instance of one interface and address family, and what they run on.
 #[derive(Debug)]
 pub struct Driver {
@@ -150,7 +174,10 @@ impl Driver {
     /// Looks up `ifname`, removes VIPs a crashed run may have left, creates
     /// the macvlan of `vmac` if asked (its one instance's VIPs and adverts
     /// then go there), and opens the sockets for `instances`, all of one
-    /// family. Fails with a message naming what is missing.
+    /// family. Fails with a message naming what is missing. With
+    /// `inheriting` (`vipd upgrade`), the VIPs found are the running
+    /// master's and stay, and an existing macvlan is used as it is.
+    #[allow(clippy::too_many_arguments)]
     pub async fn prepare(
         ifname: &str,
         vmac: Option<Vmac>,
@@ -159,11 +186,12 @@ impl Driver {
         link: watch::Receiver<bool>,
         addrs: broadcast::Receiver<AddrEvent>,
         drain: Option<DrainGate>,
+        inheriting: bool,
     ) -> Result<Self, DriverError> {
         let iface = netlink.link(ifname).await?;
         let family = instances.first().map_or(Family::V4, |i| i.spec.family());
         let mut addresses = netlink.addresses_on(iface.index).await?;
-        for vip in instances.iter().flat_map(|i| &i.vips) {
+        for vip in instances.iter().flat_map(|i| &i.vips).filter(|_| !inheriting) {
             if addresses.iter().any(|(a, _)| *a == vip.addr) {
                 warn!(iface = %ifname, %vip, "removing virtual IP left by an earlier run");
                 netlink.del(iface.index, vip).await?;
@@ -176,8 +204,15 @@ impl Driver {
         };
         let (vip_ifindex, mac) = match &vmac {
             Some(v) => {
-                let index = netlink.create_vmac(ifname, iface.index, v).await?;
-                info!(iface = %ifname, vmac = %v.name, "virtual MAC interface up");
+                let kept = match inheriting {
+                    true => netlink.link(&v.name).await.ok().map(|l| l.index),
+                    false => None,
+                };
+                let index = match kept {
+                    Some(index) => index,
+                    None => netlink.create_vmac(ifname, iface.index, v).await?,
+                };
+                info!(iface = %ifname, vmac = %v.name, kept = kept.is_some(), "virtual MAC interface up");
                 (index, v.mac)
             }
             None => (iface.index, iface.mac),
@@ -256,16 +291,24 @@ impl Driver {
         self.commands = Some(commands);
     }
 
-    /// Runs until `shutdown` flips (or its sender goes), then resigns:
-    /// priority 0 from each master, VIPs removed once its successor spoke.
-    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+    /// Runs until `shutdown` says [`Stop::Resign`] (or its sender goes),
+    /// then resigns: priority 0 from each master, VIPs removed once its
+    /// successor spoke. On [`Stop::HandOver`] it stops at once and returns
+    /// where each instance stood. Instances listed in `inherited` start
+    /// from there ([`Router::start_inheriting`]).
+    pub async fn run(mut self, mut shutdown: watch::Receiver<Stop>, inherited: Vec<HandedOver>) -> Vec<HandedOver> {
         let family = match self.family {
             Family::V4 => "ipv4",
             Family::V6 => "ipv6",
         };
         let span = info_span!("vrrp", iface = %self.ifname, family);
         async move {
-            self.router.start(Instant::now());
+            let carried: Vec<(u8, Inherited)> = inherited
+                .iter()
+                .filter(|h| self.sides.iter().any(|s| s.inst.spec.name == h.name && s.vrid() == h.vrid))
+                .map(|h| (h.vrid, h.state))
+                .collect();
+            self.router.start_inheriting(Instant::now(), &carried);
             for i in 0..self.sides.len() {
                 self.follow_trackers(i);
                 self.follow_group(i);
@@ -278,9 +321,16 @@ impl Driver {
                 let deadline = self.router.poll_timeout();
                 tokio::select! {
                     biased;
-                    _ = shutdown.changed(), if !self.stopping => {
-                        self.stopping = true;
-                        self.router.shutdown(Instant::now());
+                    changed = shutdown.changed(), if !self.stopping => {
+                        let stop = if changed.is_ok() { *shutdown.borrow_and_update() } else { Stop::Resign };
+                        match stop {
+                            Stop::Run => {}
+                            Stop::Resign => {
+                                self.stopping = true;
+                                self.router.shutdown(Instant::now());
+                            }
+                            Stop::HandOver => return self.hand_over(),
+                        }
                     }
                     changed = link_change(&mut self.link) => match changed {
                         Some(up) => self.router.set_link(Instant::now(), up),
@@ -352,9 +402,27 @@ impl Driver {
                     warn!(error = %e, vmac = %v.name, "could not remove the virtual MAC interface");
                 }
             }
+            Vec::new()
         }
         .instrument(span)
         .await
+    }
+
+    /// Where each instance stands, as it stops for `vipd upgrade`.
+    fn hand_over(&self) -> Vec<HandedOver> {
+        let states = self.router.inheritance();
+        let handed: Vec<HandedOver> = self
+            .sides
+            .iter()
+            .filter_map(|s| {
+                let state = states.iter().find(|(vrid, _)| *vrid == s.vrid())?.1;
+                Some(HandedOver { name: s.inst.spec.name.clone(), vrid: s.vrid(), state })
+            })
+            .collect();
+        for h in &handed {
+            info!(vrid = h.vrid, "instance {:?} handed over to the successor process as {:?}", h.name, h.state);
+        }
+        handed
     }
 
     /// Hands one received packet to the router.

@@ -96,6 +96,8 @@ pub enum Reason {
     GroupStepDown,
     /// The operator asked for a hand-over; the successor took over.
     OperatorStepDown { to: IpAddr },
+    /// Taken over from the vipd process this one replaced (`vipd upgrade`).
+    Inherited,
 }
 
 impl fmt::Display for Reason {
@@ -123,6 +125,7 @@ impl fmt::Display for Reason {
             Reason::GroupOk => f.write_str("no member of the sync group is in fault"),
             Reason::GroupStepDown => f.write_str("a member of the sync group is backup"),
             Reason::OperatorStepDown { to } => write!(f, "step-down asked by the operator: new master {to} took over"),
+            Reason::Inherited => f.write_str("taken over from the process this one replaced (upgrade)"),
         }
     }
 }
@@ -220,6 +223,21 @@ pub struct Params {
     /// On shutdown as master, the longest the VIPs are kept while waiting
     /// for the new master's first advert; zero releases at once (RFC).
     pub release_timeout: Duration,
+}
+
+/// Where an instance stood in the process it takes over from (`vipd
+/// upgrade`), so that it goes on from there rather than start afresh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inherited {
+    /// Master: it goes on advertising at once, its VIPs still in place.
+    Master,
+    /// Backup, following `master` (if one was heard) and its interval.
+    Backup {
+        /// The master it followed.
+        master: Option<IpAddr>,
+        /// That master's advertisement interval.
+        master_adver: Duration,
+    },
 }
 
 /// Skew_Time and Master_Down_Interval for a priority and the master's
@@ -414,6 +432,49 @@ impl Fsm {
                 State::Initialize | State::Backup | State::Master,
                 Event::LinkUp | Event::AddressBack | Event::TrackersOk | Event::GroupOk,
             ) => {}
+        }
+    }
+
+    /// Instead of [`Event::Startup`]: goes on in the state the process this
+    /// one replaces had (`vipd upgrade`). A master advertises at once, so
+    /// that the group sees no gap, and claims its VIPs (they are still
+    /// there: nothing moves, so no gratuitous ARP); a backup keeps following
+    /// its master with a fresh Master_Down_Timer. No preempt delay: this is
+    /// not a boot. Only from Initialize.
+    pub fn resume(&mut self, now: Instant, inherited: Inherited) {
+        if self.state != State::Initialize {
+            return;
+        }
+        self.started_at = Some(now.checked_sub(self.params.preempt_delay).unwrap_or(now));
+        match inherited {
+            Inherited::Master => {
+                self.master_since = Some(now);
+                self.master_ip = Some(self.params.primary_ip);
+                self.master_adver_interval = self.params.advert_interval.as_duration();
+                self.transition(State::Master, Reason::Inherited);
+                self.send_advert(now);
+                self.actions.push_back(Action::ClaimVips);
+                self.garp_refresh_timer = self.params.garp_refresh.map(|d| now + d);
+            }
+            Inherited::Backup { master, master_adver } => {
+                self.master_ip = master;
+                self.master_adver_interval = master_adver;
+                self.arm_master_down(now, Reason::MasterDownTimerExpired);
+                self.transition(State::Backup, Reason::Inherited);
+            }
+        }
+    }
+
+    /// Where it stands, for the process that takes over from this one
+    /// (`vipd upgrade`); `None` in Initialize and Fault, which the
+    /// successor finds again by itself.
+    pub fn inheritance(&self) -> Option<Inherited> {
+        match self.state {
+            State::Master => Some(Inherited::Master),
+            State::Backup => {
+                Some(Inherited::Backup { master: self.master_ip, master_adver: self.master_adver_interval })
+            }
+            State::Initialize | State::Fault => None,
         }
     }
 
@@ -852,6 +913,40 @@ mod tests {
             vec![Action::StateChanged { from: State::Initialize, to: State::Backup, reason: Reason::Startup }]
         );
         assert_eq!(f.poll_timeout(), Some(t0 + Duration::from_micros(3_609_375)));
+    }
+
+    #[test]
+    fn a_resumed_instance_goes_on_where_the_old_process_stood() {
+        let t0 = Instant::now();
+        // Master: an advert at once, the VIPs claimed, no announce burst;
+        // then the normal rhythm.
+        let mut f = Fsm::new(params(100));
+        f.resume(t0, Inherited::Master);
+        assert_eq!(
+            drain(&mut f),
+            vec![
+                Action::StateChanged { from: State::Initialize, to: State::Master, reason: Reason::Inherited },
+                Action::SendAdvert { priority: 100 },
+                Action::ClaimVips,
+            ]
+        );
+        assert_eq!(f.poll_timeout(), Some(t0 + ms(1000)));
+        assert_eq!(f.inheritance(), Some(Inherited::Master));
+        // Backup: follows the old master, its interval, a fresh timer.
+        let mut b = Fsm::new(params(100));
+        b.resume(t0, Inherited::Backup { master: Some(PEER_HIGH), master_adver: ms(500) });
+        assert_eq!(
+            drain(&mut b),
+            vec![Action::StateChanged { from: State::Initialize, to: State::Backup, reason: Reason::Inherited }]
+        );
+        assert_eq!(b.master_ip(), Some(PEER_HIGH));
+        let (_, down) = skew_and_master_down(Version::V3, 100, ms(500));
+        assert_eq!(b.poll_timeout(), Some(t0 + down));
+        assert_eq!(b.inheritance(), Some(Inherited::Backup { master: Some(PEER_HIGH), master_adver: ms(500) }));
+        // Only from Initialize.
+        b.resume(t0, Inherited::Master);
+        assert_eq!(b.state(), State::Backup);
+        assert_eq!(Fsm::new(params(100)).inheritance(), None);
     }
 
     #[test]

@@ -36,6 +36,8 @@ pub struct Hooks {
 /// passing Initialize of a restart (Fault -> Init -> Backup).
 pub fn state_word(to: State, reason: Reason) -> Option<&'static str> {
     match (to, reason) {
+        // Nothing changed for the world: the process did (`vipd upgrade`).
+        (_, Reason::Inherited) => None,
         (State::Master, _) => Some("MASTER"),
         (State::Backup, _) => Some("BACKUP"),
         (State::Fault, _) => Some("FAULT"),

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
 
-use super::fsm::{skew_and_master_down, Action, Event, Fsm, Params, Reason, State, PRIORITY_OWNER};
+use super::fsm::{skew_and_master_down, Action, Event, Fsm, Inherited, Params, Reason, State, PRIORITY_OWNER};
 use super::packet::{self, Advert, Centiseconds, ChecksumForm, Datagram, DropReason, Family, Version};
 use super::stats::Stats;
 use crate::net::frames;
@@ -261,9 +261,20 @@ impl Router {
     /// Starts every instance: backup (or master as owner), then fault at
     /// once where the link is down or there is no address to send from.
     pub fn start(&mut self, now: Instant) {
+        self.start_inheriting(now, &[]);
+    }
+
+    /// [`Router::start`], but an instance listed in `inherited` (by VRID)
+    /// goes on where the process this one replaces left it (`vipd
+    /// upgrade`), if its link is up and it has an address to send from.
+    pub fn start_inheriting(&mut self, now: Instant, inherited: &[(u8, Inherited)]) {
         for i in 0..self.members.len() {
             let m = &mut self.members[i];
-            m.fsm.handle(now, Event::Startup);
+            let carried = inherited.iter().find(|(vrid, _)| *vrid == m.spec.vrid).map(|(_, s)| *s);
+            match carried {
+                Some(s) if self.link_up && m.source.is_some() => m.fsm.resume(now, s),
+                _ => m.fsm.handle(now, Event::Startup),
+            }
             if !self.link_up {
                 m.fsm.handle(now, Event::LinkDown);
             } else if m.source.is_none() {
@@ -495,6 +506,12 @@ impl Router {
         if let Some(i) = self.index(vrid) {
             self.start_burst(now, i);
         }
+    }
+
+    /// Where each instance stands, by VRID, for the process that takes
+    /// over (`vipd upgrade`); instances in Initialize or Fault are left out.
+    pub fn inheritance(&self) -> Vec<(u8, Inherited)> {
+        self.members.iter().filter_map(|m| Some((m.spec.vrid, m.fsm.inheritance()?))).collect()
     }
 
     /// How `vrid` stands.
@@ -889,6 +906,46 @@ mod tests {
         let adverts = lan.count(0, |o| matches!(o, Output::Send { .. }));
         assert!((15..=21).contains(&adverts), "{adverts} adverts");
         assert_eq!(lan.dropped(1, 0, DropReason::Checksum), 0);
+    }
+
+    #[test]
+    fn a_successor_process_goes_on_without_a_gap_or_a_transition() {
+        let mut lan = pair();
+        lan.start();
+        lan.run_until(lan.at(1000));
+        // Each node's router is replaced by one that inherits its state, as
+        // `vipd upgrade` does: the master at 1030 ms, the backup at 1500 ms.
+        let replace = |lan: &mut Lan, node: usize| {
+            let inherited = lan.nodes[node].router.inheritance();
+            let specs = vec![(spec(51, if node == 0 { 150 } else { 100 }), Arc::clone(&lan.nodes[node].stats[0]))];
+            let addr = lan.nodes[node].addr;
+            let mut next = Router::new([2, 0, 0x5e, 0x10, 0, node as u8], true, &[(addr, false)], specs);
+            next.start_inheriting(lan.now, &inherited);
+            lan.nodes[node].router = next;
+        };
+        lan.run_until(lan.at(1030));
+        replace(&mut lan, 0);
+        lan.run_until(lan.at(1500));
+        replace(&mut lan, 1);
+        lan.run_until(lan.at(3000));
+        assert_eq!((lan.state(0, 51), lan.state(1, 51)), (State::Master, State::Backup));
+        assert_eq!(lan.became(1, State::Master, Duration::ZERO), None, "the backup never took over");
+        let changes = |node| {
+            lan.count(node, |o| matches!(o, Output::StateChanged { reason, .. } if *reason != Reason::Inherited))
+        };
+        assert_eq!((changes(0), changes(1)), (2, 1), "only the first start's transitions");
+        // The master's adverts: no gap over one interval, never priority 0.
+        let sends: Vec<Duration> = lan
+            .log
+            .iter()
+            .filter(|(t, i, o)| *i == 0 && *t >= 500 * MS && matches!(o, Output::Send { .. }))
+            .map(|(t, _, _)| *t)
+            .collect();
+        let gap = sends.windows(2).map(|w| w[1] - w[0]).max().expect("adverts");
+        assert!(gap <= 100 * MS, "longest gap {gap:?}");
+        let zero =
+            lan.log.iter().any(|(_, _, o)| matches!(o, Output::Send { message, .. } if message.get(2) == Some(&0)));
+        assert!(!zero, "a priority 0 was sent");
     }
 
     #[test]
