@@ -393,8 +393,8 @@ start_vip_traffic() {
 
 # finish_vip_traffic TAG DURATION_MS WHAT: waits for start_vip_traffic's
 # clients and stops its capture; fails if a request of either client
-# failed, if lb1 sent priority 0, or if lb1's longest advert gap was over
-# 150 ms (1.5 intervals of 100 ms). Sets total, ka_total, ka_connects and
+# failed, if lb1 sent priority 0 for VRID $VRID, or if lb1's longest advert
+# gap for it was over 150 ms (1.5 intervals of 100 ms). Sets total, ka_total, ka_connects and
 # GAP (ms) for the PASS line; WHAT names the events in messages.
 finish_vip_traffic() {
     local tag=$1 dur=$2 what=$3 adverts
@@ -406,7 +406,7 @@ finish_vip_traffic() {
     eval "$(keepalive_stats "$KA")"
     ((ka_failed == 0 && ka_total >= dur * 50 / 1000 * 85 / 100)) ||
         fail "keep-alive client: $ka_failed of $ka_total requests failed during $what (see $KA)"
-    adverts=$(read_capture "$WORK/$tag.pcap" | grep -F " ${HOST_IP[lb1]} > 224.0.0.18: VRRP")
+    adverts=$(read_capture "$WORK/$tag.pcap" | grep -F " ${HOST_IP[lb1]} > 224.0.0.18: VRRP" | grep -F "vrid $VRID,")
     grep -q "prio 0," <<<"$adverts" && fail "lb1 sent priority 0 during $what"
     GAP=$(awk '{ t = $1 * 1000; if (p && t - p > g) g = t - p; p = t } END { printf "%.1f", g }' <<<"$adverts")
     awk -v g="$GAP" 'BEGIN { exit !(g > 0 && g <= 150) }' || fail "lb1's longest advert gap was $GAP ms (limit 150) during $what"

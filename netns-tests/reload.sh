@@ -12,10 +12,15 @@
 #      the reload, app2 getting no new request, app1 and app3 sharing about
 #      3:1, app1 keeping its request count;
 #   2. a listener added on port 8081 serves at once; removed, it refuses;
-#   3. a bad file (priority = 300) is refused with its file:line:col, shown
+#   3. an instance (VRID 52, on a virtual MAC: a driver of its own) added
+#      on both nodes: lb1 master of it, lb2 backup; removed from lb1: lb1
+#      resigns, lb2 takes its VIP over, then lb1's macvlan goes; removed
+#      from lb2: its macvlan goes; one more (VRID 53) added on lb1 only,
+#      beside web: master alone, its VIP claimed, released on removal;
+#   4. a bad file (priority = 300) is refused with its file:line:col, shown
 #      in /status and /metrics, and nothing changes; so is a change a reload
 #      cannot take (the VRID);
-#   4. no request of either loop failed, the keep-alive client kept its
+#   5. no request of either loop failed, the keep-alive client kept its
 #      connection, no transition on either node, and lb1's longest advert
 #      gap (from a capture) at most 1.5 intervals.
 NT_DIR0=$(cd "$(dirname "$0")" && pwd)
@@ -27,13 +32,15 @@ ensure_pkg tcpdump tcpdump
 
 INTERVAL=100ms
 VIP2=192.0.2.20
+VIP3=192.0.2.30
+VIP4=192.0.2.31
 reload_ctl() { "$VIPD" reload --socket "$WORK/$1.sock"; }
 
 start_lb_pair $INTERVAL
 app_server app3
 nginx_ready app3 "$STARTED_PID" "http://${HOST_IP[app3]}:$APP_PORT/healthz" 5000 || fail "app3: $WHY"
 tr1=$(node_transitions lb1); tr2=$(node_transitions lb2)
-start_vip_traffic reload 7000
+start_vip_traffic reload 10000
 
 # 1. Priority, a VIP and the backends, by the control socket on lb1 and
 #    SIGHUP on lb2.
@@ -89,7 +96,42 @@ log "lb1: $answer"
 wait_for 3000 bash -c "[[ \$(ip netns exec $(ns client) curl -s -m 1 -o /dev/null -w '%{http_code}' http://$VIP_URL:8081/) == 000 ]]" ||
     fail "the removed listener still answers"
 
-# 2. Refusals change nothing.
+# 3. An instance added on both nodes, then removed from lb1 (lb2 takes its
+#    VIP over, make-before-break) and from lb2.
+api_section() {
+    printf '\n[[vrrp]]\nname = "api"\ninterface = "eth0"\nvrid = 52\npriority = %s\nadvert_interval = "100ms"\nvirtual_ips = ["%s/24"]\nuse_vmac = true\n' "$1" "$VIP3"
+}
+api_state() { vipd_json "$1" | jq -r '.vrrp[] | select(.name == "api") | .state'; }
+api_is() { [[ $(api_state "$1") == "$2" ]]; }
+for h in lb1 lb2; do cp "$WORK/$h.toml" "$WORK/$h.without-api"; done
+api_section 150 >>"$WORK/lb1.toml"
+# and one on lb1 only, beside web (the same driver): master alone.
+printf '\n[[vrrp]]\nname = "cache"\ninterface = "eth0"\nvrid = 53\npriority = 120\nadvert_interval = "100ms"\nvirtual_ips = ["%s/24"]\n' "$VIP4" >>"$WORK/lb1.toml"
+api_section 100 >>"$WORK/lb2.toml"
+for h in lb1 lb2; do
+    answer=$(reload_ctl $h) || fail "$h: adding an instance was refused: $answer"
+    log "$h: $answer"
+done
+wait_for 3000 api_is lb1 master || fail "the added instance on lb1 is $(api_state lb1)"
+api_is lb2 backup || fail "the added instance on lb2 is $(api_state lb2)"
+wait_for 1000 addr_on lb1 vrrp.52 "$VIP3" || fail "lb1 did not claim $VIP3 on its virtual MAC interface"
+wait_for 2000 addr_on lb1 eth0 "$VIP4" || fail "lb1 did not claim $VIP4 for the added instance cache"
+cp "$WORK/lb1.without-api" "$WORK/lb1.toml"
+answer=$(reload_ctl lb1) || fail "removing an instance was refused: $answer"
+log "lb1: $answer"
+[[ $answer == *"api: removed: priority 0 sent"* ]] || fail "lb1 did not resign api: $answer"
+wait_for 1000 api_is lb2 master || fail "lb2 did not take api over: $(api_state lb2)"
+wait_for 1000 addr_on lb2 vrrp.52 "$VIP3" || fail "lb2 did not claim $VIP3"
+# With its last instance gone, lb1's driver for the virtual MAC stops and
+# removes the macvlan (and the VIP with it).
+wait_for 2000 bash -c "! ip -n $(ns lb1) link show vrrp.52 >/dev/null 2>&1" || fail "lb1 kept vrrp.52"
+wait_for 3000 bash -c "! ip -n $(ns lb1) -o addr show dev eth0 | grep -qF ' $VIP4/'" || fail "lb1 kept $VIP4 of the removed instance cache"
+[[ $(vipd_json lb1 | jq -c '[.vrrp[].name]') == '["web"]' ]] || fail "lb1 still lists: $(vipd_json lb1 | jq -c '[.vrrp[].name]')"
+cp "$WORK/lb2.without-api" "$WORK/lb2.toml"
+answer=$(reload_ctl lb2) || fail "removing the instance from lb2 was refused: $answer"
+wait_for 4000 bash -c "! ip -n $(ns lb2) link show vrrp.52 >/dev/null 2>&1" || fail "lb2 kept vrrp.52 after its instance was removed"
+
+# 4. Refusals change nothing.
 cp "$WORK/lb1.toml" "$WORK/lb1.good"
 sed -i 's/^priority = 140$/priority = 300/' "$WORK/lb1.toml"
 if out=$(reload_ctl lb1 2>&1); then fail "a bad file was taken: $out"; fi
@@ -105,8 +147,8 @@ if out=$(reload_ctl lb1 2>&1); then fail "a VRID change was taken: $out"; fi
 [[ $(vipd_json lb1 | jq -r '.http[0].generation') == 1 ]] || fail "a refused reload changed the backends"
 cp "$WORK/lb1.good" "$WORK/lb1.toml"
 
-finish_vip_traffic reload 7000 "the reloads"
+finish_vip_traffic reload 10000 "the reloads"
 ((ka_connects <= 2)) || fail "the keep-alive client needed $ka_connects connections (the reloads closed its connection)"
 [[ $(node_transitions lb1) == "$tr1" && $(node_transitions lb2) == "$tr2" ]] ||
     fail "transitions: lb1 $tr1 -> $(node_transitions lb1), lb2 $tr2 -> $(node_transitions lb2)"
-pass "reload by the control socket and by SIGHUP: priority 150 -> 140, a second VIP, backends added/removed/reweighted (app3 serving after $serving_ms ms, app1:app3 $share:1) and a listener added and removed, all in place: 0 transitions, longest advert gap $GAP ms, no priority 0; a bad file and a VRID change refused with the reason, nothing changed; 0/$total new-connection and 0/$ka_total keep-alive requests failed ($ka_connects connection)"
+pass "reload by the control socket and by SIGHUP: priority 150 -> 140, a second VIP, backends added/removed/reweighted (app3 serving after $serving_ms ms, app1:app3 $share:1) a listener added and removed, an instance added on both and removed, all in place: 0 transitions, longest advert gap $GAP ms, no priority 0; a bad file and a VRID change refused with the reason, nothing changed; 0/$total new-connection and 0/$ka_total keep-alive requests failed ($ka_connects connection)"

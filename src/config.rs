@@ -332,9 +332,11 @@ struct RawVrrp {
 
 /// Why a running daemon cannot take `new` in place of `old` without a
 /// restart, if it cannot: what a reload applies today is the `[[http]]`
-/// listeners (any change: added, removed, moved, backends, settings) and
-/// each existing VRRP instance's own settings (priority, preempt, timing,
-/// VIPs, gratuitous ARP, unicast peers, notify hooks). `None`: it can.
+/// listeners (any change: added, removed, moved, backends, settings),
+/// `[[vrrp]]` instances added or removed (without trackers), and each
+/// remaining instance's own settings (priority, preempt, timing, VIPs,
+/// gratuitous ARP, unicast peers, notify hooks). Instances are known by
+/// name. `None`: it can.
 pub fn reload_refusal(old: &Config, new: &Config) -> Option<String> {
     if old.control != new.control {
         return Some("[control] changed".into());
@@ -342,15 +344,18 @@ pub fn reload_refusal(old: &Config, new: &Config) -> Option<String> {
     if old.sync_groups != new.sync_groups || old.scripts != new.scripts {
         return Some("[[sync_group]] or [[track_script]] changed".into());
     }
-    let names = |c: &Config| c.vrrp.iter().map(|v| v.spec.name.clone()).collect::<Vec<_>>();
-    if names(old) != names(new) {
+    let only_in = |a: &Config, b: &Config| {
+        a.vrrp.iter().filter(|x| !b.vrrp.iter().any(|y| y.spec.name == x.spec.name)).cloned().collect::<Vec<_>>()
+    };
+    let (removed, added) = (only_in(old, new), only_in(new, old));
+    if let Some(t) = removed.iter().chain(&added).find(|v| !v.trackers.is_empty()) {
         return Some(format!(
-            "the [[vrrp]] instances changed ({} -> {}): adding, removing or reordering instances is not reloaded yet",
-            names(old).join(", "),
-            names(new).join(", ")
+            "vrrp instance {:?} with trackers added or removed (its probes are set up at start only)",
+            t.spec.name
         ));
     }
-    for (o, n) in old.vrrp.iter().zip(&new.vrrp) {
+    for n in &new.vrrp {
+        let Some(o) = old.vrrp.iter().find(|o| o.spec.name == n.spec.name) else { continue };
         let what = if o.interface != n.interface {
             "interface"
         } else if o.spec.vrid != n.spec.vrid {
@@ -1297,7 +1302,18 @@ virtual_ips = ["192.0.2.10/24", "192.0.2.20"]
         };
         assert!(refused(&GOOD.replace("vrid = 51", "vrid = 52")).contains("vrid changed"));
         assert!(refused(&GOOD.replace("interface = \"eth0\"", "interface = \"eth1\"")).contains("interface changed"));
-        assert!(refused(&GOOD.replace("name = \"web\"", "name = \"www\"")).contains("instances changed"));
+        // Instances are known by name: a rename is a removal and an addition.
+        let renamed = parse(&GOOD.replace("name = \"web\"", "name = \"www\""), Path::new("t")).expect("valid");
+        assert_eq!(reload_refusal(&old, &renamed), None);
+        let second = GOOD[GOOD.find("[[vrrp]]").unwrap_or(0)..]
+            .replace("\"web\"", "\"api\"")
+            .replace("51", "52")
+            .replace("192.0.2.10/24\", \"192.0.2.20", "192.0.2.30/24");
+        let two = parse(&format!("{GOOD}\n{second}"), Path::new("t")).expect("valid");
+        assert_eq!(reload_refusal(&old, &two), None, "an instance added");
+        assert_eq!(reload_refusal(&two, &old), None, "an instance removed");
+        let tracked = with("track_interfaces = [{ name = \"eth1\" }]").replace("\"web\"", "\"www\"");
+        assert!(refused(&tracked).contains("with trackers added or removed"));
         assert!(refused(&with("use_vmac = true")).contains("use_vmac"));
         assert!(refused(&GOOD.replace("9191", "9192")).contains("[control]"));
         assert!(refused(&GOOD.replace("priority = 150", "priority = 255")).contains("address owner"));

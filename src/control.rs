@@ -23,14 +23,14 @@ use tracing::{debug, info, warn};
 use crate::proxy::backends::{Admin, HttpListeners, PoolSnapshot};
 use crate::vrrp::fsm::State;
 use crate::vrrp::operator::{Ask, Operator};
-use crate::vrrp::stats::{Snapshot, Stats};
+use crate::vrrp::stats::{Snapshot, StatsList};
 use crate::vrrp::sync::{GroupShared, GroupSnapshot};
 
 /// Everything the control endpoint reports on.
 #[derive(Debug, Clone)]
 pub struct Sources {
     /// One per VRRP instance, in config order.
-    pub vrrp: Vec<Arc<Stats>>,
+    pub vrrp: Arc<StatsList>,
     /// The HTTP listeners, in config order (a reload may change them).
     pub http: Arc<HttpListeners>,
     /// One per sync group, in config order.
@@ -142,7 +142,7 @@ impl Sources {
     /// A consistent view of every instance.
     pub fn status(&self) -> Status {
         Status {
-            vrrp: self.vrrp.iter().map(|s| s.snapshot()).collect(),
+            vrrp: self.vrrp.list().iter().map(|s| s.snapshot()).collect(),
             http: self.http.list().iter().map(|p| p.snapshot()).collect(),
             sync_groups: self.groups.iter().map(|g| g.snapshot()).collect(),
             config: self.config.snapshot(),

@@ -23,10 +23,10 @@ use crate::upgrade::{Predecessor, Sockets, Successor, READY_TIMEOUT};
 use crate::vrrp::driver::{DrainGate, Driver, HandedOver, InstanceSide, Stop};
 use crate::vrrp::fsm::skew_and_master_down;
 use crate::vrrp::notify::{HookQueue, HookRuns};
-use crate::vrrp::operator::{Ask, Operator, Reconfigured};
+use crate::vrrp::operator::{Ask, DriverInbox, Operator, Reconfigured, ToDriver};
 use crate::vrrp::packet::Family;
 use crate::vrrp::probe::{self, TrackShared};
-use crate::vrrp::stats::Stats;
+use crate::vrrp::stats::{Stats, StatsList};
 use crate::vrrp::sync::GroupShared;
 use crate::vrrp::track::{ScriptSpec, Trackers, Watched};
 
@@ -188,6 +188,7 @@ pub fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
     let (done_tx, done_rx) = mpsc::channel::<()>();
     let vrrp_config = config.vrrp.clone();
     let vrrp_stats = stats.clone();
+    let (changes_tx, changes_rx) = tokio::sync::mpsc::unbounded_channel();
     let path = config_path.to_path_buf();
     // systemd's watchdog is pinged from the VRRP thread, while every proxy
     // worker answers too.
@@ -207,7 +208,17 @@ pub fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
                 .map(|rt| {
                     let ready = ready_tx.clone();
                     let ties = ProxyTies { drain, watchdog };
-                    rt.block_on(run_vrrp(vrrp_config, vrrp_stats, probes, path, shutdown_rx, ready, ties, succession))
+                    rt.block_on(run_vrrp(
+                        vrrp_config,
+                        vrrp_stats,
+                        probes,
+                        path,
+                        shutdown_rx,
+                        ready,
+                        ties,
+                        succession,
+                        changes_rx,
+                    ))
                 });
             if let Err(e) = result {
                 let _ = ready_tx.send(Err(e));
@@ -242,6 +253,7 @@ pub fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
     };
 
     let config_state = ConfigState::new(config_path);
+    let probe_handle = probe_rt.handle().clone();
     let signal_result = rt.block_on(async {
         let listener = tokio::net::TcpListener::from_std(control).context("control socket")?;
         info!(listen = %config.control.listen, "control endpoint up");
@@ -249,7 +261,17 @@ pub fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         info!(socket = %config.control.socket.display(), "control socket up");
         let (asks_tx, mut asks_rx) = tokio::sync::mpsc::channel(4);
         let commander = tokio::spawn(control::serve_commands(commands, operator.clone(), Arc::clone(&pools), asks_tx));
-        let sources = Sources { vrrp: stats, http: pools, groups: group_list, config: Arc::clone(&config_state) };
+        let stats = Arc::new(StatsList::new(stats));
+        let sources =
+            Sources { vrrp: Arc::clone(&stats), http: pools, groups: group_list, config: Arc::clone(&config_state) };
+        let targets = ReloadTargets {
+            operator: operator.clone(),
+            proxy: &proxy,
+            state: &config_state,
+            instances: changes_tx,
+            stats,
+            hooks: probe_handle.clone(),
+        };
         let sources_for_summary = Arc::new(sources.clone());
         let server = tokio::spawn(control::serve(listener, sources));
         let mut running = config.clone();
@@ -283,7 +305,7 @@ pub fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
                 _ = signals.hup.recv() => {
                     info!("SIGHUP: reloading {}", config_path.display());
                     systemd::reloading();
-                    let _ = reload(config_path, &mut running, &operator, &proxy, &config_state).await;
+                    let _ = reload(config_path, &mut running, &targets).await;
                     systemd::ready(&summary_of());
                 }
                 _ = signals.usr2.recv() => {
@@ -297,7 +319,7 @@ pub fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
                     control::DaemonAsk::Reload => {
                         info!("reload asked on the control socket");
                         systemd::reloading();
-                        let _ = reply.send(reload(config_path, &mut running, &operator, &proxy, &config_state).await);
+                        let _ = reply.send(reload(config_path, &mut running, &targets).await);
                         systemd::ready(&summary_of());
                     }
                     control::DaemonAsk::Upgrade => {
@@ -540,13 +562,21 @@ impl StopSignals {
 /// [`crate::config::reload_refusal`]); otherwise, or when the file is bad,
 /// the running configuration stays and the answer says why. Either way
 /// `/status` and `/metrics` show the outcome.
-async fn reload(
-    path: &Path,
-    running: &mut Config,
-    operator: &Operator,
-    proxy: &Proxy,
-    state: &ConfigState,
-) -> Result<String, String> {
+/// What a reload changes.
+struct ReloadTargets<'a> {
+    operator: Operator,
+    proxy: &'a Proxy,
+    state: &'a ConfigState,
+    /// Where new VRRP instances go (the VRRP thread places them).
+    instances: tokio::sync::mpsc::UnboundedSender<NewInstance>,
+    /// What `/status` lists.
+    stats: Arc<StatsList>,
+    /// Where new instances' notify hooks run.
+    hooks: tokio::runtime::Handle,
+}
+
+async fn reload(path: &Path, running: &mut Config, targets: &ReloadTargets<'_>) -> Result<String, String> {
+    let ReloadTargets { operator, proxy, state, .. } = targets;
     let result = async {
         let new = crate::config::load(path).map_err(|e| e.to_string())?;
         if let Some(why) = crate::config::reload_refusal(running, &new) {
@@ -556,14 +586,58 @@ async fn reload(
         // it refuses the reload before anything changed.
         let mut changed = proxy.apply(&new.http)?;
         running.http = new.http.clone();
-        for (old, new) in running.vrrp.iter().zip(&new.vrrp) {
-            if old.spec == new.spec && old.virtual_ips == new.virtual_ips && old.notify == new.notify {
+        // Removed instances resign first, so a VIP that moves to an added
+        // one is released before it is claimed there... by this node.
+        for old in running.vrrp.iter().filter(|o| !new.vrrp.iter().any(|n| n.spec.name == o.spec.name)) {
+            changed.push(operator.ask(&old.spec.name, Ask::Remove).await?);
+            operator.forget(&old.spec.name);
+        }
+        running.vrrp.retain(|o| new.vrrp.iter().any(|n| n.spec.name == o.spec.name));
+        for n in &new.vrrp {
+            let Some(old) = running.vrrp.iter_mut().find(|o| o.spec.name == n.spec.name) else { continue };
+            if old.spec == n.spec && old.virtual_ips == n.virtual_ips && old.notify == n.notify {
                 continue;
             }
-            let settings =
-                Reconfigured { spec: new.spec.clone(), vips: new.virtual_ips.clone(), notify: new.notify.clone() };
-            changed.push(operator.ask(&new.spec.name, Ask::Reconfigure(Box::new(settings))).await?);
+            let settings = Reconfigured { spec: n.spec.clone(), vips: n.virtual_ips.clone(), notify: n.notify.clone() };
+            changed.push(operator.ask(&n.spec.name, Ask::Reconfigure(Box::new(settings))).await?);
+            *old = n.clone();
         }
+        let mut stats = targets.stats.list();
+        stats.retain(|s| new.vrrp.iter().any(|n| n.spec.name == s.name()));
+        let added: Vec<VrrpConfig> =
+            new.vrrp.iter().filter(|n| !running.vrrp.iter().any(|o| o.spec.name == n.spec.name)).cloned().collect();
+        for n in &added {
+            let st = Arc::new(stats_for(n, None));
+            let hooks = (!n.notify.is_empty()).then(|| {
+                let queue = HookQueue::start(
+                    &targets.hooks,
+                    n.spec.name.clone(),
+                    n.notify.timeout,
+                    Arc::clone(&st.notify_runs),
+                );
+                (queue, n.notify.clone())
+            });
+            let side = InstanceSide {
+                spec: n.spec.clone(),
+                vips: n.virtual_ips.clone(),
+                stats: Arc::clone(&st),
+                tracking: None,
+                hooks,
+                group: None,
+            };
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            let ask =
+                NewInstance { side, interface: n.interface.clone(), at: n.interface_at, vmac: n.vmac.clone(), reply };
+            targets.instances.send(ask).map_err(|_| "the VRRP thread is gone".to_string())?;
+            let (what, inbox) = answer.await.map_err(|_| "the VRRP thread did not answer".to_string())??;
+            operator.add(n.spec.name.clone(), n.spec.vrid, inbox);
+            changed.push(what);
+            stats.push(st);
+            running.vrrp.push(n.clone());
+        }
+        // In the file's order.
+        stats.sort_by_key(|s| new.vrrp.iter().position(|n| n.spec.name == s.name()));
+        targets.stats.set(stats);
         *running = new;
         Ok(if changed.is_empty() {
             "reloaded: nothing changed".to_string()
@@ -585,8 +659,103 @@ async fn reload(
     result
 }
 
+/// Which driver an instance belongs to: interface, family, virtual MAC
+/// (an instance with one has a driver of its own).
+type DriverKey = (String, Family, Option<Vmac>);
+
+/// A reload's new instance, for the VRRP thread to place: in the running
+/// driver of its interface and family, or in a new one. The answer says
+/// what happened, with the inbox its commands go to.
+struct NewInstance {
+    side: InstanceSide,
+    interface: String,
+    at: Location,
+    vmac: Option<Vmac>,
+    reply: tokio::sync::oneshot::Sender<Result<(String, DriverInbox), String>>,
+}
+
+async fn next_change(changes: &mut Option<tokio::sync::mpsc::UnboundedReceiver<NewInstance>>) -> Option<NewInstance> {
+    match changes {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What the VRRP thread needs to start a driver after the start.
+struct Placing {
+    netlink: Netlink,
+    addr_events: tokio::sync::broadcast::Sender<crate::net::addr::AddrEvent>,
+    drain: Option<DrainGate>,
+    path: PathBuf,
+    shutdown: watch::Receiver<Stop>,
+}
+
+impl Placing {
+    async fn place(
+        &self,
+        n: NewInstance,
+        inboxes: &mut Vec<(DriverKey, DriverInbox)>,
+        tasks: &mut tokio::task::JoinSet<Vec<HandedOver>>,
+    ) {
+        let key: DriverKey = (n.interface.clone(), n.side.spec.family(), n.vmac.clone());
+        let name = n.side.spec.name.clone();
+        // A driver that stopped (a reload removed its last instance) is
+        // replaced by a new one.
+        inboxes.retain(|(_, inbox)| !inbox.is_closed());
+        let mut n = n;
+        if let Some((_, inbox)) = inboxes.iter().find(|(k, _)| *k == key && k.2.is_none()) {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            match inbox.send(ToDriver::Add(Box::new(n.side), tx)) {
+                Ok(()) => {
+                    let answer = rx.await.unwrap_or_else(|_| Err("the driver did not answer".into()));
+                    let _ = n.reply.send(answer.map(|what| (what, inbox.clone())));
+                    return;
+                }
+                // It stopped just now: the instance comes back and goes to a new one.
+                Err(tokio::sync::mpsc::error::SendError(ToDriver::Add(side, _))) => n.side = *side,
+                Err(_) => return,
+            }
+        }
+        // A driver of its own: its link followed from now on.
+        let (link_tx, link_rx) = watch::channel(true);
+        if let Err(e) = watch_links(HashMap::from([(n.interface.clone(), link_tx)])) {
+            let _ = n.reply.send(Err(format!("vrrp instance {name:?}: following {:?}: {e}", n.interface)));
+            return;
+        }
+        let addrs = self.addr_events.subscribe();
+        let prepared = Driver::prepare(
+            &n.interface,
+            n.vmac.clone(),
+            vec![n.side],
+            self.netlink.clone(),
+            link_rx,
+            addrs,
+            self.drain.clone(),
+            false,
+        )
+        .await;
+        match prepared {
+            Ok(mut d) => {
+                let (commands, inbox) = tokio::sync::mpsc::unbounded_channel();
+                d.take_commands(inbox);
+                tasks.spawn(d.run(self.shutdown.clone(), Vec::new()));
+                if key.2.is_none() {
+                    inboxes.push((key, commands.clone()));
+                }
+                let _ = n.reply.send(Ok((format!("{name}: added on {:?} (backup)", n.interface), commands)));
+            }
+            Err(e) => {
+                let (at, iface) = (n.at, &n.interface);
+                let where_ = format!("{}:{}:{}", self.path.display(), at.line, at.col);
+                let _ = n.reply.send(Err(format!("{where_}: vrrp instance {name:?}, interface = {iface:?}: {e}")));
+            }
+        }
+    }
+}
+
 /// The VRRP thread: prepares every instance (reporting the first failure
-/// through `ready`), then runs them until shutdown.
+/// through `ready`), then runs them until shutdown, placing the instances
+/// a reload adds.
 #[allow(clippy::too_many_arguments)]
 async fn run_vrrp(
     configs: Vec<VrrpConfig>,
@@ -597,6 +766,7 @@ async fn run_vrrp(
     ready: mpsc::Sender<anyhow::Result<Operator>>,
     ties: ProxyTies,
     succession: Succession,
+    changes: tokio::sync::mpsc::UnboundedReceiver<NewInstance>,
 ) {
     let ProxyTies { drain, watchdog } = ties;
     let netlink = match Netlink::connect() {
@@ -679,12 +849,17 @@ async fn run_vrrp(
         }
     }
     let mut drivers = Vec::new();
-    let mut operator = Operator::default();
-    for ((iface, at, vmac, sides), link) in by_interface.into_iter().zip(link_receivers) {
+    let operator = Operator::default();
+    // Where a reload's new instance joins a running driver.
+    let mut inboxes: Vec<(DriverKey, DriverInbox)> = Vec::new();
+    for (((iface, at, vmac, sides), link), key) in by_interface.into_iter().zip(link_receivers).zip(keys) {
         let names: Vec<String> = sides.iter().map(|s| s.spec.name.clone()).collect();
         let (commands, inbox) = tokio::sync::mpsc::unbounded_channel();
         for s in &sides {
             operator.add(s.spec.name.clone(), s.spec.vrid, commands.clone());
+        }
+        if key.2.is_none() {
+            inboxes.push((key, commands.clone()));
         }
         let (addrs, drain) = (addr_events.subscribe(), drain.clone());
         let inheriting = succession.inheriting;
@@ -712,31 +887,45 @@ async fn run_vrrp(
         Some(gate) => gate.await.unwrap_or_default(),
         None => Vec::new(),
     };
-    let tasks: Vec<_> = drivers.into_iter().map(|d| tokio::spawn(d.run(shutdown.clone(), inherited.clone()))).collect();
+    let mut tasks = tokio::task::JoinSet::new();
+    for d in drivers {
+        tasks.spawn(d.run(shutdown.clone(), inherited.clone()));
+    }
     let pinger = watchdog.map(|(every, alive)| tokio::spawn(systemd::watchdog(every, alive)));
     let mut handed = Vec::new();
-    for t in tasks {
-        match t.await {
-            Ok(h) => handed.extend(h),
-            Err(e) => {
-                // Its instances are dead: no more watchdog pings, so that
-                // systemd restarts vipd rather than leave them so.
-                error!(error = %e, "VRRP driver task failed");
-                if let Some(p) = &pinger {
-                    p.abort();
+    let place = Placing { netlink, addr_events, drain, path, shutdown: shutdown.clone() };
+    let mut changes = Some(changes);
+    let mut watching = shutdown;
+    let mut sender_gone = false;
+    // Until every driver has stopped after the shutdown (with a watchdog,
+    // or no instance at all, this thread lives until then too).
+    let stop = loop {
+        let stop = if sender_gone { Stop::Resign } else { *watching.borrow_and_update() };
+        if stop != Stop::Run && tasks.is_empty() {
+            break stop;
+        }
+        tokio::select! {
+            joined = tasks.join_next(), if !tasks.is_empty() => match joined {
+                Some(Ok(h)) => handed.extend(h),
+                Some(Err(e)) => {
+                    // Its instances are dead: no more watchdog pings, so that
+                    // systemd restarts vipd rather than leave them so.
+                    error!(error = %e, "VRRP driver task failed");
+                    if let Some(p) = &pinger {
+                        p.abort();
+                    }
                 }
-            }
+                None => {}
+            },
+            new = next_change(&mut changes), if stop == Stop::Run => match new {
+                Some(n) => place.place(n, &mut inboxes, &mut tasks).await,
+                None => changes = None,
+            },
+            r = watching.changed(), if !sender_gone => sender_gone = r.is_err(),
         }
-    }
-    if *shutdown.borrow() == Stop::HandOver {
+    };
+    if stop == Stop::HandOver {
         let _ = succession.handed.send(handed);
-    }
-    // With a watchdog (or no instance at all) this thread lives until shutdown.
-    let mut shutdown = shutdown;
-    while *shutdown.borrow_and_update() == Stop::Run {
-        if shutdown.changed().await.is_err() {
-            break;
-        }
     }
     if let Some(p) = pinger {
         p.abort();

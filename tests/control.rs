@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use vipd::control::{serve, ConfigState, Sources};
-use vipd::vrrp::stats::Stats;
+use vipd::vrrp::stats::{Stats, StatsList};
 
 const CONFIG: &str = r#"
 [[vrrp]]
@@ -38,7 +38,7 @@ async fn status_metrics_and_not_found() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let sources = Sources {
-        vrrp: vec![stats],
+        vrrp: Arc::new(StatsList::new(vec![stats])),
         http: Default::default(),
         groups: Vec::new(),
         config: ConfigState::new(Path::new("t.toml")),

@@ -15,7 +15,7 @@ use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use super::fsm::{Inherited, State};
 use super::notify::{state_word, HookQueue, Hooks};
-use super::operator::{Ask, Command};
+use super::operator::{Ask, Command, ToDriver};
 use super::packet::{Datagram, Family};
 use super::probe::TrackShared;
 use super::router::{InstanceSpec, Output, Router};
@@ -160,8 +160,8 @@ pub struct Driver {
     addr_retry: Option<Instant>,
     sides: Vec<Side>,
     drain: Option<DrainGate>,
-    /// The operator's commands for these instances.
-    commands: Option<mpsc::UnboundedReceiver<Command>>,
+    /// The operator's commands for these instances, and a reload's.
+    commands: Option<mpsc::UnboundedReceiver<ToDriver>>,
     /// Hand-overs whose VIPs wait for the drain gate: (vrid, since when).
     draining: Vec<(u8, Instant)>,
     /// When the drain gate is looked at next (a deadline, so that busy
@@ -287,7 +287,7 @@ impl Driver {
     }
 
     /// The operator's commands for these instances come from `commands`.
-    pub fn take_commands(&mut self, commands: mpsc::UnboundedReceiver<Command>) {
+    pub fn take_commands(&mut self, commands: mpsc::UnboundedReceiver<ToDriver>) {
         self.commands = Some(commands);
     }
 
@@ -360,7 +360,10 @@ impl Driver {
                     }
                     _ = retry_at(self.next_drain_check), if !self.draining.is_empty() => self.check_drains().await,
                     command = next_command(&mut self.commands) => match command {
-                        Some(c) => self.command(c).await,
+                        Some(ToDriver::Command(c)) => self.command(c).await,
+                        Some(ToDriver::Add(side, reply)) => {
+                            let _ = reply.send(self.add(*side));
+                        }
                         None => self.commands = None,
                     },
                     _ = retry_at(self.addr_retry) => {
@@ -391,6 +394,11 @@ impl Driver {
                 }
                 self.execute().await;
                 self.publish_groups();
+                // A reload removed the last instance here: nothing left to run.
+                if self.drop_removed() && self.sides.is_empty() {
+                    info!("no instance left on this interface; its driver stops");
+                    break;
+                }
                 // A resigning master stays until its successor advertises
                 // (or its release timer fires) and its VIPs are released.
                 if self.stopping && self.router.is_done() && self.draining.is_empty() {
@@ -575,6 +583,16 @@ impl Driver {
                 Err(format!("{name}: priority 255 is the address owner's and is not overridden"))
             }
             Ask::Reconfigure(r) => Ok(self.reconfigure(i, *r).await),
+            Ask::Remove => {
+                let was = self.router.view(c.vrid).map(|v| v.state);
+                self.router.remove(now, c.vrid);
+                Ok(match was {
+                    Some(State::Master) => {
+                        format!("{name}: removed: priority 0 sent; its VIPs go once the new master advertises")
+                    }
+                    _ => format!("{name}: removed"),
+                })
+            }
             Ask::Priority(p) => {
                 self.sides[i].priority_override = p;
                 self.sides[i].inst.stats.priority_override.store(p.unwrap_or(0), Ordering::Relaxed);
@@ -590,6 +608,42 @@ impl Driver {
             Err(why) => warn!(instance = %name, "operator command refused: {why}"),
         }
         let _ = c.reply.send(answer);
+    }
+
+    /// A reload adds `inst` to this interface: it starts at once.
+    fn add(&mut self, inst: InstanceSide) -> Result<String, String> {
+        let (vrid, name) = (inst.spec.vrid, inst.spec.name.clone());
+        if self.side(vrid).is_some() {
+            return Err(format!("vrrp instance {name:?}: VRID {vrid} is in use on {}", self.ifname));
+        }
+        self.router.add(Instant::now(), inst.spec.clone(), Arc::clone(&inst.stats));
+        self.sides.push(Side {
+            inst,
+            tracker_fault: false,
+            group_fault: false,
+            group_lowered: 0,
+            priority_override: None,
+        });
+        let i = self.sides.len() - 1;
+        self.follow_trackers(i);
+        self.follow_group(i);
+        let state = self.router.view(vrid).map_or(State::Initialize, |v| v.state);
+        info!(vrid, "instance {name:?} added by a reload ({state})");
+        Ok(format!("{name}: added ({state})"))
+    }
+
+    /// Instances a reload removed leave once stopped and released (their
+    /// VIPs waiting on the drain gate first). True if one left.
+    fn drop_removed(&mut self) -> bool {
+        let draining: Vec<u8> = self.draining.iter().map(|(v, _)| *v).collect();
+        let gone = self.router.take_removed(|v| !draining.contains(&v));
+        for vrid in &gone {
+            if let Some(i) = self.sides.iter().position(|s| s.vrid() == *vrid) {
+                let side = self.sides.remove(i);
+                info!(vrid, "instance {:?} removed", side.inst.spec.name);
+            }
+        }
+        !gone.is_empty()
     }
 
     /// A reload's settings for instance `i`: the router takes them in
@@ -831,7 +885,7 @@ async fn retry_at(at: Option<Instant>) {
 
 /// The next operator command; `None` once the sender is gone; never
 /// without a channel.
-async fn next_command(commands: &mut Option<mpsc::UnboundedReceiver<Command>>) -> Option<Command> {
+async fn next_command(commands: &mut Option<mpsc::UnboundedReceiver<ToDriver>>) -> Option<ToDriver> {
     match commands {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,

@@ -3,8 +3,11 @@
 //! through: each driver answers the commands for its instances.
 
 use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 
 use tokio::sync::{mpsc, oneshot};
+
+use super::driver::InstanceSide;
 
 use super::notify::Hooks;
 use super::router::InstanceSpec;
@@ -34,6 +37,10 @@ pub enum Ask {
     Priority(Option<u8>),
     /// A reload: these settings from now on, without a transition.
     Reconfigure(Box<Reconfigured>),
+    /// A reload removes the instance: it stops as on a planned stop
+    /// (priority 0 from a master, its VIPs kept until the new master
+    /// advertises), then leaves.
+    Remove,
 }
 
 /// A command on its way to the driver of instance `vrid`.
@@ -47,23 +54,49 @@ pub struct Command {
     pub reply: oneshot::Sender<Result<String, String>>,
 }
 
-/// Where each instance's commands go, by instance name.
+/// What a driver is told.
+#[derive(Debug)]
+pub enum ToDriver {
+    /// A change to one of its instances.
+    Command(Command),
+    /// A reload adds an instance to it; the answer says what happened.
+    Add(Box<InstanceSide>, oneshot::Sender<Result<String, String>>),
+}
+
+/// A driver's inbox.
+pub type DriverInbox = mpsc::UnboundedSender<ToDriver>;
+
+/// Where each instance's commands go, by instance name. Clones share the
+/// map: a reload's additions and removals are seen by every holder.
 #[derive(Debug, Clone, Default)]
 pub struct Operator {
-    by_name: HashMap<String, (u8, mpsc::UnboundedSender<Command>)>,
+    by_name: Arc<RwLock<HashMap<String, (u8, DriverInbox)>>>,
 }
 
 impl Operator {
     /// Commands for instance `name` (VRID `vrid`) go to `driver`.
-    pub fn add(&mut self, name: String, vrid: u8, driver: mpsc::UnboundedSender<Command>) {
-        self.by_name.insert(name, (vrid, driver));
+    pub fn add(&self, name: String, vrid: u8, driver: DriverInbox) {
+        self.by_name.write().unwrap_or_else(|p| p.into_inner()).insert(name, (vrid, driver));
+    }
+
+    /// Instance `name` is gone (a reload removed it).
+    pub fn forget(&self, name: &str) {
+        self.by_name.write().unwrap_or_else(|p| p.into_inner()).remove(name);
     }
 
     /// Asks instance `name` for `ask`; the answer says what happened.
     pub async fn ask(&self, name: &str, ask: Ask) -> Result<String, String> {
-        let (vrid, driver) = self.by_name.get(name).ok_or_else(|| format!("no vrrp instance {name:?}"))?;
+        let (vrid, driver) = self
+            .by_name
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+            .ok_or_else(|| format!("no vrrp instance {name:?}"))?;
         let (reply, answer) = oneshot::channel();
-        driver.send(Command { vrid: *vrid, ask, reply }).map_err(|_| "the VRRP thread is gone".to_string())?;
+        driver
+            .send(ToDriver::Command(Command { vrid, ask, reply }))
+            .map_err(|_| "the VRRP thread is gone".to_string())?;
         answer.await.map_err(|_| "the VRRP thread did not answer".to_string())?
     }
 }

@@ -173,6 +173,8 @@ struct Member {
     tracker_fault: bool,
     group_fault: bool,
     stopping: bool,
+    /// A reload removes it: it leaves once stopped.
+    removing: bool,
     burst: Option<Burst>,
     /// A hand-over's VIPs go then ([`HANDOVER_HOLD`]).
     release_at: Option<Instant>,
@@ -186,6 +188,41 @@ impl Member {
 
     fn usable(&self, link_up: bool) -> bool {
         self.usable_alone(link_up) && !self.group_fault
+    }
+
+    /// `spec` on an interface holding `addresses`, where `all_vips` are
+    /// every instance's VIPs (never a source).
+    fn new(
+        family: Family,
+        spec: InstanceSpec,
+        stats: Arc<Stats>,
+        addresses: &[(IpAddr, bool)],
+        all_vips: &[IpAddr],
+    ) -> Member {
+        let source = source_for(family, &spec, addresses, all_vips);
+        let primary = source.unwrap_or(match family {
+            Family::V4 => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            Family::V6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        });
+        let fsm = Fsm::new(params_of(&spec, primary));
+        Member {
+            spec,
+            fsm,
+            stats,
+            source,
+            tracker_fault: false,
+            group_fault: false,
+            stopping: false,
+            removing: false,
+            burst: None,
+            release_at: None,
+            last_owner_warning: None,
+        }
+    }
+
+    /// Stopped and nothing left to release.
+    fn is_stopped(&self) -> bool {
+        self.stopping && self.fsm.state() != State::Master && self.release_at.is_none()
     }
 }
 
@@ -232,29 +269,8 @@ impl Router {
     ) -> Self {
         let family = instances.first().map_or(Family::V4, |(s, _)| s.family());
         let all_vips: Vec<IpAddr> = instances.iter().flat_map(|(s, _)| s.virtual_ips.iter().copied()).collect();
-        let members = instances
-            .into_iter()
-            .map(|(spec, stats)| {
-                let source = source_for(family, &spec, addresses, &all_vips);
-                let primary = source.unwrap_or(match family {
-                    Family::V4 => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-                    Family::V6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
-                });
-                let fsm = Fsm::new(params_of(&spec, primary));
-                Member {
-                    spec,
-                    fsm,
-                    stats,
-                    source,
-                    tracker_fault: false,
-                    group_fault: false,
-                    stopping: false,
-                    burst: None,
-                    release_at: None,
-                    last_owner_warning: None,
-                }
-            })
-            .collect();
+        let members =
+            instances.into_iter().map(|(spec, stats)| Member::new(family, spec, stats, addresses, &all_vips)).collect();
         Router { family, mac, link_up, addresses: addresses.to_vec(), members, outputs: VecDeque::new() }
     }
 
@@ -269,19 +285,54 @@ impl Router {
     /// upgrade`), if its link is up and it has an address to send from.
     pub fn start_inheriting(&mut self, now: Instant, inherited: &[(u8, Inherited)]) {
         for i in 0..self.members.len() {
-            let m = &mut self.members[i];
-            let carried = inherited.iter().find(|(vrid, _)| *vrid == m.spec.vrid).map(|(_, s)| *s);
-            match carried {
-                Some(s) if self.link_up && m.source.is_some() => m.fsm.resume(now, s),
-                _ => m.fsm.handle(now, Event::Startup),
-            }
-            if !self.link_up {
-                m.fsm.handle(now, Event::LinkDown);
-            } else if m.source.is_none() {
-                m.fsm.handle(now, Event::NoAddress);
-            }
-            self.pump(now, i);
+            let vrid = self.members[i].spec.vrid;
+            let carried = inherited.iter().find(|(v, _)| *v == vrid).map(|(_, s)| *s);
+            self.start_member(now, i, carried);
         }
+    }
+
+    fn start_member(&mut self, now: Instant, i: usize, carried: Option<Inherited>) {
+        let m = &mut self.members[i];
+        match carried {
+            Some(s) if self.link_up && m.source.is_some() => m.fsm.resume(now, s),
+            _ => m.fsm.handle(now, Event::Startup),
+        }
+        if !self.link_up {
+            m.fsm.handle(now, Event::LinkDown);
+        } else if m.source.is_none() {
+            m.fsm.handle(now, Event::NoAddress);
+        }
+        self.pump(now, i);
+    }
+
+    /// A reload adds instance `spec`: it starts at once, as at start (as
+    /// backup, or master as the address owner, or in fault).
+    pub fn add(&mut self, now: Instant, spec: InstanceSpec, stats: Arc<Stats>) {
+        let mut all_vips: Vec<IpAddr> = self.members.iter().flat_map(|m| m.spec.virtual_ips.iter().copied()).collect();
+        all_vips.extend(spec.virtual_ips.iter().copied());
+        self.members.push(Member::new(self.family, spec, stats, &self.addresses, &all_vips));
+        self.start_member(now, self.members.len() - 1, None);
+    }
+
+    /// A reload removes instance `vrid`: it stops as on a planned stop (a
+    /// master sends priority 0 and keeps its VIPs until its successor
+    /// speaks), then leaves ([`Router::take_removed`]). False if unknown.
+    pub fn remove(&mut self, now: Instant, vrid: u8) -> bool {
+        let Some(i) = self.index(vrid) else { return false };
+        self.members[i].removing = true;
+        self.members[i].stopping = true;
+        self.members[i].fsm.handle(now, Event::Shutdown);
+        self.pump(now, i);
+        true
+    }
+
+    /// The removed instances whose stop is complete and that `may_leave`
+    /// says may go (nothing of theirs left to do outside): they leave now.
+    pub fn take_removed(&mut self, may_leave: impl Fn(u8) -> bool) -> Vec<u8> {
+        let leaves = |m: &Member| m.removing && m.is_stopped() && may_leave(m.spec.vrid);
+        let gone: Vec<u8> = self.members.iter().filter(|m| leaves(m)).map(|m| m.spec.vrid).collect();
+        self.members.retain(|m| !leaves(m));
+        gone
     }
 
     /// Begins every instance's planned stop: a master sends priority 0 and
@@ -296,7 +347,7 @@ impl Router {
 
     /// Every instance stopped and has nothing left to release.
     pub fn is_done(&self) -> bool {
-        self.members.iter().all(|m| m.stopping && m.fsm.state() != State::Master && m.release_at.is_none())
+        self.members.iter().all(Member::is_stopped)
     }
 
     /// The next thing to do.
@@ -946,6 +997,38 @@ mod tests {
         let zero =
             lan.log.iter().any(|(_, _, o)| matches!(o, Output::Send { message, .. } if message.get(2) == Some(&0)));
         assert!(!zero, "a priority 0 was sent");
+    }
+
+    #[test]
+    fn a_reload_adds_an_instance_as_backup_and_removes_one_make_before_break() {
+        let mut lan = pair();
+        lan.start();
+        lan.run_until(lan.at(1000));
+        // VRID 52 added on both: the higher priority ends up master, and
+        // VRID 51 is not disturbed.
+        for (node, prio) in [(0, 150), (1, 100)] {
+            let stats = Arc::new(Stats::new(&spec(52, prio), "eth0", Vec::new(), None));
+            lan.nodes[node].router.add(lan.now, spec(52, prio), stats);
+        }
+        lan.flush();
+        assert_eq!((lan.state(0, 52), lan.state(1, 52)), (State::Backup, State::Backup), "added as backup");
+        lan.run_until(lan.at(2000));
+        assert_eq!((lan.state(0, 52), lan.state(1, 52)), (State::Master, State::Backup));
+        assert_eq!((lan.state(0, 51), lan.state(1, 51)), (State::Master, State::Backup));
+        // Removed from A: priority 0, its VIPs kept until B advertises, then
+        // it leaves the router; B took over after Skew_Time.
+        assert!(lan.nodes[0].router.remove(lan.now, 52));
+        assert!(lan.nodes[0].router.take_removed(|_| true).is_empty(), "still holding its VIPs");
+        lan.run_until(lan.at(2500));
+        let took = lan.became(1, State::Master, 2000 * MS).expect("B took over 52");
+        assert!(took <= 2000 * MS + 61 * MS, "{took:?}");
+        let released =
+            lan.log.iter().any(|(t, i, o)| *i == 0 && *t >= took && matches!(o, Output::ReleaseVips { vrid: 52, .. }));
+        assert!(released, "A released 52's VIPs after B's advert");
+        assert!(!lan.nodes[0].router.take_removed(|v| v != 52).contains(&52), "not while its release waits");
+        assert_eq!(lan.nodes[0].router.take_removed(|_| true), vec![52]);
+        assert!(lan.nodes[0].router.view(52).is_none());
+        assert_eq!(lan.state(0, 51), State::Master, "51 unaffected");
     }
 
     #[test]

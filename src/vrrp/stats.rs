@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::SystemTime;
 
 use serde::Serialize;
@@ -20,6 +20,28 @@ use super::track::TrackerStatus;
 
 /// Most distinct peer addresses remembered, so spoofed sources cannot grow memory.
 const MAX_PEERS: usize = 32;
+
+/// The running instances' counters, in config order; a reload adds and
+/// removes instances, so `/status` looks them up each time.
+#[derive(Debug, Default)]
+pub struct StatsList(RwLock<Vec<Arc<Stats>>>);
+
+impl StatsList {
+    /// These, in this order.
+    pub fn new(stats: Vec<Arc<Stats>>) -> Self {
+        StatsList(RwLock::new(stats))
+    }
+
+    /// All of them.
+    pub fn list(&self) -> Vec<Arc<Stats>> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Replaces the list (after a reload).
+    pub fn set(&self, stats: Vec<Arc<Stats>>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = stats;
+    }
+}
 
 /// Counters and state of one instance, written by the instance and read by
 /// the control server. Counters are atomics; the rest changes on
@@ -198,6 +220,11 @@ fn unix_seconds(t: SystemTime) -> f64 {
 }
 
 impl Stats {
+    /// The instance's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// Empty counters for the instance `spec` on `interface`, whose VIPs
     /// read `virtual_ips` (with their prefixes) and whose trackers are `tracking`.
     pub fn new(
