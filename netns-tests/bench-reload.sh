@@ -4,18 +4,20 @@
 # README's table.
 #   vrrp: lb1 (150) and lb2 (100) at 100 ms adverts; lb1's priority goes to
 #         140 (not crossing lb2's) by a reload: keepalived's (SIGHUP) or
-#         vipd's (`vipd reload`). From a capture on the client: lb1's
-#         longest advert gap, priority-0 adverts, and the transitions both
-#         nodes log.
+#         vipd's (`vipd reload`); then a new binary on lb1: keepalived has
+#         no upgrade but a restart (SIGTERM, start again), vipd `vipd
+#         upgrade`. From a capture on the client: lb1's longest advert gap,
+#         its priority-0 adverts, and lb2's transitions (a failover).
 #   http: a proxy on lb1 over app1 and app2, RELOADS reloads 300 ms apart
 #         (a backend weight changed each time), under LOOPS clients each
-#         opening a new connection as fast as curl can plus one keep-alive
-#         client at 50 requests/s: HAProxy's `-sf` reload (a new process
+#         opening a new connection as fast as curl can, one keep-alive
+#         client at 50 requests/s, and wrk (-c WRK_CONNS, a new connection
+#         per request: Connection: close) for the heavy end: HAProxy's `-sf` reload (a new process
 #         binds, the old one finishes and exits; Debian 12's 2.6, no
 #         master-worker, no socket transfer) and vipd's. Failed requests of
 #         each client kind (refused, reset, timed out or not 200).
 # Env: VIPD (default ../target/release/vipd), RELOADS (10), LOOPS (4),
-#      PARTS ("vrrp http").
+#      WRK_CONNS (32), PARTS ("vrrp http").
 NT_DIR0=$(cd "$(dirname "$0")" && pwd)
 export VIPD=${VIPD:-$NT_DIR0/../target/release/vipd}
 source "$NT_DIR0/lib.sh"
@@ -23,6 +25,7 @@ source "$NT_DIR0/lib-http.sh"
 need_root
 RELOADS=${RELOADS:-10}
 LOOPS=${LOOPS:-4}
+WRK_CONNS=${WRK_CONNS:-32}
 PARTS=${PARTS:-vrrp http}
 if [[ ! -x $VIPD ]]; then
     log "$VIPD missing, building the release binary"
@@ -32,16 +35,18 @@ need_lb_pair
 ensure_pkg tcpdump tcpdump
 ensure_pkg keepalived keepalived
 ensure_pkg_nosvc haproxy haproxy
+ensure_pkg wrk wrk
 
-# vrrp_case KIND: one priority change by a reload; prints a table row.
+# vrrp_case KIND: one priority change by a reload, then a new binary;
+# adds two table rows.
 vrrp_case() {
-    local kind=$1 conf adverts gap zeros t1 t2
+    local kind=$1 conf adverts gap zeros t2 answer
     topo_up lb1 lb2 client
     start_node "$kind" lb1 150 100ms 3 true
     start_node "$kind" lb2 100 100ms 3 true
     wait_pair_settled lb1 lb2 5000
     sleep 1
-    t1=$(node_transitions lb1); t2=$(node_transitions lb2)
+    t2=$(node_transitions lb2)
     start_capture client "$WORK/$kind.pcap" "ip proto 112"
     sleep 1
     if [[ $kind == keepalived ]]; then
@@ -57,11 +62,35 @@ vrrp_case() {
     stop_capture "$CAPTURE_PID"
     adverts=$(read_capture "$WORK/$kind.pcap" | grep -F " ${HOST_IP[lb1]} > 224.0.0.18: VRRP")
     grep -q "prio 140," <<<"$adverts" || fail "$kind: lb1 does not advertise 140 after its reload"
-    zeros=$(grep -c "prio 0," <<<"$adverts" || true)
-    gap=$(awk '{ t = $1 * 1000; if (p && t - p > g) g = t - p; p = t } END { printf "%.0f", g }' <<<"$adverts")
-    ROWS+=("$(printf '| %-10s | priority 150 -> 140 by reload | %s ms | %s | %s | %s |' "$kind" "$gap" "$zeros" \
-        "$(($(node_transitions lb1) - t1))" "$(($(node_transitions lb2) - t2))")")
+    vrrp_row "$kind" "priority 150 -> 140 by reload" "$adverts" "$(($(node_transitions lb2) - t2))"
+
+    t2=$(node_transitions lb2)
+    start_capture client "$WORK/$kind-upgrade.pcap" "ip proto 112"
+    sleep 1
+    if [[ $kind == keepalived ]]; then
+        kill -TERM "${NODE_PID[lb1]}"
+        reap_node lb1 >/dev/null || true
+        start_keepalived lb1 "$conf" "$WORK/lb1.log"
+        local what="new binary: restart"
+    else
+        answer=$("$VIPD" upgrade --socket "$WORK/lb1.sock") || fail "vipd upgrade was refused: $answer"
+        NODE_PID[lb1]=$(sed -n 's/^upgraded: pid \([0-9]*\) took over.*/\1/p' <<<"$answer")
+        EXTRA_PIDS+=("${NODE_PID[lb1]}")
+        local what="new binary: vipd upgrade"
+    fi
+    sleep 4
+    stop_capture "$CAPTURE_PID"
+    adverts=$(read_capture "$WORK/$kind-upgrade.pcap" | grep -F " ${HOST_IP[lb1]} > 224.0.0.18: VRRP")
+    vrrp_row "$kind" "$what" "$adverts" "$(($(node_transitions lb2) - t2))"
     topo_down
+}
+
+# vrrp_row KIND CHANGE ADVERTS LB2_TRANSITIONS: one row from lb1's adverts.
+vrrp_row() {
+    local zeros gap
+    zeros=$(grep -c "prio 0," <<<"$3" || true)
+    gap=$(awk '{ t = $1 * 1000; if (p && t - p > g) g = t - p; p = t } END { printf "%.0f", g }' <<<"$3")
+    ROWS+=("$(printf '| %-10s | %s | %s ms | %s | %s |' "$1" "$2" "$gap" "$zeros" "$4")")
 }
 
 # http_case KIND: RELOADS reloads under load; prints a table row.
@@ -89,6 +118,10 @@ http_case() {
     done
     start_keepalive_loop client "$url" $((dur * 50 / 1000)) 50/s "$WORK/$kind.keepalive"
     local kpid=$CLIENT_PID
+    ns_exec client timeout --kill-after=5 $((dur / 1000 + 30)) wrk -t1 -c"$WRK_CONNS" -d"$((dur / 1000))s" --timeout 2s \
+        -H "Connection: close" "$url" >"$WORK/$kind.wrk" 2>&1 &
+    local wpid=$!
+    EXTRA_PIDS+=("$wpid")
     sleep 1
     for ((i = 1; i <= RELOADS; i++)); do
         w=$((i % 2 + 1))
@@ -105,22 +138,26 @@ http_case() {
     done
     for i in "${loops[@]}"; do wait_client_loop "$i" "$dur" 2; done
     wait_client_loop "$kpid" "$dur" 10
+    wait_client_loop "$wpid" "$dur" 30
+    local wrk_req wrk_err
+    wrk_req=$(awk '/requests in/ { print $1 }' "$WORK/$kind.wrk")
+    wrk_err=$(awk '/Socket errors:/ { gsub(/,/, ""); e += $4 + $6 + $8 + $10 } /Non-2xx or 3xx responses:/ { e += $NF } END { print e + 0 }' "$WORK/$kind.wrk")
     for ((i = 0; i < LOOPS; i++)); do
         eval "$(loop_stats "$WORK/$kind.loop$i" 0)"
         fails=$((fails + failed)); all=$((all + total))
     done
     eval "$(keepalive_stats "$WORK/$kind.keepalive")"
-    ROWS+=("$(printf '| %-10s | %d reloads, 300 ms apart | %d / %d | %d / %d |' "$kind" "$RELOADS" "$fails" "$all" "$ka_failed" "$ka_total")")
+    ROWS+=("$(printf '| %-10s | %d reloads, 300 ms apart | %d / %d | %d / %d | %s / %s |' "$kind" "$RELOADS" "$fails" "$all" "$ka_failed" "$ka_total" "$wrk_err" "${wrk_req:-NA}")")
     topo_down
 }
 
 ROWS=()
 if [[ " $PARTS " == *" vrrp "* ]]; then
-    ROWS+=("| VRRP       | change | lb1's longest advert gap (100 ms adverts) | priority-0 adverts | lb1 transitions | lb2 transitions |")
+    ROWS+=("| VRRP       | change | lb1's longest advert gap (100 ms adverts) | priority-0 adverts from lb1 | lb2 transitions |")
     for k in keepalived vipd; do vrrp_case "$k"; done
 fi
 if [[ " $PARTS " == *" http "* ]]; then
-    ROWS+=("| HTTP       | change | failed / new connections ($LOOPS loops) | failed / keep-alive requests |")
+    ROWS+=("| HTTP       | change | failed / curl new connections ($LOOPS loops) | failed / keep-alive requests | wrk errors / requests (-c $WRK_CONNS, Connection: close) |")
     for k in haproxy vipd; do http_case "$k"; done
 fi
 printf '%s\n' "${ROWS[@]}"
