@@ -8,7 +8,7 @@ need_root
 need_vipd
 UNIT="$NT_DIR/../systemd/vipd.service"
 command -v systemd-analyze >/dev/null || ensure_pkg systemd-analyze systemd
-sed "s|/usr/local/bin/vipd|$VIPD|g" "$UNIT" >"$WORK/vipd.service"
+sed "s|/usr/sbin/vipd|$VIPD|g" "$UNIT" >"$WORK/vipd.service"
 out=$(systemd-analyze verify "$WORK/vipd.service" 2>&1) || fail "verify failed: $out"
 [[ -z $out ]] || fail "verify is not clean: $out"
 exposure=$(systemd-analyze security --offline=true "$UNIT" 2>&1 | awk '/Overall exposure level/ { print $(NF-2) }')

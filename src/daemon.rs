@@ -45,6 +45,9 @@ const ANSWER_GRACE: Duration = Duration::from_millis(200);
 pub fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
     // Before any thread: it edits the environment.
     let predecessor = Predecessor::from_env();
+    if config.vrrp.is_empty() && config.http.is_empty() {
+        warn!("{}: nothing configured yet: serving the control endpoint only (add a [[vrrp]] or [[http]] section and reload)", config_path.display());
+    }
     // The installed binary and how it was started, for `vipd upgrade` (a
     // package upgrade replaces the file; the path stays).
     let exe = std::env::current_exe().ok();
@@ -586,8 +589,8 @@ async fn reload(path: &Path, running: &mut Config, targets: &ReloadTargets<'_>) 
         // it refuses the reload before anything changed.
         let mut changed = proxy.apply(&new.http)?;
         running.http = new.http.clone();
-        // Removed instances resign first, so a VIP that moves to an added
-        // one is released before it is claimed there... by this node.
+        // Removed instances resign first: a VIP moving from a removed
+        // instance to an added one is let go before it is claimed again.
         for old in running.vrrp.iter().filter(|o| !new.vrrp.iter().any(|n| n.spec.name == o.spec.name)) {
             changed.push(operator.ask(&old.spec.name, Ask::Remove).await?);
             operator.forget(&old.spec.name);
@@ -604,6 +607,12 @@ async fn reload(path: &Path, running: &mut Config, targets: &ReloadTargets<'_>) 
         }
         let mut stats = targets.stats.list();
         stats.retain(|s| new.vrrp.iter().any(|n| n.spec.name == s.name()));
+        // `/status` in the file's order, also when an addition fails.
+        let publish = |stats: &mut Vec<Arc<Stats>>| {
+            stats.sort_by_key(|s| new.vrrp.iter().position(|n| n.spec.name == s.name()));
+            targets.stats.set(stats.clone());
+        };
+        publish(&mut stats);
         let added: Vec<VrrpConfig> =
             new.vrrp.iter().filter(|n| !running.vrrp.iter().any(|o| o.spec.name == n.spec.name)).cloned().collect();
         for n in &added {
@@ -633,11 +642,9 @@ async fn reload(path: &Path, running: &mut Config, targets: &ReloadTargets<'_>) 
             operator.add(n.spec.name.clone(), n.spec.vrid, inbox);
             changed.push(what);
             stats.push(st);
+            publish(&mut stats);
             running.vrrp.push(n.clone());
         }
-        // In the file's order.
-        stats.sort_by_key(|s| new.vrrp.iter().position(|n| n.spec.name == s.name()));
-        targets.stats.set(stats);
         *running = new;
         Ok(if changed.is_empty() {
             "reloaded: nothing changed".to_string()

@@ -64,6 +64,14 @@ enum Command {
         #[arg(long, default_value = vipd::config::DEFAULT_CONTROL_SOCKET)]
         socket: PathBuf,
     },
+    /// Print a manual page in roff: `vipd` (vipd(8)) or `vipd.toml`
+    /// (vipd.toml(5)), for packaging.
+    #[command(hide = true)]
+    Manpage {
+        /// Which page.
+        #[arg(value_parser = ["vipd", "vipd.toml"])]
+        page: String,
+    },
     /// Take a backend out of rotation or put it back, over the control socket.
     Backend {
         /// drain: no new requests, those in flight finish; disable: the same,
@@ -107,8 +115,20 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run { config } => run(config),
         Command::Check { config } => match vipd::config::load(&config) {
+            Ok(c) if c.vrrp.is_empty() && c.http.is_empty() => {
+                println!(
+                    "{}: ok, but nothing is configured yet: vipd would only serve its control endpoint (add a [[vrrp]] or [[http]] section)",
+                    config.display()
+                );
+                Ok(())
+            }
             Ok(c) => {
-                println!("{}: ok ({} vrrp instance(s))", config.display(), c.vrrp.len());
+                println!(
+                    "{}: ok ({} vrrp instance(s), {} http listener(s))",
+                    config.display(),
+                    c.vrrp.len(),
+                    c.http.len()
+                );
                 Ok(())
             }
             Err(e) => {
@@ -127,6 +147,7 @@ fn main() -> ExitCode {
         }
         Command::Reload { socket } => command(&socket, "reload"),
         Command::Upgrade { socket } => command(&socket, "upgrade"),
+        Command::Manpage { page } => manpage(&page),
         Command::Backend { action, listener, address, socket } => {
             command(&socket, &format!("backend {action} {listener} {address}"))
         }
@@ -155,6 +176,19 @@ fn run(path: PathBuf) -> anyhow::Result<()> {
 
 /// Sends one command line to the daemon's control socket and prints the
 /// answer; an `error:` answer is an error.
+/// Writes manual page `page` to stdout.
+fn manpage(page: &str) -> anyhow::Result<()> {
+    let mut out = Vec::new();
+    if page == "vipd" {
+        use clap::CommandFactory;
+        clap_mangen::Man::new(Cli::command().name("vipd")).section("8").render(&mut out)?;
+    } else {
+        out = vipd::manpage::vipd_toml_5(include_str!("../README.md"), env!("CARGO_PKG_VERSION")).into_bytes();
+    }
+    std::io::stdout().write_all(&out)?;
+    Ok(())
+}
+
 fn command(socket: &std::path::Path, line: &str) -> anyhow::Result<()> {
     let mut stream = std::os::unix::net::UnixStream::connect(socket)
         .with_context(|| format!("connecting to {} (is vipd running, and are you root?)", socket.display()))?;
