@@ -137,7 +137,7 @@ sed -i 's/^priority = 140$/priority = 300/' "$WORK/lb1.toml"
 if out=$(reload_ctl lb1 2>&1); then fail "a bad file was taken: $out"; fi
 [[ $out == *"lb1.toml:"*":"*"vrrp.priority = 300"* ]] || fail "the refusal does not name the place: $out"
 [[ $(vipd_json lb1 | jq -r '.config.last_reload.ok') == false ]] || fail "/status does not show the refused reload"
-ns_exec lb1 curl -s -m 1 "http://$CONTROL/metrics" | grep -x 'vipd_config_last_reload_successful{} 0' >/dev/null ||
+ns_exec lb1 curl -s -m 1 "http://$CONTROL/metrics" | grep -x 'vipd_config_last_reload_successful 0' >/dev/null ||
     fail "/metrics does not show the refused reload"
 cp "$WORK/lb1.good" "$WORK/lb1.toml"
 sed -i "s/^vrid = $VRID$/vrid = 52/" "$WORK/lb1.toml"

@@ -21,7 +21,6 @@ use tokio::net::{TcpListener, UnixListener, UnixStream};
 use tracing::{debug, info, warn};
 
 use crate::proxy::backends::{Admin, HttpListeners, PoolSnapshot};
-use crate::vrrp::fsm::State;
 use crate::vrrp::operator::{Ask, Operator};
 use crate::vrrp::stats::{Snapshot, StatsList};
 use crate::vrrp::sync::{GroupShared, GroupSnapshot};
@@ -192,7 +191,11 @@ fn respond(req: &Request<Incoming>, sources: &Sources) -> Response<Full<Bytes>> 
             }
             Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", format!("{e}\n")),
         },
-        "/metrics" => reply(StatusCode::OK, "text/plain; version=0.0.4", metrics(&sources.status())),
+        "/metrics" => reply(
+            StatusCode::OK,
+            crate::metrics::CONTENT_TYPE,
+            crate::metrics::render(sources.status(), sources.http.list()),
+        ),
         "/" => reply(StatusCode::OK, "text/html; charset=utf-8", page(&sources.status())),
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found: try /status, /metrics or /\n".into()),
     }
@@ -203,152 +206,6 @@ fn reply(status: StatusCode, content_type: &'static str, body: String) -> Respon
     *r.status_mut() = status;
     r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     r
-}
-
-/// Prometheus text exposition of the status.
-pub fn metrics(status: &Status) -> String {
-    let mut out = String::new();
-    let mut family = |name: &str, kind: &str, help: &str, rows: &mut dyn Iterator<Item = (String, u64)>| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for (labels, value) in rows {
-            let _ = writeln!(out, "{name}{{{labels}}} {value}");
-        }
-    };
-    let id = |s: &Snapshot| format!("instance=\"{}\",vrid=\"{}\"", escape(&s.name), s.vrid);
-    let c = &status.config;
-    family(
-        "vipd_config_last_reload_successful",
-        "gauge",
-        "1 when the last reload was taken (or none was asked for), 0 when it was refused.",
-        &mut std::iter::once((String::new(), u64::from(c.last_reload.as_ref().is_none_or(|r| r.ok)))),
-    );
-    family(
-        "vipd_config_last_reload_success_timestamp_seconds",
-        "gauge",
-        "When the running configuration was loaded.",
-        &mut std::iter::once((String::new(), c.loaded_at as u64)),
-    );
-    let states = [State::Initialize, State::Backup, State::Master, State::Fault];
-    family(
-        "vipd_vrrp_state",
-        "gauge",
-        "1 for the state the instance is in.",
-        &mut status.vrrp.iter().flat_map(|s| {
-            states.iter().map(move |st| (format!("{},state=\"{}\"", id(s), st.name()), u64::from(s.state == st.name())))
-        }),
-    );
-    family(
-        "vipd_vrrp_effective_priority",
-        "gauge",
-        "Priority after tracking: what the instance advertises.",
-        &mut status.vrrp.iter().map(|s| (id(s), u64::from(s.effective_priority))),
-    );
-    family(
-        "vipd_vrrp_tracker_failing",
-        "gauge",
-        "1 while the tracker fails.",
-        &mut status.vrrp.iter().flat_map(|s| {
-            s.trackers
-                .iter()
-                .map(move |t| (format!("{},tracker=\"{}:{}\"", id(s), t.kind, escape(&t.name)), u64::from(t.failing)))
-        }),
-    );
-    family(
-        "vipd_notify_runs_total",
-        "counter",
-        "Notify hook runs by state and result.",
-        &mut status
-            .vrrp
-            .iter()
-            .map(|s| ("instance", &s.name, &s.notify_runs))
-            .chain(status.sync_groups.iter().map(|g| ("group", &g.name, &g.notify_runs)))
-            .flat_map(|(kind, name, runs)| {
-                runs.iter().map(move |r| {
-                    (format!("{kind}=\"{}\",state=\"{}\",result=\"{}\"", escape(name), r.state, r.result), r.runs)
-                })
-            }),
-    );
-    family(
-        "vipd_vrrp_transitions_total",
-        "counter",
-        "State changes since start.",
-        &mut status.vrrp.iter().map(|s| (id(s), s.transitions)),
-    );
-    family(
-        "vipd_vrrp_adverts_received_total",
-        "counter",
-        "Valid adverts received from other routers.",
-        &mut status.vrrp.iter().map(|s| (id(s), s.rx.adverts)),
-    );
-    family(
-        "vipd_vrrp_packets_dropped_total",
-        "counter",
-        "Received packets dropped, by reason.",
-        &mut status
-            .vrrp
-            .iter()
-            .flat_map(|s| s.rx.dropped.iter().map(move |(reason, n)| (format!("{},reason=\"{reason}\"", id(s)), *n))),
-    );
-    family(
-        "vipd_vrrp_adverts_sent_total",
-        "counter",
-        "Adverts sent.",
-        &mut status.vrrp.iter().map(|s| (id(s), s.tx.adverts)),
-    );
-    family(
-        "vipd_vrrp_gratuitous_arps_sent_total",
-        "counter",
-        "Gratuitous ARP frames sent.",
-        &mut status.vrrp.iter().map(|s| (id(s), s.tx.garps)),
-    );
-    family(
-        "vipd_vrrp_netlink_errors_total",
-        "counter",
-        "Failed virtual address changes.",
-        &mut status.vrrp.iter().map(|s| (id(s), s.tx.netlink_errors)),
-    );
-    family(
-        "vipd_vrrp_vip_restored_total",
-        "counter",
-        "Virtual addresses found deleted under the master and put back.",
-        &mut status.vrrp.iter().map(|s| (id(s), s.tx.vips_restored)),
-    );
-    let backend_rows = |f: fn(&crate::proxy::backends::BackendSnapshot) -> u64| {
-        status.http.iter().flat_map(move |p| {
-            p.backends
-                .iter()
-                .map(move |b| (format!("listener=\"{}\",backend=\"{}\"", escape(&p.name), b.address), f(b)))
-        })
-    };
-    family(
-        "vipd_http_backend_healthy",
-        "gauge",
-        "1 if the backend gets new requests.",
-        &mut backend_rows(|b| u64::from(b.healthy)),
-    );
-    family(
-        "vipd_http_backend_in_flight",
-        "gauge",
-        "Requests being served by the backend now.",
-        &mut backend_rows(|b| b.in_flight),
-    );
-    family(
-        "vipd_http_backend_requests_total",
-        "counter",
-        "Requests sent to the backend.",
-        &mut backend_rows(|b| b.requests),
-    );
-    family(
-        "vipd_http_backend_failures_total",
-        "counter",
-        "Connect errors, broken connections, timeouts and 5xx answers.",
-        &mut backend_rows(|b| b.failures),
-    );
-    out
-}
-
-fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 fn html_escape(s: &str) -> String {

@@ -8,6 +8,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod manpage;
+pub mod metrics;
 pub mod net;
 pub mod proxy;
 pub mod systemd;

@@ -193,6 +193,10 @@ fn set_read_timeout(chan: &OwnedFd, timeout: Duration) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
+fn exited(status: &std::process::ExitStatus) -> String {
+    format!("the new process exited before it was ready ({status})")
+}
+
 /// The new process, as the old one sees it.
 #[derive(Debug)]
 pub struct Successor {
@@ -248,10 +252,26 @@ impl Successor {
             send(&successor.chan, &message, &fds)
         };
         if let Err(e) = sent {
+            // Most likely it exited already (a bad file): say so.
+            let why = successor.exit_status(Duration::from_secs(1)).map_or(e, |status| exited(&status));
             successor.abandon();
-            return Err(e);
+            return Err(why);
         }
         Ok(successor)
+    }
+
+    /// Its exit status if it exits within `within`.
+    fn exit_status(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Its PID.
@@ -266,20 +286,14 @@ impl Successor {
         set_read_timeout(&self.chan, Duration::from_millis(200))?;
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(format!("the new process exited before it was ready ({status})"));
+                return Err(exited(&status));
             }
             match receive(&self.chan) {
                 Ok(None) => {}
                 Ok(Some((Message::Ready { .. }, _))) => return Ok(()),
                 Ok(Some((other, _))) => return Err(format!("the new process said {other:?} instead of ready")),
-                Err(e) => {
-                    // Most likely it exited: say so, with its status.
-                    std::thread::sleep(Duration::from_millis(100));
-                    if let Ok(Some(status)) = self.child.try_wait() {
-                        return Err(format!("the new process exited before it was ready ({status})"));
-                    }
-                    return Err(e);
-                }
+                // Most likely it exited: say so, with its status.
+                Err(e) => return Err(self.exit_status(Duration::from_secs(1)).map_or(e, |status| exited(&status))),
             }
         }
         Err(format!("the new process was not ready within {timeout:?}"))

@@ -1253,3 +1253,64 @@ async fn a_reload_swaps_backends_in_place_and_adds_and_removes_listeners() {
         x.kill();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_parse_as_prometheus_text_and_count_what_the_proxy_did() {
+    let a = backend("a").await;
+    let (addr, _pool, p) = proxy(&[a.addr], "retries = 0");
+    for _ in 0..5 {
+        assert_eq!(get(addr, "/", &[]).await.0, 200);
+    }
+    assert_eq!(get(addr, "/fail", &[]).await.0, 500);
+    // One the proxy answers itself: a bad request head.
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n").await.expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    assert!(out.starts_with(b"HTTP/1.1 400"), "{:?}", String::from_utf8_lossy(&out));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let sources = vipd::control::Sources {
+        vrrp: Default::default(),
+        http: p.listeners(),
+        groups: Vec::new(),
+        config: vipd::control::ConfigState::new(Path::new("t.toml")),
+    };
+    let text = vipd::metrics::render(sources.status(), sources.http.list());
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).expect("parses");
+    let value = |name: &str, labels: &[(&str, &str)]| {
+        scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .map(|s| match &s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => *v,
+                other => panic!("{name}: {other:?}"),
+            })
+            .unwrap_or_else(|| panic!("no {name} {labels:?} in\n{text}"))
+    };
+    let backend = a.addr.to_string();
+    let b = [("listener", "t"), ("backend", backend.as_str())];
+    assert_eq!(value("vipd_http_backend_requests_total", &b), 6.0);
+    assert_eq!(value("vipd_http_backend_responses_total", &[b[0], b[1], ("class", "2xx")]), 5.0);
+    assert_eq!(value("vipd_http_backend_responses_total", &[b[0], b[1], ("class", "5xx")]), 1.0);
+    assert_eq!(value("vipd_http_responses_total", &[("listener", "t"), ("class", "4xx")]), 1.0, "the proxy's own 400");
+    assert_eq!(value("vipd_http_responses_total", &[("listener", "t"), ("class", "2xx")]), 5.0);
+    assert_eq!(value("vipd_http_connections_accepted_total", &[("listener", "t")]), 7.0);
+    assert!(value("vipd_http_sent_bytes_total", &[("listener", "t")]) >= 5.0);
+    assert_eq!(value("vipd_build_info", &[("version", env!("CARGO_PKG_VERSION"))]), 1.0);
+    assert_eq!(value("vipd_config_last_reload_successful", &[]), 1.0);
+    let hist = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == "vipd_http_backend_response_seconds" && s.labels.get("backend") == Some(backend.as_str()))
+        .unwrap_or_else(|| panic!("no response-time histogram in\n{text}"));
+    let prometheus_parse::Value::Histogram(buckets) = &hist.value else { panic!("{hist:?}") };
+    let inf = buckets.iter().find(|c| c.less_than.is_infinite()).map(|c| c.count);
+    assert_eq!(inf, Some(6.0), "every backend answer timed: {buckets:?}");
+    assert!(text.ends_with("# EOF\n"));
+    p.shutdown();
+    a.kill();
+}

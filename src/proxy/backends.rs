@@ -17,6 +17,7 @@ use serde::Serialize;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use super::balance::Selector;
+use super::meter::{BackendMeter, ListenerMeter};
 use crate::config::HttpConfig;
 
 /// One app server.
@@ -40,6 +41,8 @@ pub struct Backend {
     max_conns: usize,
     /// What the operator set ([`Admin`] as u8).
     admin: AtomicU8,
+    /// For `/metrics`.
+    meter: Arc<BackendMeter>,
 }
 
 /// A backend's administrative state (`vipd backend drain|disable|enable`).
@@ -87,6 +90,7 @@ impl Backend {
             slots: (max_conns > 0).then(|| Arc::new(Semaphore::new(max_conns))),
             max_conns,
             admin: AtomicU8::new(Admin::Enabled as u8),
+            meter: Arc::default(),
         }
     }
 
@@ -105,8 +109,14 @@ impl Backend {
             requests: load64(&self.requests),
             failures: load64(&self.failures),
             admin: AtomicU8::new(self.admin.load(Ordering::Relaxed)),
+            meter: Arc::clone(&self.meter),
             ..copy
         }
+    }
+
+    /// Its meters, for `/metrics`.
+    pub fn meter(&self) -> &BackendMeter {
+        &self.meter
     }
 
     /// What the operator set.
@@ -190,6 +200,7 @@ struct Shared {
     /// What trackers of this listener see, published on every change.
     health: watch::Sender<Health>,
     members: RwLock<Members>,
+    meter: Arc<ListenerMeter>,
 }
 
 impl Shared {
@@ -279,6 +290,7 @@ impl Pool {
                 active_checks: config.health.is_some(),
                 eject_cooldown: config.eject_cooldown,
             }),
+            meter: Arc::default(),
         });
         Arc::new(Pool::build(config, backends, 0, shared))
     }
@@ -424,6 +436,11 @@ impl Pool {
     pub fn eject_cooldown(&self) -> Duration {
         self.config.eject_cooldown
     }
+
+    /// The listener's meters, for `/metrics`.
+    pub fn meter(&self) -> &Arc<ListenerMeter> {
+        &self.shared.meter
+    }
 }
 
 /// One listener across reloads: the current [`Pool`] generation, swapped
@@ -456,6 +473,11 @@ impl ListenerPool {
     /// The listener's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The listener's meters, for `/metrics`.
+    pub fn meter(&self) -> &Arc<ListenerMeter> {
+        &self.shared.meter
     }
 
     /// The current generation.

@@ -152,8 +152,15 @@ pub async fn handle(
     mut req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let mut done = Completion::default();
+    let started = Instant::now();
+    let meter = Arc::clone(pool.meter());
+    // The proxy's own answers are counted here, the backends' below.
+    let local = |status: StatusCode, text: &'static str, done: Completion| {
+        meter.responses.count(status.as_u16());
+        meter.request_time.observe(started.elapsed());
+        local(status, text, done)
+    };
     if pool.config.access_log && tracing::enabled!(target: "access", tracing::Level::INFO) {
-        let started = Instant::now();
         done.log = Some(Box::new(AccessLog {
             client,
             method: req.method().to_string(),
@@ -200,8 +207,12 @@ pub async fn handle(
                 return local(StatusCode::SERVICE_UNAVAILABLE, QUEUE_TIMEOUT.2, done);
             }
         };
-        let Some(addr) = pool.backends().get(i).map(|b| b.address) else { break };
+        let Some(backend) = pool.backends().get(i).map(Arc::clone) else { break };
+        let addr = backend.address;
         attempts += 1;
+        if attempts > 1 {
+            meter.retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         tried.push(i);
         if let Some(l) = done.log.as_mut() {
             l.backend = Some(addr);
@@ -218,8 +229,14 @@ pub async fn handle(
             }
         };
         let Some(request) = req.take() else { break };
+        let sent_at = Instant::now();
         match tokio::time::timeout(pool.config.response_timeout, conn.send(request)).await {
             Ok(Ok(mut resp)) => {
+                let status = resp.status().as_u16();
+                backend.meter().responses.count(status);
+                backend.meter().response_time.observe(sent_at.elapsed());
+                meter.responses.count(status);
+                meter.request_time.observe(started.elapsed());
                 if resp.status().is_server_error() {
                     if pool.failed(i) {
                         warn!(backend = %addr, "backend ejected after consecutive failures");

@@ -67,6 +67,9 @@ async fn check_loop(listener: Arc<ListenerPool>, backend: Arc<Backend>, cfg: Hea
     loop {
         ticker.tick().await;
         let result = check_once(addr, &cfg).await;
+        let meter = backend.meter();
+        let counter = if result.is_ok() { &meter.checks_passed } else { &meter.checks_failed };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if let Some(up) = verdicts.observe(result.is_ok()) {
             listener.set_active_healthy(&backend, up);
             match &result {

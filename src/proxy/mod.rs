@@ -8,5 +8,6 @@ pub mod forward;
 pub mod h1;
 pub mod health;
 pub mod idle;
+pub mod meter;
 pub mod server;
 pub mod upstream;

@@ -395,9 +395,11 @@ async fn serve(
         let mut stop = stop.clone();
         let alive = alive.clone();
         let (idle, idle_h2) = (Arc::clone(&idle), Arc::clone(&idle_h2));
+        let open = pool.meter().connection();
         tokio::spawn(async move {
             let _permit = permit;
             let _alive = alive;
+            let _open = open;
             let accepted = Instant::now();
             if let Ended::H2(stream, read) = conn::serve(stream, peer, &pool, &idle, &mut stop).await {
                 let io = Prefixed { read, pos: 0, stream };

@@ -13,6 +13,7 @@
 //! connection.
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant as StdInstant;
 
@@ -129,7 +130,12 @@ pub async fn serve(
     loop {
         let cfg = &pool.config;
         if c.buf.is_empty() {
-            if *stop.borrow() {
+            // A stop (a planned stop, an upgrade) closes idle keep-alive
+            // connections, whose clients may send again elsewhere. A new
+            // connection's first request is on its way, though: it is
+            // waited for (as long as a request head may take) and answered,
+            // with `Connection: close`, not dropped unread.
+            if !first && *stop.borrow() {
                 return Ended::Closed;
             }
             c.buf.shrink();
@@ -138,7 +144,7 @@ pub async fn serve(
                 biased;
                 r = c.buf.read_from(&mut c.stream, cfg.max_header_size) => r,
                 _ = tokio::time::sleep_until(idle_until) => return Ended::Closed,
-                _ = stop.changed() => return Ended::Closed,
+                _ = stop.changed(), if !first => return Ended::Closed,
             };
             if !matches!(read, Ok(n) if n > 0) {
                 return Ended::Closed;
@@ -166,11 +172,13 @@ pub async fn serve(
             match parsed {
                 Ok(Some(r)) if r.head_len <= cfg.max_header_size => break r,
                 Ok(Some(_)) | Err(HeadError::TooManyHeaders) => {
+                    pool.meter().responses.count(431);
                     c.reply(431, "Request Header Fields Too Large", "request head too large\n", true).await;
                     c.linger().await;
                     return Ended::Closed;
                 }
                 Ok(None) if c.buf.len() >= cfg.max_header_size => {
+                    pool.meter().responses.count(431);
                     c.reply(431, "Request Header Fields Too Large", "request head too large\n", true).await;
                     c.linger().await;
                     return Ended::Closed;
@@ -181,6 +189,7 @@ pub async fn serve(
                         Ok(_) => return Ended::Closed,
                         Err(_) => {
                             debug!(%peer, "client did not finish its request head in time");
+                            pool.meter().responses.count(408);
                             c.reply(408, "Request Timeout", "request head timed out\n", true).await;
                             return Ended::Closed;
                         }
@@ -189,6 +198,7 @@ pub async fn serve(
                 Err(e) => {
                     let (status, reason) = e.status();
                     debug!(%peer, why = %e, status, "request refused");
+                    pool.meter().responses.count(status);
                     c.reply(status, reason, refusal_text(&e), true).await;
                     c.linger().await;
                     return Ended::Closed;
@@ -257,6 +267,10 @@ struct Answer {
     status: u16,
     /// Body bytes sent to the client.
     bytes: u64,
+    /// Request body bytes taken from the client.
+    uploaded: u64,
+    /// From the request's first byte sent to the response head.
+    head_after: Duration,
     /// The whole response went out.
     complete: bool,
     keep_client: bool,
@@ -337,6 +351,8 @@ async fn forward(
     stop: &watch::Receiver<bool>,
 ) -> Next {
     let cfg = &pool.config;
+    let meter = pool.meter();
+    let started = StdInstant::now();
     let mut log = (cfg.access_log && tracing::enabled!(target: "access", tracing::Level::INFO)).then(|| {
         let head = c.buf.filled();
         let text = |r: std::ops::Range<usize>| String::from_utf8_lossy(head.get(r).unwrap_or_default()).into_owned();
@@ -374,8 +390,12 @@ async fn forward(
                 break;
             }
         };
-        let Some(addr) = pool.backends().get(i).map(|b| b.address) else { break };
+        let Some(backend) = pool.backends().get(i) else { break };
+        let addr = backend.address;
         attempts += 1;
+        if attempts > 1 {
+            meter.retries.fetch_add(1, Ordering::Relaxed);
+        }
         tried.push(i);
         if let Some(l) = log.as_mut() {
             l.backend = Some(addr);
@@ -403,6 +423,12 @@ async fn forward(
         let outcome = exchange(c, &mut up, req, up_head, &mut body, pool, stop).await;
         match outcome {
             Exchange::Answered(a) => {
+                backend.meter().responses.count(a.status);
+                backend.meter().response_time.observe(a.head_after);
+                meter.responses.count(a.status);
+                meter.bytes_out.fetch_add(a.bytes, Ordering::Relaxed);
+                meter.bytes_in.fetch_add(a.uploaded, Ordering::Relaxed);
+                meter.request_time.observe(started.elapsed());
                 // 501 and 505 answer the client's method or version, not a
                 // failing backend.
                 if a.status >= 500 && a.status != 501 && a.status != 505 {
@@ -429,6 +455,8 @@ async fn forward(
                 };
             }
             Exchange::Switched => {
+                backend.meter().responses.count(101);
+                meter.responses.count(101);
                 pool.succeeded(i);
                 let mut in_flight = in_flight;
                 in_flight.release_slot();
@@ -449,11 +477,13 @@ async fn forward(
             }
             Exchange::ClientStalled => {
                 debug!(peer = %c.peer, backend = %addr, "client stalled inside its request body");
+                meter.responses.count(408);
                 c.reply_logged(log, (408, "Request Timeout", "request body timed out\n"), true).await;
                 return Next::Linger;
             }
             Exchange::BadRequestBody(e) => {
                 debug!(peer = %c.peer, backend = %addr, error = %e, "bad request body");
+                meter.responses.count(400);
                 c.reply_logged(log, (400, "Bad Request", "bad request body\n"), true).await;
                 return Next::Linger;
             }
@@ -496,6 +526,8 @@ async fn forward(
     // A body the client is still sending cannot be skipped over.
     let unread_body = !body.is_done();
     let close = !req.keep_alive || unread_body || *stop.borrow();
+    meter.responses.count(failure.0);
+    meter.request_time.observe(started.elapsed());
     let sent = c.reply_logged(log, failure, close).await;
     match (sent, close, unread_body) {
         (true, false, _) => Next::KeepOpen,
@@ -516,13 +548,18 @@ async fn exchange(
     stop: &watch::Receiver<bool>,
 ) -> Exchange {
     let cfg = &pool.config;
+    let started = Instant::now();
+    let mut uploaded = 0u64;
     // First write: the head and as much of the body as has arrived. (After
     // an upgrade's head, bytes are not the backend's until it switches.)
     c.out.clear();
     c.out.extend_from_slice(up_head);
     if !body.is_done() {
         match body.relay(c.buf.filled(), &mut c.out, false) {
-            Ok(n) => c.buf.consume(n),
+            Ok(n) => {
+                uploaded += n as u64;
+                c.buf.consume(n)
+            }
             Err(e) => return Exchange::BadRequestBody(e),
         }
     }
@@ -600,7 +637,10 @@ async fn exchange(
                         return Exchange::ClientGone;
                     }
                     match body.relay(c.buf.filled(), &mut pending, false) {
-                        Ok(n) => c.buf.consume(n),
+                        Ok(n) => {
+                            uploaded += n as u64;
+                            c.buf.consume(n)
+                        }
                         Err(e) => return Exchange::BadRequestBody(e),
                     }
                     deadline = Instant::now() + cfg.response_timeout;
@@ -619,6 +659,7 @@ async fn exchange(
         }
     };
     up.buf.consume(resp.head_len);
+    let head_after = started.elapsed();
     if resp.status == 101 {
         return Exchange::Switched;
     }
@@ -668,6 +709,8 @@ async fn exchange(
     Exchange::Answered(Answer {
         status: resp.status,
         bytes,
+        uploaded,
+        head_after,
         complete,
         keep_client: complete && !resp.close_client && body.is_done(),
         reuse,
