@@ -15,8 +15,9 @@
 #   3. an instance (VRID 52, on a virtual MAC: a driver of its own) added
 #      on both nodes: lb1 master of it, lb2 backup; removed from lb1: lb1
 #      resigns, lb2 takes its VIP over, then lb1's macvlan goes; removed
-#      from lb2: its macvlan goes; one more (VRID 53) added on lb1 only,
-#      beside web: master alone, its VIP claimed, released on removal;
+#      from lb2: its macvlan goes; one more (VRID 53, tracking web's
+#      backends) added on lb1 only, beside web: master alone, its tracker
+#      in /status, its VIP claimed, released on removal;
 #   4. a bad file (priority = 300) is refused with its file:line:col, shown
 #      in /status and /metrics, and nothing changes; so is a change a reload
 #      cannot take (the VRID);
@@ -105,8 +106,9 @@ api_state() { vipd_json "$1" | jq -r '.vrrp[] | select(.name == "api") | .state'
 api_is() { [[ $(api_state "$1") == "$2" ]]; }
 for h in lb1 lb2; do cp "$WORK/$h.toml" "$WORK/$h.without-api"; done
 api_section 150 >>"$WORK/lb1.toml"
-# and one on lb1 only, beside web (the same driver): master alone.
-printf '\n[[vrrp]]\nname = "cache"\ninterface = "eth0"\nvrid = 53\npriority = 120\nadvert_interval = "100ms"\nvirtual_ips = ["%s/24"]\n' "$VIP4" >>"$WORK/lb1.toml"
+# and one on lb1 only, beside web (the same driver), tracking web's
+# backends: master alone.
+printf '\n[[vrrp]]\nname = "cache"\ninterface = "eth0"\nvrid = 53\npriority = 120\nadvert_interval = "100ms"\nvirtual_ips = ["%s/24"]\ntrack_http = [{ listener = "web", weight = 20 }]\n' "$VIP4" >>"$WORK/lb1.toml"
 api_section 100 >>"$WORK/lb2.toml"
 for h in lb1 lb2; do
     answer=$(reload_ctl $h) || fail "$h: adding an instance was refused: $answer"
@@ -116,6 +118,8 @@ wait_for 3000 api_is lb1 master || fail "the added instance on lb1 is $(api_stat
 api_is lb2 backup || fail "the added instance on lb2 is $(api_state lb2)"
 wait_for 1000 addr_on lb1 vrrp.52 "$VIP3" || fail "lb1 did not claim $VIP3 on its virtual MAC interface"
 wait_for 2000 addr_on lb1 eth0 "$VIP4" || fail "lb1 did not claim $VIP4 for the added instance cache"
+cache=$(vipd_json lb1 | jq -c '.vrrp[] | select(.name == "cache") | [.effective_priority, .trackers[0].kind, .trackers[0].failing]')
+[[ $cache == '[120,"http",false]' ]] || fail "the added instance's tracker: $cache"
 cp "$WORK/lb1.without-api" "$WORK/lb1.toml"
 answer=$(reload_ctl lb1) || fail "removing an instance was refused: $answer"
 log "lb1: $answer"

@@ -565,6 +565,34 @@ impl StopSignals {
 /// [`crate::config::reload_refusal`]); otherwise, or when the file is bad,
 /// the running configuration stays and the answer says why. Either way
 /// `/status` and `/metrics` show the outcome.
+/// Starts the probes of `instance`, added by a reload, on the probe runtime:
+/// its tracked interfaces get link watches of their own.
+fn start_probes(
+    targets: &ReloadTargets<'_>,
+    config: &Config,
+    instance: &str,
+    tracking: &Arc<TrackShared>,
+) -> Result<(), String> {
+    let mut senders = HashMap::new();
+    let mut links = HashMap::new();
+    for t in tracking.watched() {
+        if let Watched::Interface { name } = t {
+            let (tx, rx) = watch::channel(false);
+            senders.insert(name.clone(), tx);
+            links.insert(name, rx);
+        }
+    }
+    if !senders.is_empty() {
+        let _entered = targets.hooks.enter();
+        watch_links(senders)
+            .map_err(|e| format!("vrrp instance {instance:?}: following its tracked interfaces: {e}"))?;
+    }
+    let pools = targets.proxy.listeners();
+    let sources = probe::Sources { pools: pools.as_ref(), links: &links, scripts: &config.scripts };
+    probe::start(&targets.hooks, &[(instance.to_string(), Arc::clone(tracking))], &sources);
+    Ok(())
+}
+
 /// What a reload changes.
 struct ReloadTargets<'a> {
     operator: Operator,
@@ -594,6 +622,12 @@ async fn reload(path: &Path, running: &mut Config, targets: &ReloadTargets<'_>) 
         for old in running.vrrp.iter().filter(|o| !new.vrrp.iter().any(|n| n.spec.name == o.spec.name)) {
             changed.push(operator.ask(&old.spec.name, Ask::Remove).await?);
             operator.forget(&old.spec.name);
+            // Its probes stop (a script shared with others goes on for them).
+            for st in targets.stats.list().iter().filter(|s| s.name() == old.spec.name) {
+                if let Some(t) = st.tracking() {
+                    t.retire();
+                }
+            }
         }
         running.vrrp.retain(|o| new.vrrp.iter().any(|n| n.spec.name == o.spec.name));
         for n in &new.vrrp {
@@ -616,7 +650,12 @@ async fn reload(path: &Path, running: &mut Config, targets: &ReloadTargets<'_>) 
         let added: Vec<VrrpConfig> =
             new.vrrp.iter().filter(|n| !running.vrrp.iter().any(|o| o.spec.name == n.spec.name)).cloned().collect();
         for n in &added {
-            let st = Arc::new(stats_for(n, None));
+            let tracking =
+                (!n.trackers.is_empty()).then(|| TrackShared::new(Trackers::new(n.spec.priority, n.trackers.clone())));
+            if let Some(t) = &tracking {
+                start_probes(targets, &new, &n.spec.name, t)?;
+            }
+            let st = Arc::new(stats_for(n, tracking.clone()));
             let hooks = (!n.notify.is_empty()).then(|| {
                 let queue = HookQueue::start(
                     &targets.hooks,
@@ -630,7 +669,7 @@ async fn reload(path: &Path, running: &mut Config, targets: &ReloadTargets<'_>) 
                 spec: n.spec.clone(),
                 vips: n.virtual_ips.clone(),
                 stats: Arc::clone(&st),
-                tracking: None,
+                tracking,
                 hooks,
                 group: None,
             };

@@ -29,12 +29,34 @@ const HEALTH_REFRESH: Duration = Duration::from_secs(1);
 pub struct TrackShared {
     trackers: Mutex<Trackers>,
     changed: Notify,
+    /// Set when a reload removed the instance: its probes stop.
+    retired: watch::Sender<bool>,
 }
 
 impl TrackShared {
     /// Shares `trackers`.
     pub fn new(trackers: Trackers) -> Arc<Self> {
-        Arc::new(TrackShared { trackers: Mutex::new(trackers), changed: Notify::new() })
+        Arc::new(TrackShared {
+            trackers: Mutex::new(trackers),
+            changed: Notify::new(),
+            retired: watch::channel(false).0,
+        })
+    }
+
+    /// The instance is gone (a reload removed it): its probes stop, and a
+    /// script shared with other instances goes on for them only.
+    pub fn retire(&self) {
+        self.retired.send_replace(true);
+    }
+
+    fn is_retired(&self) -> bool {
+        *self.retired.borrow()
+    }
+
+    /// Resolves once the instance is retired.
+    async fn retirement(&self) {
+        let mut rx = self.retired.subscribe();
+        let _ = rx.wait_for(|r| *r).await;
     }
 
     fn lock(&self) -> MutexGuard<'_, Trackers> {
@@ -52,6 +74,11 @@ impl TrackShared {
     /// Resolves once some verdict changed since the last call.
     pub async fn changed(&self) {
         self.changed.notified().await;
+    }
+
+    /// What each tracker watches, in order.
+    pub fn watched(&self) -> Vec<Watched> {
+        self.lock().specs().map(|s| s.watched.clone()).collect()
     }
 
     /// The effective priority now, without its explanation.
@@ -85,8 +112,7 @@ pub struct Sources<'a> {
 pub fn start(runtime: &tokio::runtime::Handle, instances: &[(String, Arc<TrackShared>)], sources: &Sources<'_>) {
     let mut script_users: HashMap<&str, Vec<(Arc<TrackShared>, usize)>> = HashMap::new();
     for (instance, shared) in instances {
-        let specs: Vec<Watched> = shared.lock().specs().map(|s| s.watched.clone()).collect();
-        for (i, watched) in specs.into_iter().enumerate() {
+        for (i, watched) in shared.watched().into_iter().enumerate() {
             let shared = Arc::clone(shared);
             match watched {
                 Watched::Http { listener, .. } => match sources.pools.find(&listener) {
@@ -129,6 +155,7 @@ async fn follow_listener(pool: Arc<ListenerPool>, shared: Arc<TrackShared>, i: u
                 return;
             },
             _ = tokio::time::sleep(HEALTH_REFRESH) => pool.publish_health(),
+            _ = shared.retirement() => return,
         }
     }
 }
@@ -155,19 +182,28 @@ async fn follow_link(
         }
     };
     shared.observe(i, Observed::Link(up));
-    while link.changed().await.is_ok() {
+    loop {
+        tokio::select! {
+            changed = link.changed() => if changed.is_err() { return },
+            _ = shared.retirement() => return,
+        }
         let up = *link.borrow_and_update();
         shared.observe(i, Observed::Link(up));
     }
 }
 
-/// Runs one check script every interval for all its users.
-async fn run_script(spec: ScriptSpec, users: Vec<(Arc<TrackShared>, usize)>) {
+/// Runs one check script every interval for all its users, until none is
+/// left (a reload removed them).
+async fn run_script(spec: ScriptSpec, mut users: Vec<(Arc<TrackShared>, usize)>) {
     let mut verdict = Hysteresis::new(spec.rise, spec.fall, true);
     let mut ticker = tokio::time::interval(spec.interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
+        users.retain(|(shared, _)| !shared.is_retired());
+        if users.is_empty() {
+            return;
+        }
         let ok = run_check(&spec).await;
         if let Some(now_ok) = verdict.observe(ok) {
             if now_ok {
@@ -194,5 +230,35 @@ async fn run_check(spec: &ScriptSpec) -> bool {
             debug!(script = spec.name, error = %e, "check script failed to run");
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vrrp::track::TrackerSpec;
+
+    fn tracked(name: &str) -> Arc<TrackShared> {
+        let spec = TrackerSpec { watched: Watched::Script { name: name.into() }, weight: 10 };
+        TrackShared::new(Trackers::new(100, vec![spec]))
+    }
+
+    #[tokio::test]
+    async fn a_script_stops_once_every_user_is_retired() {
+        let spec = ScriptSpec {
+            name: "ok".into(),
+            command: vec!["/bin/true".into()],
+            interval: Duration::from_millis(10),
+            timeout: Duration::from_secs(1),
+            rise: 1,
+            fall: 1,
+        };
+        let (a, b) = (tracked("ok"), tracked("ok"));
+        let task = tokio::spawn(run_script(spec, vec![(Arc::clone(&a), 0), (Arc::clone(&b), 0)]));
+        a.retire();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!task.is_finished(), "b still uses it");
+        b.retire();
+        tokio::time::timeout(Duration::from_secs(2), task).await.expect("stopped").expect("no panic");
     }
 }

@@ -225,6 +225,11 @@ impl Stats {
         &self.name
     }
 
+    /// Its trackers, if it has any.
+    pub fn tracking(&self) -> Option<&Arc<TrackShared>> {
+        self.tracking.as_ref()
+    }
+
     /// Empty counters for the instance `spec` on `interface`, whose VIPs
     /// read `virtual_ips` (with their prefixes) and whose trackers are `tracking`.
     pub fn new(
