@@ -23,6 +23,11 @@ enum Command {
         /// Configuration file.
         #[arg(long, short, default_value = "/etc/vipd/vipd.toml")]
         config: PathBuf,
+        /// Log lines as text for people, or one JSON object per line for a
+        /// log pipeline. Under systemd (JOURNAL_STREAM set) text carries
+        /// no timestamp of its own: the journal adds one.
+        #[arg(long, value_parser = ["text", "json"], default_value = "text")]
+        log_format: String,
     },
     /// Validate a configuration file; exit 1 with `file:line:col: message` on error.
     Check {
@@ -113,7 +118,7 @@ enum VrrpAction {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { config } => run(config),
+        Command::Run { config, log_format } => run(config, &log_format),
         Command::Check { config } => match vipd::config::load(&config) {
             Ok(c) if c.vrrp.is_empty() && c.http.is_empty() => {
                 println!(
@@ -161,15 +166,16 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(path: PathBuf) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+fn run(path: PathBuf, log_format: &str) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let journal = std::env::var_os("JOURNAL_STREAM").is_some();
+    match (log_format, journal) {
+        ("json", _) => logs.json().flatten_event(true).init(),
+        (_, true) => logs.without_time().with_ansi(false).init(),
+        _ => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
     let config = vipd::config::load(&path)?;
     vipd::daemon::run(config, &path)
 }

@@ -1314,3 +1314,25 @@ async fn metrics_parse_as_prometheus_text_and_count_what_the_proxy_did() {
     p.shutdown();
     a.kill();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_reaches_the_backend_with_one_request_id() {
+    let a = backend("a").await;
+    let (addr, _, p) = proxy(&[a.addr], "");
+    let id_of = |body: &str| {
+        let ids: Vec<String> =
+            body.lines().filter_map(|l| l.strip_prefix("x-request-id: ")).map(str::to_string).collect();
+        assert_eq!(ids.len(), 1, "{body}");
+        ids[0].clone()
+    };
+    // None sent: one of ours, 16 hex digits, new each time.
+    let (_, _, body) = get(addr, "/headers", &[]).await;
+    let ours = id_of(&body);
+    assert!(ours.len() == 16 && ours.bytes().all(|b| b.is_ascii_hexdigit()), "{ours}");
+    assert_ne!(id_of(&get(addr, "/headers", &[]).await.2), ours);
+    // A valid one is kept; an invalid one is replaced.
+    assert_eq!(id_of(&get(addr, "/headers", &[("X-Request-Id", "trace-7f3e:1")]).await.2), "trace-7f3e:1");
+    assert_ne!(id_of(&get(addr, "/headers", &[("X-Request-Id", "a\"b")]).await.2), "a\"b");
+    p.shutdown();
+    a.kill();
+}

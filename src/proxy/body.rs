@@ -69,6 +69,8 @@ pub struct AccessLog {
     pub backend: Option<SocketAddr>,
     /// When the request arrived.
     pub started: Instant,
+    /// Its `X-Request-Id`, as the backend got it.
+    pub request_id: String,
 }
 
 impl AccessLog {
@@ -84,6 +86,7 @@ impl AccessLog {
             bytes,
             duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
             complete,
+            request_id = %self.request_id,
         );
     }
 }

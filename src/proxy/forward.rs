@@ -16,7 +16,7 @@ use tracing::{debug, warn};
 
 use super::backends::{NotAdmitted, Pool, QUEUE_TIMEOUT};
 use super::body::{AccessLog, Completion, ProxyBody, UpstreamBody};
-use super::h1::wire::{is_hop_by_hop, is_idempotent, is_valid_authority, looks_like_framing};
+use super::h1::wire::{is_hop_by_hop, is_idempotent, is_valid_authority, is_valid_request_id, looks_like_framing};
 use super::idle::IdleConns;
 use super::upstream::connect_for_upgrade;
 use super::upstream::Upstream;
@@ -24,6 +24,7 @@ use super::upstream::Upstream;
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Removes hop-by-hop headers in place: the same rule as the HTTP/1
 /// path's ([`is_hop_by_hop`]), and whatever `Connection` names.
@@ -74,6 +75,23 @@ pub fn add_forwarded(headers: &mut HeaderMap, client: SocketAddr, host: HeaderVa
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
     headers.insert(X_FORWARDED_HOST.clone(), host.clone());
     headers.insert(HOST, host);
+}
+
+/// One `X-Request-Id`: the client's if it sent exactly one valid one, else
+/// a fresh one (as on the HTTP/1 path, [`super::h1::wire::ensure_request_id`]).
+/// Returns it.
+fn ensure_request_id(headers: &mut HeaderMap) -> String {
+    let mut sent = headers.get_all(&X_REQUEST_ID).iter();
+    if let (Some(v), None) = (sent.next(), sent.next()) {
+        if is_valid_request_id(v.as_bytes()) {
+            return String::from_utf8_lossy(v.as_bytes()).into_owned();
+        }
+    }
+    let id = format!("{:016x}", fastrand::u64(..));
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        headers.insert(X_REQUEST_ID.clone(), v);
+    }
+    id
 }
 
 fn is_upgrade(req: &Request<Incoming>) -> bool {
@@ -168,6 +186,7 @@ pub async fn handle(
             status: 0,
             backend: None,
             started,
+            request_id: String::new(),
         }));
     }
     let Some(host) = request_host(&req) else {
@@ -183,6 +202,10 @@ pub async fn handle(
     *req.version_mut() = Version::HTTP_11;
     strip_hop_by_hop(req.headers_mut());
     add_forwarded(req.headers_mut(), client, host);
+    let id = ensure_request_id(req.headers_mut());
+    if let Some(l) = done.log.as_mut() {
+        l.request_id = id;
+    }
     let (parts, body) = req.into_parts();
     // A request can be sent again after its connection broke only if it is
     // idempotent and has no body to replay.

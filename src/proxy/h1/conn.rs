@@ -206,12 +206,15 @@ pub async fn serve(
             }
         };
         first = false;
+        let mut req = req;
         if req.needs_host {
             // What the client connected to is the host it meant.
             if let Ok(local) = c.stream.local_addr() {
                 wire::insert_host(&mut up_head, &local.to_string());
             }
         }
+        // The backend and the access log see the same id.
+        req.request_id = wire::ensure_request_id(&mut up_head, fastrand::u64(..));
         match forward(&mut c, &req, &up_head, &pool, idle, stop).await {
             Next::KeepOpen => {}
             Next::Close => return Ended::Closed,
@@ -363,6 +366,7 @@ async fn forward(
             status: 0,
             backend: None,
             started: StdInstant::now(),
+            request_id: String::from_utf8_lossy(up_head.get(req.request_id.clone()).unwrap_or_default()).into_owned(),
         })
     });
     c.buf.consume(req.head_len);

@@ -118,6 +118,9 @@ pub struct Request {
     /// An HTTP/1.0 request named no host: the head sent upstream (as
     /// HTTP/1.1, which requires one) needs [`insert_host`].
     pub needs_host: bool,
+    /// Where the upstream head's `X-Request-Id` value is, once
+    /// [`ensure_request_id`] made sure of one.
+    pub request_id: Range<usize>,
 }
 
 /// Parses a request head at the start of `input` and, if complete, writes
@@ -296,6 +299,7 @@ fn parse_request_as_given(input: &[u8], client: IpAddr, out: &mut Vec<u8>) -> Re
         idempotent: is_idempotent(method),
         upgrade,
         needs_host: host.is_none(),
+        request_id: 0..0,
     }))
 }
 
@@ -305,6 +309,51 @@ pub fn insert_host(head: &mut Vec<u8>, host: &str) {
     let at = head.windows(2).position(|w| w == b"\r\n").map_or(0, |i| i + 2);
     let field = format!("host: {host}\r\n");
     head.splice(at..at, field.bytes());
+}
+
+/// Longest `X-Request-Id` taken from a client.
+const MAX_REQUEST_ID: usize = 128;
+
+/// A request id a client may choose: 1 to 128 of letters, digits and
+/// `-_.:+=/` (what common tracing ids and UUIDs use; nothing a log line or a
+/// field could be split on).
+pub fn is_valid_request_id(v: &[u8]) -> bool {
+    (1..=MAX_REQUEST_ID).contains(&v.len()) && v.iter().all(|b| b.is_ascii_alphanumeric() || b"-_.:+=/".contains(b))
+}
+
+/// Gives an upstream head exactly one `X-Request-Id`: the client's if it
+/// sent exactly one valid one, else `fresh` in hex (the client's fields are
+/// dropped). Returns where the id's value is in `head`.
+pub fn ensure_request_id(head: &mut Vec<u8>, fresh: u64) -> std::ops::Range<usize> {
+    const NAME: &[u8] = b"x-request-id:";
+    // Field lines: (start, end without CRLF), after the request line.
+    let mut ids = Vec::new();
+    let mut at = head.windows(2).position(|w| w == b"\r\n").map_or(head.len(), |i| i + 2);
+    while let Some(len) = head[at..].windows(2).position(|w| w == b"\r\n") {
+        if len == 0 {
+            break;
+        }
+        let line = &head[at..at + len];
+        if line.len() >= NAME.len() && line[..NAME.len()].eq_ignore_ascii_case(NAME) {
+            ids.push((at, at + len));
+        }
+        at += len + 2;
+    }
+    if let [(start, end)] = ids[..] {
+        let value_start = start + NAME.len() + head[start + NAME.len()..end].iter().take_while(|b| **b == b' ').count();
+        if is_valid_request_id(&head[value_start..end]) {
+            return value_start..end;
+        }
+    }
+    for (start, end) in ids.into_iter().rev() {
+        head.drain(start..end + 2);
+    }
+    // Before the blank line that ends the head.
+    let end = head.len().saturating_sub(2);
+    let field = format!("x-request-id: {fresh:016x}\r\n");
+    head.splice(end..end, field.bytes());
+    let value = end + "x-request-id: ".len();
+    value..value + 16
 }
 
 /// What the response head depends on besides its own bytes.
@@ -1073,6 +1122,35 @@ fn trailer_may_pass(line: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_request_gets_one_request_id_the_clients_if_valid() {
+        let head =
+            |fields: &str| format!("GET / HTTP/1.1\r\nhost: a\r\n{fields}x-forwarded-proto: http\r\n\r\n").into_bytes();
+        // None sent: ours, in hex, before the blank line.
+        let mut h = head("");
+        let r = ensure_request_id(&mut h, 0xabc);
+        assert_eq!(&h[r], b"0000000000000abc");
+        assert!(h.ends_with(b"x-forwarded-proto: http\r\nx-request-id: 0000000000000abc\r\n\r\n"));
+        // One valid: kept, in place.
+        let mut h = head("X-Request-Id: 7f3e-11ee:b/9=\r\n");
+        let before = h.clone();
+        let r = ensure_request_id(&mut h, 1);
+        assert_eq!((&h[r], h == before), (b"7f3e-11ee:b/9=".as_slice(), true));
+        // Invalid (a space, too long) or two: dropped, ours instead.
+        for fields in [
+            "x-request-id: a b\r\n".to_string(),
+            format!("x-request-id: {}\r\n", "a".repeat(129)),
+            "x-request-id: a\r\nX-REQUEST-ID: b\r\n".to_string(),
+        ] {
+            let mut h = head(&fields);
+            let r = ensure_request_id(&mut h, 2);
+            assert_eq!(&h[r], b"0000000000000002", "{fields}");
+            let text = String::from_utf8(h).expect("utf8");
+            assert_eq!(text.to_ascii_lowercase().matches("x-request-id").count(), 1, "{text}");
+            assert!(text.starts_with("GET / HTTP/1.1\r\nhost: a\r\nx-forwarded-proto: http\r\n"), "{text}");
+        }
+    }
 
     const CLIENT: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(198, 51, 100, 7));
 
