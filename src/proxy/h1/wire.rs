@@ -348,11 +348,15 @@ pub fn ensure_request_id(head: &mut Vec<u8>, fresh: u64) -> std::ops::Range<usiz
     for (start, end) in ids.into_iter().rev() {
         head.drain(start..end + 2);
     }
-    // Before the blank line that ends the head.
+    // Before the blank line that ends the head (no allocation: this runs
+    // for every request).
     let end = head.len().saturating_sub(2);
-    let field = format!("x-request-id: {fresh:016x}\r\n");
-    head.splice(end..end, field.bytes());
-    let value = end + "x-request-id: ".len();
+    let mut field = *b"x-request-id: 0123456789abcdef\r\n";
+    for (i, b) in field[14..30].iter_mut().enumerate() {
+        *b = b"0123456789abcdef"[((fresh >> (60 - 4 * i)) & 0xf) as usize];
+    }
+    head.splice(end..end, field);
+    let value = end + 14;
     value..value + 16
 }
 
