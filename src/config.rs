@@ -345,6 +345,19 @@ pub fn reload_refusal(old: &Config, new: &Config) -> Option<String> {
     if old.sync_groups != new.sync_groups || old.scripts != new.scripts {
         return Some("[[sync_group]] or [[track_script]] changed".into());
     }
+    // A removed instance holds its VRID until its successor speaks: another
+    // one cannot take the VRID on that interface in the same reload.
+    for n in new.vrrp.iter().filter(|n| !old.vrrp.iter().any(|o| o.spec.name == n.spec.name)) {
+        let same = |o: &&VrrpConfig| {
+            o.interface == n.interface && o.spec.vrid == n.spec.vrid && o.spec.family() == n.spec.family()
+        };
+        if let Some(o) = old.vrrp.iter().filter(|o| !new.vrrp.iter().any(|x| x.spec.name == o.spec.name)).find(same) {
+            return Some(format!(
+                "vrrp instance {:?} would take VRID {} on {:?} from {:?} in one reload: remove {:?} in one reload, add {:?} in the next",
+                n.spec.name, n.spec.vrid, n.interface, o.spec.name, o.spec.name, n.spec.name
+            ));
+        }
+    }
     for n in &new.vrrp {
         let Some(o) = old.vrrp.iter().find(|o| o.spec.name == n.spec.name) else { continue };
         let what = if o.interface != n.interface {
@@ -1290,9 +1303,14 @@ virtual_ips = ["192.0.2.10/24", "192.0.2.20"]
         };
         assert!(refused(&GOOD.replace("vrid = 51", "vrid = 52")).contains("vrid changed"));
         assert!(refused(&GOOD.replace("interface = \"eth0\"", "interface = \"eth1\"")).contains("interface changed"));
-        // Instances are known by name: a rename is a removal and an addition.
+        // Instances are known by name: a rename is a removal and an addition,
+        // in two reloads when the VRID stays on the interface.
         let renamed = parse(&GOOD.replace("name = \"web\"", "name = \"www\""), Path::new("t")).expect("valid");
-        assert_eq!(reload_refusal(&old, &renamed), None);
+        assert!(reload_refusal(&old, &renamed).expect("refused").contains("would take VRID 51"));
+        let moved =
+            parse(&GOOD.replace("name = \"web\"", "name = \"www\"").replace("vrid = 51", "vrid = 52"), Path::new("t"))
+                .expect("valid");
+        assert_eq!(reload_refusal(&old, &moved), None);
         let second = GOOD[GOOD.find("[[vrrp]]").unwrap_or(0)..]
             .replace("\"web\"", "\"api\"")
             .replace("51", "52")
@@ -1300,7 +1318,9 @@ virtual_ips = ["192.0.2.10/24", "192.0.2.20"]
         let two = parse(&format!("{GOOD}\n{second}"), Path::new("t")).expect("valid");
         assert_eq!(reload_refusal(&old, &two), None, "an instance added");
         assert_eq!(reload_refusal(&two, &old), None, "an instance removed");
-        let tracked = with("track_interfaces = [{ name = \"eth1\" }]").replace("\"web\"", "\"www\"");
+        let tracked = with("track_interfaces = [{ name = \"eth1\" }]")
+            .replace("\"web\"", "\"www\"")
+            .replace("vrid = 51", "vrid = 53");
         let tracked = parse(&tracked, Path::new("t")).expect("valid");
         assert_eq!(reload_refusal(&old, &tracked), None, "an instance with trackers added (and one removed)");
         assert!(refused(&with("use_vmac = true")).contains("use_vmac"));

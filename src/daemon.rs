@@ -36,6 +36,10 @@ const VIP_HOLD_MAX: Duration = Duration::from_secs(1);
 /// Beyond the release timeout, how long the VRRP thread gets to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
+/// After a successor's listeners start, how long its trackers get to see
+/// them before its VRRP instances go on.
+const TRACKERS_SETTLE: Duration = Duration::from_millis(5);
+
 /// How long the old process keeps its runtime after answering `vipd
 /// upgrade`, so that the answer gets out before it stops serving commands.
 const ANSWER_GRACE: Duration = Duration::from_millis(200);
@@ -103,10 +107,17 @@ pub fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
     // Passed sockets of listeners this file no longer has: closed now, so
     // that connections to them are refused rather than queued for nobody.
     drop(passed);
-    // The workers run even with no listener yet: a reload may add one.
+    // The workers run even with no listener yet: a reload may add one. A
+    // process started by `vipd upgrade` accepts only once it has taken over:
+    // if it fails before, it must not have taken connections with it.
     info!(workers, "starting HTTP proxy");
+    let held = if predecessor.is_some() { std::mem::take(&mut listeners) } else { Vec::new() };
     let proxy = Proxy::start(workers, listeners).context("starting the HTTP proxy")?;
     let pools = proxy.listeners();
+    if !held.is_empty() {
+        // Known (to /status and the trackers) before they are served.
+        pools.set(held.iter().map(|l| Arc::clone(&l.pool)).collect());
+    }
     // A resigning master keeps its VIPs until requests in flight are done,
     // but not long: once the new master has announced itself, clients'
     // packets go there anyway, and two holders of the VIP both answer ARP.
@@ -246,6 +257,10 @@ pub fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
             Vec::new()
         });
         info!(instances = handed.len(), "vipd upgrade: taking over from the old process");
+        // Listeners first: track_http must see them served when the
+        // instances go on (a listener not served counts 0 healthy).
+        proxy.serve(held);
+        std::thread::sleep(TRACKERS_SETTLE);
         let _ = gate_tx.send(handed);
     }
     let upgrade_from = Upgrader {
@@ -619,17 +634,25 @@ async fn reload(path: &Path, running: &mut Config, targets: &ReloadTargets<'_>) 
         running.http = new.http.clone();
         // Removed instances resign first: a VIP moving from a removed
         // instance to an added one is let go before it is claimed again.
-        for old in running.vrrp.iter().filter(|o| !new.vrrp.iter().any(|n| n.spec.name == o.spec.name)) {
-            changed.push(operator.ask(&old.spec.name, Ask::Remove).await?);
-            operator.forget(&old.spec.name);
+        let removed: Vec<String> = running
+            .vrrp
+            .iter()
+            .filter(|o| !new.vrrp.iter().any(|n| n.spec.name == o.spec.name))
+            .map(|o| o.spec.name.clone())
+            .collect();
+        for name in removed {
+            changed.push(operator.ask(&name, Ask::Remove).await?);
+            // Gone from the running configuration at once: a later failure
+            // of this reload leaves it consistent with what was applied.
+            operator.forget(&name);
+            running.vrrp.retain(|o| o.spec.name != name);
             // Its probes stop (a script shared with others goes on for them).
-            for st in targets.stats.list().iter().filter(|s| s.name() == old.spec.name) {
+            for st in targets.stats.list().iter().filter(|s| s.name() == name) {
                 if let Some(t) = st.tracking() {
                     t.retire();
                 }
             }
         }
-        running.vrrp.retain(|o| new.vrrp.iter().any(|n| n.spec.name == o.spec.name));
         for n in &new.vrrp {
             let Some(old) = running.vrrp.iter_mut().find(|o| o.spec.name == n.spec.name) else { continue };
             if old.spec == n.spec && old.virtual_ips == n.virtual_ips && old.notify == n.notify {

@@ -163,10 +163,15 @@ fn receive(chan: &OwnedFd) -> Result<Option<(Message, Vec<OwnedFd>)>, String> {
     let mut buf = vec![0u8; MAX_MESSAGE];
     let mut space = nix::cmsg_space!([RawFd; MAX_FDS]);
     let mut iov = [IoSliceMut::new(&mut buf)];
-    let msg = match recvmsg::<()>(chan.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC) {
-        Ok(m) => m,
-        Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => return Ok(None),
-        Err(e) => return Err(format!("receiving: {e}")),
+    // A signal (a hook's SIGCHLD) interrupts a receive with a timeout even
+    // under SA_RESTART: that is not the timeout, so again.
+    let msg = loop {
+        match recvmsg::<()>(chan.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC) {
+            Ok(m) => break m,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(nix::errno::Errno::EAGAIN) => return Ok(None),
+            Err(e) => return Err(format!("receiving: {e}")),
+        }
     };
     let mut fds = Vec::new();
     for c in msg.cmsgs().map_err(|e| format!("receiving: {e}"))? {

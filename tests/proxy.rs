@@ -1308,6 +1308,7 @@ async fn metrics_parse_as_prometheus_text_and_count_what_the_proxy_did() {
         .find(|s| s.metric == "vipd_http_backend_response_seconds" && s.labels.get("backend") == Some(backend.as_str()))
         .unwrap_or_else(|| panic!("no response-time histogram in\n{text}"));
     let prometheus_parse::Value::Histogram(buckets) = &hist.value else { panic!("{hist:?}") };
+    assert!(text.contains("le=\"+Inf\""), "{text}");
     let inf = buckets.iter().find(|c| c.less_than.is_infinite()).map(|c| c.count);
     assert_eq!(inf, Some(6.0), "every backend answer timed: {buckets:?}");
     assert!(text.ends_with("# EOF\n"));

@@ -304,7 +304,7 @@ impl Pool {
     /// carried over (the same one, or its state on new slots when
     /// `max_conns` changed); a new one starts healthy.
     fn succeed(&self, config: HttpConfig) -> Pool {
-        let backends = config
+        let backends: Vec<Arc<Backend>> = config
             .backends
             .iter()
             .map(|c| match self.backends.iter().find(|b| b.address == c.address) {
@@ -313,6 +313,13 @@ impl Pool {
                 None => Arc::new(Backend::new(c.address, config.max_conns)),
             })
             .collect();
+        // Without active checks nothing would ever pass a check again: a
+        // backend they had marked down is up again.
+        if config.health.is_none() {
+            for b in &backends {
+                b.active_healthy.store(true, Ordering::Relaxed);
+            }
+        }
         Pool::build(config, backends, self.generation + 1, Arc::clone(&self.shared))
     }
 
@@ -827,5 +834,15 @@ mod tests {
         let stayed = &now.backends()[at(&now, &kept).expect("kept")];
         assert_eq!((stayed.admin(), stayed.requests.load(Ordering::Relaxed)), (Admin::Draining, 1));
         assert_eq!(l.snapshot().generation, 2);
+    }
+    #[test]
+    fn health_checks_removed_by_a_reload_leave_no_backend_down() {
+        let checked = config("\"192.0.2.21:80\"", "[http.health]\npath = \"/h\"");
+        let l = ListenerPool::new(checked);
+        let _serving = l.serving();
+        l.set_active_healthy(&l.current().backends()[0], false);
+        assert_eq!(l.health(), Health { healthy: 0, total: 1 });
+        l.replace(config("\"192.0.2.21:80\"", "")).expect("changed");
+        assert_eq!(l.health(), Health { healthy: 1, total: 1 }, "nothing would check it again");
     }
 }

@@ -38,7 +38,8 @@ impl Latency {
             LATENCY_BOUNDS.iter().zip(&self.buckets).map(|(b, n)| (*b, n.load(Ordering::Relaxed))).collect();
         let bounded: u64 = buckets.iter().map(|(_, n)| n).sum();
         let count = self.count.load(Ordering::Relaxed).max(bounded);
-        buckets.push((f64::INFINITY, count - bounded));
+        // The encoder writes `+Inf` for f64::MAX (and `inf` for infinity).
+        buckets.push((f64::MAX, count - bounded));
         (self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6, count, buckets)
     }
 }
@@ -129,7 +130,7 @@ mod tests {
         assert_eq!(buckets[0], (0.001, 1));
         assert_eq!(buckets[1], (0.0025, 2));
         assert_eq!(buckets[5], (0.05, 1));
-        assert_eq!(buckets.last(), Some(&(f64::INFINITY, 1)), "20 s is past every bound but counted");
+        assert_eq!(buckets.last(), Some(&(f64::MAX, 1)), "20 s is past every bound but counted");
         assert_eq!(buckets.iter().map(|(_, n)| n).sum::<u64>(), 5);
         let c = ByClass::default();
         for s in [101, 200, 204, 404, 503, 999] {

@@ -79,6 +79,8 @@ struct Job {
     /// Counted from before the job is sent, so trackers never see a
     /// started listener without workers; uncounted when its serving ends.
     serving: Serving,
+    /// This job also runs the listener's health checks (one job each).
+    checks: bool,
 }
 
 /// A listener's pool and its per-worker sockets.
@@ -119,7 +121,8 @@ pub const HEARTBEAT_EVERY: Duration = Duration::from_millis(500);
 
 impl Proxy {
     /// Starts `workers` workers serving `listeners` (whose sockets come from
-    /// [`bind`] with as many workers). Health checks run on worker 0.
+    /// [`bind`] with as many workers). A listener's health checks run on
+    /// the worker of its first socket.
     pub fn start(workers: usize, listeners: Vec<Listener>) -> io::Result<Proxy> {
         let workers = workers.max(1);
         let (done_tx, done) = mpsc::channel();
@@ -134,7 +137,7 @@ impl Proxy {
             inboxes.push(inbox);
             let done_tx = done_tx.clone();
             std::thread::Builder::new().name(format!("proxy-{w}")).spawn(move || {
-                rt.block_on(run_worker(w, jobs, heartbeat));
+                rt.block_on(run_worker(jobs, heartbeat));
                 let _ = done_tx.send(());
             })?;
         }
@@ -145,16 +148,21 @@ impl Proxy {
             running: std::sync::Mutex::new(Vec::new()),
             listeners: Arc::default(),
         };
-        {
-            let mut running = proxy.running();
-            for l in listeners {
-                let max_connections = l.pool.current().config.max_connections;
-                let limit = Arc::new(Semaphore::new(max_connections));
-                running.push(proxy.launch(l, limit, max_connections));
-            }
-            proxy.listeners.set(running.iter().map(|r| Arc::clone(&r.pool)).collect());
-        }
+        proxy.serve(listeners);
         Ok(proxy)
+    }
+
+    /// Starts serving `listeners` besides those served already (a process
+    /// started by `vipd upgrade` holds its inherited ones back until it
+    /// takes over).
+    pub fn serve(&self, listeners: Vec<Listener>) {
+        let mut running = self.running();
+        for l in listeners {
+            let max_connections = l.pool.current().config.max_connections;
+            let limit = Arc::new(Semaphore::new(max_connections));
+            running.push(self.launch(l, limit, max_connections));
+        }
+        self.listeners.set(running.iter().map(|r| Arc::clone(&r.pool)).collect());
     }
 
     fn running(&self) -> std::sync::MutexGuard<'_, Vec<Running>> {
@@ -170,13 +178,14 @@ impl Proxy {
         let (stop, stop_rx) = watch::channel(false);
         let listen = l.pool.current().config.listen;
         let copies = l.sockets.iter().filter_map(|s| s.try_clone().ok()).collect();
-        for (socket, inbox) in l.sockets.into_iter().zip(self.workers.iter().cycle()) {
+        for (n, (socket, inbox)) in l.sockets.into_iter().zip(self.workers.iter().cycle()).enumerate() {
             let job = Job {
                 pool: Arc::clone(&l.pool),
                 socket,
                 limit: Arc::clone(&limit),
                 stop: stop_rx.clone(),
                 serving: l.pool.serving(),
+                checks: n == 0,
             };
             if inbox.send(job).is_err() {
                 warn!(listener = %l.pool.name(), "a proxy worker is gone; its share of the listener is not served");
@@ -313,7 +322,7 @@ fn resize(limit: &Arc<Semaphore>, old: usize, new: usize) {
 
 /// One worker: serves each listener it is handed until that listener
 /// stops, and ends when no more can come and all have ended.
-async fn run_worker(w: usize, mut jobs: tokio_mpsc::UnboundedReceiver<Job>, heartbeat: Arc<Heartbeat>) {
+async fn run_worker(mut jobs: tokio_mpsc::UnboundedReceiver<Job>, heartbeat: Arc<Heartbeat>) {
     tokio::spawn(async move {
         loop {
             heartbeat.beat();
@@ -325,7 +334,7 @@ async fn run_worker(w: usize, mut jobs: tokio_mpsc::UnboundedReceiver<Job>, hear
         tokio::select! {
             job = jobs.recv() => {
                 let Some(job) = job else { break };
-                if w == 0 {
+                if job.checks {
                     tasks.spawn(health::supervise(Arc::clone(&job.pool), job.stop.clone()));
                 }
                 match tokio::net::TcpListener::from_std(job.socket) {

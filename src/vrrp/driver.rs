@@ -168,6 +168,8 @@ pub struct Driver {
     /// sockets cannot keep pushing it back).
     next_drain_check: Option<Instant>,
     stopping: bool,
+    /// Started by `vipd upgrade`: the VIPs found at start were kept.
+    inheriting: bool,
 }
 
 impl Driver {
@@ -283,6 +285,7 @@ impl Driver {
             draining: Vec::new(),
             next_drain_check: None,
             stopping: false,
+            inheriting,
         })
     }
 
@@ -315,6 +318,12 @@ impl Driver {
             }
             self.execute().await;
             self.publish_groups();
+            // The VIPs kept at start are right for an instance that goes on
+            // as master; any other (a backup, one that started afresh)
+            // lets go of them now.
+            if self.inheriting {
+                self.follow_addresses().await;
+            }
             let mut buf = vec![0u8; 2048];
             let mut recv_errors = 0u32;
             loop {
