@@ -328,7 +328,7 @@ pub fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
                 }
                 _ = signals.usr2.recv() => {
                     info!("SIGUSR2: upgrading");
-                    if upgrade_from.hand_over(&proxy, &shutdown_tx, &mut handed_rx).await.is_ok() {
+                    if upgrade_from.hand_over(&proxy, &shutdown_tx, &mut handed_rx, &running).await.is_ok() {
                         upgraded = true;
                         break Ok(());
                     }
@@ -342,7 +342,7 @@ pub fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
                     }
                     control::DaemonAsk::Upgrade => {
                         info!("upgrade asked on the control socket");
-                        let result = upgrade_from.hand_over(&proxy, &shutdown_tx, &mut handed_rx).await;
+                        let result = upgrade_from.hand_over(&proxy, &shutdown_tx, &mut handed_rx, &running).await;
                         let done = result.is_ok();
                         let _ = reply.send(result);
                         if done {
@@ -491,6 +491,7 @@ impl Upgrader {
         proxy: &Proxy,
         stop: &watch::Sender<Stop>,
         handed: &mut tokio::sync::mpsc::UnboundedReceiver<Vec<HandedOver>>,
+        config: &Config,
     ) -> Result<String, String> {
         let result = async {
             let exe = self.exe.clone().ok_or("the path of this binary is unknown")?;
@@ -526,7 +527,12 @@ impl Upgrader {
                 }
             };
             if let Err(e) = successor.go(&instances) {
-                error!("vipd upgrade: the new process (pid {pid}) did not take the VRRP state: {e}; it starts its instances afresh");
+                // It died between ready and now: nothing runs VRRP here
+                // any more, so the VIPs go too and the peer takes over (a
+                // failover rather than a VIP on two hosts).
+                error!("vipd upgrade: the new process (pid {pid}) did not take the VRRP state: {e}; releasing the VIPs");
+                release_vips(config).await;
+                return Ok(format!("upgrade failed after the hand-over began ({e}): the VIPs were released and the peer takes over; pid {} exits", std::process::id()));
             }
             Ok(format!(
                 "upgraded: pid {pid} took over the listeners and {} VRRP instance(s); pid {} drains and exits",
@@ -540,6 +546,24 @@ impl Upgrader {
             Err(why) => error!("vipd upgrade failed, carrying on as before: {why}"),
         }
         result
+    }
+}
+
+/// Removes every instance's VIPs from its interface (or virtual MAC
+/// interface), for when nothing runs VRRP here any more.
+async fn release_vips(config: &Config) {
+    let Ok(netlink) = Netlink::connect() else {
+        error!("cannot reach netlink to release the VIPs");
+        return;
+    };
+    for c in &config.vrrp {
+        let iface = c.vmac.as_ref().map_or(c.interface.as_str(), |v| v.name.as_str());
+        let Ok(link) = netlink.link(iface).await else { continue };
+        for vip in &c.virtual_ips {
+            if let Err(e) = netlink.del(link.index, vip).await {
+                warn!(error = %e, %vip, iface, "could not release a virtual IP");
+            }
+        }
     }
 }
 
