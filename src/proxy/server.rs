@@ -96,13 +96,12 @@ pub struct Listener {
 #[derive(Debug)]
 struct Running {
     pool: Arc<ListenerPool>,
-    listen: SocketAddr,
     /// Copies of the workers' sockets, to pass on (`vipd upgrade`).
     sockets: Vec<StdTcpListener>,
     /// Stops its sockets' accept loops (they then drain).
     stop: watch::Sender<bool>,
+    /// `max_connections` slots, resized by a reload.
     limit: Arc<Semaphore>,
-    max_connections: usize,
 }
 
 /// The running proxy.
@@ -158,9 +157,8 @@ impl Proxy {
     pub fn serve(&self, listeners: Vec<Listener>) {
         let mut running = self.running();
         for l in listeners {
-            let max_connections = l.pool.current().config.max_connections;
-            let limit = Arc::new(Semaphore::new(max_connections));
-            running.push(self.launch(l, limit, max_connections));
+            let limit = Arc::new(Semaphore::new(l.pool.current().config.max_connections));
+            running.push(self.launch(l, limit));
         }
         self.listeners.set(running.iter().map(|r| Arc::clone(&r.pool)).collect());
     }
@@ -174,7 +172,7 @@ impl Proxy {
     /// number of workers than the sockets it inherited, and every socket
     /// must be served: connections queued on one nobody accepts from would
     /// wait forever).
-    fn launch(&self, l: Listener, limit: Arc<Semaphore>, max_connections: usize) -> Running {
+    fn launch(&self, l: Listener, limit: Arc<Semaphore>) -> Running {
         let (stop, stop_rx) = watch::channel(false);
         let listen = l.pool.current().config.listen;
         let copies = l.sockets.iter().filter_map(|s| s.try_clone().ok()).collect();
@@ -192,7 +190,7 @@ impl Proxy {
             }
         }
         info!(listener = %l.pool.name(), %listen, "HTTP listener up");
-        Running { pool: l.pool, listen, sockets: copies, stop, limit, max_connections }
+        Running { pool: l.pool, sockets: copies, stop, limit }
     }
 
     /// The listeners being served, by name.
@@ -211,7 +209,10 @@ impl Proxy {
         let mut running = self.running();
         let mut bound = Vec::new();
         for c in configs {
-            let moved = running.iter().find(|r| r.pool.name() == c.name).is_none_or(|r| r.listen != c.listen);
+            let moved = running
+                .iter()
+                .find(|r| r.pool.name() == c.name)
+                .is_none_or(|r| r.pool.current().config.listen != c.listen);
             if moved {
                 let sockets = bind(c.listen, self.workers.len())
                     .map_err(|e| format!("http {:?}: listen = {}: cannot listen: {e}", c.name, c.listen))?;
@@ -232,14 +233,13 @@ impl Proxy {
             let sockets = bound.iter().position(|(name, _)| *name == c.name).map(|i| bound.swap_remove(i).1);
             let next = match kept.iter().position(|r| r.pool.name() == c.name) {
                 Some(i) => {
-                    let mut r = kept.swap_remove(i);
+                    let r = kept.swap_remove(i);
+                    resize(&r.limit, r.pool.current().config.max_connections, c.max_connections);
                     said.extend(r.pool.replace(c.clone()));
-                    resize(&r.limit, r.max_connections, c.max_connections);
-                    r.max_connections = c.max_connections;
                     match sockets {
                         Some(sockets) => {
                             let _ = r.stop.send(true);
-                            self.launch(Listener { pool: r.pool, sockets }, r.limit, r.max_connections)
+                            self.launch(Listener { pool: r.pool, sockets }, r.limit)
                         }
                         None => r,
                     }
@@ -248,7 +248,7 @@ impl Proxy {
                     said.push(format!("http {:?}: added on {}", c.name, c.listen));
                     let limit = Arc::new(Semaphore::new(c.max_connections));
                     let pool = ListenerPool::new(c.clone());
-                    self.launch(Listener { pool, sockets: sockets.unwrap_or_default() }, limit, c.max_connections)
+                    self.launch(Listener { pool, sockets: sockets.unwrap_or_default() }, limit)
                 }
             };
             running.push(next);
@@ -264,7 +264,7 @@ impl Proxy {
             .iter()
             .map(|r| {
                 let fds = r.sockets.iter().map(|s| s.try_clone().map(Into::into)).collect::<io::Result<Vec<_>>>()?;
-                Ok((r.pool.name().to_string(), r.listen, fds))
+                Ok((r.pool.name().to_string(), r.pool.current().config.listen, fds))
             })
             .collect()
     }

@@ -644,8 +644,8 @@ impl Driver {
     /// Instances a reload removed leave once stopped and released (their
     /// VIPs waiting on the drain gate first). True if one left.
     fn drop_removed(&mut self) -> bool {
-        let draining: Vec<u8> = self.draining.iter().map(|(v, _)| *v).collect();
-        let gone = self.router.take_removed(|v| !draining.contains(&v));
+        let draining = &self.draining;
+        let gone = self.router.take_removed(|v| !draining.iter().any(|(d, _)| *d == v));
         for vrid in &gone {
             if let Some(i) = self.sides.iter().position(|s| s.vrid() == *vrid) {
                 let side = self.sides.remove(i);

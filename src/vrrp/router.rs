@@ -329,9 +329,14 @@ impl Router {
     /// The removed instances whose stop is complete and that `may_leave`
     /// says may go (nothing of theirs left to do outside): they leave now.
     pub fn take_removed(&mut self, may_leave: impl Fn(u8) -> bool) -> Vec<u8> {
-        let leaves = |m: &Member| m.removing && m.is_stopped() && may_leave(m.spec.vrid);
-        let gone: Vec<u8> = self.members.iter().filter(|m| leaves(m)).map(|m| m.spec.vrid).collect();
-        self.members.retain(|m| !leaves(m));
+        let mut gone = Vec::new();
+        self.members.retain(|m| {
+            let leaves = m.removing && m.is_stopped() && may_leave(m.spec.vrid);
+            if leaves {
+                gone.push(m.spec.vrid);
+            }
+            !leaves
+        });
         gone
     }
 
