@@ -4,14 +4,13 @@
 //! client can change anything.
 
 use std::convert::Infallible;
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -127,6 +126,9 @@ impl ConfigState {
 /// The `/status` document.
 #[derive(Debug, Serialize)]
 pub struct Status {
+    /// When this was taken, seconds since the Unix epoch: the clock that
+    /// `since` and the transitions' `at` are on.
+    pub now: f64,
     /// VRRP instances.
     pub vrrp: Vec<Snapshot>,
     /// HTTP listeners and their backends.
@@ -141,6 +143,7 @@ impl Sources {
     /// A consistent view of every instance.
     pub fn status(&self) -> Status {
         Status {
+            now: unix_seconds(SystemTime::now()),
             vrrp: self.vrrp.list().iter().map(|s| s.snapshot()).collect(),
             http: self.http.list().iter().map(|p| p.snapshot()).collect(),
             sync_groups: self.groups.iter().map(|g| g.snapshot()).collect(),
@@ -196,7 +199,17 @@ fn respond(req: &Request<Incoming>, sources: &Sources) -> Response<Full<Bytes>> 
             crate::metrics::CONTENT_TYPE,
             crate::metrics::render(sources.status(), sources.http.list()),
         ),
-        "/" => reply(StatusCode::OK, "text/html; charset=utf-8", page(&sources.status())),
+        "/" => {
+            let mut r = reply(StatusCode::OK, "text/html; charset=utf-8", page(&sources.status()));
+            // Its own script and style only; it talks to this endpoint alone.
+            r.headers_mut().insert(
+                CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static(
+                    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'",
+                ),
+            );
+            r
+        }
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found: try /status, /metrics or /\n".into()),
     }
 }
@@ -205,40 +218,26 @@ fn reply(status: StatusCode, content_type: &'static str, body: String) -> Respon
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
     r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    // Every answer is the state of now: never from a cache.
+    r.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
 }
 
-fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+/// The status page: static markup and a script that renders `/status`
+/// and fetches it again every second. The document of now goes in with
+/// it, so the first paint needs no second request.
+const STATUS_PAGE: &str = include_str!("status_page.html");
+
+fn page(status: &Status) -> String {
+    STATUS_PAGE.replacen("{{STATUS}}", &script_json(status), 1)
 }
 
-/// A one-table status page that refreshes itself.
-fn page(status: &Status) -> String {
-    let mut rows = String::new();
-    for s in &status.vrrp {
-        let dropped: u64 = s.rx.dropped.values().sum();
-        let _ = write!(
-            rows,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td><b>{}</b></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            html_escape(&s.name),
-            html_escape(&s.interface),
-            s.vrid,
-            s.state,
-            s.priority,
-            s.master_ip.map(|a| a.to_string()).unwrap_or_default(),
-            html_escape(&s.virtual_ips.join(" ")),
-            s.transitions,
-            html_escape(&s.last_reason),
-            dropped,
-        );
-    }
-    format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"2\">\
-         <title>vipd</title><style>body{{font-family:sans-serif}}td,th{{padding:2px 8px;text-align:left}}</style></head>\
-         <body><h1>vipd</h1><table><tr><th>name</th><th>interface</th><th>vrid</th><th>state</th><th>priority</th>\
-         <th>master</th><th>virtual IPs</th><th>transitions</th><th>last reason</th><th>dropped</th></tr>{rows}</table>\
-         <p><a href=\"/status\">/status</a> · <a href=\"/metrics\">/metrics</a></p></body></html>\n"
-    )
+/// `value` as JSON that can stand inside a `<script>` block: there only
+/// "</script" could end the block early, and JSON may write "<" and ">"
+/// as escapes, so none is left.
+fn script_json(value: &impl Serialize) -> String {
+    let json = serde_json::to_string(value).unwrap_or_else(|_| "null".to_string());
+    json.replace('<', "\\u003c").replace('>', "\\u003e")
 }
 
 /// An operator's command as the control socket reads it: one line.
@@ -382,6 +381,16 @@ async fn run_command(command: ControlCommand, targets: &Targets) -> Result<Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_in_the_page_cannot_end_its_script_block() {
+        let v = serde_json::json!({"name": "</script><img src=x>", "n": 1});
+        let out = script_json(&v);
+        assert!(!out.contains('<') && !out.contains('>'), "{out}");
+        let back: serde_json::Value = serde_json::from_str(&out).expect("still JSON");
+        assert_eq!(back, v);
+        assert_eq!(STATUS_PAGE.matches("{{STATUS}}").count(), 1);
+    }
 
     #[test]
     fn commands_parse_and_bad_ones_say_why() {

@@ -55,6 +55,8 @@ async fn status_metrics_and_not_found() {
     assert_eq!(i["state"], "init");
     assert_eq!(i["vrid"], 51);
     assert_eq!(i["rx"]["dropped"]["checksum"], 0);
+    assert_eq!(i["recent_transitions"], serde_json::json!([]));
+    assert!(v["now"].as_f64().is_some_and(|t| t >= i["since"].as_f64().unwrap_or(f64::MAX)), "{body}");
     assert!(v["http"].is_array());
 
     let (head, body) = get(addr, "/metrics").await;
@@ -62,8 +64,20 @@ async fn status_metrics_and_not_found() {
     assert!(body.contains("vipd_vrrp_state{instance=\"web\",vrid=\"51\",state=\"init\"} 1"), "{body}");
     assert!(body.contains("vipd_vrrp_packets_dropped_total{instance=\"web\",vrid=\"51\",reason=\"ttl\"} 0"));
 
-    let (head, _) = get(addr, "/").await;
-    assert!(head.starts_with("HTTP/1.1 200"));
+    // The page carries the document of now for its first paint, and its
+    // script fetches /status after that.
+    let (head, body) = get(addr, "/").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let lower = head.to_ascii_lowercase();
+    assert!(lower.contains("content-type: text/html"), "{head}");
+    assert!(lower.contains("content-security-policy: default-src 'none'"), "{head}");
+    let start = r#"<script id="initial" type="application/json">"#;
+    let inline = body.split_once(start).and_then(|(_, rest)| rest.split_once("</script>")).expect("inline status").0;
+    let v: serde_json::Value = serde_json::from_str(inline).expect("inline status is JSON");
+    assert_eq!(v["vrrp"][0]["name"], "web");
+    assert_eq!(v["vrrp"][0]["state"], "init");
+    assert!(v["now"].as_f64().is_some_and(|t| t > 1.6e9), "{inline}");
+    assert!(body.contains(r#"fetch("/status""#), "the page refreshes itself from /status");
     let (head, _) = get(addr, "/nope").await;
     assert!(head.starts_with("HTTP/1.1 404"), "{head}");
     server.abort();

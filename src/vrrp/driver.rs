@@ -508,7 +508,7 @@ impl Driver {
                     let master = master.map_or_else(|| "-".to_string(), |a| a.to_string());
                     let name = &side.inst.spec.name;
                     info!(%from, %to, %reason, %master, instance = %name, vrid, "state change");
-                    side.inst.stats.record_transition(to, reason.to_string());
+                    side.inst.stats.record_transition(from, to, reason.to_string());
                     if let (Some((queue, hooks)), Some(word)) = (&side.inst.hooks, state_word(to, reason)) {
                         let priority = self.router.view(vrid).map(|v| v.priority);
                         queue.push(word, hooks.commands("INSTANCE", name, word, priority));

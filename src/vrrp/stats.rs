@@ -2,7 +2,7 @@
 //! and router and read by the control server (`/status`, `/metrics`): the
 //! types `control` sees, so that it never looks at the driver.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -20,6 +20,9 @@ use super::track::TrackerStatus;
 
 /// Most distinct peer addresses remembered, so spoofed sources cannot grow memory.
 const MAX_PEERS: usize = 32;
+
+/// State changes kept for `/status` and the status page, newest last.
+pub const RECENT_TRANSITIONS: usize = 10;
 
 /// The running instances' counters, in config order; a reload adds and
 /// removes instances, so `/status` looks them up each time.
@@ -92,7 +95,21 @@ struct Dynamic {
     transitions: u64,
     since: SystemTime,
     last_reason: String,
+    recent: VecDeque<Transition>,
     peers: BTreeMap<IpAddr, PeerStats>,
+}
+
+/// One state change, as `/status` lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Transition {
+    /// When, seconds since the Unix epoch.
+    pub at: f64,
+    /// The state left.
+    pub from: &'static str,
+    /// The state entered.
+    pub to: &'static str,
+    /// Why.
+    pub reason: String,
 }
 
 /// What we have seen from one peer.
@@ -148,6 +165,8 @@ pub struct Snapshot {
     pub since: f64,
     /// Why the last state change happened.
     pub last_reason: String,
+    /// The last state changes (at most [`RECENT_TRANSITIONS`]), oldest first.
+    pub recent_transitions: Vec<Transition>,
     /// Configured virtual addresses.
     pub virtual_ips: Vec<String>,
     /// Received-side counters.
@@ -270,6 +289,7 @@ impl Stats {
                 transitions: 0,
                 since: SystemTime::now(),
                 last_reason: String::new(),
+                recent: VecDeque::with_capacity(RECENT_TRANSITIONS),
                 peers: BTreeMap::new(),
             }),
         }
@@ -338,6 +358,7 @@ impl Stats {
             transitions: d.transitions,
             since: unix_seconds(d.since),
             last_reason: d.last_reason.clone(),
+            recent_transitions: d.recent.iter().cloned().collect(),
             virtual_ips,
             rx: RxSnapshot {
                 adverts: load(&self.rx_adverts),
@@ -377,10 +398,16 @@ impl Stats {
 
     /// One state change (a batch of actions may hold several: fault ->
     /// init -> backup is two).
-    pub(super) fn record_transition(&self, to: State, reason: String) {
+    pub(super) fn record_transition(&self, from: State, to: State, reason: String) {
         let mut d = self.dynamic();
+        let now = SystemTime::now();
+        if d.recent.len() == RECENT_TRANSITIONS {
+            d.recent.pop_front();
+        }
+        let change = Transition { at: unix_seconds(now), from: from.name(), to: to.name(), reason: reason.clone() };
+        d.recent.push_back(change);
         d.transitions += 1;
-        d.since = SystemTime::now();
+        d.since = now;
         d.state = to;
         d.last_reason = reason;
     }
@@ -391,5 +418,32 @@ impl Stats {
         d.state = fsm.state();
         d.master_ip = fsm.master_ip();
         d.master_adver_interval_ms = fsm.master_adver_interval().as_millis() as u64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recent_transitions_keep_the_last_ones_oldest_first() {
+        let text = "[[vrrp]]\nname = \"web\"\ninterface = \"eth0\"\nvrid = 51\npriority = 150\nvirtual_ips = [\"192.0.2.10/24\"]\n";
+        let config = crate::config::parse(text, std::path::Path::new("t.toml")).expect("valid");
+        let stats = Stats::new(&config.vrrp[0].spec, "eth0", Vec::new(), None);
+        stats.record_transition(State::Initialize, State::Backup, "started".into());
+        let states = [State::Master, State::Backup];
+        for i in 0..RECENT_TRANSITIONS + 1 {
+            let (from, to) = (states[(i + 1) % 2], states[i % 2]);
+            stats.record_transition(from, to, format!("change {i}"));
+        }
+        let s = stats.snapshot();
+        assert_eq!(s.transitions, RECENT_TRANSITIONS as u64 + 2);
+        assert_eq!(s.recent_transitions.len(), RECENT_TRANSITIONS);
+        let first = &s.recent_transitions[0];
+        assert_eq!((first.from, first.to, first.reason.as_str()), ("master", "backup", "change 1"));
+        let last = &s.recent_transitions[RECENT_TRANSITIONS - 1];
+        assert_eq!((last.to, last.reason.as_str()), ("master", "change 10"));
+        assert!(s.recent_transitions.windows(2).all(|w| w[0].at <= w[1].at));
+        assert_eq!(s.state, "master");
     }
 }
