@@ -112,6 +112,61 @@ pub struct HttpConfig {
     pub eject_after: u32,
     /// How long an ejected backend stays out before it may return.
     pub eject_cooldown: Duration,
+    /// TLS termination (`[[http.tls]]`); `None` = plain HTTP.
+    pub tls: Option<TlsConfig>,
+}
+
+/// A listener's TLS: its certificates and handshake settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// One per `[[http.tls]]`, in file order; the first is the default.
+    pub certificates: Vec<CertificateFiles>,
+    /// The oldest protocol version offered.
+    pub min_version: TlsVersion,
+    /// ALPN protocols offered, in the server's order of preference.
+    pub alpn: Vec<Alpn>,
+    /// Refuse a handshake whose SNI names no certificate (instead of
+    /// answering with the first).
+    pub sni_strict: bool,
+}
+
+/// One `[[http.tls]]`: a certificate chain and its key, as files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateFiles {
+    /// PEM chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// Where the table is in the config file, for messages.
+    pub at: Location,
+}
+
+/// `tls_min_version`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TlsVersion {
+    /// TLS 1.2 and 1.3.
+    V1_2,
+    /// TLS 1.3 only.
+    V1_3,
+}
+
+/// One `alpn` entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Alpn {
+    /// `h2`: HTTP/2 over TLS.
+    H2,
+    /// `http/1.1`.
+    Http11,
+}
+
+impl Alpn {
+    /// The protocol id on the wire.
+    pub fn id(self) -> &'static [u8] {
+        match self {
+            Alpn::H2 => b"h2",
+            Alpn::Http11 => b"http/1.1",
+        }
+    }
 }
 
 /// One backend of an `[[http]]` pool.
@@ -263,6 +318,17 @@ struct RawHttp {
     retries: Option<Spanned<i64>>,
     access_log: Option<bool>,
     health: Option<RawHealth>,
+    tls: Option<Vec<Spanned<RawTlsCert>>>,
+    tls_min_version: Option<Spanned<String>>,
+    alpn: Option<Spanned<Vec<Spanned<String>>>>,
+    sni_strict: Option<Spanned<bool>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTlsCert {
+    cert: Spanned<String>,
+    key: Spanned<String>,
 }
 
 #[derive(Deserialize)]
@@ -492,7 +558,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
     let mut http: Vec<HttpConfig> = Vec::new();
     for r in raw.http {
         let span = r.listen.span();
-        let h = validate_http(r, &invalid)?;
+        let h = validate_http(r, &invalid, text, path)?;
         if let Some(other) = http.iter().find(|o| o.listen == h.listen) {
             return Err(invalid(
                 span,
@@ -868,6 +934,8 @@ fn validate_vrrp(
 fn validate_http(
     r: RawHttp,
     invalid: &impl Fn(Range<usize>, String) -> ConfigError,
+    text: &str,
+    path: &Path,
 ) -> Result<HttpConfig, ConfigError> {
     let name = r.name.get_ref().clone();
     if name.is_empty() {
@@ -961,7 +1029,85 @@ fn validate_http(
         health,
         eject_after,
         eject_cooldown,
+        tls: validate_tls(&r, invalid, text, path)?,
     })
+}
+
+/// `[[http.tls]]` and the keys that go with it. Relative file names are
+/// taken from the config file's directory. The files are read by `vipd
+/// check` and at start and reload (`proxy::tls`), not here.
+fn validate_tls(
+    r: &RawHttp,
+    invalid: &impl Fn(Range<usize>, String) -> ConfigError,
+    text: &str,
+    path: &Path,
+) -> Result<Option<TlsConfig>, ConfigError> {
+    let Some(tables) = r.tls.as_ref().filter(|t| !t.is_empty()) else {
+        let stray = [
+            r.tls_min_version.as_ref().map(|v| ("tls_min_version", v.span())),
+            r.alpn.as_ref().map(|v| ("alpn", v.span())),
+            r.sni_strict.as_ref().map(|v| ("sni_strict", v.span())),
+        ];
+        if let Some((key, span)) = stray.into_iter().flatten().next() {
+            return Err(invalid(span, format!("http.{key} needs at least one [[http.tls]] certificate")));
+        }
+        return Ok(None);
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let file = |s: &Spanned<String>, key: &str| -> Result<PathBuf, ConfigError> {
+        if s.get_ref().is_empty() {
+            return Err(invalid(s.span(), format!("http.tls.{key} must not be empty")));
+        }
+        Ok(dir.join(s.get_ref()))
+    };
+    let mut certificates = Vec::new();
+    for t in tables {
+        let c = t.get_ref();
+        certificates.push(CertificateFiles {
+            cert: file(&c.cert, "cert")?,
+            key: file(&c.key, "key")?,
+            at: locate(text, t.span().start),
+        });
+    }
+    let min_version = match &r.tls_min_version {
+        None => TlsVersion::V1_2,
+        Some(v) => match v.get_ref().as_str() {
+            "1.2" => TlsVersion::V1_2,
+            "1.3" => TlsVersion::V1_3,
+            other => {
+                return Err(invalid(v.span(), format!("http.tls_min_version = {other:?}: expected \"1.2\" or \"1.3\"")))
+            }
+        },
+    };
+    let alpn = match &r.alpn {
+        None => vec![Alpn::H2, Alpn::Http11],
+        Some(list) => {
+            let mut out = Vec::new();
+            for p in list.get_ref() {
+                let a = match p.get_ref().as_str() {
+                    "h2" => Alpn::H2,
+                    "http/1.1" => Alpn::Http11,
+                    other => {
+                        return Err(invalid(p.span(), format!("http.alpn: {other:?}: expected \"h2\" or \"http/1.1\"")))
+                    }
+                };
+                if out.contains(&a) {
+                    return Err(invalid(p.span(), format!("http.alpn: {:?} is listed twice", p.get_ref())));
+                }
+                out.push(a);
+            }
+            if out.is_empty() {
+                return Err(invalid(list.span(), "http.alpn must name at least one protocol".into()));
+            }
+            out
+        }
+    };
+    Ok(Some(TlsConfig {
+        certificates,
+        min_version,
+        alpn,
+        sni_strict: r.sni_strict.as_ref().is_some_and(|s| *s.get_ref()),
+    }))
 }
 
 /// The notify hooks of an instance or a sync group (`section` names it in

@@ -102,7 +102,11 @@ pub fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         for s in &sockets {
             s.set_nonblocking(true).with_context(|| format!("http {:?}: an inherited socket", h.name))?;
         }
-        listeners.push(Listener { pool: ListenerPool::new(h.clone()), sockets });
+        let pool = ListenerPool::new(h.clone());
+        let certificates =
+            crate::proxy::tls::load_listener(h, std::time::SystemTime::now()).map_err(anyhow::Error::msg)?;
+        pool.set_tls(certificates).map_err(anyhow::Error::msg)?;
+        listeners.push(Listener { pool, sockets });
     }
     // Passed sockets of listeners this file no longer has: closed now, so
     // that connections to them are refused rather than queued for nobody.

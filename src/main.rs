@@ -120,6 +120,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run { config, log_format } => run(config, &log_format),
         Command::Check { config } => match vipd::config::load(&config) {
+            Ok(c) if !check_certificates(&config, &c) => return ExitCode::FAILURE,
             Ok(c) if c.vrrp.is_empty() && c.http.is_empty() => {
                 println!(
                     "{}: ok, but nothing is configured yet: vipd would only serve its control endpoint (add a [[vrrp]] or [[http]] section)",
@@ -180,8 +181,31 @@ fn run(path: PathBuf, log_format: &str) -> anyhow::Result<()> {
     vipd::daemon::run(config, &path)
 }
 
-/// Sends one command line to the daemon's control socket and prints the
-/// answer; an `error:` answer is an error.
+/// `vipd check` of the TLS listeners' certificates: each is read and
+/// checked as at start; prints the names each covers and what to act on.
+/// False (after saying why) if one cannot be used.
+fn check_certificates(path: &std::path::Path, config: &vipd::config::Config) -> bool {
+    let now = std::time::SystemTime::now();
+    for h in &config.http {
+        let Some(settings) = &h.tls else { continue };
+        let loaded = match vipd::proxy::tls::load(settings, now) {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("{}:{e}", path.display());
+                return false;
+            }
+        };
+        for r in loaded.report(now) {
+            let names = if r.names.is_empty() { "no names".to_string() } else { r.names.join(", ") };
+            println!("http {:?}: {}: {names}", h.name, r.cert.display());
+            if let Some(w) = r.warning {
+                println!("warning: http {:?}: {}: {w}", h.name, r.cert.display());
+            }
+        }
+    }
+    true
+}
+
 /// Writes manual page `page` to stdout.
 fn manpage(page: &str) -> anyhow::Result<()> {
     let mut out = Vec::new();
@@ -195,6 +219,8 @@ fn manpage(page: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Sends one command line to the daemon's control socket and prints the
+/// answer; an `error:` answer is an error.
 fn command(socket: &std::path::Path, line: &str) -> anyhow::Result<()> {
     let mut stream = std::os::unix::net::UnixStream::connect(socket)
         .with_context(|| format!("connecting to {} (is vipd running, and are you root?)", socket.display()))?;

@@ -306,6 +306,45 @@ impl Collector for Scrape {
         for (name, kind, help, field) in per_listener {
             family(e, name, kind, help, self.listeners.iter().map(|l| (listener(l), load(field(l.meter())))))?;
         }
+
+        // TLS listeners.
+        let tls =
+            || status.http.iter().filter_map(|p| p.tls.as_ref().map(|t| (vec![("listener", escape(&p.name))], t)));
+        family(
+            e,
+            "vipd_tls_handshakes",
+            counter,
+            "TLS handshakes completed, full or resumed (session ticket or id).",
+            tls().flat_map(|(labels, t)| {
+                [
+                    (with(labels.clone(), &[("kind", "full".to_string())]), t.handshakes_full),
+                    (with(labels, &[("kind", "resumed".to_string())]), t.handshakes_resumed),
+                ]
+            }),
+        )?;
+        family(
+            e,
+            "vipd_tls_handshake_failures",
+            counter,
+            "TLS handshakes that failed, by reason.",
+            tls().flat_map(|(labels, t)| {
+                t.failures.iter().map(move |(why, n)| (with(labels.clone(), &[("reason", why.to_string())]), *n))
+            }),
+        )?;
+        family(
+            e,
+            "vipd_tls_certificate_expiry_seconds",
+            gauge,
+            "When each name's certificate expires, seconds since the Unix epoch.",
+            tls().flat_map(|(labels, t)| {
+                t.certificates.iter().flat_map(move |c| {
+                    let expiry = u64::try_from(c.not_after).unwrap_or(0);
+                    let labels = with(labels.clone(), &[("cert", escape(&c.cert.display().to_string()))]);
+                    let names = if c.names.is_empty() { vec![String::new()] } else { c.names.clone() };
+                    names.into_iter().map(move |n| (with(labels.clone(), &[("name", escape(&n))]), expiry))
+                })
+            }),
+        )?;
         Ok(())
     }
 }

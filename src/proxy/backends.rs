@@ -18,6 +18,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use super::balance::Selector;
 use super::meter::{BackendMeter, ListenerMeter};
+use super::tls::{Loaded, TlsServer, TlsSnapshot};
 use crate::config::HttpConfig;
 
 /// One app server.
@@ -168,6 +169,9 @@ pub struct PoolSnapshot {
     pub generation: u64,
     /// Its backends.
     pub backends: Vec<BackendSnapshot>,
+    /// Handshakes and certificates, on a TLS listener.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSnapshot>,
 }
 
 /// How many of a listener's backends can take requests.
@@ -462,6 +466,8 @@ pub struct ListenerPool {
     /// Told each new generation (the health checks follow it).
     changed: watch::Sender<u64>,
     shared: Arc<Shared>,
+    /// TLS termination, when configured; read at each accept.
+    tls: RwLock<Option<Arc<TlsServer>>>,
 }
 
 impl ListenerPool {
@@ -474,6 +480,7 @@ impl ListenerPool {
             current: RwLock::new(first),
             generation: AtomicU64::new(0),
             changed: watch::channel(0).0,
+            tls: RwLock::new(None),
         })
     }
 
@@ -529,6 +536,25 @@ impl ListenerPool {
         self.changed.send_replace(generation);
         self.shared.publish_health();
         Some(format!("http {:?}: {what}", self.name))
+    }
+
+    /// Serves TLS with the certificates of `loaded` from the next
+    /// connection on (keeping the session keys of the certificates it
+    /// served before), or plain HTTP with `None`. Connections already
+    /// open go on as they are.
+    pub fn set_tls(&self, loaded: Option<Loaded>) -> Result<(), String> {
+        let mut tls = self.tls.write().unwrap_or_else(|p| p.into_inner());
+        match (loaded, tls.as_ref()) {
+            (Some(l), Some(running)) => running.install(l)?,
+            (Some(l), None) => *tls = Some(TlsServer::new(l)?),
+            (None, _) => *tls = None,
+        }
+        Ok(())
+    }
+
+    /// Its TLS, if it terminates TLS.
+    pub fn tls(&self) -> Option<Arc<TlsServer>> {
+        self.tls.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// A worker starts serving this listener; it counts until the guard drops.
@@ -620,6 +646,7 @@ impl ListenerPool {
                     admin: b.admin().name(),
                 })
                 .collect(),
+            tls: self.tls().map(|t| t.snapshot()),
         }
     }
 }
@@ -651,11 +678,18 @@ fn describe_change(old: &HttpConfig, new: &HttpConfig) -> Option<String> {
     if old.listen != new.listen {
         parts.push(format!("listen {} -> {}", old.listen, new.listen));
     }
+    match (&old.tls, &new.tls) {
+        (None, Some(_)) => parts.push("TLS on".into()),
+        (Some(_), None) => parts.push("TLS off".into()),
+        (Some(a), Some(b)) if a != b => parts.push("TLS settings".into()),
+        _ => {}
+    }
     let same_apart_from_those = HttpConfig {
         backends: new.backends.clone(),
         balance: new.balance,
         health: new.health.clone(),
         listen: new.listen,
+        tls: new.tls.clone(),
         ..old.clone()
     };
     if same_apart_from_those != *new || (parts.is_empty() && old.backends != new.backends) {

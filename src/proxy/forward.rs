@@ -16,6 +16,7 @@ use tracing::{debug, warn};
 
 use super::backends::{NotAdmitted, Pool, QUEUE_TIMEOUT};
 use super::body::{AccessLog, Completion, ProxyBody, UpstreamBody};
+use super::h1::wire::Scheme;
 use super::h1::wire::{is_hop_by_hop, is_idempotent, is_valid_authority, is_valid_request_id, looks_like_framing};
 use super::idle::IdleConns;
 use super::upstream::connect_for_upgrade;
@@ -63,7 +64,7 @@ fn request_host(req: &Request<Incoming>) -> Option<HeaderValue> {
 
 /// Sets `Host` to the request's `host`, adds the client to
 /// `X-Forwarded-For` and sets `X-Forwarded-Proto` and `X-Forwarded-Host`.
-pub fn add_forwarded(headers: &mut HeaderMap, client: SocketAddr, host: HeaderValue) {
+pub fn add_forwarded(headers: &mut HeaderMap, client: SocketAddr, scheme: Scheme, host: HeaderValue) {
     let ip = client.ip().to_string();
     let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prior) => HeaderValue::from_str(&format!("{prior}, {ip}")),
@@ -72,7 +73,7 @@ pub fn add_forwarded(headers: &mut HeaderMap, client: SocketAddr, host: HeaderVa
     if let Ok(v) = xff {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(scheme.as_str()));
     headers.insert(X_FORWARDED_HOST.clone(), host.clone());
     headers.insert(HOST, host);
 }
@@ -167,6 +168,7 @@ pub async fn handle(
     pool: Arc<Pool>,
     idle: Arc<IdleConns<Upstream>>,
     client: SocketAddr,
+    scheme: Scheme,
     mut req: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let mut done = Completion::default();
@@ -193,7 +195,7 @@ pub async fn handle(
         return local(StatusCode::BAD_REQUEST, "bad request\n", done);
     };
     if is_upgrade(&req) {
-        return upgrade(pool, client, req, host, done).await;
+        return upgrade(pool, client, scheme, req, host, done).await;
     }
 
     // Rewrite into an origin-form HTTP/1.1 request for the backend.
@@ -201,7 +203,7 @@ pub async fn handle(
     *req.uri_mut() = Uri::from(path);
     *req.version_mut() = Version::HTTP_11;
     strip_hop_by_hop(req.headers_mut());
-    add_forwarded(req.headers_mut(), client, host);
+    add_forwarded(req.headers_mut(), client, scheme, host);
     let id = ensure_request_id(req.headers_mut());
     if let Some(l) = done.log.as_mut() {
         l.request_id = id;
@@ -320,6 +322,7 @@ pub async fn handle(
 async fn upgrade(
     pool: Arc<Pool>,
     client: SocketAddr,
+    scheme: Scheme,
     mut req: Request<Incoming>,
     host: HeaderValue,
     done: Completion,
@@ -338,7 +341,7 @@ async fn upgrade(
     parts.uri = Uri::from(parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/")));
     parts.version = Version::HTTP_11;
     strip_hop_by_hop(&mut parts.headers);
-    add_forwarded(&mut parts.headers, client, host);
+    add_forwarded(&mut parts.headers, client, scheme, host);
     if let Some(u) = upgrade_to {
         parts.headers.insert(UPGRADE, u);
         parts.headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
@@ -433,15 +436,16 @@ mod tests {
     fn forwarded_headers_are_appended_and_set() {
         let client: SocketAddr = "198.51.100.7:4242".parse().expect("addr");
         let mut h = headers(&[("host", "other.test"), ("x-forwarded-for", "203.0.113.1")]);
-        add_forwarded(&mut h, client, HeaderValue::from_static("shop.test"));
+        add_forwarded(&mut h, client, Scheme::Http, HeaderValue::from_static("shop.test"));
         assert_eq!(h["x-forwarded-for"], "203.0.113.1, 198.51.100.7");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "shop.test");
         assert_eq!(h["host"], "shop.test");
 
         let mut h = HeaderMap::new();
-        add_forwarded(&mut h, client, HeaderValue::from_static("api.test:8080"));
+        add_forwarded(&mut h, client, Scheme::Https, HeaderValue::from_static("api.test:8080"));
         assert_eq!(h["x-forwarded-for"], "198.51.100.7");
+        assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["host"], "api.test:8080");
         assert_eq!(h["x-forwarded-host"], "api.test:8080");
     }

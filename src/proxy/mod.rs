@@ -10,4 +10,5 @@ pub mod health;
 pub mod idle;
 pub mod meter;
 pub mod server;
+pub mod tls;
 pub mod upstream;

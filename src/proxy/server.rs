@@ -33,7 +33,10 @@ use crate::config::HttpConfig;
 use super::backends::{HttpListeners, ListenerPool, Serving};
 use super::body::ProxyBody;
 use super::h1::conn::{self, Ended};
+use super::h1::upstream::Upstream as H1Upstream;
+use super::h1::wire::Scheme;
 use super::idle::{IdleConns, MAX_IDLE_AGE};
+use super::tls::{self, Failure, TlsServer};
 use super::upstream::Upstream;
 use super::{forward, health};
 
@@ -207,6 +210,11 @@ impl Proxy {
     /// whole reload. Says what changed.
     pub fn apply(&self, configs: &[HttpConfig]) -> Result<Vec<String>, String> {
         let mut running = self.running();
+        // Certificates are read again on every reload (a renewed file is
+        // taken); one that cannot be used refuses the reload, so the old
+        // one stays.
+        let now = std::time::SystemTime::now();
+        let mut certificates = configs.iter().map(|c| tls::load_listener(c, now)).collect::<Result<Vec<_>, _>>()?;
         let mut bound = Vec::new();
         for c in configs {
             let moved = running
@@ -229,13 +237,19 @@ impl Proxy {
                 said.push(format!("http {:?}: removed; its connections drain", r.pool.name()));
             }
         }
-        for c in configs {
+        for (c, loaded) in configs.iter().zip(certificates.iter_mut()) {
             let sockets = bound.iter().position(|(name, _)| *name == c.name).map(|i| bound.swap_remove(i).1);
             let next = match kept.iter().position(|r| r.pool.name() == c.name) {
                 Some(i) => {
                     let r = kept.swap_remove(i);
                     resize(&r.limit, r.pool.current().config.max_connections, c.max_connections);
                     said.extend(r.pool.replace(c.clone()));
+                    if let Some(l) = loaded.as_ref() {
+                        said.push(format!("http {:?}: {} TLS certificate(s) read", c.name, l.len()));
+                    }
+                    if let Err(e) = r.pool.set_tls(loaded.take()) {
+                        said.push(format!("http {:?}: TLS not changed: {e}", c.name));
+                    }
                     match sockets {
                         Some(sockets) => {
                             let _ = r.stop.send(true);
@@ -245,9 +259,13 @@ impl Proxy {
                     }
                 }
                 None => {
+                    let pool = ListenerPool::new(c.clone());
+                    if let Err(e) = pool.set_tls(loaded.take()) {
+                        said.push(format!("http {:?}: not added: {e}", c.name));
+                        continue;
+                    }
                     said.push(format!("http {:?}: added on {}", c.name, c.listen));
                     let limit = Arc::new(Semaphore::new(c.max_connections));
-                    let pool = ListenerPool::new(c.clone());
                     self.launch(Listener { pool, sockets: sockets.unwrap_or_default() }, limit)
                 }
             };
@@ -405,14 +423,20 @@ async fn serve(
         let alive = alive.clone();
         let (idle, idle_h2) = (Arc::clone(&idle), Arc::clone(&idle_h2));
         let open = pool.meter().connection();
+        let tls = pool.tls();
         tokio::spawn(async move {
             let _permit = permit;
             let _alive = alive;
             let _open = open;
             let accepted = Instant::now();
-            if let Ended::H2(stream, read) = conn::serve(stream, peer, &pool, &idle, &mut stop).await {
-                let io = Prefixed { read, pos: 0, stream };
-                serve_h2(io, peer, accepted, pool, idle_h2, stop).await;
+            match tls {
+                Some(tls) => serve_tls(stream, peer, accepted, &tls, pool, idle, idle_h2, stop).await,
+                None => {
+                    if let Ended::H2(stream, read) = conn::serve(stream, peer, &pool, &idle, &mut stop).await {
+                        let io = Prefixed { read, pos: 0, stream };
+                        serve_h2(io, peer, Scheme::Http, accepted, pool, idle_h2, stop).await;
+                    }
+                }
             }
         });
     }
@@ -427,6 +451,45 @@ async fn serve(
     idle_h2.clear();
 }
 
+/// A client of a TLS listener: the handshake, within
+/// `client_header_timeout`, then HTTP/2 if ALPN chose `h2`, else HTTP/1.x
+/// (which also serves HTTP/2 with prior knowledge, as on plain HTTP).
+#[allow(clippy::too_many_arguments)]
+async fn serve_tls(
+    stream: TcpStream,
+    peer: SocketAddr,
+    accepted: Instant,
+    tls: &TlsServer,
+    pool: Arc<ListenerPool>,
+    idle: Arc<IdleConns<H1Upstream>>,
+    idle_h2: Arc<IdleConns<Upstream>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let limit = pool.current().config.client_header_timeout;
+    let stream = match tokio::time::timeout(limit, tls.acceptor().accept(stream)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            let why = Failure::of(&e);
+            tls.meter().failed(why);
+            debug!(%peer, error = %e, reason = why.name(), "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tls.meter().failed(Failure::Timeout);
+            debug!(%peer, timeout = ?limit, "no TLS handshake in time");
+            return;
+        }
+    };
+    let (_, session) = stream.get_ref();
+    tls.meter().handshake(session.handshake_kind());
+    if session.alpn_protocol() == Some(b"h2") {
+        serve_h2(stream, peer, Scheme::Https, accepted, pool, idle_h2, stop).await;
+    } else if let Ended::H2(stream, read) = conn::serve(stream, peer, &pool, &idle, &mut stop).await {
+        let io = Prefixed { read, pos: 0, stream };
+        serve_h2(io, peer, Scheme::Https, accepted, pool, idle_h2, stop).await;
+    }
+}
+
 /// How long an HTTP/2 connection told to go away (GOAWAY) gets to close
 /// by itself once it has no stream open, before it is dropped.
 const H2_CLOSE_GRACE: Duration = Duration::from_secs(1);
@@ -438,14 +501,17 @@ const H2_CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// request must come within `client_header_timeout` of the accept, later
 /// requests within `idle_timeout` of the last stream's end. PINGs and
 /// SETTINGS do not count as activity.
-async fn serve_h2(
-    io: Prefixed,
+async fn serve_h2<I>(
+    io: I,
     peer: SocketAddr,
+    scheme: Scheme,
     accepted: Instant,
     listener: Arc<ListenerPool>,
     idle: Arc<IdleConns<Upstream>>,
     mut stop: watch::Receiver<bool>,
-) {
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let streams = Arc::new(Streams::new(accepted));
     let cfg = listener.current().config.clone();
     let (header_timeout, idle_timeout) = (cfg.client_header_timeout, cfg.idle_timeout);
@@ -461,7 +527,7 @@ async fn serve_h2(
             // Each stream on the generation current when it opens.
             let (pool, idle) = (listener.current(), Arc::clone(&idle));
             async move {
-                let resp = forward::handle(pool, idle, peer, req).await;
+                let resp = forward::handle(pool, idle, peer, scheme, req).await;
                 Ok::<_, Infallible>(resp.map(|body| CountedBody { body, _open: open }))
             }
         })
@@ -576,15 +642,15 @@ impl Body for CountedBody {
     }
 }
 
-/// A socket with bytes already read from it in front: what the HTTP/1
+/// A connection with bytes already read from it in front: what the HTTP/1
 /// reader took before it saw the HTTP/2 preface.
-struct Prefixed {
+struct Prefixed<S> {
     read: Vec<u8>,
     pos: usize,
-    stream: TcpStream,
+    stream: S,
 }
 
-impl AsyncRead for Prefixed {
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
         if this.pos < this.read.len() {
@@ -597,7 +663,7 @@ impl AsyncRead for Prefixed {
     }
 }
 
-impl AsyncWrite for Prefixed {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.stream).poll_write(cx, buf)
     }

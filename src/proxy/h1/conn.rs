@@ -17,7 +17,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant as StdInstant;
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::{timeout, timeout_at, Duration, Instant};
@@ -25,7 +25,7 @@ use tracing::{debug, warn};
 
 use super::buf::{ReadBuf, BODY_CHUNK};
 use super::upstream::Upstream;
-use super::wire::{self, ChunkError, Framing, HeadError, Preface, Rechunker, Request, ResponseContext};
+use super::wire::{self, ChunkError, Framing, HeadError, Preface, Rechunker, Request, ResponseContext, Scheme};
 use crate::proxy::backends::{ListenerPool, NotAdmitted, Pool, QUEUE_TIMEOUT};
 use crate::proxy::body::AccessLog;
 use crate::proxy::forward::Tried;
@@ -37,19 +37,56 @@ use crate::proxy::idle::IdleConns;
 const LINGER: Duration = Duration::from_secs(1);
 const LINGER_BYTES: usize = 256 * 1024;
 
+/// A client connection's bytes: a TCP socket, or TLS over one.
+pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// How the client reached the proxy.
+    const SCHEME: Scheme;
+
+    /// The address the client connected to.
+    fn local_addr(&self) -> std::io::Result<SocketAddr>;
+
+    /// Its reading and writing sides, to use at once (a tunnel).
+    fn halves(&mut self) -> (impl AsyncRead + Unpin + '_, impl AsyncWrite + Unpin + '_);
+}
+
+impl ClientStream for TcpStream {
+    const SCHEME: Scheme = Scheme::Http;
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        TcpStream::local_addr(self)
+    }
+
+    fn halves(&mut self) -> (impl AsyncRead + Unpin + '_, impl AsyncWrite + Unpin + '_) {
+        self.split()
+    }
+}
+
+impl ClientStream for tokio_rustls::server::TlsStream<TcpStream> {
+    const SCHEME: Scheme = Scheme::Https;
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.get_ref().0.local_addr()
+    }
+
+    fn halves(&mut self) -> (impl AsyncRead + Unpin + '_, impl AsyncWrite + Unpin + '_) {
+        // TLS has one state for both directions: the halves share it.
+        tokio::io::split(self)
+    }
+}
+
 /// How a connection ended.
 #[derive(Debug)]
-pub enum Ended {
+pub enum Ended<S> {
     /// Closed; nothing more to do.
     Closed,
-    /// The client speaks HTTP/2 with prior knowledge: the socket and the
-    /// bytes already read from it, for the HTTP/2 server.
-    H2(TcpStream, Vec<u8>),
+    /// The client speaks HTTP/2 with prior knowledge: the connection and
+    /// the bytes already read from it, for the HTTP/2 server.
+    H2(S, Vec<u8>),
 }
 
 /// The client side of the connection.
-struct Client {
-    stream: TcpStream,
+struct Client<S> {
+    stream: S,
     peer: SocketAddr,
     buf: ReadBuf,
     /// Bytes on their way to the client (or, briefly, to a backend).
@@ -58,7 +95,7 @@ struct Client {
     write_timeout: Duration,
 }
 
-impl Client {
+impl<S: ClientStream> Client<S> {
     async fn write_out(&mut self) -> bool {
         let ok = matches!(timeout(self.write_timeout, self.stream.write_all(&self.out)).await, Ok(Ok(())));
         self.out.clear();
@@ -108,22 +145,59 @@ impl Client {
 
 /// Serves one client connection until it closes, fails, idles out or the
 /// proxy stops.
-pub async fn serve(
-    stream: TcpStream,
+pub async fn serve<S: ClientStream>(
+    stream: S,
     peer: SocketAddr,
     listener: &ListenerPool,
     idle: &IdleConns<Upstream>,
     stop: &mut watch::Receiver<bool>,
-) -> Ended {
-    let mut pool = listener.current();
-    let cfg = &pool.config;
+) -> Ended<S> {
     let mut c = Client {
         stream,
         peer,
         buf: ReadBuf::default(),
         out: Vec::with_capacity(1024),
-        write_timeout: cfg.idle_timeout,
+        write_timeout: listener.current().config.idle_timeout,
     };
+    match requests(&mut c, listener, idle, stop).await {
+        Served::H2(read) => Ended::H2(c.stream, read),
+        Served::Closed => {
+            // TLS says that it ends (close_notify), so that a client
+            // reading to the end can tell it from a cut connection.
+            if S::SCHEME == Scheme::Https {
+                let _ = timeout(CLOSE_NOTIFY_WAIT, c.stream.shutdown()).await;
+            }
+            Ended::Closed
+        }
+        Served::Linger => {
+            c.linger().await;
+            Ended::Closed
+        }
+    }
+}
+
+/// How [`requests`] ended.
+enum Served {
+    Closed,
+    /// Closed after an error answer: linger.
+    Linger,
+    /// HTTP/2 with prior knowledge: what was read of it.
+    H2(Vec<u8>),
+}
+
+/// How long closing a TLS connection may take (its close_notify).
+const CLOSE_NOTIFY_WAIT: Duration = Duration::from_millis(500);
+
+/// The requests of one connection, one after the other.
+async fn requests<S: ClientStream>(
+    c: &mut Client<S>,
+    listener: &ListenerPool,
+    idle: &IdleConns<Upstream>,
+    stop: &mut watch::Receiver<bool>,
+) -> Served {
+    let peer = c.peer;
+    let mut pool = listener.current();
+    let cfg = &pool.config;
     let mut up_head = Vec::with_capacity(1024);
     let mut head_deadline = Instant::now() + cfg.client_header_timeout;
     let mut first = true;
@@ -136,18 +210,18 @@ pub async fn serve(
             // waited for (as long as a request head may take) and answered,
             // with `Connection: close`, not dropped unread.
             if !first && *stop.borrow() {
-                return Ended::Closed;
+                return Served::Closed;
             }
             c.buf.shrink();
             let idle_until = if first { head_deadline } else { Instant::now() + cfg.idle_timeout };
             let read = tokio::select! {
                 biased;
                 r = c.buf.read_from(&mut c.stream, cfg.max_header_size) => r,
-                _ = tokio::time::sleep_until(idle_until) => return Ended::Closed,
-                _ = stop.changed(), if !first => return Ended::Closed,
+                _ = tokio::time::sleep_until(idle_until) => return Served::Closed,
+                _ = stop.changed(), if !first => return Served::Closed,
             };
             if !matches!(read, Ok(n) if n > 0) {
-                return Ended::Closed;
+                return Served::Closed;
             }
         }
         // Each request on the generation current when it begins (a reload
@@ -164,34 +238,32 @@ pub async fn serve(
             let parsed = match (first, wire::preface(c.buf.filled())) {
                 (true, Preface::H2) => {
                     let read = c.buf.filled().to_vec();
-                    return Ended::H2(c.stream, read);
+                    return Served::H2(read);
                 }
                 (true, Preface::Maybe) => Ok(None),
-                _ => wire::parse_request(c.buf.filled(), peer.ip(), &mut up_head),
+                _ => wire::parse_request(c.buf.filled(), peer.ip(), S::SCHEME, &mut up_head),
             };
             match parsed {
                 Ok(Some(r)) if r.head_len <= cfg.max_header_size => break r,
                 Ok(Some(_)) | Err(HeadError::TooManyHeaders) => {
                     pool.meter().responses.count(431);
                     c.reply(431, "Request Header Fields Too Large", "request head too large\n", true).await;
-                    c.linger().await;
-                    return Ended::Closed;
+                    return Served::Linger;
                 }
                 Ok(None) if c.buf.len() >= cfg.max_header_size => {
                     pool.meter().responses.count(431);
                     c.reply(431, "Request Header Fields Too Large", "request head too large\n", true).await;
-                    c.linger().await;
-                    return Ended::Closed;
+                    return Served::Linger;
                 }
                 Ok(None) => {
                     match timeout_at(head_deadline, c.buf.read_from(&mut c.stream, cfg.max_header_size)).await {
                         Ok(Ok(n)) if n > 0 => {}
-                        Ok(_) => return Ended::Closed,
+                        Ok(_) => return Served::Closed,
                         Err(_) => {
                             debug!(%peer, "client did not finish its request head in time");
                             pool.meter().responses.count(408);
                             c.reply(408, "Request Timeout", "request head timed out\n", true).await;
-                            return Ended::Closed;
+                            return Served::Closed;
                         }
                     }
                 }
@@ -200,8 +272,7 @@ pub async fn serve(
                     debug!(%peer, why = %e, status, "request refused");
                     pool.meter().responses.count(status);
                     c.reply(status, reason, refusal_text(&e), true).await;
-                    c.linger().await;
-                    return Ended::Closed;
+                    return Served::Linger;
                 }
             }
         };
@@ -215,12 +286,11 @@ pub async fn serve(
         }
         // The backend and the access log see the same id.
         req.request_id = wire::ensure_request_id(&mut up_head, fastrand::u64(..));
-        match forward(&mut c, &req, &up_head, &pool, idle, stop).await {
+        match forward(c, &req, &up_head, &pool, idle, stop).await {
             Next::KeepOpen => {}
-            Next::Close => return Ended::Closed,
+            Next::Close => return Served::Closed,
             Next::Linger => {
-                c.linger().await;
-                return Ended::Closed;
+                return Served::Linger;
             }
         }
     }
@@ -345,8 +415,8 @@ impl Remaining {
 }
 
 /// Serves one parsed request whose upstream head is `up_head`.
-async fn forward(
-    c: &mut Client,
+async fn forward<S: ClientStream>(
+    c: &mut Client<S>,
     req: &Request,
     up_head: &[u8],
     pool: &Arc<Pool>,
@@ -542,8 +612,8 @@ async fn forward(
 
 /// Sends the request on `up` (the head, then the body as the client sends
 /// it and the backend takes it) and relays the response to the client.
-async fn exchange(
-    c: &mut Client,
+async fn exchange<S: ClientStream>(
+    c: &mut Client<S>,
     up: &mut Upstream,
     req: &Request,
     up_head: &[u8],
@@ -725,7 +795,7 @@ async fn exchange(
 /// sent after it, whatever the client sent after its request goes up, then
 /// bytes flow both ways at once until both sides have closed, or neither
 /// direction has moved for `silence`.
-async fn tunnel(c: &mut Client, mut up: Upstream, silence: Duration) {
+async fn tunnel<S: ClientStream>(c: &mut Client<S>, mut up: Upstream, silence: Duration) {
     c.out.extend_from_slice(up.buf.filled());
     up.buf.consume(usize::MAX);
     if !c.write_out().await {
@@ -739,7 +809,7 @@ async fn tunnel(c: &mut Client, mut up: Upstream, silence: Duration) {
         if !upward && !downward {
             break;
         }
-        let (mut from_client, mut to_client) = c.stream.split();
+        let (mut from_client, mut to_client) = c.stream.halves();
         let (mut from_backend, mut to_backend) = up.stream.split();
         let moved = tokio::select! {
             ok = tunnel_step(&mut c.buf, &mut from_client, &mut to_backend, &mut client_open), if upward => ok,

@@ -123,17 +123,41 @@ pub struct Request {
     pub request_id: Range<usize>,
 }
 
+/// How the client reached the proxy, for `X-Forwarded-Proto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    /// Plain HTTP.
+    Http,
+    /// Over TLS.
+    Https,
+}
+
+impl Scheme {
+    /// `http` or `https`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+}
+
 /// Parses a request head at the start of `input` and, if complete, writes
 /// the head to send upstream into `out` (cleared first). `Ok(None)`: the
 /// head is not complete yet.
-pub fn parse_request(input: &[u8], client: IpAddr, out: &mut Vec<u8>) -> Result<Option<Request>, HeadError> {
-    match parse_request_as_given(input, client, out) {
+pub fn parse_request(
+    input: &[u8],
+    client: IpAddr,
+    scheme: Scheme,
+    out: &mut Vec<u8>,
+) -> Result<Option<Request>, HeadError> {
+    match parse_request_as_given(input, client, scheme, out) {
         // A later HTTP/1.x is served as HTTP/1.1, the highest minor version
         // this proxy implements (RFC 9110 §2.5, §6.2). httparse knows only
         // 1.0 and 1.1, so it reads a copy with the version restated; the
         // copy keeps every offset.
         Err(HeadError::Version) => match as_http11(input)? {
-            Some(copy) => parse_request_as_given(&copy, client, out).map_err(|e| match e {
+            Some(copy) => parse_request_as_given(&copy, client, scheme, out).map_err(|e| match e {
                 HeadError::Version => HeadError::Malformed("malformed request line"),
                 e => e,
             }),
@@ -167,7 +191,12 @@ fn as_http11(input: &[u8]) -> Result<Option<Vec<u8>>, HeadError> {
     }
 }
 
-fn parse_request_as_given(input: &[u8], client: IpAddr, out: &mut Vec<u8>) -> Result<Option<Request>, HeadError> {
+fn parse_request_as_given(
+    input: &[u8],
+    client: IpAddr,
+    scheme: Scheme,
+    out: &mut Vec<u8>,
+) -> Result<Option<Request>, HeadError> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut fields);
     let Some(head_len) = complete(req.parse(input), "malformed request head")? else { return Ok(None) };
@@ -262,7 +291,7 @@ fn parse_request_as_given(input: &[u8], client: IpAddr, out: &mut Vec<u8>) -> Re
             out.extend_from_slice(b", ");
         }
     }
-    let _ = write!(out, "{client}\r\nx-forwarded-proto: http\r\n");
+    let _ = write!(out, "{client}\r\nx-forwarded-proto: {}\r\n", scheme.as_str());
     if let Some(h) = host {
         put_field(out, b"x-forwarded-host", h);
     }
@@ -1160,7 +1189,8 @@ mod tests {
 
     fn req(head: &str) -> Result<Option<(Request, String)>, HeadError> {
         let mut out = Vec::new();
-        parse_request(head.as_bytes(), CLIENT, &mut out).map(|r| r.map(|r| (r, String::from_utf8(out).expect("utf8"))))
+        parse_request(head.as_bytes(), CLIENT, Scheme::Http, &mut out)
+            .map(|r| r.map(|r| (r, String::from_utf8(out).expect("utf8"))))
     }
 
     fn ok(head: &str) -> (Request, String) {
@@ -1670,7 +1700,7 @@ mod tests {
         #[test]
         fn parsing_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
             let mut out = Vec::new();
-            let _ = parse_request(&bytes, CLIENT, &mut out);
+            let _ = parse_request(&bytes, CLIENT, Scheme::Http, &mut out);
             for ctx in [ctx(), ResponseContext { is_head: true, client_http10: true, close_client: true, upgrade: true }] {
                 let _ = parse_response(&bytes, ctx, &mut out);
             }
@@ -1688,9 +1718,9 @@ mod tests {
         ) {
             let head = arbitrary_head(&fields, b"");
             let mut out = Vec::new();
-            if let Ok(Some(r)) = parse_request(&head, CLIENT, &mut out) {
+            if let Ok(Some(r)) = parse_request(&head, CLIENT, Scheme::Http, &mut out) {
                 let mut again = Vec::new();
-                let r2 = parse_request(&out, CLIENT, &mut again).expect("rewritten head parses").expect("complete");
+                let r2 = parse_request(&out, CLIENT, Scheme::Http, &mut again).expect("rewritten head parses").expect("complete");
                 proptest::prop_assert_eq!(r2.framing, r.framing);
                 proptest::prop_assert_eq!(r2.head_len, out.len());
                 let text = String::from_utf8_lossy(&out).to_ascii_lowercase();
