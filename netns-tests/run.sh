@@ -14,7 +14,7 @@ if [[ ! -x $VIPD ]]; then
 fi
 [[ -x $VIPD ]] || { echo "run.sh: no vipd binary at $VIPD" >&2; exit 2; }
 
-SCENARIOS=(election crash graceful preempt split-brain bad-packets interop-keepalived http-failover smuggling down-at-start vip-deleted primary-lost stalled-backup track-http track-iface-script notify-hooks sync-group v2-address-list unicast ipv6 http-failover-v6 unicast-v6 vmac vmac-v6 interop-frr operator status-page reload upgrade package unit)
+SCENARIOS=(election crash graceful preempt split-brain bad-packets interop-keepalived http-failover smuggling tls-scan down-at-start vip-deleted primary-lost stalled-backup track-http track-iface-script notify-hooks sync-group v2-address-list unicast ipv6 http-failover-v6 unicast-v6 vmac vmac-v6 interop-frr operator status-page reload upgrade package unit)
 (($#)) && SCENARIOS=("$@")
 OUT=$(mktemp -d /tmp/vipd-netns-run.XXXXXX)
 declare -a results=()
@@ -27,6 +27,7 @@ for s in "${SCENARIOS[@]}"; do
     # package.sh builds the release binary and may install cargo-deb first.
     limit=300
     [[ $s == package ]] && limit=1200
+    [[ $s == tls-scan ]] && limit=900
     timeout --kill-after=10 "$limit" "./$s.sh" >"$OUT/$s.log" 2>&1 </dev/null || rc=$?
     dt=$(($(date +%s) - t0))
     if ((rc == 0)); then
