@@ -65,38 +65,6 @@ ensure_pkg wrk wrk
 ensure_pkg curl curl
 ensure_pkg jq jq
 
-# ---------------------------------------------------------------- CPU quota
-
-QUOTA_DIR=""
-# quota_setup PCT: a cgroup capped at PCT % of one core; sets QUOTA_DIR.
-quota_setup() {
-    local pct=$1 period=100000
-    ((pct >= 1 && pct <= 100)) || fail "CPU_QUOTA_PCT=$pct out of range 1..100"
-    if [[ -e /sys/fs/cgroup/cgroup.controllers ]]; then
-        grep -qw cpu /sys/fs/cgroup/cgroup.subtree_control || echo +cpu >/sys/fs/cgroup/cgroup.subtree_control ||
-            fail "cannot enable the cpu controller (cgroup v2)"
-        QUOTA_DIR=/sys/fs/cgroup/vipd-bench-$$
-        mkdir "$QUOTA_DIR"
-        echo "$((period * pct / 100)) $period" >"$QUOTA_DIR/cpu.max"
-    elif [[ -d /sys/fs/cgroup/cpu ]]; then
-        QUOTA_DIR=/sys/fs/cgroup/cpu/vipd-bench-$$
-        mkdir "$QUOTA_DIR"
-        echo "$period" >"$QUOTA_DIR/cpu.cfs_period_us"
-        echo "$((period * pct / 100))" >"$QUOTA_DIR/cpu.cfs_quota_us"
-    else
-        fail "no cgroup cpu controller found for CPU_QUOTA_PCT"
-    fi
-    CLEANUP_HOOKS+=(quota_remove)
-    log "proxies capped at ${pct}% of one core ($QUOTA_DIR)"
-}
-# quota_add PID...: move whole processes (all their threads) into the group.
-quota_add() {
-    local p
-    [[ -n $QUOTA_DIR ]] || return 0
-    for p in "$@"; do echo "$p" >"$QUOTA_DIR/cgroup.procs" || fail "cannot move pid $p into $QUOTA_DIR"; done
-}
-# quota_remove: on exit, once every process we started is gone.
-quota_remove() { [[ -z $QUOTA_DIR ]] || rmdir "$QUOTA_DIR" 2>/dev/null || true; }
 [[ -n ${CPU_QUOTA_PCT:-} ]] && quota_setup "$CPU_QUOTA_PCT"
 
 H=bench
@@ -243,30 +211,9 @@ parse_wrk() {
 
 RESULTS="$WORK/results.txt"    # target conns round rps p50 p99 rss_kib errors cpu_pct
 
-# cpu_ticks PID...: user + system CPU time the processes used so far, in
-# clock ticks (all threads; fields 14 and 15 of /proc/PID/stat).
-cpu_ticks() {
-    local p total=0 t
-    for p in "$@"; do
-        t=$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null | awk '{ print $12 + $13 }') || return 1
-        [[ -n $t ]] || return 1
-        total=$((total + t))
-    done
-    echo "$total"
-}
 CLK_TCK=$(getconf CLK_TCK)
 : >"$RESULTS"
 
-# cpu_busy_pct: share of all CPUs busy over the next second (from /proc/stat).
-cpu_busy_pct() {
-    local a b
-    a=$(head -n 1 /proc/stat); sleep 1; b=$(head -n 1 /proc/stat)
-    awk -v a="$a" -v b="$b" 'BEGIN {
-        n = split(a, x); split(b, y); tot = 0
-        for (i = 2; i <= n; i++) tot += y[i] - x[i]
-        idle = (y[5] - x[5]) + (y[6] - x[6])
-        printf "%d", tot ? 100 * (tot - idle) / tot : 0 }'
-}
 BUSY_BEFORE=$(cpu_busy_pct)
 ((BUSY_BEFORE < 10)) ||
     log "warning: the CPUs are ${BUSY_BEFORE}% busy before the bench (a build? other tests?): numbers will be low and noisy"

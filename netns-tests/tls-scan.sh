@@ -30,24 +30,8 @@ mkdir -p "$ARTEFACTS"
 ARTEFACTS=$(cd "$ARTEFACTS" && pwd)
 NAME=vipd.test
 
-# A CA, and a leaf for $NAME signed by it.
 pki="$WORK/pki"
-mkdir -p "$pki"
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 400 -subj "/CN=vipd test CA" \
-    -keyout "$pki/ca.key" -out "$pki/ca.pem" -addext "basicConstraints=critical,CA:TRUE" \
-    -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null || fail "cannot make the CA"
-openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$NAME" \
-    -keyout "$pki/leaf.key" -out "$pki/leaf.csr" 2>/dev/null || fail "cannot make the leaf's key"
-cat >"$pki/leaf.ext" <<EOF
-basicConstraints = critical, CA:FALSE
-keyUsage = critical, digitalSignature
-extendedKeyUsage = serverAuth
-subjectAltName = DNS:$NAME
-crlDistributionPoints = URI:http://ca.$NAME/ca.crl
-authorityInfoAccess = OCSP;URI:http://ocsp.$NAME/
-EOF
-openssl x509 -req -in "$pki/leaf.csr" -CA "$pki/ca.pem" -CAkey "$pki/ca.key" -CAcreateserial -days 90 \
-    -extfile "$pki/leaf.ext" -out "$pki/leaf.pem" 2>/dev/null || fail "cannot sign the leaf"
+make_pki "$pki" "$NAME" ec
 
 topo_up lb1 app1 client
 app_server app1

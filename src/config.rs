@@ -114,6 +114,38 @@ pub struct HttpConfig {
     pub eject_cooldown: Duration,
     /// TLS termination (`[[http.tls]]`); `None` = plain HTTP.
     pub tls: Option<TlsConfig>,
+    /// A plain listener that sends clients to HTTPS instead (`redirect_https`).
+    pub redirect_https: Option<RedirectHttps>,
+    /// Backends reached over TLS (`backend_tls`).
+    pub backend_tls: Option<BackendTlsConfig>,
+}
+
+/// `backend_tls = { ca = "...", server_name = "...", verify = true }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendTlsConfig {
+    /// The CA (PEM, one or more certificates) that signs the backends' certificates.
+    pub ca: Option<PathBuf>,
+    /// The name their certificates must carry; `None`: each backend's IP address.
+    pub server_name: Option<String>,
+    /// Check the backends' certificates (`false` must be spelled out).
+    pub verify: bool,
+}
+
+/// `redirect_https = true` and the keys that go with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedirectHttps {
+    /// The HTTPS port in the `Location` (443 is left out of it).
+    pub port: u16,
+    /// Paths (prefixes) that are proxied as usual, e.g. health checks and
+    /// ACME http-01 challenges.
+    pub except: Vec<String>,
+}
+
+impl RedirectHttps {
+    /// Whether a request for `path` is redirected.
+    pub fn applies_to(&self, path: &[u8]) -> bool {
+        !self.except.iter().any(|p| path.starts_with(p.as_bytes()))
+    }
 }
 
 /// A listener's TLS: its certificates and handshake settings.
@@ -322,6 +354,18 @@ struct RawHttp {
     tls_min_version: Option<Spanned<String>>,
     alpn: Option<Spanned<Vec<Spanned<String>>>>,
     sni_strict: Option<Spanned<bool>>,
+    redirect_https: Option<Spanned<bool>>,
+    redirect_https_port: Option<Spanned<i64>>,
+    redirect_https_except: Option<Spanned<Vec<Spanned<String>>>>,
+    backend_tls: Option<Spanned<RawBackendTls>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackendTls {
+    ca: Option<Spanned<String>>,
+    server_name: Option<Spanned<String>>,
+    verify: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -1030,7 +1074,70 @@ fn validate_http(
         eject_after,
         eject_cooldown,
         tls: validate_tls(&r, invalid, text, path)?,
+        redirect_https: validate_redirect(&r, invalid)?,
+        backend_tls: validate_backend_tls(&r, invalid, path)?,
     })
+}
+
+/// `backend_tls`: `ca` is required while `verify` (the default) is on.
+fn validate_backend_tls(
+    r: &RawHttp,
+    invalid: &impl Fn(Range<usize>, String) -> ConfigError,
+    path: &Path,
+) -> Result<Option<BackendTlsConfig>, ConfigError> {
+    let Some(b) = &r.backend_tls else { return Ok(None) };
+    let raw = b.get_ref();
+    let verify = raw.verify.unwrap_or(true);
+    if verify && raw.ca.is_none() {
+        return Err(invalid(b.span(), "http.backend_tls: ca is required unless verify = false is set".into()));
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    if let Some(n) = &raw.server_name {
+        if rustls::pki_types::ServerName::try_from(n.get_ref().as_str()).is_err() {
+            return Err(invalid(
+                n.span(),
+                format!("http.backend_tls.server_name = {:?}: not a DNS name or IP address", n.get_ref()),
+            ));
+        }
+    }
+    Ok(Some(BackendTlsConfig {
+        ca: raw.ca.as_ref().map(|c| dir.join(c.get_ref())),
+        server_name: raw.server_name.as_ref().map(|n| n.get_ref().clone()),
+        verify,
+    }))
+}
+
+/// `redirect_https`, `redirect_https_port` and `redirect_https_except`.
+fn validate_redirect(
+    r: &RawHttp,
+    invalid: &impl Fn(Range<usize>, String) -> ConfigError,
+) -> Result<Option<RedirectHttps>, ConfigError> {
+    let on = r.redirect_https.as_ref().is_some_and(|v| *v.get_ref());
+    if !on {
+        let stray = [
+            r.redirect_https_port.as_ref().map(|v| ("redirect_https_port", v.span())),
+            r.redirect_https_except.as_ref().map(|v| ("redirect_https_except", v.span())),
+        ];
+        if let Some((key, span)) = stray.into_iter().flatten().next() {
+            return Err(invalid(span, format!("http.{key} needs redirect_https = true")));
+        }
+        return Ok(None);
+    }
+    if let (Some(v), Some(_)) = (&r.redirect_https, &r.tls) {
+        return Err(invalid(v.span(), "http.redirect_https is for a plain listener, not one with [[http.tls]]".into()));
+    }
+    let port = match &r.redirect_https_port {
+        None => 443,
+        Some(p) => int_in(p, "http.redirect_https_port", 1, 65535, invalid)? as u16,
+    };
+    let mut except = Vec::new();
+    for p in r.redirect_https_except.iter().flat_map(|l| l.get_ref()) {
+        if !p.get_ref().starts_with('/') {
+            return Err(invalid(p.span(), format!("http.redirect_https_except: {:?} must start with /", p.get_ref())));
+        }
+        except.push(p.get_ref().clone());
+    }
+    Ok(Some(RedirectHttps { port, except }))
 }
 
 /// `[[http.tls]]` and the keys that go with it. Relative file names are

@@ -103,9 +103,8 @@ pub fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
             s.set_nonblocking(true).with_context(|| format!("http {:?}: an inherited socket", h.name))?;
         }
         let pool = ListenerPool::new(h.clone());
-        let certificates =
-            crate::proxy::tls::load_listener(h, std::time::SystemTime::now()).map_err(anyhow::Error::msg)?;
-        pool.set_tls(certificates).map_err(anyhow::Error::msg)?;
+        let prepared = crate::proxy::tls::prepare(h, std::time::SystemTime::now()).map_err(anyhow::Error::msg)?;
+        pool.set_tls(prepared).map_err(anyhow::Error::msg)?;
         listeners.push(Listener { pool, sockets });
     }
     // Passed sockets of listeners this file no longer has: closed now, so

@@ -1337,3 +1337,39 @@ async fn every_request_reaches_the_backend_with_one_request_id() {
     p.shutdown();
     a.kill();
 }
+
+/// `redirect_https`: a 308 to the same host (without its port) and path,
+/// kept alive when the request has no body; the exempt prefix is proxied;
+/// a request with a body gets the answer and a closed connection, unread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirect_https_answers_308_and_spares_the_exempt_paths() {
+    let a = backend("a").await;
+    let extra = "redirect_https = true\nredirect_https_except = [\"/healthz\", \"/.well-known/acme-challenge/\"]";
+    let (addr, pool, p) = proxy(&[a.addr], extra);
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(b"GET /shop?item=1 HTTP/1.1\r\nHost: shop.test:80\r\n\r\nGET /.well-known/acme-challenge/t HTTP/1.1\r\nHost: shop.test\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out).to_string();
+    assert!(
+        text.starts_with("HTTP/1.1 308 Permanent Redirect\r\nlocation: https://shop.test/shop?item=1\r\n"),
+        "{text}"
+    );
+    // The second request on the same connection went to the backend.
+    assert!(text.ends_with("\r\n\r\na"), "{text}");
+    assert_eq!(pool.snapshot().backends[0].requests, 1);
+
+    let (status, head, _) = get(addr, "/healthz", &[]).await;
+    assert_eq!(status, 200, "{head}");
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(b"POST /form HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 5\r\n\r\nab").await.expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out).to_string();
+    assert!(text.starts_with("HTTP/1.1 308") && text.contains("connection: close\r\n"), "{text}");
+    assert_eq!(pool.snapshot().backends[0].requests, 2, "the POST never reached the backend");
+    p.shutdown();
+    a.task.abort();
+}

@@ -115,8 +115,8 @@ fn start(pki: &Pki, text: &str) -> (Arc<ListenerPool>, Proxy) {
     let h = parse(pki, text).http.remove(0);
     let sockets = bind(h.listen, 1).expect("bind proxy");
     let pool = ListenerPool::new(h.clone());
-    let loaded = vipd::proxy::tls::load_listener(&h, std::time::SystemTime::now()).expect("certificates load");
-    pool.set_tls(loaded).expect("tls");
+    let prepared = vipd::proxy::tls::prepare(&h, std::time::SystemTime::now()).expect("certificates load");
+    pool.set_tls(prepared).expect("tls");
     let p = Proxy::start(1, vec![Listener { pool: pool.clone(), sockets }]).expect("start proxy");
     (pool, p)
 }
@@ -419,8 +419,123 @@ fn tls_keys_are_checked() {
     assert!(err(&format!("tls_min_version = \"1.1\"\n{tls}")).contains("tls_min_version = \"1.1\""));
     assert!(err(&format!("alpn = [\"spdy/3\"]\n{tls}")).contains("\"spdy/3\""));
     assert!(err(&format!("alpn = []\n{tls}")).contains("at least one protocol"));
+    assert!(err("redirect_https_port = 8443\n").contains("needs redirect_https = true"));
+    assert!(err(&format!("redirect_https = true\n{tls}")).contains("is for a plain listener"));
+    assert!(err("redirect_https = true\nredirect_https_except = [\"healthz\"]\n").contains("must start with /"));
     let c = vipd::config::parse(&format!("{base}{tls}"), &dir.join("v.toml")).expect("valid");
     let t = c.http[0].tls.as_ref().expect("tls");
     assert_eq!(t.certificates[0].cert, dir.join("c.pem"), "relative to the config file");
     assert_eq!(t.alpn, vec![vipd::config::Alpn::H2, vipd::config::Alpn::Http11]);
+}
+
+/// An HTTPS backend with a certificate for `name` from `pki`, answering
+/// "tls backend" (and "ok" at /healthz).
+async fn tls_backend(pki: &Pki, name: &str) -> SocketAddr {
+    let key = KeyPair::generate().expect("key");
+    let params = CertificateParams::new(vec![name.to_string()]).expect("params");
+    let cert = params.signed_by(&key, &pki.ca).expect("sign");
+    let key_der = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).expect("key der");
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.der().clone()], key_der)
+        .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind backend");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { return };
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(stream).await else { return };
+                let svc = service_fn(|req: Request<Incoming>| async move {
+                    let body = if req.uri().path() == "/healthz" { "ok" } else { "tls backend" };
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), svc).await;
+            });
+        }
+    });
+    addr
+}
+
+/// A plain listener in front of `backend` with `backend_tls` as `extra` says.
+fn start_plain(pki: &Pki, backend: SocketAddr, extra: &str) -> (SocketAddr, Arc<ListenerPool>, Proxy) {
+    let addr = free_port();
+    let text = format!(
+        "[[http]]\nname = \"re\"\nlisten = \"{addr}\"\nbackends = [\"{backend}\"]\naccess_log = false\n{extra}\n"
+    );
+    let (pool, proxy) = start(pki, &text);
+    (addr, pool, proxy)
+}
+
+async fn plain_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: shop.test\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out).to_string();
+    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backends_over_tls_are_verified_and_health_checked() {
+    let pki = Pki::new("backend");
+    pki.issue("unused", &["x.test"], VALID);
+    std::fs::write(pki.path("ca.pem"), pki.ca.pem()).expect("write CA");
+    let good = tls_backend(&pki, "app.internal").await;
+    let health = "[http.health]\npath = \"/healthz\"\ninterval = \"100ms\"\nrise = 1\nfall = 1";
+
+    // The right CA and name: served, and the checks pass over TLS too.
+    let tls = "backend_tls = { ca = \"ca.pem\", server_name = \"app.internal\" }";
+    let (addr, pool, proxy) = start_plain(&pki, good, &format!("{tls}\n{health}"));
+    for _ in 0..3 {
+        assert_eq!(plain_get(addr, "/").await, (200, "tls backend".to_string()));
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(pool.snapshot().backends[0].healthy, "the checks pass over TLS");
+    proxy.shutdown();
+
+    // Another name than the certificate's: 502, and the reason is the certificate.
+    let wrong_name = "backend_tls = { ca = \"ca.pem\", server_name = \"other.internal\" }";
+    let (addr, _pool, proxy) = start_plain(&pki, good, wrong_name);
+    assert_eq!(plain_get(addr, "/").await.0, 502);
+    proxy.shutdown();
+
+    // A CA that did not sign it: 502; the checks fail and take it out.
+    let other = Pki::new("backend-other");
+    std::fs::write(pki.path("other-ca.pem"), other.ca.pem()).expect("write CA");
+    let wrong_ca = "backend_tls = { ca = \"other-ca.pem\", server_name = \"app.internal\" }";
+    let (addr, pool, proxy) = start_plain(&pki, good, &format!("{wrong_ca}\n{health}"));
+    assert_eq!(plain_get(addr, "/").await.0, 502);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(!pool.snapshot().backends[0].healthy, "a failed handshake fails the check");
+    assert_eq!(plain_get(addr, "/").await.0, 503);
+    let h = parse(
+        &pki,
+        &format!("[[http]]\nname = \"x\"\nlisten = \"127.0.0.1:1\"\nbackends = [\"{good}\"]\n{wrong_ca}\n"),
+    );
+    let b = vipd::proxy::tls::BackendTls::new(h.http[0].backend_tls.as_ref().expect("backend_tls")).expect("client");
+    let tcp = TcpStream::connect(good).await.expect("connect");
+    // (The other CA has the same name, so the signature is what fails.)
+    let why = b.connect(good, tcp).await.expect_err("another CA");
+    assert!(why.contains("TLS handshake with the backend: invalid peer certificate"), "{why}");
+    proxy.shutdown();
+
+    // verify = false takes any certificate.
+    let (addr, _pool, proxy) = start_plain(&pki, good, "backend_tls = { verify = false }");
+    assert_eq!(plain_get(addr, "/").await, (200, "tls backend".to_string()));
+    proxy.shutdown();
+    let err = vipd::config::parse(
+        &format!("[[http]]\nname = \"x\"\nlisten = \"127.0.0.1:1\"\nbackends = [\"{good}\"]\nbackend_tls = {{ server_name = \"a\" }}\n"),
+        &pki.path("v.toml"),
+    )
+    .expect_err("no ca")
+    .to_string();
+    assert!(err.contains("ca is required unless verify = false"), "{err}");
 }

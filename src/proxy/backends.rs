@@ -18,7 +18,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use super::balance::Selector;
 use super::meter::{BackendMeter, ListenerMeter};
-use super::tls::{Loaded, TlsServer, TlsSnapshot};
+use super::tls::{BackendTls, Prepared, TlsServer, TlsSnapshot};
 use crate::config::HttpConfig;
 
 /// One app server.
@@ -205,6 +205,8 @@ struct Shared {
     health: watch::Sender<Health>,
     members: RwLock<Members>,
     meter: Arc<ListenerMeter>,
+    /// How backends are reached over TLS (`backend_tls`), if they are.
+    backend_tls: RwLock<Option<Arc<BackendTls>>>,
 }
 
 impl Shared {
@@ -295,6 +297,7 @@ impl Pool {
                 eject_cooldown: config.eject_cooldown,
             }),
             meter: Arc::default(),
+            backend_tls: RwLock::new(None),
         });
         Arc::new(Pool::build(config, backends, 0, shared))
     }
@@ -330,6 +333,11 @@ impl Pool {
     /// The backends, in config order.
     pub fn backends(&self) -> &[Arc<Backend>] {
         &self.backends
+    }
+
+    /// How its backends are reached over TLS, if they are.
+    pub fn backend_tls(&self) -> Option<Arc<BackendTls>> {
+        self.shared.backend_tls.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     fn cooldown_over(&self, b: &Backend) -> bool {
@@ -538,17 +546,21 @@ impl ListenerPool {
         Some(format!("http {:?}: {what}", self.name))
     }
 
-    /// Serves TLS with the certificates of `loaded` from the next
+    /// Serves TLS with the certificates `prepared` holds from the next
     /// connection on (keeping the session keys of the certificates it
-    /// served before), or plain HTTP with `None`. Connections already
-    /// open go on as they are.
-    pub fn set_tls(&self, loaded: Option<Loaded>) -> Result<(), String> {
-        let mut tls = self.tls.write().unwrap_or_else(|p| p.into_inner());
-        match (loaded, tls.as_ref()) {
-            (Some(l), Some(running)) => running.install(l)?,
-            (Some(l), None) => *tls = Some(TlsServer::new(l)?),
-            (None, _) => *tls = None,
+    /// served before), or plain HTTP without; and reaches the backends
+    /// over TLS from the next backend connection on if it says so.
+    /// Connections already open go on as they are.
+    pub fn set_tls(&self, prepared: Prepared) -> Result<(), String> {
+        {
+            let mut tls = self.tls.write().unwrap_or_else(|p| p.into_inner());
+            match (prepared.certificates, tls.as_ref()) {
+                (Some(l), Some(running)) => running.install(l)?,
+                (Some(l), None) => *tls = Some(TlsServer::new(l)?),
+                (None, _) => *tls = None,
+            }
         }
+        *self.shared.backend_tls.write().unwrap_or_else(|p| p.into_inner()) = prepared.backends;
         Ok(())
     }
 

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use http_body::Body as _;
 use hyper::body::Incoming;
-use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_TYPE, HOST, UPGRADE};
+use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_TYPE, HOST, LOCATION, UPGRADE};
 use hyper::http::uri::PathAndQuery;
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::TokioIo;
@@ -16,7 +16,7 @@ use tracing::{debug, warn};
 
 use super::backends::{NotAdmitted, Pool, QUEUE_TIMEOUT};
 use super::body::{AccessLog, Completion, ProxyBody, UpstreamBody};
-use super::h1::wire::Scheme;
+use super::h1::wire::{https_location, Scheme};
 use super::h1::wire::{is_hop_by_hop, is_idempotent, is_valid_authority, is_valid_request_id, looks_like_framing};
 use super::idle::IdleConns;
 use super::upstream::connect_for_upgrade;
@@ -160,7 +160,7 @@ async fn checkout(pool: &Pool, idle: &IdleConns<Upstream>, addr: SocketAddr, fre
             }
         }
     }
-    Upstream::connect(addr, timeout).await
+    Upstream::connect(addr, timeout, pool.backend_tls().as_deref()).await
 }
 
 /// Serves one client request through the pool.
@@ -194,6 +194,17 @@ pub async fn handle(
     let Some(host) = request_host(&req) else {
         return local(StatusCode::BAD_REQUEST, "bad request\n", done);
     };
+    if let Some(redirect) = &pool.config.redirect_https {
+        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        if redirect.applies_to(path.as_bytes()) {
+            let location = https_location(host.as_bytes(), path.as_bytes(), redirect.port);
+            let mut resp = local(StatusCode::PERMANENT_REDIRECT, "moved to https\n", done);
+            if let Ok(v) = HeaderValue::from_str(&location) {
+                resp.headers_mut().insert(LOCATION, v);
+            }
+            return resp;
+        }
+    }
     if is_upgrade(&req) {
         return upgrade(pool, client, scheme, req, host, done).await;
     }
@@ -346,7 +357,7 @@ async fn upgrade(
         parts.headers.insert(UPGRADE, u);
         parts.headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
     }
-    let mut conn = match connect_for_upgrade(addr, pool.config.connect_timeout).await {
+    let mut conn = match connect_for_upgrade(addr, pool.config.connect_timeout, pool.backend_tls().as_deref()).await {
         Ok(c) => c,
         Err(e) => {
             pool.failed(i);

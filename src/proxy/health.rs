@@ -14,7 +14,6 @@ use hyper::body::Bytes;
 use hyper::header::{CONNECTION, HOST, USER_AGENT};
 use hyper::Request;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 use tokio::time::MissedTickBehavior;
@@ -22,6 +21,8 @@ use tracing::{info, warn};
 
 use super::backends::{Backend, ListenerPool};
 use super::balance::Hysteresis;
+use super::h1::upstream::connect_stream;
+use super::tls::BackendTls;
 use crate::config::HealthConfig;
 
 /// Runs the checks of `listener`'s backends on the current runtime, and
@@ -66,7 +67,7 @@ async fn check_loop(listener: Arc<ListenerPool>, backend: Arc<Backend>, cfg: Hea
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        let result = check_once(addr, &cfg).await;
+        let result = check_once(addr, &cfg, listener.current().backend_tls().as_deref()).await;
         let meter = backend.meter();
         let counter = if result.is_ok() { &meter.checks_passed } else { &meter.checks_failed };
         counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -88,9 +89,9 @@ async fn check_loop(listener: Arc<ListenerPool>, backend: Arc<Backend>, cfg: Hea
 }
 
 /// One check: connect, `GET path`, judge the status.
-pub async fn check_once(addr: SocketAddr, cfg: &HealthConfig) -> Result<(), String> {
+pub async fn check_once(addr: SocketAddr, cfg: &HealthConfig, tls: Option<&BackendTls>) -> Result<(), String> {
     let attempt = async {
-        let stream = TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
+        let stream = connect_stream(addr, cfg.timeout, tls).await?;
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| format!("handshake: {e}"))?;
         tokio::spawn(conn);

@@ -214,7 +214,7 @@ impl Proxy {
         // taken); one that cannot be used refuses the reload, so the old
         // one stays.
         let now = std::time::SystemTime::now();
-        let mut certificates = configs.iter().map(|c| tls::load_listener(c, now)).collect::<Result<Vec<_>, _>>()?;
+        let mut prepared = configs.iter().map(|c| tls::prepare(c, now)).collect::<Result<Vec<_>, _>>()?;
         let mut bound = Vec::new();
         for c in configs {
             let moved = running
@@ -237,17 +237,17 @@ impl Proxy {
                 said.push(format!("http {:?}: removed; its connections drain", r.pool.name()));
             }
         }
-        for (c, loaded) in configs.iter().zip(certificates.iter_mut()) {
+        for (c, loaded) in configs.iter().zip(prepared.iter_mut()) {
             let sockets = bound.iter().position(|(name, _)| *name == c.name).map(|i| bound.swap_remove(i).1);
             let next = match kept.iter().position(|r| r.pool.name() == c.name) {
                 Some(i) => {
                     let r = kept.swap_remove(i);
                     resize(&r.limit, r.pool.current().config.max_connections, c.max_connections);
                     said.extend(r.pool.replace(c.clone()));
-                    if let Some(l) = loaded.as_ref() {
+                    if let Some(l) = loaded.certificates.as_ref() {
                         said.push(format!("http {:?}: {} TLS certificate(s) read", c.name, l.len()));
                     }
-                    if let Err(e) = r.pool.set_tls(loaded.take()) {
+                    if let Err(e) = r.pool.set_tls(std::mem::take(loaded)) {
                         said.push(format!("http {:?}: TLS not changed: {e}", c.name));
                     }
                     match sockets {
@@ -260,7 +260,7 @@ impl Proxy {
                 }
                 None => {
                     let pool = ListenerPool::new(c.clone());
-                    if let Err(e) = pool.set_tls(loaded.take()) {
+                    if let Err(e) = pool.set_tls(std::mem::take(loaded)) {
                         said.push(format!("http {:?}: not added: {e}", c.name));
                         continue;
                     }

@@ -11,20 +11,24 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::{
     ClientHello, ProducesTickets, ResolvesServerCert, ServerSessionMemoryCache, StoresServerSessions,
 };
 use rustls::sign::CertifiedKey;
+use rustls::{DigitallySignedStruct, SignatureScheme};
 use rustls::{HandshakeKind, ServerConfig};
 use serde::Serialize;
-use tokio_rustls::TlsAcceptor;
+use std::net::SocketAddr;
+use tokio::net::TcpStream;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use tracing::warn;
 
-use crate::config::{HttpConfig, Location, TlsConfig, TlsVersion};
+use crate::config::{BackendTlsConfig, HttpConfig, Location, TlsConfig, TlsVersion};
 
 /// A certificate expiring sooner than this is reported by `vipd check` and
 /// logged at start and reload.
@@ -189,18 +193,142 @@ pub fn load(settings: &TlsConfig, now: SystemTime) -> Result<Loaded, TlsError> {
     Ok(Loaded { certs, settings: settings.clone() })
 }
 
-/// Reads the certificates of listener `h`, if it terminates TLS, and logs
-/// what the operator should act on (a certificate expiring soon, one
-/// without names).
-pub fn load_listener(h: &HttpConfig, now: SystemTime) -> Result<Option<Loaded>, String> {
-    let Some(settings) = &h.tls else { return Ok(None) };
-    let loaded = load(settings, now).map_err(|e| format!("http {:?}: {e}", h.name))?;
-    for r in loaded.report(now) {
-        if let Some(w) = &r.warning {
-            warn!(listener = %h.name, cert = %r.cert.display(), "TLS certificate: {w}");
+/// A listener's TLS material, read from its files: what start and reload
+/// install with [`ListenerPool::set_tls`](super::backends::ListenerPool::set_tls).
+#[derive(Debug, Default)]
+pub struct Prepared {
+    /// Its certificates, if it terminates TLS.
+    pub certificates: Option<Loaded>,
+    /// How it reaches its backends over TLS, if it does.
+    pub backends: Option<Arc<BackendTls>>,
+}
+
+/// Reads what listener `h` needs of TLS (its certificates, its backends'
+/// CA), and logs what the operator should act on (a certificate expiring
+/// soon or without names, backend certificates not verified).
+pub fn prepare(h: &HttpConfig, now: SystemTime) -> Result<Prepared, String> {
+    let certificates = match &h.tls {
+        None => None,
+        Some(settings) => {
+            let loaded = load(settings, now).map_err(|e| format!("http {:?}: {e}", h.name))?;
+            for r in loaded.report(now) {
+                if let Some(w) = &r.warning {
+                    warn!(listener = %h.name, cert = %r.cert.display(), "TLS certificate: {w}");
+                }
+            }
+            Some(loaded)
         }
+    };
+    let backends = match &h.backend_tls {
+        None => None,
+        Some(b) => {
+            if !b.verify {
+                warn!(listener = %h.name, "backend_tls: verify = false: the backends' certificates are not checked");
+            }
+            Some(Arc::new(BackendTls::new(b).map_err(|e| format!("http {:?}: backend_tls: {e}", h.name))?))
+        }
+    };
+    Ok(Prepared { certificates, backends })
+}
+
+/// How a listener reaches its backends over TLS (`backend_tls`).
+pub struct BackendTls {
+    connector: TlsConnector,
+    /// The name their certificates must carry; `None`: each one's IP address.
+    name: Option<ServerName<'static>>,
+}
+
+impl fmt::Debug for BackendTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BackendTls").field("name", &self.name).finish_non_exhaustive()
     }
-    Ok(Some(loaded))
+}
+
+impl BackendTls {
+    /// A client that trusts the CA file of `settings` (or, with `verify =
+    /// false`, any certificate) and offers HTTP/1.1 by ALPN.
+    pub fn new(settings: &BackendTlsConfig) -> Result<BackendTls, String> {
+        let provider = provider();
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?;
+        let builder = match (&settings.ca, settings.verify) {
+            (_, false) => {
+                builder.dangerous().with_custom_certificate_verifier(Arc::new(Unverified(Arc::clone(&provider))))
+            }
+            (Some(ca), true) => {
+                let pem = std::fs::read(ca).map_err(|e| format!("ca {}: cannot read: {e}", ca.display()))?;
+                let mut roots = rustls::RootCertStore::empty();
+                for c in CertificateDer::pem_slice_iter(&pem) {
+                    let c = c.map_err(|e| format!("ca {}: not PEM: {e}", ca.display()))?;
+                    roots.add(c).map_err(|e| format!("ca {}: {e}", ca.display()))?;
+                }
+                if roots.is_empty() {
+                    return Err(format!("ca {}: no certificate in the file", ca.display()));
+                }
+                builder.with_root_certificates(roots)
+            }
+            (None, true) => return Err("ca is required unless verify = false".into()),
+        };
+        let mut config = builder.with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let name = match &settings.server_name {
+            None => None,
+            Some(n) => Some(ServerName::try_from(n.clone()).map_err(|e| format!("server_name {n:?}: {e}"))?),
+        };
+        Ok(BackendTls { connector: TlsConnector::from(Arc::new(config)), name })
+    }
+
+    /// TLS over `tcp` to the backend at `addr`.
+    pub async fn connect(
+        &self,
+        addr: SocketAddr,
+        tcp: TcpStream,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
+        let name = self.name.clone().unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()));
+        self.connector.connect(name, tcp).await.map_err(|e| format!("TLS handshake with the backend: {e}"))
+    }
+}
+
+/// `verify = false`: any certificate is taken; the handshake's signatures
+/// are still checked (they prove nothing without trust, but keep the
+/// handshake honest).
+#[derive(Debug)]
+struct Unverified(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for Unverified {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 /// The leaf's DNS names and validity period (as Unix times and as text).

@@ -15,14 +15,14 @@ use hyper::client::conn::http1::{Builder, Connection, SendRequest};
 use hyper::client::conn::TrySendError;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 use tracing::debug;
 
 use super::body::UpstreamBody;
-use super::h1::upstream::connect_tcp;
+use super::h1::upstream::{connect_stream, UpstreamStream};
+use super::tls::BackendTls;
 
 /// hyper's state machine of one client connection.
-type Driver = Pin<Box<Connection<TokioIo<TcpStream>, UpstreamBody>>>;
+type Driver = Pin<Box<Connection<TokioIo<UpstreamStream>, UpstreamBody>>>;
 
 /// A pooled connection to a backend and the state machine that drives it.
 pub struct Upstream {
@@ -47,8 +47,8 @@ fn builder() -> Builder {
 
 impl Upstream {
     /// Opens a new connection.
-    pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Self, String> {
-        let stream = connect_tcp(addr, timeout).await?;
+    pub async fn connect(addr: SocketAddr, timeout: Duration, tls: Option<&BackendTls>) -> Result<Self, String> {
+        let stream = connect_stream(addr, timeout, tls).await?;
         let (sender, conn) = builder().handshake(TokioIo::new(stream)).await.map_err(|e| format!("handshake: {e}"))?;
         Ok(Upstream { sender, conn: Some(Box::pin(conn)) })
     }
@@ -107,8 +107,12 @@ fn drive(conn: &mut Option<Driver>, cx: &mut Context<'_>) -> bool {
 
 /// A connection for an HTTP Upgrade: its own task (the upgraded stream
 /// outlives the request), never pooled.
-pub async fn connect_for_upgrade(addr: SocketAddr, timeout: Duration) -> Result<SendRequest<UpstreamBody>, String> {
-    let stream = connect_tcp(addr, timeout).await?;
+pub async fn connect_for_upgrade(
+    addr: SocketAddr,
+    timeout: Duration,
+    tls: Option<&BackendTls>,
+) -> Result<SendRequest<UpstreamBody>, String> {
+    let stream = connect_stream(addr, timeout, tls).await?;
     let (sender, conn) = builder().handshake(TokioIo::new(stream)).await.map_err(|e| format!("handshake: {e}"))?;
     tokio::spawn(async move {
         if let Err(e) = conn.with_upgrades().await {

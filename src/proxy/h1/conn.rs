@@ -284,6 +284,24 @@ async fn requests<S: ClientStream>(
                 wire::insert_host(&mut up_head, &local.to_string());
             }
         }
+        if let Some(redirect) = &cfg.redirect_https {
+            let to = wire::upstream_host_and_target(&up_head).filter(|(_, target)| redirect.applies_to(target));
+            if let Some((host, target)) = to {
+                let location = wire::https_location(host, target, redirect.port);
+                // A body is not read: the connection closes after the answer.
+                let close = !req.keep_alive || req.framing != Framing::Empty;
+                wire::redirect_response(&location, close, &mut c.out);
+                pool.meter().responses.count(308);
+                if !c.write_out().await {
+                    return Served::Closed;
+                }
+                if close {
+                    return Served::Linger;
+                }
+                c.buf.consume(req.head_len);
+                continue;
+            }
+        }
         // The backend and the access log see the same id.
         req.request_id = wire::ensure_request_id(&mut up_head, fastrand::u64(..));
         match forward(c, &req, &up_head, &pool, idle, stop).await {
@@ -481,7 +499,7 @@ async fn forward<S: ClientStream>(
             if upgrade || !replayable { None } else { idle.take(addr, StdInstant::now(), Upstream::is_usable) };
         let mut up = match pooled {
             Some(up) => up,
-            None => match Upstream::connect(addr, cfg.connect_timeout).await {
+            None => match Upstream::connect(addr, cfg.connect_timeout, pool.backend_tls().as_deref()).await {
                 Ok(up) => up,
                 Err(e) => {
                     // Nothing was sent: any request may go to another backend.

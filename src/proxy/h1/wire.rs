@@ -576,6 +576,49 @@ pub fn local_response(status: u16, reason: &str, body: &str, close: bool, out: &
     );
 }
 
+/// Where a redirect to HTTPS sends a request for `host` (a Host value,
+/// already validated) and `path` (origin-form): the same host without its
+/// port, `port` unless 443, the same path and query.
+pub fn https_location(host: &[u8], path: &[u8], port: u16) -> String {
+    // An IPv6 literal keeps its brackets; a port follows the last colon
+    // after them.
+    let name_end = match host.iter().rposition(|&b| b == b':') {
+        Some(i) if !host[i..].contains(&b']') => i,
+        _ => host.len(),
+    };
+    let name = String::from_utf8_lossy(&host[..name_end]);
+    let path = String::from_utf8_lossy(if path.is_empty() { b"/" } else { path });
+    if port == 443 {
+        format!("https://{name}{path}")
+    } else {
+        format!("https://{name}:{port}{path}")
+    }
+}
+
+/// The host and origin-form target of an upstream head of ours (what
+/// [`parse_request`] wrote: request line, then `host` first).
+pub fn upstream_host_and_target(head: &[u8]) -> Option<(&[u8], &[u8])> {
+    let line_end = head.windows(2).position(|w| w == b"\r\n")?;
+    let mut words = head[..line_end].split(|&b| b == b' ');
+    let target = words.nth(1)?;
+    let rest = &head[line_end + 2..];
+    let host_end = rest.windows(2).position(|w| w == b"\r\n")?;
+    let host = rest[..host_end].strip_prefix(b"host: ")?;
+    Some((host, target))
+}
+
+/// A 308 to `location`, with a short body saying where.
+pub fn redirect_response(location: &str, close: bool, out: &mut Vec<u8>) {
+    out.clear();
+    let body = format!("moved to {location}\n");
+    let _ = write!(
+        out,
+        "HTTP/1.1 308 Permanent Redirect\r\nlocation: {location}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n{}\r\n{body}",
+        body.len(),
+        if close { "connection: close\r\n" } else { "" }
+    );
+}
+
 /// The message's transfer codings as one `Transfer-Encoding` field of the
 /// proxy's own writing, whatever the spacing and field count they came in.
 fn put_codings(out: &mut Vec<u8>, headers: &[httparse::Header<'_>]) {
@@ -1754,5 +1797,25 @@ mod tests {
             proptest::prop_assert_eq!(used, body.len() - 4);
             proptest::prop_assert_eq!(data, want);
         }
+    }
+
+    #[test]
+    fn https_redirects_keep_host_path_and_query_and_drop_the_port() {
+        assert_eq!(https_location(b"shop.test", b"/a?b=1", 443), "https://shop.test/a?b=1");
+        assert_eq!(https_location(b"shop.test:80", b"/", 443), "https://shop.test/");
+        assert_eq!(https_location(b"shop.test:8080", b"/x", 8443), "https://shop.test:8443/x");
+        assert_eq!(https_location(b"[2001:db8::1]:80", b"/", 443), "https://[2001:db8::1]/");
+        assert_eq!(https_location(b"[2001:db8::1]", b"/", 443), "https://[2001:db8::1]/");
+        assert_eq!(https_location(b"192.0.2.10", b"", 443), "https://192.0.2.10/");
+        // What parse_request wrote is what the redirect reads.
+        let mut up = Vec::new();
+        let input = b"GET http://shop.test:80/p?q HTTP/1.1\r\nHost: shop.test:80\r\n\r\n";
+        parse_request(input, CLIENT, Scheme::Http, &mut up).expect("valid").expect("complete");
+        assert_eq!(upstream_host_and_target(&up), Some((&b"shop.test:80"[..], &b"/p?q"[..])));
+        let mut out = Vec::new();
+        redirect_response("https://shop.test/p?q", false, &mut out);
+        let text = String::from_utf8(out).expect("utf8");
+        assert!(text.starts_with("HTTP/1.1 308 Permanent Redirect\r\nlocation: https://shop.test/p?q\r\n"), "{text}");
+        assert!(!text.contains("connection: close"));
     }
 }
