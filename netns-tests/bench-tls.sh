@@ -49,7 +49,11 @@ PROXY_CPU=0
 LOAD_CPU=1
 BACKEND=127.0.0.1:8081
 NAME=vipd.test
-declare -A PORT=([vipd]=8443 [haproxy]=8444 [nginx]=8445)
+declare -A PORT=([vipd]=8443 [haproxy]=8444 [nginx]=8445 [vipd-ring]=8446)
+# vipd-ring (in TARGETS): vipd built with the ring provider (VIPD_RING,
+# default ../target/ring/release/vipd: cargo build --release --features
+# tls-ring --target-dir target/ring), to compare with aws-lc-rs.
+VIPD_RING=${VIPD_RING:-$NT_DIR0/../target/ring/release/vipd}
 
 ((RUNS >= 1 && RUNS <= 20)) || fail "RUNS=$RUNS out of range 1..20"
 ((IDLE >= 100 && IDLE <= 30000)) || fail "IDLE=$IDLE out of range 100..30000"
@@ -86,6 +90,7 @@ nginx_ready $H "$BACKEND_PID" "http://$BACKEND/" 5000 || fail "backend: $WHY"
 write_configs() {
     local pki=$1
     VIPD_CONF="$WORK/vipd.toml"
+    VIPD_RING_CONF="$WORK/vipd-ring.toml"
     cat >"$VIPD_CONF" <<EOF
 [control]
 listen = "127.0.0.1:9099"
@@ -102,6 +107,8 @@ idle_timeout = "60s"
 cert = "$pki/leaf.pem"
 key = "$pki/leaf.key"
 EOF
+    sed "s/127.0.0.1:${PORT[vipd]}/127.0.0.1:${PORT[vipd-ring]}/; s/127.0.0.1:9099/127.0.0.1:9098/; s/vipd.sock/vipd-ring.sock/" \
+        "$VIPD_CONF" >"$VIPD_RING_CONF"
     # Two descriptors per connection must fit under the open files limit.
     HAPROXY_CONF=$(HAPROXY_MAXCONN=$((IDLE + 500)) HAPROXY_BIND_OPTS="ssl crt $pki/combined.pem alpn h2,http/1.1" \
         haproxy_conf haproxy "127.0.0.1:${PORT[haproxy]}" "$BACKEND")
@@ -136,9 +143,12 @@ start_target() {
     local t=$1
     WHY=""
     case $t in
-        vipd)
+        vipd | vipd-ring)
+            local bin=$VIPD conf=$VIPD_CONF
+            [[ $t == vipd-ring ]] && { bin=$VIPD_RING; conf=$VIPD_RING_CONF; }
+            [[ -x $bin ]] || { WHY="no binary $bin"; return 1; }
             ip netns exec "$(ns $H)" env RUST_LOG=info,access=off taskset -c $PROXY_CPU \
-                "$VIPD" run --config "$VIPD_CONF" >>"$WORK/vipd.log" 2>&1 &
+                "$bin" run --config "$conf" >>"$WORK/$t.log" 2>&1 &
             TARGET_PID=$!
             EXTRA_PIDS+=("$TARGET_PID")
             TARGET_PIDS=("$TARGET_PID")
@@ -289,7 +299,7 @@ for kind in $KINDS; do
         row+=$(printf ' %8s' "${E[$kind,$t,idle]}")
         echo "$row"
     done
-    for o in haproxy nginx; do
+    for o in haproxy nginx vipd-ring; do
         [[ " $TARGETS " == *" vipd "* && " $TARGETS " == *" $o "* ]] || continue
         printf 'vipd/%-7s per CPU-second: full %s, resumed %s, h1 %s, h2 %s; KiB per idle connection %s\n' "$o" \
             "$(ratio "${E[$kind,vipd,full]}" "${E[$kind,$o,full]}")" "$(ratio "${E[$kind,vipd,resumed]}" "${E[$kind,$o,resumed]}")" \

@@ -539,3 +539,45 @@ async fn backends_over_tls_are_verified_and_health_checked() {
     .to_string();
     assert!(err.contains("ca is required unless verify = false"), "{err}");
 }
+
+/// A keep-alive connection idle past the time it keeps its buffers gives
+/// them back and serves the next request as before, plain and over TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_idle_past_its_buffers_serves_the_next_request() {
+    let pki = Pki::new("idle");
+    pki.issue("a", &["a.test"], VALID);
+    let be = backend().await;
+    let (tls_addr, plain_addr) = (free_port(), free_port());
+    let (_p1, _proxy1) = start(&pki, &listener_text(tls_addr, be, &["a"], ""));
+    let (_p2, _proxy2) = start(
+        &pki,
+        &format!("[[http]]\nname = \"plain\"\nlisten = \"{plain_addr}\"\nbackends = [\"{be}\"]\naccess_log = false\n"),
+    );
+    let (_, connector) = client(&[b"http/1.1"], BOTH);
+    let tls = connect(&connector, tls_addr, "a.test").await.expect("handshake");
+    let plain = TcpStream::connect(plain_addr).await.expect("connect");
+    async fn twice<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut s: S) {
+        for round in 0..2 {
+            s.write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n").await.expect("write");
+            // The whole answer: its head, then content-length bytes.
+            let mut got = Vec::new();
+            let mut buf = vec![0u8; 4096];
+            let complete = |got: &[u8]| {
+                let text = String::from_utf8_lossy(got).to_ascii_lowercase();
+                let Some((head, body)) = text.split_once("\r\n\r\n") else { return false };
+                let len = head.lines().find_map(|l| l.strip_prefix("content-length: ")?.trim().parse::<usize>().ok());
+                len.is_some_and(|n| body.len() >= n)
+            };
+            while !complete(&got) {
+                let read = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await;
+                let n = read.expect("answer in time").expect("read");
+                assert!(n > 0, "round {round}: closed after {:?}", String::from_utf8_lossy(&got));
+                got.extend_from_slice(&buf[..n]);
+            }
+            let text = String::from_utf8_lossy(&got).to_string();
+            assert!(text.starts_with("HTTP/1.1 200"), "round {round}: {text}");
+            tokio::time::sleep(Duration::from_millis(1300)).await;
+        }
+    }
+    tokio::join!(twice(tls), twice(plain));
+}

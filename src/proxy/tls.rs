@@ -28,6 +28,13 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use tracing::warn;
 
+// The crypto provider: aws-lc-rs, unless built with the `tls-ring` feature
+// (only to compare the two: see "TLS" in the README).
+#[cfg(not(feature = "tls-ring"))]
+use rustls::crypto::aws_lc_rs as crypto;
+#[cfg(feature = "tls-ring")]
+use rustls::crypto::ring as crypto;
+
 use crate::config::{BackendTlsConfig, HttpConfig, Location, TlsConfig, TlsVersion};
 
 /// A certificate expiring sooner than this is reported by `vipd check` and
@@ -138,8 +145,8 @@ fn unix(t: SystemTime) -> i64 {
 /// order decides, not the client's): AES-128-GCM before AES-256-GCM (as
 /// strong as needed here, and cheaper), ChaCha20-Poly1305 last.
 fn provider() -> Arc<CryptoProvider> {
-    use rustls::crypto::aws_lc_rs::cipher_suite as suite;
-    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    use crypto::cipher_suite as suite;
+    let mut provider = crypto::default_provider();
     provider.cipher_suites = vec![
         suite::TLS13_AES_128_GCM_SHA256,
         suite::TLS13_AES_256_GCM_SHA384,
@@ -501,7 +508,7 @@ impl TlsServer {
     /// Serves `loaded`, with new session-ticket keys (rotated every 6
     /// hours, as rustls does) and an empty session cache.
     pub fn new(loaded: Loaded) -> Result<Arc<TlsServer>, String> {
-        let tickets = rustls::crypto::aws_lc_rs::Ticketer::new().map_err(|e| format!("session tickets: {e}"))?;
+        let tickets = crypto::Ticketer::new().map_err(|e| format!("session tickets: {e}"))?;
         let sessions: Arc<dyn StoresServerSessions> = ServerSessionMemoryCache::new(SESSION_CACHE);
         let settings = loaded.settings.clone();
         let resolver = Arc::new(Resolver { current: RwLock::new(Arc::new(loaded)) });

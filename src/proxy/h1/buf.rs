@@ -65,6 +65,15 @@ impl ReadBuf {
         self.filled_room = false;
     }
 
+    /// Gives its memory back while empty (an idle connection); the next
+    /// read takes [`BASE`] again.
+    pub fn release(&mut self) {
+        if self.is_empty() {
+            self.data = Vec::new();
+            self.filled_room = false;
+        }
+    }
+
     /// One read from `r`, after making room: unused bytes move to the front
     /// and the buffer grows up to `limit`. `Ok(0)` is end of stream. With
     /// `limit` unused bytes already held, fails without reading.
@@ -123,6 +132,12 @@ mod tests {
         assert!(b.is_empty());
         b.shrink();
         assert_eq!(b.data.len(), BASE);
+        // Released while idle, it reads again at the base size.
+        b.release();
+        assert_eq!(b.data.capacity(), 0);
+        let mut more: &[u8] = b"GET";
+        assert_eq!(b.read_from(&mut more, 2 * BASE).await.expect("read"), 3);
+        assert_eq!((b.filled(), b.data.len()), (&b"GET"[..], BASE));
     }
 
     #[tokio::test]

@@ -47,6 +47,9 @@ pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
 
     /// Its reading and writing sides, to use at once (a tunnel).
     fn halves(&mut self) -> (impl AsyncRead + Unpin + '_, impl AsyncWrite + Unpin + '_);
+
+    /// Resolves once a read may find something: bytes, or the end.
+    fn readable(&self) -> impl std::future::Future<Output = std::io::Result<()>> + Send + '_;
 }
 
 impl ClientStream for TcpStream {
@@ -58,6 +61,10 @@ impl ClientStream for TcpStream {
 
     fn halves(&mut self) -> (impl AsyncRead + Unpin + '_, impl AsyncWrite + Unpin + '_) {
         self.split()
+    }
+
+    fn readable(&self) -> impl std::future::Future<Output = std::io::Result<()>> + Send + '_ {
+        TcpStream::readable(self)
     }
 }
 
@@ -71,6 +78,19 @@ impl ClientStream for tokio_rustls::server::TlsStream<TcpStream> {
     fn halves(&mut self) -> (impl AsyncRead + Unpin + '_, impl AsyncWrite + Unpin + '_) {
         // TLS has one state for both directions: the halves share it.
         tokio::io::split(self)
+    }
+
+    fn readable(&self) -> impl std::future::Future<Output = std::io::Result<()>> + Send + '_ {
+        let (tcp, session) = self.get_ref();
+        // Plaintext (or a close) already decrypted and not yet read: at once.
+        let waiting = !session.wants_read();
+        async move {
+            if waiting {
+                Ok(())
+            } else {
+                tcp.readable().await
+            }
+        }
     }
 }
 
@@ -185,6 +205,10 @@ enum Served {
     H2(Vec<u8>),
 }
 
+/// How long a keep-alive connection waits for its next request with its
+/// buffers; past it, it holds none while it waits on.
+const KEEP_BUFFERS_IDLE: Duration = Duration::from_secs(1);
+
 /// How long closing a TLS connection may take (its close_notify).
 const CLOSE_NOTIFY_WAIT: Duration = Duration::from_millis(500);
 
@@ -214,6 +238,28 @@ async fn requests<S: ClientStream>(
             }
             c.buf.shrink();
             let idle_until = if first { head_deadline } else { Instant::now() + cfg.idle_timeout };
+            if !first {
+                // A connection that stays idle gives its buffers back until
+                // the client sends again (the kernel and TLS hold what comes).
+                let soon = tokio::select! {
+                    biased;
+                    r = timeout(KEEP_BUFFERS_IDLE, c.stream.readable()) => r,
+                    _ = stop.changed() => return Served::Closed,
+                };
+                if soon.is_err() {
+                    c.buf.release();
+                    c.out = Vec::new();
+                    up_head = Vec::new();
+                    tokio::select! {
+                        biased;
+                        r = c.stream.readable() => if r.is_err() { return Served::Closed },
+                        _ = tokio::time::sleep_until(idle_until) => return Served::Closed,
+                        _ = stop.changed() => return Served::Closed,
+                    }
+                    c.out.reserve(1024);
+                    up_head.reserve(1024);
+                }
+            }
             let read = tokio::select! {
                 biased;
                 r = c.buf.read_from(&mut c.stream, cfg.max_header_size) => r,
