@@ -466,7 +466,10 @@ async fn serve_tls(
     mut stop: watch::Receiver<bool>,
 ) {
     let limit = pool.current().config.client_header_timeout;
-    let stream = match tokio::time::timeout(limit, tls.acceptor().accept(stream)).await {
+    // The handshake's state and the connection's are boxed one after the
+    // other: the task keeps only what the current one needs (an idle TLS
+    // connection costs its session and buffers, not the handshake's room).
+    let stream = match tokio::time::timeout(limit, Box::pin(tls.acceptor().accept(stream))).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             let why = Failure::of(&e);
@@ -483,10 +486,10 @@ async fn serve_tls(
     let (_, session) = stream.get_ref();
     tls.meter().handshake(session.handshake_kind());
     if session.alpn_protocol() == Some(b"h2") {
-        serve_h2(stream, peer, Scheme::Https, accepted, pool, idle_h2, stop).await;
-    } else if let Ended::H2(stream, read) = conn::serve(stream, peer, &pool, &idle, &mut stop).await {
+        Box::pin(serve_h2(stream, peer, Scheme::Https, accepted, pool, idle_h2, stop)).await;
+    } else if let Ended::H2(stream, read) = Box::pin(conn::serve(stream, peer, &pool, &idle, &mut stop)).await {
         let io = Prefixed { read, pos: 0, stream };
-        serve_h2(io, peer, Scheme::Https, accepted, pool, idle_h2, stop).await;
+        Box::pin(serve_h2(io, peer, Scheme::Https, accepted, pool, idle_h2, stop)).await;
     }
 }
 
