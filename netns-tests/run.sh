@@ -27,7 +27,8 @@ for s in "${SCENARIOS[@]}"; do
     # package.sh builds the release binary and may install cargo-deb first.
     limit=300
     [[ $s == package ]] && limit=1200
-    [[ $s == tls-scan ]] && limit=900
+    # Both may install a large Debian package first (testssl.sh, chromium).
+    [[ $s == tls-scan || $s == status-page ]] && limit=900
     timeout --kill-after=10 "$limit" "./$s.sh" >"$OUT/$s.log" 2>&1 </dev/null || rc=$?
     dt=$(($(date +%s) - t0))
     if ((rc == 0)); then

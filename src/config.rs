@@ -142,9 +142,24 @@ pub struct RedirectHttps {
 }
 
 impl RedirectHttps {
-    /// Whether a request for `path` is redirected.
+    /// Whether a request for `path` (origin-form) is redirected. An
+    /// exempt prefix matches whole segments (`/healthz` is not
+    /// `/healthzfoo`), and a path with a dot-segment or an encoded dot or
+    /// slash is never exempt: a backend that normalises it could serve
+    /// something else over plain HTTP.
     pub fn applies_to(&self, path: &[u8]) -> bool {
-        !self.except.iter().any(|p| path.starts_with(p.as_bytes()))
+        let path = &path[..path.iter().position(|&b| b == b'?').unwrap_or(path.len())];
+        let lower = path.to_ascii_lowercase();
+        let tricky = path.split(|&b| b == b'/').any(|s| s == b"." || s == b"..")
+            || lower.windows(3).any(|w| w == b"%2e" || w == b"%2f" || w == b"%5c");
+        if tricky {
+            return true;
+        }
+        let exempt = |p: &String| {
+            let p = p.as_bytes();
+            path.starts_with(p) && (p.ends_with(b"/") || path.len() == p.len() || path[p.len()] == b'/')
+        };
+        !self.except.iter().any(exempt)
     }
 }
 
@@ -1396,6 +1411,20 @@ fn locate(text: &str, offset: usize) -> Location {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redirect_exemptions_match_whole_segments_and_never_dot_segments() {
+        let r = RedirectHttps { port: 443, except: vec!["/healthz".into(), "/.well-known/acme-challenge/".into()] };
+        assert!(!r.applies_to(b"/healthz"));
+        assert!(!r.applies_to(b"/healthz?full=1"));
+        assert!(!r.applies_to(b"/healthz/deep"));
+        assert!(r.applies_to(b"/healthzfoo"));
+        assert!(!r.applies_to(b"/.well-known/acme-challenge/token"));
+        assert!(r.applies_to(b"/.well-known/acme-challenge/../admin"));
+        assert!(r.applies_to(b"/.well-known/acme-challenge/%2e%2e/admin"));
+        assert!(r.applies_to(b"/healthz/..%2Fadmin"));
+        assert!(r.applies_to(b"/shop"));
+    }
 
     const GOOD: &str = r#"
 [control]

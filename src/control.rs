@@ -205,7 +205,7 @@ fn respond(req: &Request<Incoming>, sources: &Sources) -> Response<Full<Bytes>> 
             r.headers_mut().insert(
                 CONTENT_SECURITY_POLICY,
                 HeaderValue::from_static(
-                    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'",
+                    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; frame-ancestors 'none'",
                 ),
             );
             r

@@ -181,14 +181,21 @@ fn run(path: PathBuf, log_format: &str) -> anyhow::Result<()> {
     vipd::daemon::run(config, &path)
 }
 
-/// `vipd check` of the TLS listeners' certificates: each is read and
-/// checked as at start; prints the names each covers and what to act on.
-/// False (after saying why) if one cannot be used.
+/// `vipd check` of the TLS listeners' certificates (each read and checked
+/// as at start, and refused outside its validity period) and of the
+/// backends' CA files; prints the names each certificate covers and what
+/// to act on. False (after saying why) if one cannot be used.
 fn check_certificates(path: &std::path::Path, config: &vipd::config::Config) -> bool {
     let now = std::time::SystemTime::now();
     for h in &config.http {
+        if let Some(b) = &h.backend_tls {
+            if let Err(e) = vipd::proxy::tls::BackendTls::new(b) {
+                eprintln!("{}: http {:?}: backend_tls: {e}", path.display(), h.name);
+                return false;
+            }
+        }
         let Some(settings) = &h.tls else { continue };
-        let loaded = match vipd::proxy::tls::load(settings, now) {
+        let loaded = match vipd::proxy::tls::load(settings, now, vipd::proxy::tls::Validity::Enforce) {
             Ok(l) => l,
             Err(e) => {
                 eprintln!("{}:{e}", path.display());

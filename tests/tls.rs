@@ -27,7 +27,11 @@ use tokio_rustls::TlsConnector;
 use vipd::proxy::backends::ListenerPool;
 use vipd::proxy::server::{bind, Listener, Proxy};
 
-/// A backend that answers its request's headers, one per line.
+/// The size of the backend's `/big` answer.
+const BIG: usize = 8 << 20;
+
+/// A backend that answers its request's headers, one per line (and
+/// [`BIG`] bytes at `/big`).
 async fn backend() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind backend");
     let addr = listener.local_addr().expect("addr");
@@ -36,6 +40,9 @@ async fn backend() -> SocketAddr {
             let Ok((stream, _)) = listener.accept().await else { return };
             tokio::spawn(async move {
                 let svc = service_fn(|req: Request<Incoming>| async move {
+                    if req.uri().path() == "/big" {
+                        return Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(vec![b'x'; BIG]))));
+                    }
                     let mut lines: Vec<String> =
                         req.headers().iter().map(|(k, v)| format!("{}: {}", k, v.to_str().unwrap_or("?"))).collect();
                     lines.sort();
@@ -387,6 +394,14 @@ fn vipd_check_reads_the_certificates_and_says_what_is_wrong() {
     pki.issue("missing", &["a.test"], VALID);
     std::fs::remove_file(pki.path("missing.pem")).expect("remove");
 
+    // At start and reload an expired certificate is served, with a warning.
+    let text =
+        listener_text("127.0.0.1:8443".parse().expect("addr"), "127.0.0.1:9".parse().expect("addr"), &["expired"], "");
+    let prepared =
+        vipd::proxy::tls::prepare(&parse(&pki, &text).http[0], std::time::SystemTime::now()).expect("served");
+    let report = prepared.certificates.expect("certificates").report(std::time::SystemTime::now());
+    assert_eq!(report[0].warning.as_deref(), Some("expired: clients refuse it"));
+
     let (ok, out) = check(&pki, "good");
     assert!(ok, "{out}");
     assert!(out.contains("good.pem: a.test, *.a.test"), "{out}");
@@ -580,4 +595,36 @@ async fn a_connection_idle_past_its_buffers_serves_the_next_request() {
         }
     }
     tokio::join!(twice(tls), twice(plain));
+}
+
+/// A large answer to a client that reads slowly, on a kept-alive TLS
+/// connection, arrives whole and in time (the last records must go out
+/// when the answer is done, not when the connection idles out; this did
+/// not make the missing flush show here, the code flushes anyway).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_answer_over_kept_alive_tls_arrives_whole() {
+    let pki = Pki::new("big");
+    pki.issue("a", &["a.test"], VALID);
+    let be = backend().await;
+    let addr = free_port();
+    let (_pool, _proxy) = start(&pki, &listener_text(addr, be, &["a"], "idle_timeout = \"30s\""));
+    let (_, connector) = client(&[b"http/1.1"], BOTH);
+    let mut tls = connect(&connector, addr, "a.test").await.expect("handshake");
+    tls.write_all(b"GET /big HTTP/1.1\r\nHost: a.test\r\n\r\n").await.expect("write");
+    // Let the proxy fill every buffer on the way before reading.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while got.windows(4).position(|w| w == b"\r\n\r\n").is_none_or(|end| got.len() < end + 4 + BIG) {
+        let n = tokio::time::timeout_at(deadline, tls.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("stalled after {} of {BIG} body bytes", got.len()))
+            .expect("read");
+        assert!(n > 0, "closed after {} bytes", got.len());
+        got.extend_from_slice(&buf[..n]);
+        // A slow reader: the proxy's socket stays full, its last write too.
+        tokio::time::sleep(Duration::from_micros(300)).await;
+    }
+    assert!(got.starts_with(b"HTTP/1.1 200"));
 }

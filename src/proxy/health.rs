@@ -96,7 +96,7 @@ pub async fn check_once(addr: SocketAddr, cfg: &HealthConfig, tls: Option<&Backe
             hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| format!("handshake: {e}"))?;
         tokio::spawn(conn);
         let req = Request::get(cfg.path.as_str())
-            .header(HOST, addr.to_string())
+            .header(HOST, tls.and_then(BackendTls::server_name).map_or_else(|| addr.to_string(), str::to_string))
             .header(USER_AGENT, "vipd-health-check")
             .header(CONNECTION, "close")
             .body(Empty::<Bytes>::new())

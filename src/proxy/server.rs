@@ -243,13 +243,13 @@ impl Proxy {
                 Some(i) => {
                     let r = kept.swap_remove(i);
                     resize(&r.limit, r.pool.current().config.max_connections, c.max_connections);
-                    said.extend(r.pool.replace(c.clone()));
                     if let Some(l) = loaded.certificates.as_ref() {
                         said.push(format!("http {:?}: {} TLS certificate(s) read", c.name, l.len()));
                     }
                     if let Err(e) = r.pool.set_tls(std::mem::take(loaded)) {
                         said.push(format!("http {:?}: TLS not changed: {e}", c.name));
                     }
+                    said.extend(r.pool.replace(c.clone()));
                     match sockets {
                         Some(sockets) => {
                             let _ = r.stop.send(true);
@@ -488,8 +488,14 @@ async fn serve_tls(
     if session.alpn_protocol() == Some(b"h2") {
         Box::pin(serve_h2(stream, peer, Scheme::Https, accepted, pool, idle_h2, stop)).await;
     } else if let Ended::H2(stream, read) = Box::pin(conn::serve(stream, peer, &pool, &idle, &mut stop)).await {
-        let io = Prefixed { read, pos: 0, stream };
-        Box::pin(serve_h2(io, peer, Scheme::Https, accepted, pool, idle_h2, stop)).await;
+        // HTTP/2 by prior knowledge only where `alpn` offers h2 at all.
+        let h2 = pool.current().config.tls.as_ref().is_none_or(|t| t.alpn.contains(&crate::config::Alpn::H2));
+        if h2 {
+            let io = Prefixed { read, pos: 0, stream };
+            Box::pin(serve_h2(io, peer, Scheme::Https, accepted, pool, idle_h2, stop)).await;
+        } else {
+            debug!(%peer, "HTTP/2 preface over TLS, but alpn does not offer h2; closing");
+        }
     }
 }
 

@@ -70,7 +70,8 @@ struct Certificate {
     /// Its DNS names (subjectAltName), lowercase; `*.` ones are wildcards.
     names: Vec<String>,
     key: Arc<CertifiedKey>,
-    /// Validity end of the leaf, seconds since the Unix epoch.
+    /// Validity of the leaf, seconds since the Unix epoch.
+    not_before: i64,
     not_after: i64,
     file: PathBuf,
 }
@@ -116,6 +117,8 @@ impl Loaded {
                 let left = c.not_after - now;
                 let warning = if left < 0 {
                     Some("expired: clients refuse it".to_string())
+                } else if now < c.not_before {
+                    Some("not valid yet: clients refuse it (or this host's clock is behind)".to_string())
                 } else if left < EXPIRY_WARNING.as_secs() as i64 {
                     Some(format!("expires in {} days", left / 86_400))
                 } else if c.names.is_empty() {
@@ -161,10 +164,21 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(provider)
 }
 
+/// Whether [`load`] refuses a certificate outside its validity period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Validity {
+    /// `vipd check`: an expired or not-yet-valid certificate is an error.
+    Enforce,
+    /// Start and reload: it is served, with a warning (as HAProxy does), so
+    /// that a forgotten renewal or a clock behind at boot does not keep
+    /// VRRP and every other listener down, nor refuse unrelated reloads.
+    Warn,
+}
+
 /// Reads and checks the certificates of `settings`: each file readable,
 /// each chain PEM with its leaf first, each key usable and matching its
-/// leaf, each leaf valid at `now`.
-pub fn load(settings: &TlsConfig, now: SystemTime) -> Result<Loaded, TlsError> {
+/// leaf, and (with [`Validity::Enforce`]) each leaf valid at `now`.
+pub fn load(settings: &TlsConfig, now: SystemTime, validity: Validity) -> Result<Loaded, TlsError> {
     let provider = provider();
     let now = unix(now);
     let mut certs = Vec::new();
@@ -183,10 +197,10 @@ pub fn load(settings: &TlsConfig, now: SystemTime) -> Result<Loaded, TlsError> {
             .map_err(|e| fail(&files.key, format!("not a PEM private key: {e}")))?;
         let (names, ((not_before, from), (not_after, to))) =
             leaf_facts(&chain[0]).map_err(|why| fail(&files.cert, why))?;
-        if now < not_before {
+        if validity == Validity::Enforce && now < not_before {
             return Err(fail(&files.cert, format!("not valid before {from}")));
         }
-        if now > not_after {
+        if validity == Validity::Enforce && now > not_after {
             return Err(fail(&files.cert, format!("expired on {to}")));
         }
         let key = CertifiedKey::from_der(chain, key, &provider).map_err(|e| match e {
@@ -195,7 +209,7 @@ pub fn load(settings: &TlsConfig, now: SystemTime) -> Result<Loaded, TlsError> {
             }
             e => fail(&files.key, format!("cannot use the key: {e}")),
         })?;
-        certs.push(Certificate { names, key: Arc::new(key), not_after, file: files.cert.clone() });
+        certs.push(Certificate { names, key: Arc::new(key), not_before, not_after, file: files.cert.clone() });
     }
     Ok(Loaded { certs, settings: settings.clone() })
 }
@@ -217,7 +231,7 @@ pub fn prepare(h: &HttpConfig, now: SystemTime) -> Result<Prepared, String> {
     let certificates = match &h.tls {
         None => None,
         Some(settings) => {
-            let loaded = load(settings, now).map_err(|e| format!("http {:?}: {e}", h.name))?;
+            let loaded = load(settings, now, Validity::Warn).map_err(|e| format!("http {:?}: {e}", h.name))?;
             for r in loaded.report(now) {
                 if let Some(w) = &r.warning {
                     warn!(listener = %h.name, cert = %r.cert.display(), "TLS certificate: {w}");
@@ -243,6 +257,8 @@ pub struct BackendTls {
     connector: TlsConnector,
     /// The name their certificates must carry; `None`: each one's IP address.
     name: Option<ServerName<'static>>,
+    /// The same, as configured.
+    server_name: Option<String>,
 }
 
 impl fmt::Debug for BackendTls {
@@ -283,7 +299,16 @@ impl BackendTls {
             None => None,
             Some(n) => Some(ServerName::try_from(n.clone()).map_err(|e| format!("server_name {n:?}: {e}"))?),
         };
-        Ok(BackendTls { connector: TlsConnector::from(Arc::new(config)), name })
+        Ok(BackendTls {
+            connector: TlsConnector::from(Arc::new(config)),
+            name,
+            server_name: settings.server_name.clone(),
+        })
+    }
+
+    /// The configured `server_name`, if any (health checks send it as Host).
+    pub fn server_name(&self) -> Option<&str> {
+        self.server_name.as_deref()
     }
 
     /// TLS over `tcp` to the backend at `addr`.
@@ -339,9 +364,9 @@ impl ServerCertVerifier for Unverified {
 }
 
 /// The leaf's DNS names and validity period (as Unix times and as text).
-type Validity = ((i64, String), (i64, String));
+type Period = ((i64, String), (i64, String));
 
-fn leaf_facts(der: &CertificateDer<'_>) -> Result<(Vec<String>, Validity), String> {
+fn leaf_facts(der: &CertificateDer<'_>) -> Result<(Vec<String>, Period), String> {
     let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
         .map_err(|e| format!("the first certificate does not parse: {e}"))?;
     let validity = cert.validity();

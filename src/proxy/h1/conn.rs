@@ -117,7 +117,12 @@ struct Client<S> {
 
 impl<S: ClientStream> Client<S> {
     async fn write_out(&mut self) -> bool {
-        let ok = matches!(timeout(self.write_timeout, self.stream.write_all(&self.out)).await, Ok(Ok(())));
+        // Flushed: over TLS the last records wait in rustls until then.
+        let write = async {
+            self.stream.write_all(&self.out).await?;
+            self.stream.flush().await
+        };
+        let ok = matches!(timeout(self.write_timeout, write).await, Ok(Ok(())));
         self.out.clear();
         ok
     }
@@ -701,7 +706,11 @@ async fn exchange<S: ClientStream>(
             Err(e) => return Exchange::BadRequestBody(e),
         }
     }
-    match timeout(cfg.response_timeout, up.stream.write_all(&c.out)).await {
+    let send = async {
+        up.stream.write_all(&c.out).await?;
+        up.stream.flush().await
+    };
+    match timeout(cfg.response_timeout, send).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => return Exchange::NoAnswer(format!("send: {e}")),
         Err(_) => return Exchange::TimedOut,
@@ -755,7 +764,10 @@ async fn exchange<S: ClientStream>(
             tokio::select! {
                 biased;
                 r = up.buf.read_from(&mut from_backend, cfg.max_header_size) => r,
-                w = to_backend.write(&pending[sent..]), if writing => {
+                w = async {
+                    let n = to_backend.write(&pending[sent..]).await?;
+                    to_backend.flush().await.map(|()| n)
+                }, if writing => {
                     match w {
                         Ok(n) if n > 0 => {
                             sent += n;
@@ -906,6 +918,11 @@ where
             }
             _ => false,
         };
+    }
+    // What was written goes out before waiting for more (TLS holds its
+    // last records until flushed; a flush with nothing held is free).
+    if to.flush().await.is_err() {
+        return false;
     }
     match buf.read_from(from, BODY_CHUNK).await {
         Ok(n) if n > 0 => {}

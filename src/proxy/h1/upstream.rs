@@ -106,9 +106,14 @@ impl UpstreamStream {
                 matches!(s.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
             }
             UpstreamStream::Tls(s) => {
+                let (tcp, session) = s.get_ref();
+                // Plaintext or a close_notify rustls already read counts too.
                 let flags = nix::sys::socket::MsgFlags::MSG_PEEK | nix::sys::socket::MsgFlags::MSG_DONTWAIT;
-                let fd = s.get_ref().0.as_raw_fd();
-                matches!(nix::sys::socket::recv(fd, &mut probe, flags), Err(nix::errno::Errno::EAGAIN))
+                session.wants_read()
+                    && matches!(
+                        nix::sys::socket::recv(tcp.as_raw_fd(), &mut probe, flags),
+                        Err(nix::errno::Errno::EAGAIN)
+                    )
             }
         }
     }
@@ -162,15 +167,12 @@ pub async fn connect_stream(
     timeout: Duration,
     tls: Option<&BackendTls>,
 ) -> Result<UpstreamStream, String> {
-    let attempt = async {
-        let tcp = connect_tcp(addr, timeout).await?;
-        match tls {
-            None => Ok(UpstreamStream::Plain(tcp)),
-            Some(t) => t.connect(addr, tcp).await.map(|s| UpstreamStream::Tls(Box::new(s))),
-        }
-    };
-    match tokio::time::timeout(timeout, attempt).await {
-        Ok(r) => r,
+    let started = tokio::time::Instant::now();
+    let tcp = connect_tcp(addr, timeout).await?;
+    let Some(t) = tls else { return Ok(UpstreamStream::Plain(tcp)) };
+    // The handshake has what is left of the same time.
+    match tokio::time::timeout_at(started + timeout, t.connect(addr, tcp)).await {
+        Ok(r) => r.map(|s| UpstreamStream::Tls(Box::new(s))),
         Err(_) => Err(format!("connect: TLS handshake not done within {timeout:?}")),
     }
 }
