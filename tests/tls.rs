@@ -466,7 +466,12 @@ async fn tls_backend(pki: &Pki, name: &str) -> SocketAddr {
             tokio::spawn(async move {
                 let Ok(tls) = acceptor.accept(stream).await else { return };
                 let svc = service_fn(|req: Request<Incoming>| async move {
-                    let body = if req.uri().path() == "/healthz" { "ok" } else { "tls backend" };
+                    let body = match req.uri().path() {
+                        "/healthz" => "ok".to_string(),
+                        // How many body bytes came.
+                        "/upload" => req.into_body().collect().await.map_or(0, |b| b.to_bytes().len()).to_string(),
+                        _ => "tls backend".to_string(),
+                    };
                     Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))))
                 });
                 let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), svc).await;
@@ -514,6 +519,18 @@ async fn backends_over_tls_are_verified_and_health_checked() {
     }
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert!(pool.snapshot().backends[0].healthy, "the checks pass over TLS");
+    // An upload goes up whole (its last records flushed before the wait
+    // for the answer).
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let size = 3 << 20;
+    let head =
+        format!("POST /upload HTTP/1.1\r\nHost: shop.test\r\nContent-Length: {size}\r\nConnection: close\r\n\r\n");
+    s.write_all(head.as_bytes()).await.expect("write head");
+    s.write_all(&vec![b'u'; size]).await.expect("write body");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out).to_string();
+    assert!(text.starts_with("HTTP/1.1 200") && text.ends_with(&size.to_string()), "{text}");
     proxy.shutdown();
 
     // Another name than the certificate's: 502, and the reason is the certificate.

@@ -24,7 +24,7 @@ use tokio::time::{timeout, timeout_at, Duration, Instant};
 use tracing::{debug, warn};
 
 use super::buf::{ReadBuf, BODY_CHUNK};
-use super::upstream::Upstream;
+use super::upstream::{Upstream, UpstreamStream};
 use super::wire::{self, ChunkError, Framing, HeadError, Preface, Rechunker, Request, ResponseContext, Scheme};
 use crate::proxy::backends::{ListenerPool, NotAdmitted, Pool, QUEUE_TIMEOUT};
 use crate::proxy::body::AccessLog;
@@ -727,6 +727,11 @@ async fn exchange<S: ClientStream>(
     let mut pending: Vec<u8> = Vec::new();
     let mut sent = 0;
     let mut upload_broken = false;
+    // Body bytes TLS took but may not have sent yet: flushed before any
+    // wait that needs the backend to have them (a write is cancel-safe, a
+    // write-then-flush is not, so they are two steps).
+    let tls_up = matches!(up.stream, UpstreamStream::Tls(_));
+    let mut unflushed = false;
     let mut heard = false;
     let resp = loop {
         if !up.buf.is_empty() {
@@ -754,6 +759,13 @@ async fn exchange<S: ClientStream>(
         }
         let writing = sent < pending.len();
         let uploading = !upload_broken && (writing || !body.is_done());
+        if !uploading && unflushed {
+            // The body's last records go out before the wait for the answer.
+            unflushed = false;
+            if timeout_at(deadline, up.stream.flush()).await.is_err() {
+                return Exchange::TimedOut;
+            }
+        }
         let read = if !uploading {
             match timeout_at(deadline, up.buf.read_from(&mut up.stream, cfg.max_header_size)).await {
                 Ok(r) => r,
@@ -764,12 +776,19 @@ async fn exchange<S: ClientStream>(
             tokio::select! {
                 biased;
                 r = up.buf.read_from(&mut from_backend, cfg.max_header_size) => r,
+                // One step to the backend: more of the body, or, once all
+                // of it is written, a flush of what TLS still holds (each
+                // alone is cancel-safe; a write-then-flush would not be).
                 w = async {
-                    let n = to_backend.write(&pending[sent..]).await?;
-                    to_backend.flush().await.map(|()| n)
-                }, if writing => {
+                    if writing {
+                        to_backend.write(&pending[sent..]).await.map(Some)
+                    } else {
+                        to_backend.flush().await.map(|()| None)
+                    }
+                }, if writing || unflushed => {
                     match w {
-                        Ok(n) if n > 0 => {
+                        Ok(Some(n)) if n > 0 => {
+                            unflushed = tls_up;
                             sent += n;
                             if sent == pending.len() {
                                 pending.clear();
@@ -777,6 +796,7 @@ async fn exchange<S: ClientStream>(
                             }
                             deadline = Instant::now() + cfg.response_timeout;
                         }
+                        Ok(None) => unflushed = false,
                         // The backend may have answered and closed: read on.
                         _ => upload_broken = true,
                     }
@@ -797,7 +817,7 @@ async fn exchange<S: ClientStream>(
                     continue;
                 }
                 _ = tokio::time::sleep_until(deadline) => {
-                    return if writing { Exchange::TimedOut } else { Exchange::ClientStalled };
+                    return if writing || unflushed { Exchange::TimedOut } else { Exchange::ClientStalled };
                 }
             }
         };
@@ -814,7 +834,7 @@ async fn exchange<S: ClientStream>(
         return Exchange::Switched;
     }
     // Whether the backend got the whole request (else it is not reused).
-    let request_sent = body.is_done() && pending.is_empty() && !upload_broken;
+    let request_sent = body.is_done() && pending.is_empty() && !upload_broken && !unflushed;
 
     // The body: what is buffered goes out with the head, then piece by piece.
     let mut left = Remaining::new(resp.framing);
