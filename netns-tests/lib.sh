@@ -96,6 +96,14 @@ ensure_pkg() {
     command -v "$1" >/dev/null 2>&1 || { echo "$SCENARIO: cannot install $2" >&2; exit 2; }
 }
 
+# artefacts_dir: ARTEFACTS (default target/netns-artefacts/), created and
+# made absolute: what a scenario keeps after its run (screenshots, scans).
+artefacts_dir() {
+    ARTEFACTS=${ARTEFACTS:-$NT_DIR/../target/netns-artefacts}
+    mkdir -p "$ARTEFACTS"
+    ARTEFACTS=$(cd "$ARTEFACTS" && pwd)
+}
+
 need_vipd() {
     [[ -x $VIPD ]] || { echo "$SCENARIO: vipd binary not found at $VIPD (build it or set VIPD)" >&2; exit 2; }
 }

@@ -29,9 +29,7 @@ ensure_pkg python3 python3
 
 INTERVAL=100ms
 PAGE_LAG_LIMIT_MS=2000
-ARTEFACTS=${ARTEFACTS:-$NT_DIR0/../target/netns-artefacts}
-mkdir -p "$ARTEFACTS"
-ARTEFACTS=$(cd "$ARTEFACTS" && pwd)
+artefacts_dir
 PAGE_PORT=9090
 
 topo_up lb1 lb2 app1 app2 client

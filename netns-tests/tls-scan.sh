@@ -25,9 +25,7 @@ ensure_pkg_nosvc nginx nginx
 ensure_pkg testssl testssl.sh
 ensure_pkg openssl openssl
 
-ARTEFACTS=${ARTEFACTS:-$NT_DIR0/../target/netns-artefacts}
-mkdir -p "$ARTEFACTS"
-ARTEFACTS=$(cd "$ARTEFACTS" && pwd)
+artefacts_dir
 NAME=vipd.test
 
 pki="$WORK/pki"

@@ -243,15 +243,21 @@ async fn requests<S: ClientStream>(
             }
             c.buf.shrink();
             let idle_until = if first { head_deadline } else { Instant::now() + cfg.idle_timeout };
-            if !first {
-                // A connection that stays idle gives its buffers back until
-                // the client sends again (the kernel and TLS hold what comes).
-                let soon = tokio::select! {
-                    biased;
-                    r = timeout(KEEP_BUFFERS_IDLE, c.stream.readable()) => r,
-                    _ = stop.changed() => return Served::Closed,
-                };
-                if soon.is_err() {
+            // A keep-alive connection reads with its buffers for a while
+            // (one timer, as for any read); one that stays idle gives them
+            // back until the client sends again (the kernel and TLS hold
+            // what comes).
+            let keep_until = if first { idle_until } else { idle_until.min(Instant::now() + KEEP_BUFFERS_IDLE) };
+            let soon = tokio::select! {
+                biased;
+                r = c.buf.read_from(&mut c.stream, cfg.max_header_size) => Some(r),
+                _ = tokio::time::sleep_until(keep_until) => None,
+                _ = stop.changed(), if !first => return Served::Closed,
+            };
+            let read = match soon {
+                Some(r) => r,
+                None if keep_until >= idle_until => return Served::Closed,
+                None => {
                     c.buf.release();
                     c.out = Vec::new();
                     up_head = Vec::new();
@@ -263,13 +269,13 @@ async fn requests<S: ClientStream>(
                     }
                     c.out.reserve(1024);
                     up_head.reserve(1024);
+                    tokio::select! {
+                        biased;
+                        r = c.buf.read_from(&mut c.stream, cfg.max_header_size) => r,
+                        _ = tokio::time::sleep_until(idle_until) => return Served::Closed,
+                        _ = stop.changed() => return Served::Closed,
+                    }
                 }
-            }
-            let read = tokio::select! {
-                biased;
-                r = c.buf.read_from(&mut c.stream, cfg.max_header_size) => r,
-                _ = tokio::time::sleep_until(idle_until) => return Served::Closed,
-                _ = stop.changed(), if !first => return Served::Closed,
             };
             if !matches!(read, Ok(n) if n > 0) {
                 return Served::Closed;
