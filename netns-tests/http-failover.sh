@@ -33,7 +33,8 @@ source "$NT_DIR0/lib-http.sh"
 need_root
 SELFTEST=${SELFTEST:-0}
 [[ $SELFTEST == 1 ]] && IMPL=""
-[[ $IMPL == vipd ]] && need_vipd
+# nft: vipd's hand-over relay (handover_relay, on by default).
+[[ $IMPL == vipd ]] && { need_vipd; ensure_pkg nft nftables; }
 [[ $IMPL == keepalived ]] && { ensure_pkg keepalived keepalived; ensure_pkg_nosvc haproxy haproxy; }
 ensure_pkg_nosvc nginx nginx
 ensure_pkg curl curl
@@ -203,9 +204,19 @@ phase_graceful() {
     local out="$WORK/graceful.client" cpid t_ev takeover rc=0 lat
     SCENARIO=http-failover-graceful
     setup
+    # The client's side of the switch, for a failure's post-mortem.
+    start_capture client "$WORK/graceful.pcap" "tcp port $APP_PORT or arp"
     start_client_loop client "$URL" graceful "$LOOP_MS" "$PERIOD_MS" "$REQ_TIMEOUT" "$out"
     cpid=$CLIENT_PID
     sleep "$(awk -v m="$PRE_MS" 'BEGIN{print m / 1000}')"
+    # A connection opened to lb1 before the switch that sends its request
+    # once the client has heard lb2's gratuitous ARP.
+    local held="$WORK/held.out" hpid held_answer
+    : >"$held"
+    ip netns exec "$(ns client)" python3 "$NT_DIR0/held-conn.py" "$VIP" "$APP_PORT" "${HOST_MAC[lb2]}" "$held" </dev/null &
+    hpid=$!
+    EXTRA_PIDS+=("$hpid")
+    wait_for 3000 grep -q connected "$held" || fail "graceful: the held connection did not connect: $(cat "$held")"
     t_ev=$(now_ms)
     kill -TERM "${NODE_PID[lb1]}"
     wait_for $((RECOVER_LIMIT + 2000)) has_vip lb2 || fail "lb2 never took the VIP after lb1's SIGTERM"
@@ -217,16 +228,27 @@ phase_graceful() {
         stop_daemon "${LB_PROXY_PID[lb1]}"
     fi
     wait_client_loop "$cpid" "$LOOP_MS" "$REQ_TIMEOUT"
+    wait_for 5000 pid_gone "$hpid" || stop_pid "$hpid" TERM 1000 >/dev/null 2>&1 || true
+    held_answer=$(sed -n 2p "$held")
+    log "graceful: the connection opened before the switch and used after it got: ${held_answer:-nothing}"
     eval "$(loop_stats "$out" "$t_ev")"
     log "graceful: $(loop_stats "$out" "$t_ev"); lb1 exit $rc; lb2 had the VIP ${takeover} ms after SIGTERM; lb2 backends: $(vipd_backend_requests lb2)"
     ((total >= LOOP_MS / PERIOD_MS / 3)) || fail "graceful: only $total requests in $LOOP_MS ms"
     ((failed == 0)) || fail "graceful: $failed of $total requests failed, from $first_fail_ms to $last_fail_ms ms after SIGTERM: $(awk '$4 != 200' "$out" | head -n 5 | tr '\n' ';') (SEQ START END CODE CURL_RC)"
     ((rc == 0)) || fail "graceful: lb1 exited with status $rc after SIGTERM (want 0)"
     has_vip lb1 && fail "graceful: lb1 still has the VIP"
+    if [[ $IMPL == vipd ]]; then
+        [[ $held_answer == "HTTP/1.1 200"* ]] ||
+            fail "graceful: a connection opened to lb1 before the switch, used after it, got \"${held_answer:-nothing}\" (want 200: lb2 relays it to lb1)"
+        # lb2 relayed lb1's connections, and the relay is gone again.
+        grep -q "relaying the connections the old master still holds" "$WORK/lb2.log" ||
+            fail "graceful: lb2 did not set up the hand-over relay: $(grep -i relay "$WORK/lb2.log" | tail -n 3)"
+        wait_for 3000 no_relay_table lb2 || fail "graceful: lb2's relay table is still there: $(ns_exec lb2 nft list tables)"
+    fi
     check_apps graceful "$out" "$t_ev" lb2
     # Requests around the switch: the slowest one tells how close it came.
     lat=$(awk -v ev="$t_ev" '$2 >= ev - 200 && $2 < ev + 1000 { d = $3 - $2; if (d > m) m = d } END { print m + 0 }' "$out")
-    RESULT+=("graceful: 0/$total requests failed, $slow slower than ${SLOW_MS:-500} ms, slowest around the switch ${lat} ms (overall ${max_lat_ms} ms), VIP on lb2 at ${takeover} ms, lb1 exit 0; after: $SERVED")
+    RESULT+=("graceful: 0/$total requests failed, a connection caught in mid-switch got \"${held_answer:-nothing}\", $slow slower than ${SLOW_MS:-500} ms, slowest around the switch ${lat} ms (overall ${max_lat_ms} ms), VIP on lb2 at ${takeover} ms, lb1 exit 0; after: $SERVED")
     topo_down
 }
 

@@ -251,10 +251,11 @@ EOF
 }
 
 # need_lb_pair: root, vipd, and what a vipd pair over nginx app servers
-# with a curl client needs.
+# with a curl client needs (nft for vipd's hand-over relay).
 need_lb_pair() {
     need_root
     need_vipd
+    ensure_pkg nft nftables
     ensure_pkg_nosvc nginx nginx
     ensure_pkg curl curl
     ensure_pkg jq jq
@@ -294,6 +295,9 @@ start_lb_pair() {
     wait_pair_settled lb1 lb2 5000
     for h in lb1 lb2; do wait_for 10000 vipd_backends_healthy "$h" || fail "$h: backends not healthy"; done
 }
+
+# no_relay_table HOST: vipd has no hand-over relay table in place on HOST.
+no_relay_table() { ! ns_exec "$1" nft list tables 2>/dev/null | grep -q vipd_relay_; }
 
 # vipd_backends_healthy HOST [CONTROL]: every backend of the first [[http]]
 # of vipd on HOST reports healthy.

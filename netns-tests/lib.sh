@@ -209,7 +209,8 @@ skew_ms() { awk -v p="$1" -v i="$(interval_ms "$2")" 'BEGIN{printf "%.1f", (256-
 mdi_ms() { awk -v p="$1" -v i="$(interval_ms "$2")" 'BEGIN{printf "%.1f", 3*i + (256-p)*i/256}'; }
 
 # vipd_conf HOST PRIO INTERVAL VERSION PREEMPT -> prints the config path.
-# GARP_REPEAT (env, default "5s") sets garp_repeat_delay.
+# GARP_REPEAT (env, default "5s") sets garp_repeat_delay, HANDOVER_RELAY
+# (env, default true) handover_relay.
 vipd_conf() {
     local h=$1 prio=$2 intv=$3 ver=$4 pre=$5 f="$WORK/$1.toml"
     cat >"$f" <<EOF
@@ -230,6 +231,7 @@ virtual_ips = [$(printf '"%s", ' "${VIPS[@]}" | sed 's/, $//')]
 garp_count = 5
 garp_repeat_delay = "${GARP_REPEAT:-5s}"
 v3_checksum_pseudo_header = true
+handover_relay = ${HANDOVER_RELAY:-true}
 EOF
     [[ -n ${UNICAST:-} ]] && echo "unicast_peers = [\"$(unicast_peer_of "$h")\"]" >>"$f"
     echo "$f"

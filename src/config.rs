@@ -433,6 +433,7 @@ struct RawVrrp {
     unicast_source: Option<Spanned<String>>,
     link_local_vip: Option<Spanned<String>>,
     na_router_flag: Option<bool>,
+    handover_relay: Option<bool>,
     use_vmac: Option<bool>,
     vmac_interface: Option<Spanned<String>>,
     garp_count: Option<Spanned<i64>>,
@@ -978,6 +979,7 @@ fn validate_vrrp(
         unicast_peers,
         unicast_source,
         na_router_flag: r.na_router_flag.unwrap_or(false),
+        handover_relay: r.handover_relay.unwrap_or(true),
     };
     Ok(VrrpConfig {
         spec,

@@ -18,7 +18,8 @@ use super::notify::{state_word, HookQueue, Hooks};
 use super::operator::{Ask, Command, ToDriver};
 use super::packet::{Datagram, Family};
 use super::probe::TrackShared;
-use super::router::{InstanceSpec, Output, Router};
+use super::relay::{self, Nft, NftError, RelayRule};
+use super::router::{InstanceSpec, Output, Router, RELAY_FOR};
 use super::socket::{Recv, VrrpSocket};
 use super::stats::Stats;
 use super::sync::{member_priority, GroupShared, MemberState, Others};
@@ -177,6 +178,10 @@ pub struct Driver {
     stopping: bool,
     /// Started by `vipd upgrade`: the VIPs found at start were kept.
     inheriting: bool,
+    /// Writes the hand-over relays.
+    nft: Nft,
+    /// Instances whose hand-over relay is in place.
+    relaying: Vec<u8>,
 }
 
 impl Driver {
@@ -261,6 +266,19 @@ impl Driver {
                 }
             }
         }
+        let mut nft = Nft::default();
+        if instances.iter().any(|i| i.spec.handover_relay) {
+            // A relay a crashed run left would pass packets on for good.
+            let script: String =
+                instances.iter().map(|i| relay::remove_script(family, vip_ifindex, i.spec.vrid)).collect();
+            match nft.apply(&script).await {
+                Ok(()) => {}
+                Err(NftError::Missing) => {
+                    warn!(iface = %ifname, "handover_relay: nft not found (install package nftables, or set handover_relay = false): a planned hand-over resets the connections caught in mid-switch")
+                }
+                Err(e) => warn!(iface = %ifname, error = %e, "handover_relay: could not clear earlier relays"),
+            }
+        }
         let sides = instances
             .into_iter()
             .map(|inst| Side {
@@ -293,6 +311,8 @@ impl Driver {
             next_drain_check: None,
             stopping: false,
             inheriting,
+            nft,
+            relaying: Vec::new(),
         })
     }
 
@@ -421,6 +441,9 @@ impl Driver {
                     break;
                 }
             }
+            for vrid in self.relaying.clone() {
+                self.end_relay(vrid).await;
+            }
             if let Some(v) = &self.vmac {
                 if let Err(e) = self.netlink.delete_link(&v.name).await {
                     warn!(error = %e, vmac = %v.name, "could not remove the virtual MAC interface");
@@ -521,6 +544,8 @@ impl Driver {
                         queue.push(word, hooks.commands("INSTANCE", name, word, priority));
                     }
                 }
+                Output::RelayTo { vrid, peer } => self.start_relay(vrid, peer).await,
+                Output::EndRelay { vrid } => self.end_relay(vrid).await,
                 Output::SourceChanged { vrid, from, to } => match (from, to) {
                     (_, Some(to)) => info!(vrid, from = ?from, %to, "sending adverts from a new source address"),
                     (Some(from), None) => {
@@ -531,6 +556,42 @@ impl Driver {
             }
         }
         touched
+    }
+
+    /// Puts `vrid`'s hand-over relay to `peer` in place.
+    async fn start_relay(&mut self, vrid: u8, peer: IpAddr) {
+        let Some(side) = self.side(vrid) else { return };
+        let rule = RelayRule {
+            family: self.family,
+            vip_ifindex: self.vip_ifindex,
+            out_ifindex: self.ifindex,
+            vrid,
+            vips: side.inst.spec.virtual_ips.clone(),
+            peer,
+        };
+        match self.nft.apply(&relay::install_script(&rule)).await {
+            Ok(()) => {
+                info!(vrid, %peer, "relaying the connections the old master still holds to it for {RELAY_FOR:?}");
+                if !self.relaying.contains(&vrid) {
+                    self.relaying.push(vrid);
+                }
+            }
+            // Said at start.
+            Err(NftError::Missing) => {}
+            Err(e) => warn!(vrid, %peer, error = %e, "could not set up the hand-over relay"),
+        }
+    }
+
+    /// Removes `vrid`'s hand-over relay, if it has one.
+    async fn end_relay(&mut self, vrid: u8) {
+        if !self.relaying.contains(&vrid) {
+            return;
+        }
+        self.relaying.retain(|v| *v != vrid);
+        match self.nft.apply(&relay::remove_script(self.family, self.vip_ifindex, vrid)).await {
+            Ok(()) => debug!(vrid, "hand-over relay ended"),
+            Err(e) => warn!(vrid, error = %e, "could not remove the hand-over relay"),
+        }
     }
 
     /// Adds (`claim`) or removes the VIPs of `vrid`.

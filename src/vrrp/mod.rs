@@ -8,6 +8,7 @@ pub mod notify;
 pub mod operator;
 pub mod packet;
 pub mod probe;
+pub mod relay;
 pub mod router;
 pub mod socket;
 pub mod stats;

@@ -24,6 +24,11 @@ use crate::net::frames;
 /// gratuitous ARP arrived would be dropped otherwise).
 pub const HANDOVER_HOLD: Duration = Duration::from_millis(100);
 
+/// How long a new master relays the old master's connections: past the
+/// longest the old one keeps its VIPs (a vipd peer: 1 s for requests in
+/// flight, after HANDOVER_HOLD).
+pub const RELAY_FOR: Duration = Duration::from_secs(2);
+
 /// How often a second owner of the virtual router is logged.
 const OWNER_WARNING_EVERY: Duration = Duration::from_secs(10);
 
@@ -67,6 +72,9 @@ pub struct InstanceSpec {
     pub unicast_source: Option<IpAddr>,
     /// The Router flag of unsolicited neighbour advertisements (IPv6).
     pub na_router_flag: bool,
+    /// On taking over from a master that is still up, pass its TCP
+    /// connections' packets on to it for [`RELAY_FOR`] ([`super::relay`]).
+    pub handover_relay: bool,
 }
 
 impl InstanceSpec {
@@ -120,6 +128,20 @@ pub enum Output {
         to: State,
         /// Why.
         reason: Reason,
+    },
+    /// Pass packets of TCP connections that `peer`, the master this one
+    /// took over from, still holds on to it (they would be reset here).
+    /// Comes before the VIPs are claimed.
+    RelayTo {
+        /// Whose.
+        vrid: u8,
+        /// The old master.
+        peer: IpAddr,
+    },
+    /// Stop relaying.
+    EndRelay {
+        /// Whose.
+        vrid: u8,
     },
     /// The address the instance sends from changed (`None`: it has none).
     SourceChanged {
@@ -178,6 +200,8 @@ struct Member {
     burst: Option<Burst>,
     /// A hand-over's VIPs go then ([`HANDOVER_HOLD`]).
     release_at: Option<Instant>,
+    /// The old master's connections are relayed to it until then.
+    relay: Option<(IpAddr, Instant)>,
     last_owner_warning: Option<Instant>,
 }
 
@@ -216,6 +240,7 @@ impl Member {
             removing: false,
             burst: None,
             release_at: None,
+            relay: None,
             last_owner_warning: None,
         }
     }
@@ -365,7 +390,7 @@ impl Router {
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.members
             .iter()
-            .flat_map(|m| [m.fsm.poll_timeout(), m.release_at, m.burst.as_ref().map(|b| b.next)])
+            .flat_map(|m| [m.fsm.poll_timeout(), m.release_at, m.relay.map(|r| r.1), m.burst.as_ref().map(|b| b.next)])
             .flatten()
             .min()
     }
@@ -377,6 +402,10 @@ impl Router {
             if m.release_at.is_some_and(|t| t <= now) {
                 m.release_at = None;
                 self.outputs.push_back(Output::ReleaseVips { vrid: m.spec.vrid, drain: true });
+            }
+            if m.relay.is_some_and(|r| r.1 <= now) {
+                m.relay = None;
+                self.outputs.push_back(Output::EndRelay { vrid: m.spec.vrid });
             }
             if m.burst.as_ref().is_some_and(|b| b.next <= now) {
                 self.burst_round(now, i);
@@ -437,6 +466,12 @@ impl Router {
         if advert.priority != 0 && !same_list {
             m.stats.rx_address_mismatch.fetch_add(1, Ordering::Relaxed);
             debug!(from = %rx.source, vrid = advert.vrid, "advert's address list differs from ours (RFC 9568 §7.1: logged, not dropped)");
+        }
+        if advert.priority == 0 && m.fsm.state() == State::Backup && m.spec.handover_relay && m.relay.is_none() {
+            // The master resigns: the relay goes in during Skew_Time, so
+            // that taking over is not held up by it.
+            self.members[i].relay = Some((rx.source, now + RELAY_FOR));
+            self.outputs.push_back(Output::RelayTo { vrid: advert.vrid, peer: rx.source });
         }
         let event = Event::Advert { source: rx.source, priority: advert.priority, interval: advert.interval };
         self.members[i].fsm.handle(now, event);
@@ -618,7 +653,15 @@ impl Router {
 
     /// Turns member `i`'s state machine actions into outputs.
     fn pump(&mut self, now: Instant, i: usize) {
-        while let Some(action) = self.members[i].fsm.poll_action() {
+        let actions: Vec<Action> = std::iter::from_fn(|| self.members[i].fsm.poll_action()).collect();
+        // The relay is in place before the VIPs and the gratuitous ARPs
+        // that bring the old master's clients here.
+        for action in &actions {
+            if let Action::StateChanged { from, to, reason } = action {
+                self.follow_relay(now, i, *from, *to, reason);
+            }
+        }
+        for action in actions {
             let m = &mut self.members[i];
             let vrid = m.spec.vrid;
             match action {
@@ -663,6 +706,28 @@ impl Router {
         }
         // The master's address and learnt interval change without a transition.
         self.members[i].stats.record(&self.members[i].fsm);
+    }
+
+    /// Starts the relay on taking over from a live master (or keeps the
+    /// one set up on its priority 0 for [`RELAY_FOR`] more), ends it on
+    /// leaving Master.
+    fn follow_relay(&mut self, now: Instant, i: usize, from: State, to: State, reason: &Reason) {
+        let m = &mut self.members[i];
+        let vrid = m.spec.vrid;
+        if from == State::Master && m.relay.take().is_some() {
+            self.outputs.push_back(Output::EndRelay { vrid });
+        }
+        let peer = match reason {
+            Reason::PriorityZeroReceived { from } | Reason::Preempted { from, .. } => *from,
+            _ => return,
+        };
+        if to == State::Master && m.spec.handover_relay {
+            let in_place = m.relay.is_some_and(|(p, _)| p == peer);
+            m.relay = Some((peer, now + RELAY_FOR));
+            if !in_place {
+                self.outputs.push_back(Output::RelayTo { vrid, peer });
+            }
+        }
     }
 
     fn send_advert(&mut self, i: usize, priority: u8) {
@@ -803,6 +868,7 @@ mod tests {
             unicast_peers: Vec::new(),
             unicast_source: None,
             na_router_flag: false,
+            handover_relay: true,
         }
     }
 
@@ -1066,6 +1132,69 @@ mod tests {
         });
         assert_eq!(released, Some((took + HANDOVER_HOLD, true)));
         assert!(lan.nodes[0].router.is_done());
+    }
+
+    /// B's relay outputs as (time, output), and whether the first came
+    /// before B claimed the VIPs.
+    fn relays(lan: &Lan) -> (Vec<(Duration, Output)>, bool) {
+        let of_b = |o: &Output| matches!(o, Output::RelayTo { .. } | Output::EndRelay { .. });
+        let list: Vec<(Duration, Output)> =
+            lan.log.iter().filter(|(_, i, o)| *i == 1 && of_b(o)).map(|(t, _, o)| (*t, o.clone())).collect();
+        let first_relay = lan.log.iter().position(|(_, i, o)| *i == 1 && of_b(o));
+        let first_claim = lan.log.iter().position(|(_, i, o)| *i == 1 && matches!(o, Output::ClaimVips { .. }));
+        (list, matches!((first_relay, first_claim), (Some(r), Some(c)) if r < c))
+    }
+
+    #[test]
+    fn the_successor_relays_the_old_masters_connections_for_a_while() {
+        // A planned stop: set up on A's priority 0, during Skew_Time, and
+        // kept RELAY_FOR after B took over.
+        let mut lan = pair();
+        lan.start();
+        lan.run_until(lan.at(1000));
+        lan.nodes[0].router.shutdown(lan.now);
+        lan.run_until(lan.at(5000));
+        let took = lan.became(1, State::Master, 1000 * MS).expect("B took over");
+        let (list, first) = relays(&lan);
+        assert_eq!(
+            list,
+            vec![(1000 * MS, Output::RelayTo { vrid: 51, peer: A }), (took + RELAY_FOR, Output::EndRelay { vrid: 51 })]
+        );
+        assert!(took > 1000 * MS && first, "the relay comes before the VIPs");
+
+        // A crash: nobody to relay to.
+        let mut lan = pair();
+        lan.start();
+        lan.run_until(lan.at(1000));
+        lan.nodes[0].cut = true;
+        lan.run_until(lan.at(5000));
+        assert_eq!(lan.state(1, 51), State::Master);
+        assert_eq!(relays(&lan).0, vec![]);
+
+        // Preemption: relayed; B leaving Master ends it early.
+        let mut lan = pair();
+        lan.start();
+        lan.run_until(lan.at(1000));
+        lan.nodes[1].router.set_priority(lan.now, 51, 200);
+        lan.run_until(lan.at(1500));
+        let took = lan.became(1, State::Master, 1000 * MS).expect("B preempted");
+        lan.nodes[1].router.shutdown(lan.now);
+        lan.run_until(lan.at(5000));
+        let (list, first) = relays(&lan);
+        assert!(first);
+        assert_eq!(list.len(), 2, "{list:?}");
+        assert_eq!(list[0], (took, Output::RelayTo { vrid: 51, peer: A }));
+        assert!(list[1].0 < took + RELAY_FOR && list[1].1 == Output::EndRelay { vrid: 51 }, "{list:?}");
+
+        // Turned off: none.
+        let off = |prio| InstanceSpec { handover_relay: false, ..spec(51, prio) };
+        let mut lan = Lan::new(vec![(A, vec![off(150)]), (B, vec![off(100)])]);
+        lan.start();
+        lan.run_until(lan.at(1000));
+        lan.nodes[0].router.shutdown(lan.now);
+        lan.run_until(lan.at(5000));
+        assert_eq!(lan.state(1, 51), State::Master);
+        assert_eq!(relays(&lan).0, vec![]);
     }
 
     #[test]
