@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::announce::AnnounceSpec;
 use crate::net::addr::Vmac;
 use crate::proxy::balance::Algorithm;
 use crate::vrrp::notify::Hooks;
@@ -64,6 +65,8 @@ pub struct Config {
     pub scripts: Vec<ScriptSpec>,
     /// Instances that move together.
     pub sync_groups: Vec<GroupSpec>,
+    /// Active-active announcements (`[[announce]]`).
+    pub announce: Vec<AnnounceSpec>,
 }
 
 /// One `[[http]]` listener and its backend pool.
@@ -301,6 +304,24 @@ struct RawConfig {
     track_script: Vec<Spanned<RawScript>>,
     #[serde(default)]
     sync_group: Vec<RawSyncGroup>,
+    #[serde(default)]
+    announce: Vec<RawAnnounce>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAnnounce {
+    name: Spanned<String>,
+    virtual_ips: Spanned<Vec<Spanned<String>>>,
+    interface: Option<Spanned<String>>,
+    hold_interface: Option<Spanned<String>>,
+    #[serde(default)]
+    track_http: Vec<Spanned<RawTrackHttp>>,
+    #[serde(default)]
+    track_interfaces: Vec<Spanned<RawTrackInterface>>,
+    #[serde(default)]
+    track_scripts: Vec<Spanned<RawScript>>,
+    withdraw_delay: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -467,6 +488,9 @@ struct RawVrrp {
 pub fn reload_refusal(old: &Config, new: &Config) -> Option<String> {
     if old.control != new.control {
         return Some("[control] changed".into());
+    }
+    if old.announce != new.announce {
+        return Some("[[announce]] changed (restart vipd, or `vipd upgrade`, to apply it)".into());
     }
     if old.sync_groups != new.sync_groups || old.scripts != new.scripts {
         return Some("[[sync_group]] or [[track_script]] changed".into());
@@ -677,7 +701,117 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         )?;
         sync_groups.push(GroupSpec { name, instances, notify });
     }
-    Ok(Config { control: ControlConfig { listen, socket }, vrrp, http, scripts, sync_groups })
+    let mut announce: Vec<AnnounceSpec> = Vec::new();
+    for r in &raw.announce {
+        let a = validate_announce(r, &vrrp, &announce, &invalid, &mut scripts)?;
+        for t in &r.track_http {
+            if !http.iter().any(|h| h.name == t.get_ref().listener) {
+                return Err(invalid(
+                    t.span(),
+                    format!(
+                        "announce.track_http: listener {:?} is not the name of an [[http]] section",
+                        t.get_ref().listener
+                    ),
+                ));
+            }
+        }
+        announce.push(a);
+    }
+    Ok(Config { control: ControlConfig { listen, socket }, vrrp, http, scripts, sync_groups, announce })
+}
+
+/// Default exported interface of an `[[announce]]`.
+const ANNOUNCE_INTERFACE: &str = "vip0";
+
+/// Longest `withdraw_delay`.
+const WITHDRAW_DELAY_MAX: Duration = Duration::from_secs(300);
+
+fn validate_announce(
+    r: &RawAnnounce,
+    vrrp: &[VrrpConfig],
+    earlier: &[AnnounceSpec],
+    invalid: &impl Fn(Range<usize>, String) -> ConfigError,
+    scripts: &mut Vec<ScriptSpec>,
+) -> Result<AnnounceSpec, ConfigError> {
+    let name = r.name.get_ref().clone();
+    if name.is_empty() || earlier.iter().any(|o| o.name == name) {
+        return Err(invalid(r.name.span(), format!("announce.name = {name:?}: empty or used twice")));
+    }
+    let mut virtual_ips: Vec<VirtualIp> = Vec::new();
+    for s in r.virtual_ips.get_ref() {
+        let vip = virtual_ip(s.get_ref())
+            .map_err(|why| invalid(s.span(), format!("announce.virtual_ips: {:?}: {why}", s.get_ref())))?;
+        if virtual_ips.iter().any(|v| v.addr == vip.addr) {
+            return Err(invalid(s.span(), format!("announce.virtual_ips: {:?} is listed twice", s.get_ref())));
+        }
+        if let Some(v) = vrrp.iter().find(|v| v.virtual_ips.iter().any(|x| x.addr == vip.addr)) {
+            return Err(invalid(
+                s.span(),
+                format!("announce.virtual_ips: {} is also a VIP of [[vrrp]] {:?}", vip.addr, v.spec.name),
+            ));
+        }
+        if let Some(o) = earlier.iter().find(|o| o.virtual_ips.iter().any(|x| x.addr == vip.addr)) {
+            return Err(invalid(
+                s.span(),
+                format!("announce.virtual_ips: {} is also announced by {:?}", vip.addr, o.name),
+            ));
+        }
+        virtual_ips.push(vip);
+    }
+    if virtual_ips.is_empty() {
+        return Err(invalid(r.virtual_ips.span(), "announce.virtual_ips must list at least one address".into()));
+    }
+    let iface_name = |s: Option<&Spanned<String>>, key: &str, default: String| -> Result<String, ConfigError> {
+        let Some(s) = s else {
+            if default.len() > 15 {
+                return Err(invalid(
+                    r.name.span(),
+                    format!("announce {name:?}: the default {key} {default:?} is longer than 15 bytes: set {key}"),
+                ));
+            }
+            return Ok(default);
+        };
+        let n = s.get_ref();
+        if n.is_empty() || n.len() > 15 || n.contains(['/', ' ', ':']) {
+            return Err(invalid(s.span(), format!("announce.{key} = {n:?}: not a valid interface name")));
+        }
+        if let Some(v) = vrrp.iter().find(|v| v.interface == *n || v.vmac.as_ref().is_some_and(|m| m.name == *n)) {
+            return Err(invalid(
+                s.span(),
+                format!("announce.{key} = {n:?}: [[vrrp]] {:?} runs there; use an interface of its own", v.spec.name),
+            ));
+        }
+        Ok(n.clone())
+    };
+    let interface = iface_name(r.interface.as_ref(), "interface", ANNOUNCE_INTERFACE.to_string())?;
+    let hold_interface = iface_name(r.hold_interface.as_ref(), "hold_interface", format!("{interface}-hold"))?;
+    if hold_interface == interface {
+        return Err(invalid(
+            r.name.span(),
+            format!("announce {name:?}: hold_interface must differ from interface {interface:?}"),
+        ));
+    }
+    let trackers = trackers(
+        "announce",
+        &interface,
+        false,
+        &r.track_http,
+        &r.track_interfaces,
+        &r.track_scripts,
+        invalid,
+        scripts,
+    )?;
+    let withdraw_delay = match &r.withdraw_delay {
+        None => Duration::from_secs(3),
+        Some(s) => {
+            let d = duration(s, "announce.withdraw_delay", invalid)?;
+            if d > WITHDRAW_DELAY_MAX {
+                return Err(invalid(s.span(), format!("announce.withdraw_delay = {:?}: at most 300s", s.get_ref())));
+            }
+            d
+        }
+    };
+    Ok(AnnounceSpec { name, virtual_ips, interface, hold_interface, trackers, withdraw_delay })
 }
 
 fn validate_vrrp(
@@ -841,81 +975,8 @@ fn validate_vrrp(
             return Err(invalid(s.span(), format!("vrrp.unicast_source: {source} is also a peer")));
         }
     }
-    let weight = |w: Option<i64>, span: Range<usize>, key: &str| -> Result<u8, ConfigError> {
-        let w = w.unwrap_or(0);
-        u8::try_from(w)
-            .ok()
-            .filter(|w| *w <= 253)
-            .ok_or_else(|| invalid(span, format!("{key}: weight {w}: must be 0..=253 (0 = fault while it fails)")))
-    };
-    let mut trackers = Vec::new();
-    for t in &r.track_http {
-        let raw = t.get_ref();
-        let min_healthy = raw.min_healthy.unwrap_or(1);
-        if !(1..=1000).contains(&min_healthy) {
-            return Err(invalid(t.span(), format!("vrrp.track_http: min_healthy {min_healthy}: must be 1..=1000")));
-        }
-        trackers.push(TrackerSpec {
-            watched: Watched::Http { listener: raw.listener.clone(), min_healthy: min_healthy as usize },
-            weight: weight(raw.weight, t.span(), "vrrp.track_http")?,
-        });
-    }
-    for t in &r.track_interfaces {
-        let raw = t.get_ref();
-        if raw.name.is_empty() || raw.name.len() > 15 || raw.name.contains(['/', ' ']) {
-            return Err(invalid(
-                t.span(),
-                format!("vrrp.track_interfaces: {:?}: not a valid interface name", raw.name),
-            ));
-        }
-        if raw.name == *iface {
-            return Err(invalid(
-                t.span(),
-                format!(
-                    "vrrp.track_interfaces: {:?} is the instance's own interface (down is fault already)",
-                    raw.name
-                ),
-            ));
-        }
-        trackers.push(TrackerSpec {
-            watched: Watched::Interface { name: raw.name.clone() },
-            weight: weight(raw.weight, t.span(), "vrrp.track_interfaces")?,
-        });
-    }
-    for t in &r.track_scripts {
-        let raw = t.get_ref();
-        if raw.command.is_some() {
-            // Defined here: shared with whoever else names it.
-            let spec = script(raw, t.span(), "vrrp.track_scripts", invalid)?;
-            match scripts.iter().find(|o| o.name == spec.name) {
-                Some(o) if *o != spec => {
-                    return Err(invalid(
-                        t.span(),
-                        format!("vrrp.track_scripts: script {:?} is defined differently elsewhere", spec.name),
-                    ))
-                }
-                Some(_) => {}
-                None => scripts.push(spec),
-            }
-        } else if raw.interval.is_some() || raw.timeout.is_some() || raw.rise.is_some() || raw.fall.is_some() {
-            return Err(invalid(
-                t.span(),
-                format!("vrrp.track_scripts: {:?}: interval, timeout, rise and fall go with a command", raw.name),
-            ));
-        } else if !scripts.iter().any(|o| o.name == raw.name) {
-            return Err(invalid(
-                t.span(),
-                format!(
-                    "vrrp.track_scripts: {:?}: no command and no [[track_script]] of that name (define it above)",
-                    raw.name
-                ),
-            ));
-        }
-        trackers.push(TrackerSpec {
-            watched: Watched::Script { name: raw.name.clone() },
-            weight: weight(raw.weight, t.span(), "vrrp.track_scripts")?,
-        });
-    }
+    let trackers =
+        trackers("vrrp", iface, true, &r.track_http, &r.track_interfaces, &r.track_scripts, invalid, scripts)?;
     if priority == 255 && !trackers.is_empty() {
         return Err(invalid(
             r.priority.span(),
@@ -1380,6 +1441,107 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_micros(micros as u64))
 }
 
+/// The trackers of a `[[vrrp]]` instance or an `[[announce]]` (`section`)
+/// on `own_iface`. Scripts defined inline join `scripts`. With `weighted`
+/// false, a weight is refused: every failing tracker counts in full.
+#[allow(clippy::too_many_arguments)]
+fn trackers(
+    section: &str,
+    own_iface: &str,
+    weighted: bool,
+    track_http: &[Spanned<RawTrackHttp>],
+    track_interfaces: &[Spanned<RawTrackInterface>],
+    track_scripts: &[Spanned<RawScript>],
+    invalid: &impl Fn(Range<usize>, String) -> ConfigError,
+    scripts: &mut Vec<ScriptSpec>,
+) -> Result<Vec<TrackerSpec>, ConfigError> {
+    let weight = |w: Option<i64>, span: Range<usize>, key: &str| -> Result<u8, ConfigError> {
+        if !weighted && w.is_some() {
+            return Err(invalid(
+                span,
+                format!("{key}: weight: a failing tracker withdraws the announcement here; weights are for [[vrrp]]"),
+            ));
+        }
+        let w = w.unwrap_or(0);
+        u8::try_from(w)
+            .ok()
+            .filter(|w| *w <= 253)
+            .ok_or_else(|| invalid(span, format!("{key}: weight {w}: must be 0..=253 (0 = fault while it fails)")))
+    };
+    let mut trackers = Vec::new();
+    for t in track_http {
+        let raw = t.get_ref();
+        let min_healthy = raw.min_healthy.unwrap_or(1);
+        if !(1..=1000).contains(&min_healthy) {
+            return Err(invalid(
+                t.span(),
+                format!("{section}.track_http: min_healthy {min_healthy}: must be 1..=1000"),
+            ));
+        }
+        trackers.push(TrackerSpec {
+            watched: Watched::Http { listener: raw.listener.clone(), min_healthy: min_healthy as usize },
+            weight: weight(raw.weight, t.span(), &format!("{section}.track_http"))?,
+        });
+    }
+    for t in track_interfaces {
+        let raw = t.get_ref();
+        if raw.name.is_empty() || raw.name.len() > 15 || raw.name.contains(['/', ' ']) {
+            return Err(invalid(
+                t.span(),
+                format!("{section}.track_interfaces: {:?}: not a valid interface name", raw.name),
+            ));
+        }
+        if raw.name == own_iface {
+            return Err(invalid(
+                t.span(),
+                format!(
+                    "{section}.track_interfaces: {:?} is the instance's own interface (down is fault already)",
+                    raw.name
+                ),
+            ));
+        }
+        trackers.push(TrackerSpec {
+            watched: Watched::Interface { name: raw.name.clone() },
+            weight: weight(raw.weight, t.span(), &format!("{section}.track_interfaces"))?,
+        });
+    }
+    for t in track_scripts {
+        let raw = t.get_ref();
+        if raw.command.is_some() {
+            // Defined here: shared with whoever else names it.
+            let spec = script(raw, t.span(), &format!("{section}.track_scripts"), invalid)?;
+            match scripts.iter().find(|o| o.name == spec.name) {
+                Some(o) if *o != spec => {
+                    return Err(invalid(
+                        t.span(),
+                        format!("{section}.track_scripts: script {:?} is defined differently elsewhere", spec.name),
+                    ))
+                }
+                Some(_) => {}
+                None => scripts.push(spec),
+            }
+        } else if raw.interval.is_some() || raw.timeout.is_some() || raw.rise.is_some() || raw.fall.is_some() {
+            return Err(invalid(
+                t.span(),
+                format!("{section}.track_scripts: {:?}: interval, timeout, rise and fall go with a command", raw.name),
+            ));
+        } else if !scripts.iter().any(|o| o.name == raw.name) {
+            return Err(invalid(
+                t.span(),
+                format!(
+                    "{section}.track_scripts: {:?}: no command and no [[track_script]] of that name (define it above)",
+                    raw.name
+                ),
+            ));
+        }
+        trackers.push(TrackerSpec {
+            watched: Watched::Script { name: raw.name.clone() },
+            weight: weight(raw.weight, t.span(), &format!("{section}.track_scripts"))?,
+        });
+    }
+    Ok(trackers)
+}
+
 fn virtual_ip(s: &str) -> Result<VirtualIp, String> {
     let (addr, prefix) = match s.split_once('/') {
         Some((a, p)) => (a, Some(p)),
@@ -1650,6 +1812,44 @@ backends = ["192.0.2.21:8080", { address = "192.0.2.22:8080", weight = 3 }]
 path = "/healthz"
 rise = 3
 "#;
+
+    #[test]
+    fn announce_sections() {
+        let text = format!(
+            "{GOOD}{HTTP}\n[[announce]]\nname = \"anycast\"\nvirtual_ips = [\"198.51.100.10/32\"]\ntrack_http = [{{ listener = \"web\", min_healthy = 2 }}]\n"
+        );
+        let c = parse(&text, Path::new("t.toml")).expect("valid");
+        let a = &c.announce[0];
+        assert_eq!(
+            (a.name.as_str(), a.interface.as_str(), a.hold_interface.as_str()),
+            ("anycast", "vip0", "vip0-hold")
+        );
+        assert_eq!(a.withdraw_delay, Duration::from_secs(3));
+        assert_eq!(a.virtual_ips[0].to_string(), "198.51.100.10/32");
+        assert_eq!(
+            a.trackers,
+            vec![TrackerSpec { watched: Watched::Http { listener: "web".into(), min_healthy: 2 }, weight: 0 }]
+        );
+        let bad = |extra: &str| err(&format!("{GOOD}{HTTP}\n[[announce]]\nname = \"a\"\n{extra}\n"));
+        let e = bad("virtual_ips = [\"192.0.2.10/32\"]");
+        assert!(e.contains("also a VIP of [[vrrp]] \"web\""), "{e}");
+        let e = bad("virtual_ips = [\"198.51.100.10/32\"]\ninterface = \"eth0\"");
+        assert!(e.contains("[[vrrp]] \"web\" runs there"), "{e}");
+        let e = bad("virtual_ips = [\"198.51.100.10/32\"]\ntrack_http = [{ listener = \"web\", weight = 10 }]");
+        assert!(e.contains("announce.track_http: weight"), "{e}");
+        let e = bad("virtual_ips = [\"198.51.100.10/32\"]\ntrack_http = [{ listener = \"nope\" }]");
+        assert!(e.contains("announce.track_http: listener \"nope\""), "{e}");
+        let e = bad("virtual_ips = [\"198.51.100.10/32\"]\ninterface = \"anycast-long0\"");
+        assert!(e.contains("set hold_interface"), "{e}");
+        let e = bad("virtual_ips = [\"198.51.100.10/32\"]\nwithdraw_delay = \"301s\"");
+        assert!(e.contains("at most 300s"), "{e}");
+        let e = bad("virtual_ips = []");
+        assert!(e.contains("at least one address"), "{e}");
+        // A reload does not change announcements.
+        let mut other = c.clone();
+        other.announce[0].withdraw_delay = Duration::from_secs(5);
+        assert!(reload_refusal(&c, &other).is_some_and(|r| r.contains("[[announce]] changed")));
+    }
 
     #[test]
     fn http_section_and_defaults() {

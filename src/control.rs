@@ -19,9 +19,10 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, UnixListener, UnixStream};
 use tracing::{debug, info, warn};
 
+use crate::announce::driver::{AnnounceShared, AnnounceSnapshot};
 use crate::proxy::backends::{Admin, HttpListeners, PoolSnapshot};
 use crate::vrrp::operator::{Ask, Operator};
-use crate::vrrp::stats::{Snapshot, StatsList};
+use crate::vrrp::stats::{unix_seconds, Snapshot, StatsList};
 use crate::vrrp::sync::{GroupShared, GroupSnapshot};
 
 /// Everything the control endpoint reports on.
@@ -33,6 +34,8 @@ pub struct Sources {
     pub http: Arc<HttpListeners>,
     /// One per sync group, in config order.
     pub groups: Vec<Arc<GroupShared>>,
+    /// One per `[[announce]]`, in config order.
+    pub announce: Vec<Arc<AnnounceShared>>,
     /// The configuration file and its reloads.
     pub config: Arc<ConfigState>,
 }
@@ -73,10 +76,6 @@ pub struct ConfigSnapshot {
     pub generation: u64,
     /// The last reload asked for, if any.
     pub last_reload: Option<LastReload>,
-}
-
-fn unix_seconds(t: SystemTime) -> f64 {
-    t.duration_since(SystemTime::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 
 impl ConfigState {
@@ -135,6 +134,8 @@ pub struct Status {
     pub http: Vec<PoolSnapshot>,
     /// Sync groups.
     pub sync_groups: Vec<GroupSnapshot>,
+    /// Active-active announcements.
+    pub announce: Vec<AnnounceSnapshot>,
     /// The configuration file and its reloads.
     pub config: ConfigSnapshot,
 }
@@ -147,6 +148,7 @@ impl Sources {
             vrrp: self.vrrp.list().iter().map(|s| s.snapshot()).collect(),
             http: self.http.list().iter().map(|p| p.snapshot()).collect(),
             sync_groups: self.groups.iter().map(|g| g.snapshot()).collect(),
+            announce: self.announce.iter().map(|a| a.snapshot()).collect(),
             config: self.config.snapshot(),
         }
     }

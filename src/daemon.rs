@@ -13,6 +13,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
+use crate::announce::driver::{self as announce, AnnounceShared, StopAnnounce};
 use crate::config::{Config, Location, VrrpConfig};
 use crate::control::{self, ConfigState, Sources};
 use crate::net::addr::{watch_addresses, watch_links, Netlink, Vmac};
@@ -182,9 +183,21 @@ pub fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         .max()
         .unwrap_or_default()
         * 2;
+    // Announcements: their trackers are fed by the same probes; a failing
+    // one withdraws (weight 0, so Trackers' base priority plays no part).
+    let announcements: Vec<Arc<AnnounceShared>> = config
+        .announce
+        .iter()
+        .map(|a| {
+            let tracking = (!a.trackers.is_empty()).then(|| TrackShared::new(Trackers::new(1, a.trackers.clone())));
+            AnnounceShared::new(a.clone(), tracking)
+        })
+        .collect();
+    let announce_tracking = announcements.iter().filter_map(|a| Some((a.name().to_string(), a.tracking()?))).collect();
     let probes = Probes {
         runtime: probe_rt.handle().clone(),
         tracking,
+        announce_tracking,
         groups,
         hooks: hooks.clone(),
         pools: Arc::clone(&pools),
@@ -273,6 +286,25 @@ pub fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         command: (config.control.socket.clone(), command_copy),
     };
 
+    // Announcements start once the listeners are served and VRRP is up: a
+    // route must never lead to a node that does not accept yet.
+    let (announce_stop, announce_rx) = watch::channel(StopAnnounce::Run);
+    let announce_tasks: Vec<_> = announcements
+        .iter()
+        .map(|a| {
+            let (a, rx) = (Arc::clone(a), announce_rx.clone());
+            probe_rt.spawn(async move {
+                let name = a.name().to_string();
+                let result = match Netlink::connect() {
+                    Ok(netlink) => announce::run(a, netlink, rx).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = result {
+                    error!(announce = %name, error = %e, "the announcement could not start: its addresses are not announced");
+                }
+            })
+        })
+        .collect();
     let config_state = ConfigState::new(config_path);
     let probe_handle = probe_rt.handle().clone();
     let signal_result = rt.block_on(async {
@@ -283,8 +315,13 @@ pub fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         let (asks_tx, mut asks_rx) = tokio::sync::mpsc::channel(4);
         let commander = tokio::spawn(control::serve_commands(commands, operator.clone(), Arc::clone(&pools), asks_tx));
         let stats = Arc::new(StatsList::new(stats));
-        let sources =
-            Sources { vrrp: Arc::clone(&stats), http: pools, groups: group_list, config: Arc::clone(&config_state) };
+        let sources = Sources {
+            vrrp: Arc::clone(&stats),
+            http: pools,
+            groups: group_list,
+            announce: announcements.clone(),
+            config: Arc::clone(&config_state),
+        };
         let targets = ReloadTargets {
             operator: operator.clone(),
             proxy: &proxy,
@@ -377,12 +414,28 @@ pub fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         info!("shutting down");
         systemd::stopping();
     }
+    // Announcements withdraw their routes and keep serving for their
+    // withdraw_delay, beside the VRRP hand-over; after an upgrade they stay
+    // announced for the successor.
+    let _ = announce_stop.send(if upgraded { StopAnnounce::Leave } else { StopAnnounce::Withdraw });
     let _ = shutdown_tx.send(Stop::Resign);
     match done_rx.recv_timeout(vrrp_grace) {
         Ok(()) => {
             let _ = vrrp_thread.join();
         }
         Err(_) => warn!("VRRP thread did not finish within {vrrp_grace:?}; exiting anyway"),
+    }
+    let withdraw_max = config.announce.iter().map(|a| a.withdraw_delay).max().unwrap_or_default() + SHUTDOWN_GRACE;
+    let finished = rt.block_on(async {
+        let all = async {
+            for task in announce_tasks {
+                let _ = task.await;
+            }
+        };
+        tokio::time::timeout(withdraw_max, all).await
+    });
+    if finished.is_err() {
+        warn!("announcements did not finish within {withdraw_max:?}; exiting anyway");
     }
     info!("draining HTTP connections");
     proxy.shutdown();
@@ -433,11 +486,12 @@ struct ProxyTies {
 /// priority, each listener's healthy backends.
 fn summary(status: &control::Status) -> String {
     let vrrp = status.vrrp.iter().map(|s| format!("{} {} {}", s.name, s.state, s.effective_priority));
+    let announce = status.announce.iter().map(|a| format!("announce {} {}", a.name, a.state));
     let http = status.http.iter().map(|p| {
         let healthy = p.backends.iter().filter(|b| b.healthy).count();
         format!("http {} {healthy}/{} healthy", p.name, p.backends.len())
     });
-    vrrp.chain(http).collect::<Vec<_>>().join("; ")
+    vrrp.chain(announce).chain(http).collect::<Vec<_>>().join("; ")
 }
 
 /// Binds the operator's command socket, mode 0600, creating its directory
@@ -576,6 +630,8 @@ struct Probes {
     runtime: tokio::runtime::Handle,
     /// Per instance, in config order.
     tracking: Vec<Option<Arc<TrackShared>>>,
+    /// The announcements' trackers, by announcement name.
+    announce_tracking: Vec<(String, Arc<TrackShared>)>,
     hooks: Vec<Option<HookQueue>>,
     /// Per instance: its sync group and its index there.
     groups: Vec<Option<(Arc<GroupShared>, usize)>>,
@@ -889,10 +945,12 @@ async fn run_vrrp(
         .map(|(name, _, _)| link_senders.entry(name.clone()).or_insert_with(|| watch::channel(true).0).subscribe())
         .collect();
     // Tracked interfaces too; the probe reads each one's state itself.
+    let announce_watched: Vec<Watched> = probes.announce_tracking.iter().flat_map(|(_, t)| t.watched()).collect();
     let tracked_links: HashMap<String, watch::Receiver<bool>> = configs
         .iter()
-        .flat_map(|c| c.trackers.iter())
-        .filter_map(|t| match &t.watched {
+        .flat_map(|c| c.trackers.iter().map(|t| &t.watched))
+        .chain(&announce_watched)
+        .filter_map(|w| match w {
             Watched::Interface { name } => Some(name.clone()),
             _ => None,
         })
@@ -915,6 +973,7 @@ async fn run_vrrp(
         .iter()
         .zip(&probes.tracking)
         .filter_map(|(c, t)| t.as_ref().map(|t| (c.spec.name.clone(), Arc::clone(t))))
+        .chain(probes.announce_tracking.iter().cloned())
         .collect();
     probe::start(
         &probes.runtime,

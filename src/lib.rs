@@ -4,6 +4,7 @@
 //! the modules that touch the kernel (`vrrp::socket`, `net::addr`,
 //! `net::announce`) are thin. See DESIGN.md for the data flow.
 
+pub mod announce;
 pub mod config;
 pub mod control;
 pub mod daemon;

@@ -323,5 +323,22 @@ fn status(control: SocketAddr, json: bool) -> anyhow::Result<()> {
             );
         }
     }
+    let announcements = v["announce"].as_array().map_or(&[][..], |a| a.as_slice());
+    if !announcements.is_empty() {
+        println!();
+        println!("{:<14} {:<10} {:<10} {:<24} REASON", "ANNOUNCE", "STATE", "IFACE", "ADDRESSES");
+    }
+    for a in announcements {
+        let addresses: Vec<&str> =
+            a["virtual_ips"].as_array().into_iter().flatten().filter_map(|x| x.as_str()).collect();
+        println!(
+            "{:<14} {:<10} {:<10} {:<24} {}",
+            a["name"].as_str().unwrap_or("-"),
+            a["state"].as_str().unwrap_or("-"),
+            a["interface"].as_str().unwrap_or("-"),
+            addresses.join(","),
+            a["reason"].as_str().unwrap_or("-"),
+        );
+    }
     Ok(())
 }

@@ -164,6 +164,39 @@ impl Collector for Scrape {
                 })
             }),
         )?;
+        let announce = |a: &crate::announce::driver::AnnounceSnapshot| vec![("announce", escape(&a.name))];
+        family(
+            e,
+            "vipd_announce_announced",
+            gauge,
+            "1 while the announcement's addresses are on its exported interface (the route is announced).",
+            status.announce.iter().map(|a| (announce(a), u64::from(a.announced))),
+        )?;
+        family(
+            e,
+            "vipd_announce_changes",
+            counter,
+            "Moves between announced, withdrawn and released since start.",
+            status.announce.iter().map(|a| (announce(a), a.changes)),
+        )?;
+        family(
+            e,
+            "vipd_announce_netlink_errors",
+            counter,
+            "Address changes of the announcement the kernel refused.",
+            status.announce.iter().map(|a| (announce(a), a.netlink_errors)),
+        )?;
+        family(
+            e,
+            "vipd_announce_tracker_failing",
+            gauge,
+            "1 while the announcement's tracker fails.",
+            status.announce.iter().flat_map(|a| {
+                a.trackers.iter().map(move |t| {
+                    (with(announce(a), &[("tracker", format!("{}:{}", t.kind, escape(&t.name)))]), u64::from(t.failing))
+                })
+            }),
+        )?;
         family(
             e,
             "vipd_notify_runs",

@@ -41,6 +41,7 @@ async fn status_metrics_and_not_found() {
         vrrp: Arc::new(StatsList::new(vec![stats])),
         http: Default::default(),
         groups: Vec::new(),
+        announce: Vec::new(),
         config: ConfigState::new(Path::new("t.toml")),
     };
     let server = tokio::spawn(serve(listener, sources));

@@ -1274,6 +1274,7 @@ async fn metrics_parse_as_prometheus_text_and_count_what_the_proxy_did() {
         vrrp: Default::default(),
         http: p.listeners(),
         groups: Vec::new(),
+        announce: Vec::new(),
         config: vipd::control::ConfigState::new(Path::new("t.toml")),
     };
     let text = vipd::metrics::render(sources.status(), sources.http.list());

@@ -12,7 +12,7 @@ use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressHe
 use rtnetlink::packet_route::link::MacVlanMode;
 use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use rtnetlink::packet_route::RouteNetlinkMessage;
-use rtnetlink::{AddressMessageBuilder, Handle, LinkMacVlan, LinkUnspec, MulticastGroup};
+use rtnetlink::{AddressMessageBuilder, Handle, LinkDummy, LinkIfb, LinkMacVlan, LinkUnspec, MulticastGroup};
 use tokio::sync::{broadcast, watch};
 
 use crate::config::VirtualIp;
@@ -82,6 +82,8 @@ pub struct Netlink {
 const EADDRNOTAVAIL: i32 = 99;
 const ENOENT: i32 = 2;
 const ENODEV: i32 = 19;
+/// "Unknown device type": the kernel lacks that link driver.
+const EOPNOTSUPP: i32 = 95;
 
 fn is_absent(e: &rtnetlink::Error) -> bool {
     matches!(e, rtnetlink::Error::NetlinkError(m)
@@ -196,6 +198,40 @@ impl Netlink {
             .execute()
             .await
             .map_err(|source| NetlinkError::Request { what: format!("bringing {:?} up", vmac.name), source })?;
+        Ok(index)
+    }
+
+    /// The index of `name`, an interface that only holds addresses: an
+    /// existing one is used as it is; otherwise a dummy is created (an ifb,
+    /// which behaves the same, on kernels built without dummy). Brought up.
+    pub async fn ensure_sink(&self, name: &str) -> Result<u32, NetlinkError> {
+        let index = match self.link_message(name).await {
+            Ok(m) => m.header.index,
+            Err(NetlinkError::NoSuchLink(_)) => {
+                let what = || format!("creating interface {name:?}");
+                let added = self.handle.link().add(LinkDummy::new(name).build()).execute().await;
+                match added {
+                    Ok(()) => {}
+                    Err(rtnetlink::Error::NetlinkError(m)) if m.code.is_some_and(|c| c.get().abs() == EOPNOTSUPP) => {
+                        self.handle
+                            .link()
+                            .add(LinkIfb::new(name).build())
+                            .execute()
+                            .await
+                            .map_err(|source| NetlinkError::Request { what: what(), source })?;
+                    }
+                    Err(source) => return Err(NetlinkError::Request { what: what(), source }),
+                }
+                self.link_message(name).await?.header.index
+            }
+            Err(e) => return Err(e),
+        };
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).up().build())
+            .execute()
+            .await
+            .map_err(|source| NetlinkError::Request { what: format!("bringing {name:?} up"), source })?;
         Ok(index)
     }
 

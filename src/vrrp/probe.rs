@@ -81,6 +81,11 @@ impl TrackShared {
         self.lock().specs().map(|s| s.watched.clone()).collect()
     }
 
+    /// Whether every tracker has been observed at least once.
+    pub fn all_observed(&self) -> bool {
+        self.lock().all_observed()
+    }
+
     /// The effective priority now, without its explanation.
     pub fn priority(&self) -> u8 {
         self.lock().priority()

@@ -234,7 +234,8 @@ pub struct PeerSnapshot {
     pub stats: PeerStats,
 }
 
-fn unix_seconds(t: SystemTime) -> f64 {
+/// `t` as seconds since the Unix epoch, the clock `/status` shows.
+pub fn unix_seconds(t: SystemTime) -> f64 {
     t.duration_since(SystemTime::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 

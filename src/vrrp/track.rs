@@ -160,6 +160,11 @@ impl Trackers {
         before != failing(spec, seen)
     }
 
+    /// Whether every tracker has been observed at least once.
+    pub fn all_observed(&self) -> bool {
+        self.items.iter().all(|(_, seen)| *seen != Observed::Unknown)
+    }
+
     /// The effective priority alone, without building its explanation
     /// (asked on every pass of the VRRP loop in a sync group).
     pub fn priority(&self) -> u8 {
