@@ -14,7 +14,7 @@ if [[ ! -x $VIPD ]]; then
 fi
 [[ -x $VIPD ]] || { echo "run.sh: no vipd binary at $VIPD" >&2; exit 2; }
 
-SCENARIOS=(election crash graceful preempt split-brain bad-packets interop-keepalived http-failover smuggling tls-scan down-at-start vip-deleted primary-lost stalled-backup track-http track-iface-script notify-hooks sync-group v2-address-list unicast ipv6 http-failover-v6 unicast-v6 vmac vmac-v6 interop-frr operator status-page reload upgrade package unit)
+SCENARIOS=(election crash graceful preempt split-brain bad-packets interop-keepalived http-failover smuggling tls-scan down-at-start vip-deleted primary-lost stalled-backup track-http track-iface-script notify-hooks sync-group v2-address-list unicast ipv6 http-failover-v6 unicast-v6 vmac vmac-v6 interop-frr active-active operator status-page reload upgrade package unit)
 (($#)) && SCENARIOS=("$@")
 OUT=$(mktemp -d /tmp/vipd-netns-run.XXXXXX)
 declare -a results=()

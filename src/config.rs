@@ -314,7 +314,6 @@ struct RawAnnounce {
     name: Spanned<String>,
     virtual_ips: Spanned<Vec<Spanned<String>>>,
     interface: Option<Spanned<String>>,
-    hold_interface: Option<Spanned<String>>,
     #[serde(default)]
     track_http: Vec<Spanned<RawTrackHttp>>,
     #[serde(default)]
@@ -761,36 +760,26 @@ fn validate_announce(
     if virtual_ips.is_empty() {
         return Err(invalid(r.virtual_ips.span(), "announce.virtual_ips must list at least one address".into()));
     }
-    let iface_name = |s: Option<&Spanned<String>>, key: &str, default: String| -> Result<String, ConfigError> {
-        let Some(s) = s else {
-            if default.len() > 15 {
+    let interface = match &r.interface {
+        None => ANNOUNCE_INTERFACE.to_string(),
+        Some(s) => {
+            let n = s.get_ref();
+            if n.is_empty() || n.len() > 15 || n.contains(['/', ' ', ':']) || n == "lo" {
+                return Err(invalid(s.span(), format!("announce.interface = {n:?}: not a usable interface name")));
+            }
+            let vrrp_there = vrrp.iter().find(|v| v.interface == *n || v.vmac.as_ref().is_some_and(|m| m.name == *n));
+            if let Some(v) = vrrp_there {
                 return Err(invalid(
-                    r.name.span(),
-                    format!("announce {name:?}: the default {key} {default:?} is longer than 15 bytes: set {key}"),
+                    s.span(),
+                    format!(
+                        "announce.interface = {n:?}: [[vrrp]] {:?} runs there; use an interface of its own",
+                        v.spec.name
+                    ),
                 ));
             }
-            return Ok(default);
-        };
-        let n = s.get_ref();
-        if n.is_empty() || n.len() > 15 || n.contains(['/', ' ', ':']) {
-            return Err(invalid(s.span(), format!("announce.{key} = {n:?}: not a valid interface name")));
+            n.clone()
         }
-        if let Some(v) = vrrp.iter().find(|v| v.interface == *n || v.vmac.as_ref().is_some_and(|m| m.name == *n)) {
-            return Err(invalid(
-                s.span(),
-                format!("announce.{key} = {n:?}: [[vrrp]] {:?} runs there; use an interface of its own", v.spec.name),
-            ));
-        }
-        Ok(n.clone())
     };
-    let interface = iface_name(r.interface.as_ref(), "interface", ANNOUNCE_INTERFACE.to_string())?;
-    let hold_interface = iface_name(r.hold_interface.as_ref(), "hold_interface", format!("{interface}-hold"))?;
-    if hold_interface == interface {
-        return Err(invalid(
-            r.name.span(),
-            format!("announce {name:?}: hold_interface must differ from interface {interface:?}"),
-        ));
-    }
     let trackers = trackers(
         "announce",
         &interface,
@@ -811,7 +800,7 @@ fn validate_announce(
             d
         }
     };
-    Ok(AnnounceSpec { name, virtual_ips, interface, hold_interface, trackers, withdraw_delay })
+    Ok(AnnounceSpec { name, virtual_ips, interface, trackers, withdraw_delay })
 }
 
 fn validate_vrrp(
@@ -1820,10 +1809,7 @@ rise = 3
         );
         let c = parse(&text, Path::new("t.toml")).expect("valid");
         let a = &c.announce[0];
-        assert_eq!(
-            (a.name.as_str(), a.interface.as_str(), a.hold_interface.as_str()),
-            ("anycast", "vip0", "vip0-hold")
-        );
+        assert_eq!((a.name.as_str(), a.interface.as_str()), ("anycast", "vip0"));
         assert_eq!(a.withdraw_delay, Duration::from_secs(3));
         assert_eq!(a.virtual_ips[0].to_string(), "198.51.100.10/32");
         assert_eq!(
@@ -1839,8 +1825,8 @@ rise = 3
         assert!(e.contains("announce.track_http: weight"), "{e}");
         let e = bad("virtual_ips = [\"198.51.100.10/32\"]\ntrack_http = [{ listener = \"nope\" }]");
         assert!(e.contains("announce.track_http: listener \"nope\""), "{e}");
-        let e = bad("virtual_ips = [\"198.51.100.10/32\"]\ninterface = \"anycast-long0\"");
-        assert!(e.contains("set hold_interface"), "{e}");
+        let e = bad("virtual_ips = [\"198.51.100.10/32\"]\ninterface = \"lo\"");
+        assert!(e.contains("not a usable interface name"), "{e}");
         let e = bad("virtual_ips = [\"198.51.100.10/32\"]\nwithdraw_delay = \"301s\"");
         assert!(e.contains("at most 300s"), "{e}");
         let e = bad("virtual_ips = []");

@@ -1,11 +1,11 @@
 //! When an announcement's addresses are exported. Pure: verdicts, a stop
 //! and time in; what to do with the addresses out.
 //!
-//! The addresses sit on two interfaces: the exported one, whose connected
-//! routes the host's routing daemon announces, and a hold interface that
-//! nothing exports. On the hold interface they stay local for as long as
-//! vipd runs, so withdrawing the route never refuses a connection that is
-//! still routed here; only a stop's end releases them.
+//! The addresses are announced by being on the exported interface, whose
+//! connected routes the host's routing daemon announces. Besides, a local
+//! route that nothing exports holds them for as long as vipd runs, so
+//! withdrawing the route never refuses a connection that is still routed
+//! here; only a stop's end releases them.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -50,7 +50,7 @@ pub enum Output {
     Announce,
     /// Remove them from the exported interface.
     Withdraw,
-    /// Remove them from the hold interface too.
+    /// Remove their local route too: they are no longer this host's.
     Release,
 }
 

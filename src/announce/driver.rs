@@ -1,6 +1,6 @@
-//! The I/O shell of one announcement: creates its two interfaces, feeds
-//! the trackers' verdicts and the stop to [`Announcement`], and moves the
-//! addresses through netlink as it says.
+//! The I/O shell of one announcement: creates its interface, holds the
+//! addresses by local routes, feeds the trackers' verdicts and the stop to
+//! [`Announcement`], and moves the addresses through netlink as it says.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -63,8 +63,6 @@ pub struct AnnounceSnapshot {
     pub changes: u64,
     /// The exported interface.
     pub interface: String,
-    /// The interface that keeps the addresses local.
-    pub hold_interface: String,
     /// The service addresses.
     pub virtual_ips: Vec<String>,
     /// Address changes the kernel refused.
@@ -111,7 +109,6 @@ impl AnnounceShared {
             since: unix_seconds(live.since),
             changes: live.changes,
             interface: self.spec.interface.clone(),
-            hold_interface: self.spec.hold_interface.clone(),
             virtual_ips: self.spec.virtual_ips.iter().map(|v| v.to_string()).collect(),
             netlink_errors: self.netlink_errors.load(Ordering::Relaxed),
             trackers: self.tracking.as_ref().map(|t| t.status()).unwrap_or_default(),
@@ -146,22 +143,18 @@ pub async fn run(
 ) -> Result<(), NetlinkError> {
     let spec = &shared.spec;
     let exported = netlink.ensure_sink(&spec.interface).await?;
-    let hold = netlink.ensure_sink(&spec.hold_interface).await?;
     let present = netlink.addresses_on(exported).await?;
     let found = spec.virtual_ips.iter().all(|v| present.iter().any(|(a, _)| *a == v.addr));
     // Local from now on, whatever the routers hear.
     for vip in &spec.virtual_ips {
-        if let Err(e) = netlink.add(hold, vip, true).await {
-            error!(announce = %spec.name, %vip, error = %e, "could not hold the address");
-            shared.netlink_errors.fetch_add(1, Ordering::Relaxed);
-        }
+        netlink.set_local_route(vip.addr, true).await?;
     }
     let started = (Instant::now(), SystemTime::now());
     let mut a = Announcement::new(started.0, found);
-    info!(announce = %spec.name, interface = %spec.interface, hold = %spec.hold_interface, found_announced = found, "announcement ready");
+    info!(announce = %spec.name, interface = %spec.interface, found_announced = found, "announcement ready");
     loop {
         a.verdict(Instant::now(), &shared.verdict());
-        apply(&shared, &netlink, &mut a, exported, hold).await;
+        apply(&shared, &netlink, &mut a, exported).await;
         shared.publish(&a, started);
         if a.is_done() {
             return Ok(());
@@ -208,14 +201,14 @@ async fn sleep_until(deadline: Option<Instant>) {
 }
 
 /// Carries out what the announcement says, in order.
-async fn apply(shared: &AnnounceShared, netlink: &Netlink, a: &mut Announcement, exported: u32, hold: u32) {
+async fn apply(shared: &AnnounceShared, netlink: &Netlink, a: &mut Announcement, exported: u32) {
     let spec = &shared.spec;
     while let Some(out) = a.poll_output() {
         for vip in &spec.virtual_ips {
             let result = match out {
                 Output::Announce => netlink.add(exported, vip, true).await,
                 Output::Withdraw => netlink.del(exported, vip).await,
-                Output::Release => netlink.del(hold, vip).await,
+                Output::Release => netlink.set_local_route(vip.addr, false).await,
             };
             if let Err(e) = result {
                 shared.netlink_errors.fetch_add(1, Ordering::Relaxed);

@@ -3,9 +3,9 @@
 //! them while this node is healthy. vipd speaks no BGP: it puts the
 //! addresses on an interface the routing daemon exports (its connected
 //! routes) while every tracker passes, and takes them off when one fails or
-//! a planned stop begins, keeping them local on a second, unexported
-//! interface so that traffic still routed here is served until the stop's
-//! `withdraw_delay` ends.
+//! a planned stop begins, keeping them local by a `local` route (which no
+//! routing daemon exports) so that traffic still routed here is served
+//! until the stop's `withdraw_delay` ends.
 
 pub mod decide;
 pub mod driver;
@@ -24,8 +24,6 @@ pub struct AnnounceSpec {
     pub virtual_ips: Vec<VirtualIp>,
     /// The interface the routing daemon exports (created if missing).
     pub interface: String,
-    /// The interface nothing exports, that keeps the addresses local.
-    pub hold_interface: String,
     /// What must pass for the addresses to be announced.
     pub trackers: Vec<TrackerSpec>,
     /// How long a planned stop keeps serving after withdrawing.

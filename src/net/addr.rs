@@ -11,8 +11,11 @@ use rtnetlink::packet_core::NetlinkPayload;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage};
 use rtnetlink::packet_route::link::MacVlanMode;
 use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+use rtnetlink::packet_route::route::{RouteScope, RouteType};
 use rtnetlink::packet_route::RouteNetlinkMessage;
-use rtnetlink::{AddressMessageBuilder, Handle, LinkDummy, LinkIfb, LinkMacVlan, LinkUnspec, MulticastGroup};
+use rtnetlink::{
+    AddressMessageBuilder, Handle, LinkDummy, LinkIfb, LinkMacVlan, LinkUnspec, MulticastGroup, RouteMessageBuilder,
+};
 use tokio::sync::{broadcast, watch};
 
 use crate::config::VirtualIp;
@@ -82,12 +85,21 @@ pub struct Netlink {
 const EADDRNOTAVAIL: i32 = 99;
 const ENOENT: i32 = 2;
 const ENODEV: i32 = 19;
+/// A route that is not there.
+const ESRCH: i32 = 3;
 /// "Unknown device type": the kernel lacks that link driver.
 const EOPNOTSUPP: i32 = 95;
 
+/// The local routing table.
+const RT_TABLE_LOCAL: u32 = 255;
+
+/// Metric of the local routes [`Netlink::set_local_route`] adds: the
+/// kernel's own for an interface address has 0, so both can be there.
+const HOLD_METRIC: u32 = 1;
+
 fn is_absent(e: &rtnetlink::Error) -> bool {
     matches!(e, rtnetlink::Error::NetlinkError(m)
-        if m.code.is_some_and(|c| [EADDRNOTAVAIL, ENOENT, ENODEV].contains(&c.get().abs())))
+        if m.code.is_some_and(|c| [EADDRNOTAVAIL, ENOENT, ENODEV, ESRCH].contains(&c.get().abs())))
 }
 
 impl Netlink {
@@ -233,6 +245,41 @@ impl Netlink {
             .await
             .map_err(|source| NetlinkError::Request { what: format!("bringing {name:?} up"), source })?;
         Ok(index)
+    }
+
+    /// Makes `addr` local to this host without an address on any
+    /// interface (with `present`; a `local` route in the local table, via
+    /// lo), or stops that. Routing daemons do not export it (it is no
+    /// connected route), and it comes and goes independently of the same
+    /// address on an interface. Removing one that is not there is no error.
+    pub async fn set_local_route(&self, addr: IpAddr, present: bool) -> Result<(), NetlinkError> {
+        let lo = self.link_message("lo").await?.header.index;
+        let msg = match addr {
+            IpAddr::V4(a) => RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(a, 32)
+                .table_id(RT_TABLE_LOCAL)
+                .kind(RouteType::Local)
+                .scope(RouteScope::Host)
+                .output_interface(lo)
+                .priority(HOLD_METRIC)
+                .build(),
+            IpAddr::V6(a) => RouteMessageBuilder::<Ipv6Addr>::new()
+                .destination_prefix(a, 128)
+                .table_id(RT_TABLE_LOCAL)
+                .kind(RouteType::Local)
+                .output_interface(lo)
+                .priority(HOLD_METRIC)
+                .build(),
+        };
+        let what = || format!("{} the local route for {addr}", if present { "adding" } else { "removing" });
+        let result = match present {
+            true => self.handle.route().add(msg).replace().execute().await,
+            false => match self.handle.route().del(msg).execute().await {
+                Err(e) if is_absent(&e) => Ok(()),
+                other => other,
+            },
+        };
+        result.map_err(|source| NetlinkError::Request { what: what(), source })
     }
 
     /// Deletes the interface `name`; one that does not exist is not an error.
