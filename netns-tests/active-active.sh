@@ -183,6 +183,11 @@ t_gone=$(now_ms)
 withdraw_ms=$((t_gone - t_ev))
 nh=$(router_nexthops "$SERVICE_IP")
 [[ $nh != *"${HOST_IP[lb2]}"* ]] || fail "backends: the router still has lb2 (${HOST_IP[lb2]}) among $nh"
+# What lb2 says about it: /status and /metrics.
+st=$(vipd_json lb2 | jq -c '.announce[0] | {state, announced, reason}')
+[[ $st == *'"state":"withdrawn"'* && $st == *'0/2 healthy'* ]] || fail "backends: lb2's /status says $st"
+ns_exec lb2 curl -s -m 1 "http://$CONTROL/metrics" | grep -qx 'vipd_announce_announced{announce="web-anycast"} 0' ||
+    fail "backends: lb2's /metrics lacks vipd_announce_announced 0: $(ns_exec lb2 curl -s -m 1 "http://$CONTROL/metrics" | grep announce)"
 sleep 2
 for a in app1 app2; do ip -n "$(ns lb2)" route del prohibit "${HOST_IP[$a]}/32"; done
 wait_router_paths "$SERVICE_IP" 3 5000 || fail "backends: lb2 not announced again 5 s after its backends came back"
