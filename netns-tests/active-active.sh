@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # active-active.sh: three vipd nodes serve 198.51.100.10 behind a router
-# doing ECMP; each node's FRR (zebra + bgpd + bfdd) announces the address
-# while vipd keeps it on vip0 ([[announce]], track_http). The router runs
+# doing ECMP; each node's routing daemon announces the address while vipd
+# keeps it on vip0 ([[announce]], track_http): FRR (zebra + bgpd + bfdd) on
+# lb1 and lb2, BIRD 2 on lb3, to show both. The router runs
 # FRR with maximum-paths, BFD 300 ms x 3 and an L4 hash; a client behind it
 # opens new connections. Checks:
 #   spread    3000 connections: each node within +-15 % of a third;
@@ -29,6 +30,7 @@ ensure_pkg_nosvc nginx nginx
 ensure_pkg curl curl
 ensure_pkg jq jq
 ensure_pkg "$FRR_DIR/bgpd" frr
+ensure_pkg bird bird2
 
 URL="http://$SERVICE_IP:$APP_PORT/"
 PERIOD_MS=20
@@ -149,7 +151,7 @@ start_app_servers
 start_router_frr
 for h in "${BGP_LBS[@]}"; do
     start_lb "$h"
-    start_node_frr "$h"
+    if [[ $h == lb3 ]]; then start_node_bird "$h"; else start_node_frr "$h"; fi
 done
 wait_bgp_up 30000
 wait_router_paths "$SERVICE_IP" 3 15000 || fail "router has $(router_paths "$SERVICE_IP") paths to $SERVICE_IP, want 3"

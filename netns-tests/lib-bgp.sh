@@ -455,3 +455,66 @@ spread_shares() {
         | [.answers | to_entries[] | "\(.key) \(.value) (\((1000 * .value / $n | round) / 10)%)"]
         | join(", ")' <<<"$1"
 }
+
+# ---------------------------------------------------------------- BIRD
+
+# bird_node_conf HOST -> prints the path of a BIRD 2 config for an LB, the
+# same policy as bgp_node_conf: its own AS, the router as its only
+# neighbour with BFD (BFD_INTERVAL_MS x BFD_MULT), exporting only the /32s
+# that `protocol direct` sees on vip0, importing nothing.
+bird_node_conf() {
+    local h=$1 f
+    f="$WORK/bird-$h.conf"
+    cat >"$f" <<EOF
+router id ${HOST_IP[$h]};
+log "$WORK/bird-$h.log" all;
+protocol device { scan time 1; }
+protocol direct vipd { ipv4; interface "vip0"; }
+protocol bfd {
+    interface "eth0" {
+        min rx interval $BFD_INTERVAL_MS ms;
+        min tx interval $BFD_INTERVAL_MS ms;
+        multiplier $BFD_MULT;
+    };
+}
+protocol bgp uplink {
+    local ${HOST_IP[$h]} as $(bgp_node_as "$h");
+    neighbor ${HOST_IP[router]} as $ROUTER_AS;
+    hold time $BGP_HOLD;
+    keepalive time $BGP_KEEPALIVE;
+    connect retry time 1;
+    # BIRD takes the BFD session's first Down (before the router's bfdd
+    # answered) as an error and would wait 60 s before trying again.
+    error wait time 1, 5;
+    bfd on;
+    ipv4 {
+        import none;
+        # Origin incomplete, as FRR's redistributed connected routes have:
+        # with origin IGP this node's path would win over theirs instead of
+        # sharing the load with them (multipath needs equal attributes).
+        export filter {
+            if proto = "vipd" && net.len = 32 then { bgp_origin = ORIGIN_INCOMPLETE; accept; }
+            reject;
+        };
+    };
+}
+EOF
+    echo "$f"
+}
+
+# start_node_bird HOST: BIRD 2 (Debian's bird2) on an LB instead of FRR, in
+# the foreground, its control socket in WORK. PID in FRR_PIDS[HOST] (so
+# kill_node_frr stops it too) and EXTRA_PIDS.
+start_node_bird() {
+    local h=$1 c i
+    ensure_pkg bird bird2
+    c=$(bird_node_conf "$h")
+    [[ -z ${FRR_PIDS[$h]:-} ]] || fail "a routing daemon already runs on $h"
+    ip netns exec "$(ns "$h")" bird -f -c "$c" -s "$WORK/bird-$h.ctl" -P "$WORK/bird-$h.pid" \
+        >>"$WORK/bird-$h.out" 2>&1 &
+    FRR_PIDS[$h]=$!
+    EXTRA_PIDS+=("$!")
+    for ((i = 0; i < 250; i++)); do [[ -S $WORK/bird-$h.ctl ]] && break; sleep 0.02; done
+    [[ -S $WORK/bird-$h.ctl ]] || fail "$h: BIRD did not open its control socket (see $WORK/bird-$h.out)"
+    log "started BIRD on $h (pid ${FRR_PIDS[$h]})"
+}
