@@ -229,6 +229,14 @@ c=$(share_of "$counts" lb3)
 RESULT+=("lb3 started again: announced and in the router's paths ${add_ms} ms later, then $c of 600 connections")
 
 # ---------------------------------------------------------------- crash
+# Keep-alive connections open across the crash: those on lb1 are lost with
+# it; those on the survivors that break were moved by the router's rehash.
+HELD_N=${HELD_N:-90}
+ip netns exec "$(ns client)" python3 "$NT_DIR0/held-many.py" "$SERVICE_IP" "$APP_PORT" "$HELD_N" "$WORK" \
+    >"$WORK/held.out" 2>&1 </dev/null &
+hpid=$!
+EXTRA_PIDS+=("$hpid")
+wait_for 15000 grep -q ready "$WORK/held.state" || fail "crash: the keep-alive connections did not open: $(cat "$WORK/held.out")"
 out="$WORK/crash.client"
 start_client_loop client "$URL" crash 5000 "$PERIOD_MS" 1 "$out"
 cpid=$CLIENT_PID
@@ -239,7 +247,22 @@ kill -KILL "${NODE_PID[lb1]}"
 kill_node_frr lb1 KILL
 wait_router_paths "$SERVICE_IP" 2 5000 || fail "crash: lb1's route still there 5 s after the crash"
 crash_ms=$(($(now_ms) - t_ev))
+touch "$WORK/held.go"
 reap_node lb1 2000 || true
+wait_for 15000 pid_gone "$hpid" || fail "crash: the keep-alive client did not finish: $(cat "$WORK/held.out")"
+# Which node proxied each held connection's first request (the peer the
+# app servers saw), and how its second one went.
+held=$(cat "$WORK/app1.access" "$WORK/app2.access" | awk -v dead="${HOST_IP[lb1]}" '
+    NR == FNR { ok[$1] = ($2 == "ok"); next }
+    match($3, /t=held&c=[0-9]+&k=1/) {
+        c = substr($3, RSTART + 9, RLENGTH - 13)
+        if ($2 == dead) { d++; if (!ok[c]) df++ } else { s++; if (!ok[c]) sf++ }
+    }
+    END { printf "dead=%d dead_failed=%d survivors=%d survivors_broken=%d\n", d, df, s, sf }' "$WORK/held.result" -)
+eval "$held"
+log "crash: $HELD_N keep-alive connections: $dead on lb1 ($dead_failed failed), $survivors on lb2/lb3 ($survivors_broken broken by the router's rehash)"
+((dead + survivors == HELD_N)) || fail "crash: the app servers' logs place $((dead + survivors)) of the $HELD_N held connections"
+((survivors_broken < survivors)) || fail "crash: every held connection on a surviving node broke ($held)"
 wait_client_loop "$cpid" 5000 1
 eval "$(split_failures "$out" 0)"
 crash_failed=$(awk -v a="$t_ev" '$2 >= a - 1000 && $4 != "200"' "$out" | wc -l)
@@ -247,6 +270,6 @@ after=$(awk -v a=$((t_ev + crash_ms + 100)) '$2 >= a && $4 != "200"' "$out" | wc
 log "crash: route gone ${crash_ms} ms after lb1 went silent (BFD $BFD_MULT x ${BFD_INTERVAL_MS} ms); $crash_failed failed in all, $rehash of them in flight at a route change, $after after the route went"
 ((crash_ms <= BFD_MULT * BFD_INTERVAL_MS + 600)) || fail "crash: lb1's route went ${crash_ms} ms after the crash, want within BFD detection (+600 ms)"
 ((after == 0)) || fail "crash: $after requests failed after lb1's route had gone (see $out)"
-RESULT+=("crash of lb1 (link silent, vipd + FRR kill -9): route gone in ${crash_ms} ms (BFD $BFD_MULT x ${BFD_INTERVAL_MS} ms), ${crash_failed} requests failed meanwhile (${rehash} of them in flight at the route change), 0 after")
+RESULT+=("crash of lb1 (link silent, vipd + FRR kill -9): route gone in ${crash_ms} ms (BFD $BFD_MULT x ${BFD_INTERVAL_MS} ms), ${crash_failed} requests failed meanwhile (${rehash} of them in flight at the route change), 0 after; of $HELD_N keep-alive connections, $dead were on lb1 ($dead_failed lost) and $survivors_broken of the $survivors on lb2/lb3 broke (ECMP rehash)")
 
 pass "$(printf '%s | ' "${RESULT[@]}" | sed 's/ | $//')"

@@ -101,22 +101,6 @@ bgp_topo_up() {
     log "bgp topology: router, ${BGP_LBS[*]}, app1, app2${*:+, $*}; client behind the router"
 }
 
-# vip0_add HOST [ADDR]: dummy interface vip0 (created and up if missing) with
-# ADDR/32 (default SERVICE_IP): what the node's bgpd announces.
-vip0_add() {
-    local n a=${2:-$SERVICE_IP}
-    n=$(ns "$1")
-    if ! ip -n "$n" link show vip0 >/dev/null 2>&1; then
-        ip -n "$n" link add vip0 type dummy
-        ip -n "$n" link set vip0 up
-    fi
-    ip -n "$n" addr add "$a/32" dev vip0
-}
-
-# vip0_del HOST [ADDR]: take ADDR/32 (default SERVICE_IP) off HOST's vip0
-# (its bgpd withdraws the route).
-vip0_del() { ip -n "$(ns "$1")" addr del "${2:-$SERVICE_IP}/32" dev vip0; }
-
 # ---------------------------------------------------------------- FRR configs
 
 # bgp_node_as HOST: lbK -> 64600+K (one private AS per LB).

@@ -294,13 +294,13 @@ pub fn run(config: Config, config_path: &Path) -> anyhow::Result<()> {
         .map(|a| {
             let (a, rx) = (Arc::clone(a), announce_rx.clone());
             probe_rt.spawn(async move {
-                let name = a.name().to_string();
                 let result = match Netlink::connect() {
-                    Ok(netlink) => announce::run(a, netlink, rx).await,
+                    Ok(netlink) => announce::run(Arc::clone(&a), netlink, rx).await,
                     Err(e) => Err(e),
                 };
                 if let Err(e) = result {
-                    error!(announce = %name, error = %e, "the announcement could not start: its addresses are not announced");
+                    a.failed(&e.to_string());
+                    error!(announce = %a.name(), error = %e, "the announcement could not start: its addresses are not announced");
                 }
             })
         })

@@ -130,6 +130,11 @@ impl Announcement {
         self.outputs.pop_front()
     }
 
+    /// A stop began.
+    pub fn is_stopping(&self) -> bool {
+        self.release_at.is_some()
+    }
+
     /// Released, with nothing left to do.
     pub fn is_done(&self) -> bool {
         self.place == Place::Released && self.outputs.is_empty()

@@ -98,6 +98,12 @@ impl AnnounceShared {
         *self.lock() = Live { place: a.place(), reason: a.reason().to_string(), since, changes: a.changes() };
     }
 
+    /// It could not start (its interface or local routes could not be set
+    /// up): `/status` says why.
+    pub fn failed(&self, why: &str) {
+        self.lock().reason = format!("could not start: {why}");
+    }
+
     /// A consistent view for `/status`.
     pub fn snapshot(&self) -> AnnounceSnapshot {
         let live = self.lock().clone();
@@ -219,7 +225,7 @@ async fn apply(shared: &AnnounceShared, netlink: &Netlink, a: &mut Announcement,
             Output::Announce => {
                 info!(announce = %spec.name, reason = %a.reason(), "announced: the addresses are on {}", spec.interface)
             }
-            Output::Withdraw if a.poll_timeout().is_some() => {
+            Output::Withdraw if a.is_stopping() => {
                 info!(announce = %spec.name, reason = %a.reason(), "withdrawn: the addresses left {} (still served here)", spec.interface)
             }
             Output::Withdraw => {

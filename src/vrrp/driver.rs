@@ -18,7 +18,7 @@ use super::notify::{state_word, HookQueue, Hooks};
 use super::operator::{Ask, Command, ToDriver};
 use super::packet::{Datagram, Family};
 use super::probe::TrackShared;
-use super::relay::{self, Nft, NftError, RelayRule};
+use super::relay::{self, Nft, NftError, RelayRule, RelayWorker};
 use super::router::{InstanceSpec, Output, Router, RELAY_FOR};
 use super::socket::{Recv, VrrpSocket};
 use super::stats::Stats;
@@ -75,6 +75,9 @@ const HANDOVER_GRACE: Duration = Duration::from_millis(150);
 
 /// How soon a failed look at the interface's addresses is tried again.
 const ADDR_RETRY: Duration = Duration::from_millis(200);
+
+/// Longest a stopping driver waits for its relays to be removed.
+const RELAY_FLUSH: Duration = Duration::from_secs(3);
 
 /// Most packets taken off the socket before acting on an expired timer.
 const MAX_QUEUED_DRAIN: usize = 256;
@@ -179,7 +182,7 @@ pub struct Driver {
     /// Started by `vipd upgrade`: the VIPs found at start were kept.
     inheriting: bool,
     /// Writes the hand-over relays.
-    nft: Nft,
+    relay: RelayWorker,
     /// Instances whose hand-over relay is in place.
     relaying: Vec<u8>,
 }
@@ -311,7 +314,7 @@ impl Driver {
             next_drain_check: None,
             stopping: false,
             inheriting,
-            nft,
+            relay: RelayWorker::spawn(nft),
             relaying: Vec::new(),
         })
     }
@@ -442,8 +445,9 @@ impl Driver {
                 }
             }
             for vrid in self.relaying.clone() {
-                self.end_relay(vrid).await;
+                self.end_relay(vrid);
             }
+            self.relay.flush(RELAY_FLUSH).await;
             if let Some(v) = &self.vmac {
                 if let Err(e) = self.netlink.delete_link(&v.name).await {
                     warn!(error = %e, vmac = %v.name, "could not remove the virtual MAC interface");
@@ -544,8 +548,8 @@ impl Driver {
                         queue.push(word, hooks.commands("INSTANCE", name, word, priority));
                     }
                 }
-                Output::RelayTo { vrid, peer } => self.start_relay(vrid, peer).await,
-                Output::EndRelay { vrid } => self.end_relay(vrid).await,
+                Output::RelayTo { vrid, peer } => self.start_relay(vrid, peer),
+                Output::EndRelay { vrid } => self.end_relay(vrid),
                 Output::SourceChanged { vrid, from, to } => match (from, to) {
                     (_, Some(to)) => info!(vrid, from = ?from, %to, "sending adverts from a new source address"),
                     (Some(from), None) => {
@@ -558,39 +562,30 @@ impl Driver {
         touched
     }
 
-    /// Puts `vrid`'s hand-over relay to `peer` in place.
-    async fn start_relay(&mut self, vrid: u8, peer: IpAddr) {
+    /// Has `vrid`'s hand-over relay to `peer` put in place.
+    fn start_relay(&mut self, vrid: u8, peer: IpAddr) {
         let Some(side) = self.side(vrid) else { return };
+        let vips = side.inst.spec.virtual_ips.clone();
         let rule = RelayRule {
             family: self.family,
             vip_ifindex: self.vip_ifindex,
             out_ifindex: self.ifindex,
             vrid,
-            vips: side.inst.spec.virtual_ips.clone(),
+            vips,
             peer,
         };
-        match self.nft.apply(&relay::install_script(&rule)).await {
-            Ok(()) => {
-                info!(vrid, %peer, "relaying the connections the old master still holds to it for {RELAY_FOR:?}");
-                if !self.relaying.contains(&vrid) {
-                    self.relaying.push(vrid);
-                }
-            }
-            // Said at start.
-            Err(NftError::Missing) => {}
-            Err(e) => warn!(vrid, %peer, error = %e, "could not set up the hand-over relay"),
+        debug!(vrid, %peer, "hand-over relay for {RELAY_FOR:?}");
+        self.relay.start(rule);
+        if !self.relaying.contains(&vrid) {
+            self.relaying.push(vrid);
         }
     }
 
-    /// Removes `vrid`'s hand-over relay, if it has one.
-    async fn end_relay(&mut self, vrid: u8) {
-        if !self.relaying.contains(&vrid) {
-            return;
-        }
-        self.relaying.retain(|v| *v != vrid);
-        match self.nft.apply(&relay::remove_script(self.family, self.vip_ifindex, vrid)).await {
-            Ok(()) => debug!(vrid, "hand-over relay ended"),
-            Err(e) => warn!(vrid, error = %e, "could not remove the hand-over relay"),
+    /// Has `vrid`'s hand-over relay removed, if it has one.
+    fn end_relay(&mut self, vrid: u8) {
+        if self.relaying.contains(&vrid) {
+            self.relaying.retain(|v| *v != vrid);
+            self.relay.end(self.family, self.vip_ifindex, vrid);
         }
     }
 

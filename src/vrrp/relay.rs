@@ -14,7 +14,8 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use tracing::debug;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
 
 use super::command::{run, RunError};
 use super::packet::Family;
@@ -138,6 +139,82 @@ impl Nft {
     /// Whether `nft` is known to be missing.
     pub fn is_missing(&self) -> bool {
         self.missing
+    }
+}
+
+enum Job {
+    Start(RelayRule),
+    End { family: Family, vip_ifindex: u32, vrid: u8 },
+    Flush(oneshot::Sender<()>),
+}
+
+/// Writes relays in order on a task of its own: the VRRP loop hands them
+/// over and goes on (an `nft` run takes 5 to 20 ms, and a slow host could
+/// make it take seconds: adverts must not wait for that).
+#[derive(Debug)]
+pub struct RelayWorker {
+    jobs: mpsc::UnboundedSender<Job>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Job::Start(rule) => write!(f, "start {rule:?}"),
+            Job::End { vrid, .. } => write!(f, "end vrid {vrid}"),
+            Job::Flush(_) => write!(f, "flush"),
+        }
+    }
+}
+
+impl RelayWorker {
+    /// Starts the task (on the current runtime), running `nft`'s scripts.
+    pub fn spawn(mut nft: Nft) -> Self {
+        let (jobs, mut rx) = mpsc::unbounded_channel::<Job>();
+        tokio::spawn(async move {
+            while let Some(job) = rx.recv().await {
+                match job {
+                    Job::Start(rule) => match nft.apply(&install_script(&rule)).await {
+                        Ok(()) => {
+                            info!(vrid = rule.vrid, peer = %rule.peer, "relaying the connections the old master still holds to it")
+                        }
+                        // Said at start.
+                        Err(NftError::Missing) => {}
+                        Err(e) => {
+                            warn!(vrid = rule.vrid, peer = %rule.peer, error = %e, "could not set up the hand-over relay")
+                        }
+                    },
+                    Job::End { family, vip_ifindex, vrid } => {
+                        match nft.apply(&remove_script(family, vip_ifindex, vrid)).await {
+                            Ok(()) => debug!(vrid, "hand-over relay ended"),
+                            Err(NftError::Missing) => {}
+                            Err(e) => warn!(vrid, error = %e, "could not remove the hand-over relay"),
+                        }
+                    }
+                    Job::Flush(done) => {
+                        let _ = done.send(());
+                    }
+                }
+            }
+        });
+        RelayWorker { jobs }
+    }
+
+    /// Puts `rule` in place (replacing the instance's earlier one).
+    pub fn start(&self, rule: RelayRule) {
+        let _ = self.jobs.send(Job::Start(rule));
+    }
+
+    /// Removes an instance's relay.
+    pub fn end(&self, family: Family, vip_ifindex: u32, vrid: u8) {
+        let _ = self.jobs.send(Job::End { family, vip_ifindex, vrid });
+    }
+
+    /// Waits, at most `within`, for what was handed over so far.
+    pub async fn flush(&self, within: Duration) {
+        let (done, wait) = oneshot::channel();
+        if self.jobs.send(Job::Flush(done)).is_ok() {
+            let _ = tokio::time::timeout(within, wait).await;
+        }
     }
 }
 
