@@ -188,7 +188,7 @@ nh=$(router_nexthops "$SERVICE_IP")
 # What lb2 says about it: /status and /metrics.
 st=$(vipd_json lb2 | jq -c '.announce[0] | {state, announced, reason}')
 [[ $st == *'"state":"withdrawn"'* && $st == *'0/2 healthy'* ]] || fail "backends: lb2's /status says $st"
-ns_exec lb2 curl -s -m 1 "http://$CONTROL/metrics" | grep -qx 'vipd_announce_announced{announce="web-anycast"} 0' ||
+ns_exec lb2 curl -s -m 1 "http://$CONTROL/metrics" | grep -cx 'vipd_announce_announced{announce="web-anycast"} 0' ||
     fail "backends: lb2's /metrics lacks vipd_announce_announced 0: $(ns_exec lb2 curl -s -m 1 "http://$CONTROL/metrics" | grep announce)"
 sleep 2
 for a in app1 app2; do ip -n "$(ns lb2)" route del prohibit "${HOST_IP[$a]}/32"; done

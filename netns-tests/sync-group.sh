@@ -115,7 +115,7 @@ group_on lb1 || fail "the group did not stay on lb1: $(where)"
 grep -q '^GROUP edge MASTER$' "$WORK/group.log" || fail "the group hook never ran for MASTER: $(tr '\n' '|' <"$WORK/group.log")"
 [[ $(ns_exec lb1 curl -s -m 1 "http://$CONTROL/status" | jq -r '.sync_groups[0].state') == MASTER ]] ||
     fail "lb1's /status does not show its sync group as MASTER"
-ns_exec lb1 curl -s -m 1 "http://$CONTROL/metrics" | grep -q '^vipd_notify_runs_total{group="edge",state="MASTER",result="ok"}' ||
+ns_exec lb1 curl -s -m 1 "http://$CONTROL/metrics" | grep -c '^vipd_notify_runs_total{group="edge",state="MASTER",result="ok"}' ||
     fail "lb1's /metrics does not count the group's hook runs"
 grep -q '^GROUP edge FAULT$' "$WORK/group.log" || fail "the group hook never ran for FAULT: $(tr '\n' '|' <"$WORK/group.log")"
 pass "eth1 down on lb1: both VIPs on lb2 in ${fault_ms} ms, back after; lb1's lan lowered below lb2's: both on lb2 in ${lost_ms} ms, back after; group hooks ran"

@@ -100,7 +100,7 @@ if [[ $IMPL == vipd ]]; then
     why=$(vipd_field lb1 .priority_explanation)
     [[ $eff == 90 ]] || fail "lb1 effective priority $eff, want 90 ($why)"
     [[ $why == "150 - 60 (http web: 0/1 healthy)" ]] || fail "lb1 explains its priority as \"$why\""
-    ns_exec lb1 curl -s -m 1 "http://$CONTROL/metrics" | grep -q '^vipd_vrrp_effective_priority{instance="web",vrid="51"} 90$' ||
+    ns_exec lb1 curl -s -m 1 "http://$CONTROL/metrics" | grep -c '^vipd_vrrp_effective_priority{instance="web",vrid="51"} 90$' ||
         fail "/metrics does not show the effective priority 90"
 fi
 wait_client_loop "$loop" 5000 1

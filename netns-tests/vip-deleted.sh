@@ -21,7 +21,7 @@ ns_exec client ping -c 1 -W 1 "$VIP" >/dev/null || fail "client cannot reach the
 if [[ $IMPL == vipd ]]; then
     restored=$(vipd_field lb1 .tx.vips_restored)
     [[ $restored == 1 ]] || fail "lb1 /status tx.vips_restored = $restored, want 1"
-    ns_exec lb1 curl -s -m 1 "http://$CONTROL/metrics" | grep -q '^vipd_vrrp_vip_restored_total{.*} 1$' ||
+    ns_exec lb1 curl -s -m 1 "http://$CONTROL/metrics" | grep -c '^vipd_vrrp_vip_restored_total{.*} 1$' ||
         fail "/metrics has no vipd_vrrp_vip_restored_total 1"
 fi
 
