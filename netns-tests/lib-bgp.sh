@@ -142,7 +142,6 @@ bgp_router_conf() {
     done
     cat >"$f" <<EOF
 hostname router
-bgp route-map delay-timer 0
 ip prefix-list SERVICE seq 5 permit $SERVICE_NET ge 32
 route-map LB-IN permit 10
  match ip address prefix-list SERVICE
@@ -179,7 +178,6 @@ bgp_node_conf() {
     f="$(frr_dir "$h")/bgpd.conf"
     cat >"$f" <<EOF
 hostname $h
-bgp route-map delay-timer 0
 ip prefix-list HOST32 seq 5 permit 0.0.0.0/0 ge 32
 route-map VIP0 permit 10
  match interface vip0
