@@ -467,6 +467,75 @@ async fn http2_prior_knowledge_is_served_and_forwarded_as_http11() {
     a.task.abort();
 }
 
+/// Issue 7 §2: HTTP/2 clients' requests go through the same backend
+/// client as HTTP/1's: our codec writes the head (cookies joined, framing
+/// our own), bodies of known and unknown length go up, a chunked response
+/// comes back as DATA, and sequential streams reuse one pooled connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_requests_use_the_one_backend_client_and_its_pool() {
+    let a = backend("a").await;
+    let (addr, _, p) = proxy(&[a.addr], "");
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(conn);
+    async fn text(resp: Response<Incoming>) -> (u16, String) {
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+    for _ in 0..5 {
+        let req = Request::get("http://shop.test/").body(full(Bytes::new())).expect("req");
+        assert_eq!(text(sender.send_request(req).await.expect("h2 response")).await, (200, "a".to_string()));
+    }
+    assert_eq!(a.conns.lock().expect("lock").len(), 1, "five sequential streams, one pooled backend connection");
+
+    // Two cookie fields (as HTTP/2 clients send them) are one for HTTP/1.1.
+    let req = Request::get("http://shop.test/headers")
+        .header("cookie", "a=1")
+        .header("cookie", "b=2")
+        .body(full(Bytes::new()))
+        .expect("req");
+    let (status, seen) = text(sender.send_request(req).await.expect("h2 response")).await;
+    assert_eq!(status, 200);
+    assert!(seen.contains("cookie: a=1; b=2"), "{seen}");
+    assert!(!seen.contains("transfer-encoding") && !seen.contains("content-length"), "{seen}");
+
+    // A body with a stated length, and one without (chunked upstream).
+    let req = Request::post("http://shop.test/upload")
+        .header("content-length", "100000")
+        .body(full(vec![b'x'; 100_000]))
+        .expect("req");
+    assert_eq!(text(sender.send_request(req).await.expect("h2 response")).await, (200, "100000".to_string()));
+    let chunks =
+        futures_util::stream::iter((0..10).map(|_| Ok::<_, Infallible>(Frame::data(Bytes::from(vec![b'y'; 7000])))));
+    let req = Request::post("http://shop.test/upload").body(StreamBody::new(chunks).boxed()).expect("req");
+    assert_eq!(text(sender.send_request(req).await.expect("h2 response")).await, (200, "70000".to_string()));
+
+    // A streamed (chunked) response of 2 MiB arrives whole as DATA frames.
+    let req = Request::get("http://shop.test/big?2").body(full(Bytes::new())).expect("req");
+    let resp = sender.send_request(req).await.expect("h2 response");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.into_body().collect().await.expect("body").to_bytes().len(), 2 << 20);
+
+    // HEAD: no body, the backend's length kept.
+    let req = Request::head("http://shop.test/").body(full(Bytes::new())).expect("req");
+    let resp = sender.send_request(req).await.expect("h2 response");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers().get("content-length").map(|v| v.as_bytes()), Some(&b"1"[..]));
+    assert!(resp.into_body().collect().await.expect("body").to_bytes().is_empty());
+
+    // A dead backend: 503/502 with a short body, never a hang.
+    a.kill();
+    let req = Request::get("http://shop.test/").body(full(Bytes::new())).expect("req");
+    let resp = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req)).await.expect("in time");
+    let (status, body) = text(resp.expect("h2 response")).await;
+    assert!(status == 502 || status == 503, "{status} {body}");
+    p.shutdown();
+}
+
 /// Issue 7 §1.2: an h2c connection must not hold a `max_connections` slot
 /// for ever. A partial preface is closed after `client_header_timeout`; a
 /// connection that answers PINGs but sends no request likewise; one whose

@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tracing::warn;
 
+use super::attempt::Blame;
 use super::balance::Selector;
 use super::meter::{BackendMeter, ListenerMeter};
 use super::tls::{BackendTls, Prepared, TlsServer, TlsSnapshot};
@@ -451,6 +453,21 @@ impl Pool {
         Begun(&self.shared)
     }
 
+    /// Applies what an attempt's outcome says of backend `i` to its eject
+    /// streak, and says so when that ejects it.
+    pub fn blame(&self, i: usize, blame: Blame) {
+        match blame {
+            Blame::Failed => {
+                if self.failed(i) {
+                    let backend = self.backends.get(i).map(|b| b.address);
+                    warn!(?backend, cooldown = ?self.config.eject_cooldown, "backend ejected after consecutive failures");
+                }
+            }
+            Blame::Succeeded => self.succeeded(i),
+            Blame::Neither => {}
+        }
+    }
+
     /// The cool-down, for log messages.
     pub fn eject_cooldown(&self) -> Duration {
         self.config.eject_cooldown
@@ -737,9 +754,6 @@ impl HttpListeners {
         self.0.read().unwrap_or_else(|p| p.into_inner()).iter().any(|l| l.busy())
     }
 }
-
-/// The answer when [`NotAdmitted::QueueTimeout`] ends a request.
-pub const QUEUE_TIMEOUT: (u16, &str, &str) = (503, "Service Unavailable", "backends busy: queue timed out\n");
 
 /// Why [`Pool::admit`] found no backend for an attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

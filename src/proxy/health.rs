@@ -1,5 +1,5 @@
 //! Active health checks: one task per backend sends `GET path` every
-//! interval on a fresh connection; a 2xx or 3xx answer within the timeout
+//! interval on a fresh connection (the request path's connector and codec); a 2xx or 3xx answer within the timeout
 //! passes. The pure [`Hysteresis`] turns passes and failures into flips.
 //! Checks run beside the traffic and never block a request. A reload keeps
 //! the task of a backend that stays with the same check settings; others
@@ -9,11 +9,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use http_body_util::Empty;
-use hyper::body::Bytes;
-use hyper::header::{CONNECTION, HOST, USER_AGENT};
-use hyper::Request;
-use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 use tokio::time::MissedTickBehavior;
@@ -21,7 +17,8 @@ use tracing::{info, warn};
 
 use super::backends::{Backend, ListenerPool};
 use super::balance::Hysteresis;
-use super::h1::upstream::connect_stream;
+use super::h1::upstream::Upstream;
+use super::h1::wire::{self, ResponseContext};
 use super::tls::BackendTls;
 use crate::config::HealthConfig;
 
@@ -88,25 +85,35 @@ async fn check_loop(listener: Arc<ListenerPool>, backend: Arc<Backend>, cfg: Hea
     }
 }
 
-/// One check: connect, `GET path`, judge the status.
+/// Largest response head a check reads.
+const MAX_CHECK_HEAD: usize = 64 * 1024;
+
+/// One check: connect (the same connector as requests, TLS included),
+/// `GET path`, judge the status of the response head.
 pub async fn check_once(addr: SocketAddr, cfg: &HealthConfig, tls: Option<&BackendTls>) -> Result<(), String> {
     let attempt = async {
-        let stream = connect_stream(addr, cfg.timeout, tls).await?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| format!("handshake: {e}"))?;
-        tokio::spawn(conn);
-        let req = Request::get(cfg.path.as_str())
-            .header(HOST, tls.and_then(BackendTls::server_name).map_or_else(|| addr.to_string(), str::to_string))
-            .header(USER_AGENT, "vipd-health-check")
-            .header(CONNECTION, "close")
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| format!("request: {e}"))?;
-        let resp = sender.send_request(req).await.map_err(|e| format!("request: {e}"))?;
-        let status = resp.status();
-        if status.is_success() || status.is_redirection() {
-            Ok(())
-        } else {
-            Err(format!("answered {status}"))
+        let mut up = Upstream::connect(addr, cfg.timeout, tls).await?;
+        let host = tls.and_then(BackendTls::server_name).map_or_else(|| addr.to_string(), str::to_string);
+        let request = format!(
+            "GET {} HTTP/1.1\r\nhost: {host}\r\nuser-agent: vipd-health-check\r\nconnection: close\r\n\r\n",
+            cfg.path
+        );
+        up.stream.write_all(request.as_bytes()).await.map_err(|e| format!("send: {e}"))?;
+        up.stream.flush().await.map_err(|e| format!("send: {e}"))?;
+        let ctx = ResponseContext { is_head: false, client_http10: false, close_client: true, upgrade: false };
+        let mut scratch = Vec::new();
+        loop {
+            match wire::parse_response(up.buf.filled(), ctx, &mut scratch) {
+                Ok(Some(r)) if r.interim => up.buf.consume(r.head_len),
+                Ok(Some(r)) if (200..400).contains(&r.status) => return Ok(()),
+                Ok(Some(r)) => return Err(format!("answered {}", r.status)),
+                Ok(None) => match up.buf.read_from(&mut up.stream, MAX_CHECK_HEAD).await {
+                    Ok(n) if n > 0 => {}
+                    Ok(_) => return Err("closed before a response".to_string()),
+                    Err(e) => return Err(format!("receive: {e}")),
+                },
+                Err(e) => return Err(format!("invalid response: {e}")),
+            }
         }
     };
     match tokio::time::timeout(cfg.timeout, attempt).await {

@@ -31,14 +31,12 @@ use tracing::{debug, info, warn};
 use crate::config::HttpConfig;
 
 use super::backends::{HttpListeners, ListenerPool, Serving};
-use super::body::ProxyBody;
 use super::h1::conn::{self, Ended};
-use super::h1::upstream::Upstream as H1Upstream;
+use super::h1::upstream::Upstream;
 use super::h1::wire::Scheme;
 use super::idle::{IdleConns, MAX_IDLE_AGE};
 use super::tls::{self, Failure, TlsServer};
-use super::upstream::Upstream;
-use super::{forward, health};
+use super::{h2, health};
 
 /// Pending connections the kernel queues per listening socket.
 const BACKLOG: i32 = 4096;
@@ -379,11 +377,10 @@ async fn serve(
 ) {
     // Every connection task holds a sender; all dropped = all finished.
     let (alive, mut all_done) = tokio_mpsc::channel::<()>(1);
-    // This worker's idle backend connections (HTTP/1 clients', HTTP/2's).
+    // This worker's idle backend connections, for HTTP/1 and HTTP/2 clients.
     let idle = Arc::new(IdleConns::default());
-    let idle_h2 = Arc::new(IdleConns::default());
     let sweeper = {
-        let (idle, idle_h2) = (Arc::clone(&idle), Arc::clone(&idle_h2));
+        let idle = Arc::clone(&idle);
         tokio::spawn(async move {
             let mut every = tokio::time::interval(MAX_IDLE_AGE);
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -391,7 +388,6 @@ async fn serve(
                 every.tick().await;
                 let now = std::time::Instant::now();
                 idle.sweep(now);
-                idle_h2.sweep(now);
             }
         })
     };
@@ -421,7 +417,7 @@ async fn serve(
         let pool = Arc::clone(&pool);
         let mut stop = stop.clone();
         let alive = alive.clone();
-        let (idle, idle_h2) = (Arc::clone(&idle), Arc::clone(&idle_h2));
+        let idle = Arc::clone(&idle);
         let open = pool.meter().connection();
         let tls = pool.tls();
         tokio::spawn(async move {
@@ -430,11 +426,11 @@ async fn serve(
             let _open = open;
             let accepted = Instant::now();
             match tls {
-                Some(tls) => serve_tls(stream, peer, accepted, &tls, pool, idle, idle_h2, stop).await,
+                Some(tls) => serve_tls(stream, peer, accepted, &tls, pool, idle, stop).await,
                 None => {
                     if let Ended::H2(stream, read) = conn::serve(stream, peer, &pool, &idle, &mut stop).await {
                         let io = Prefixed { read, pos: 0, stream };
-                        serve_h2(io, peer, Scheme::Http, accepted, pool, idle_h2, stop).await;
+                        serve_h2(io, peer, Scheme::Http, accepted, pool, idle, stop).await;
                     }
                 }
             }
@@ -448,7 +444,6 @@ async fn serve(
     }
     sweeper.abort();
     idle.clear();
-    idle_h2.clear();
 }
 
 /// A client of a TLS listener: the handshake, within
@@ -461,8 +456,7 @@ async fn serve_tls(
     accepted: Instant,
     tls: &TlsServer,
     pool: Arc<ListenerPool>,
-    idle: Arc<IdleConns<H1Upstream>>,
-    idle_h2: Arc<IdleConns<Upstream>>,
+    idle: Arc<IdleConns<Upstream>>,
     mut stop: watch::Receiver<bool>,
 ) {
     let limit = pool.current().config.client_header_timeout;
@@ -486,13 +480,13 @@ async fn serve_tls(
     let (_, session) = stream.get_ref();
     tls.meter().handshake(session.handshake_kind());
     if session.alpn_protocol() == Some(b"h2") {
-        Box::pin(serve_h2(stream, peer, Scheme::Https, accepted, pool, idle_h2, stop)).await;
+        Box::pin(serve_h2(stream, peer, Scheme::Https, accepted, pool, idle, stop)).await;
     } else if let Ended::H2(stream, read) = Box::pin(conn::serve(stream, peer, &pool, &idle, &mut stop)).await {
         // HTTP/2 by prior knowledge only where `alpn` offers h2 at all.
         let h2 = pool.current().config.tls.as_ref().is_none_or(|t| t.alpn.contains(&crate::config::Alpn::H2));
         if h2 {
             let io = Prefixed { read, pos: 0, stream };
-            Box::pin(serve_h2(io, peer, Scheme::Https, accepted, pool, idle_h2, stop)).await;
+            Box::pin(serve_h2(io, peer, Scheme::Https, accepted, pool, idle, stop)).await;
         } else {
             debug!(%peer, "HTTP/2 preface over TLS, but alpn does not offer h2; closing");
         }
@@ -536,7 +530,7 @@ async fn serve_h2<I>(
             // Each stream on the generation current when it opens.
             let (pool, idle) = (listener.current(), Arc::clone(&idle));
             async move {
-                let resp = forward::handle(pool, idle, peer, scheme, req).await;
+                let resp = h2::handle(pool, idle, peer, scheme, req).await;
                 Ok::<_, Infallible>(resp.map(|body| CountedBody { body, _open: open }))
             }
         })
@@ -630,15 +624,18 @@ impl Drop for StreamOpen {
 /// An HTTP/2 response body that keeps its stream counted as open until the
 /// body ends or is dropped.
 struct CountedBody {
-    body: ProxyBody,
+    body: h2::ResponseBody,
     _open: StreamOpen,
 }
 
 impl Body for CountedBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = std::io::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
         Pin::new(&mut self.body).poll_frame(cx)
     }
 

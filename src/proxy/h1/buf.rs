@@ -6,8 +6,10 @@
 //! thousand idle keep-alive connections cost little.
 
 use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::AsyncRead;
 
 /// Size a buffer starts at, and returns to between messages: room for a
 /// typical request or response head.
@@ -78,9 +80,21 @@ impl ReadBuf {
     /// and the buffer grows up to `limit`. `Ok(0)` is end of stream. With
     /// `limit` unused bytes already held, fails without reading.
     pub async fn read_from<R: AsyncRead + Unpin>(&mut self, r: &mut R, limit: usize) -> io::Result<usize> {
+        std::future::poll_fn(|cx| self.poll_read_from(cx, &mut *r, limit)).await
+    }
+
+    /// [`ReadBuf::read_from`] for a caller that polls (a body).
+    pub fn poll_read_from<R: AsyncRead + Unpin>(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: &mut R,
+        limit: usize,
+    ) -> Poll<io::Result<usize>> {
         if self.filled_room && self.is_empty() && self.data.len() < limit {
             let size = (self.data.len() * 2).min(limit);
             self.data.resize(size, 0);
+            // Grown once for that read, not again each time it is polled.
+            self.filled_room = false;
         }
         if self.end == self.data.len() {
             if self.start > 0 {
@@ -91,14 +105,16 @@ impl ReadBuf {
                 let size = (self.data.len() * 2).clamp(BASE, limit);
                 self.data.resize(size, 0);
             } else {
-                return Err(io::Error::other("read buffer full"));
+                return Poll::Ready(Err(io::Error::other("read buffer full")));
             }
         }
         let room = self.data.len() - self.end;
-        let n = r.read(&mut self.data[self.end..]).await?;
+        let mut window = tokio::io::ReadBuf::new(&mut self.data[self.end..]);
+        ready!(Pin::new(r).poll_read(cx, &mut window))?;
+        let n = window.filled().len();
         self.end += n;
         self.filled_room = n == room;
-        Ok(n)
+        Poll::Ready(Ok(n))
     }
 }
 

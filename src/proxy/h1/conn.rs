@@ -25,10 +25,9 @@ use tracing::{debug, warn};
 
 use super::buf::{ReadBuf, BODY_CHUNK};
 use super::upstream::{Upstream, UpstreamStream};
-use super::wire::{self, ChunkError, Framing, HeadError, Preface, Rechunker, Request, ResponseContext, Scheme};
-use crate::proxy::backends::{ListenerPool, NotAdmitted, Pool, QUEUE_TIMEOUT};
-use crate::proxy::body::AccessLog;
-use crate::proxy::forward::Tried;
+use super::wire::{self, ChunkError, Framing, HeadError, Preface, Remaining, Request, ResponseContext, Scheme};
+use crate::proxy::attempt::{AccessLog, Attempts, Outcome, Then, QUEUE_TIMEOUT};
+use crate::proxy::backends::{ListenerPool, NotAdmitted, Pool};
 use crate::proxy::idle::IdleConns;
 
 /// How long a connection closed after an error answer keeps reading (and
@@ -426,69 +425,6 @@ struct Answer {
     reuse: bool,
 }
 
-/// The part of a message body still to be copied.
-#[derive(Debug)]
-enum Remaining {
-    Done,
-    Length(u64),
-    Chunked(Rechunker),
-    UntilClose,
-}
-
-impl Remaining {
-    fn new(framing: Framing) -> Self {
-        match framing {
-            Framing::Empty => Remaining::Done,
-            Framing::Length(n) => Remaining::Length(n),
-            Framing::Chunked => Remaining::Chunked(Rechunker::default()),
-            Framing::UntilClose => Remaining::UntilClose,
-        }
-    }
-
-    fn is_done(&self) -> bool {
-        matches!(self, Remaining::Done)
-    }
-
-    /// Takes the body bytes at the front of `avail` and appends them to
-    /// `out` as the next hop gets them: a chunked body re-framed, or with
-    /// `decode` its data alone. Returns how many bytes of `avail` it took.
-    fn relay(&mut self, avail: &[u8], out: &mut Vec<u8>, decode: bool) -> Result<usize, ChunkError> {
-        let n = match self {
-            Remaining::Done => 0,
-            Remaining::Length(left) => {
-                let n = avail.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
-                out.extend_from_slice(&avail[..n]);
-                *left -= n as u64;
-                if *left == 0 {
-                    *self = Remaining::Done;
-                }
-                n
-            }
-            Remaining::Chunked(chunks) => {
-                let n = if decode { chunks.decode(avail, out)? } else { chunks.reframe(avail, out)? };
-                if chunks.is_done() {
-                    *self = Remaining::Done;
-                }
-                n
-            }
-            Remaining::UntilClose => {
-                out.extend_from_slice(avail);
-                avail.len()
-            }
-        };
-        Ok(n)
-    }
-
-    /// The sender closed: the end of a body delimited that way.
-    fn end_of_stream(&mut self) -> bool {
-        let ended = matches!(self, Remaining::UntilClose);
-        if ended {
-            *self = Remaining::Done;
-        }
-        ended
-    }
-}
-
 /// Serves one parsed request whose upstream head is `up_head`.
 async fn forward<S: ClientStream>(
     c: &mut Client<S>,
@@ -520,57 +456,53 @@ async fn forward<S: ClientStream>(
     let upgrade = req.upgrade;
     // Only a bodiless idempotent request may be sent a second time after a
     // connection broke under it.
-    let replayable = req.framing == Framing::Empty && req.idempotent;
-
-    let mut tried = Tried::default();
-    let mut stale_retried = false;
-    let mut replayed = false;
-    let max_attempts = 1 + cfg.retries as usize;
-    let mut attempts = 0;
-    let mut failure = (503, "Service Unavailable", "no healthy backend\n");
-    while attempts < max_attempts {
-        let (i, in_flight) = match pool.admit(tried.as_slice()).await {
+    let mut attempts = Attempts::new(cfg.retries, req.framing == Framing::Empty && req.idempotent);
+    let failure = loop {
+        if !attempts.may_start() {
+            break attempts.exhausted();
+        }
+        let (i, in_flight) = match pool.admit(attempts.tried()).await {
             Ok(admitted) => admitted,
-            Err(NotAdmitted::NoBackend) => break,
+            Err(NotAdmitted::NoBackend) => break attempts.exhausted(),
             Err(NotAdmitted::QueueTimeout(i)) => {
                 let backend = pool.backends().get(i).map(|b| b.address);
                 warn!(?backend, timeout = ?cfg.queue_timeout, "backend at max_conns for the whole queue timeout");
-                failure = QUEUE_TIMEOUT;
-                break;
+                break QUEUE_TIMEOUT;
             }
         };
-        let Some(backend) = pool.backends().get(i) else { break };
+        let Some(backend) = pool.backends().get(i) else { break attempts.exhausted() };
         let addr = backend.address;
-        attempts += 1;
-        if attempts > 1 {
+        if attempts.start(i) {
             meter.retries.fetch_add(1, Ordering::Relaxed);
         }
-        tried.push(i);
         if let Some(l) = log.as_mut() {
             l.backend = Some(addr);
         }
-        // What cannot be sent again goes on a fresh connection: a pooled one
-        // the backend closes just as the request goes out would fail it
-        // with no way back (HAProxy's http-reuse safe, for the same reason).
-        let pooled =
-            if upgrade || !replayable { None } else { idle.take(addr, StdInstant::now(), Upstream::is_usable) };
+        let pooled = if upgrade || !attempts.may_reuse() {
+            None
+        } else {
+            idle.take(addr, StdInstant::now(), Upstream::is_usable)
+        };
         let mut up = match pooled {
             Some(up) => up,
             None => match Upstream::connect(addr, cfg.connect_timeout, pool.backend_tls().as_deref()).await {
                 Ok(up) => up,
                 Err(e) => {
-                    // Nothing was sent: any request may go to another backend.
                     warn!(backend = %addr, error = %e, "backend unreachable; trying another");
-                    if pool.failed(i) {
-                        warn!(backend = %addr, cooldown = ?pool.eject_cooldown(), "backend ejected after consecutive failures");
+                    match attempts.end(Outcome::Unreachable) {
+                        (blame, Then::Answer(a)) => {
+                            pool.blame(i, blame);
+                            break a;
+                        }
+                        (blame, _) => {
+                            pool.blame(i, blame);
+                            continue;
+                        }
                     }
-                    failure = (502, "Bad Gateway", "no backend reachable\n");
-                    continue;
                 }
             },
         };
-        let outcome = exchange(c, &mut up, req, up_head, &mut body, pool, stop).await;
-        match outcome {
+        let outcome = match exchange(c, &mut up, req, up_head, &mut body, pool, stop).await {
             Exchange::Answered(a) => {
                 backend.meter().responses.count(a.status);
                 backend.meter().response_time.observe(a.head_after);
@@ -578,15 +510,8 @@ async fn forward<S: ClientStream>(
                 meter.bytes_out.fetch_add(a.bytes, Ordering::Relaxed);
                 meter.bytes_in.fetch_add(a.uploaded, Ordering::Relaxed);
                 meter.request_time.observe(started.elapsed());
-                // 501 and 505 answer the client's method or version, not a
-                // failing backend.
-                if a.status >= 500 && a.status != 501 && a.status != 505 {
-                    if pool.failed(i) {
-                        warn!(backend = %addr, "backend ejected after consecutive failures");
-                    }
-                } else {
-                    pool.succeeded(i);
-                }
+                let (blame, _) = attempts.end(Outcome::Answered { status: a.status });
+                pool.blame(i, blame);
                 if a.reuse {
                     up.reused = true;
                     idle.put(addr, up, StdInstant::now());
@@ -637,47 +562,38 @@ async fn forward<S: ClientStream>(
                 return Next::Linger;
             }
             Exchange::NoAnswer(why) => {
-                drop(in_flight);
-                if up.reused && replayable && !stale_retried {
-                    // Most likely a pooled connection the backend had just
-                    // closed: not its fault; once, try it again afresh.
-                    debug!(backend = %addr, why, "pooled connection closed under the request; sending it again");
-                    stale_retried = true;
-                    attempts -= 1;
-                    tried.pop();
-                    continue;
+                if up.reused {
+                    // Most likely a pooled connection the backend had just closed.
+                    debug!(backend = %addr, why, "pooled connection closed under the request");
+                } else {
+                    warn!(backend = %addr, why, "backend connection failed before the response");
                 }
-                if !up.reused {
-                    pool.failed(i);
-                }
-                warn!(backend = %addr, why, "backend connection failed before the response");
-                failure = (502, "Bad Gateway", "backend connection failed\n");
-                if replayable && !replayed {
-                    replayed = true;
-                    continue;
-                }
-                break;
+                Outcome::NoAnswer { reused: up.reused }
             }
             Exchange::BadResponse(why) => {
-                pool.failed(i);
                 warn!(backend = %addr, why, "invalid response from backend");
-                failure = (502, "Bad Gateway", "invalid response from backend\n");
-                break;
+                Outcome::BadResponse
             }
             Exchange::TimedOut => {
-                pool.failed(i);
                 warn!(backend = %addr, timeout = ?cfg.response_timeout, "backend response timed out");
-                failure = (504, "Gateway Timeout", "backend timed out\n");
-                break;
+                Outcome::TimedOut
             }
+        };
+        drop(in_flight);
+        let (blame, then) = attempts.end(outcome);
+        pool.blame(i, blame);
+        match then {
+            Then::Retry => continue,
+            Then::Answer(a) => break a,
+            Then::Done => break attempts.exhausted(),
         }
-    }
+    };
     // A body the client is still sending cannot be skipped over.
     let unread_body = !body.is_done();
     let close = !req.keep_alive || unread_body || *stop.borrow();
-    meter.responses.count(failure.0);
+    meter.responses.count(failure.status);
     meter.request_time.observe(started.elapsed());
-    let sent = c.reply_logged(log, failure, close).await;
+    let sent = c.reply_logged(log, (failure.status, failure.reason, failure.text), close).await;
     match (sent, close, unread_body) {
         (true, false, _) => Next::KeepOpen,
         (true, true, true) => Next::Linger,

@@ -421,12 +421,42 @@ pub struct Response {
     /// A chunked body is decoded for an HTTP/1.0 client (and the
     /// connection closed after it), not passed through.
     pub dechunk: bool,
+    /// A transfer coding other than chunked applies to the body (it can
+    /// go on only to an HTTP/1.1 client, coded as it is).
+    pub coded_beyond_chunked: bool,
 }
 
-/// Parses a backend's response head at the start of `input` and, if
-/// complete, writes the head for the client into `out` (cleared first;
-/// left empty for an interim answer an HTTP/1.0 client must not see).
-pub fn parse_response(input: &[u8], ctx: ResponseContext, out: &mut Vec<u8>) -> Result<Option<Response>, HeadError> {
+/// A parsed response head, for whoever writes it on to the client.
+struct ResponseHead<'h, 'a> {
+    reason: &'a str,
+    headers: &'h [httparse::Header<'a>],
+    conn: ConnectionField<'a>,
+    coded: bool,
+    upgrade_to: Option<&'a [u8]>,
+}
+
+impl<'h, 'a> ResponseHead<'h, 'a> {
+    /// The fields that go on as they came: not hop-by-hop nor named by
+    /// Connection (RFC 9110 §7.6.1), and not a Content-Length that the
+    /// body's framing replaces (with a transfer coding, which wins over it,
+    /// it is dropped; a stated length is written afresh).
+    fn end_to_end(&self, framing: Framing) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + '_ {
+        let drop_length = matches!(framing, Framing::Length(_)) || self.coded;
+        self.headers
+            .iter()
+            .map(|h| (h.name.as_bytes(), h.value))
+            .filter(move |(name, _)| !is_hop_by_hop(name) && !self.conn.names(name))
+            .filter(move |(name, _)| !(drop_length && name.eq_ignore_ascii_case(b"content-length")))
+    }
+}
+
+/// Parses a backend's response head at the start of `input` and, if it is
+/// complete, classifies it and hands it to `write`.
+fn scan_response<'a>(
+    input: &'a [u8],
+    ctx: ResponseContext,
+    write: impl FnOnce(&Response, &ResponseHead<'_, 'a>),
+) -> Result<Option<Response>, HeadError> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut fields);
     let Some(head_len) = complete(resp.parse(input), "malformed response head")? else { return Ok(None) };
@@ -467,49 +497,79 @@ pub fn parse_response(input: &[u8], ctx: ResponseContext, out: &mut Vec<u8>) -> 
         && if minor == 0 { conn.keep_alive } else { !conn.close };
     let dechunk = framing == Framing::Chunked && ctx.client_http10;
     let close_client = ctx.close_client || framing == Framing::UntilClose || dechunk;
+    let coded_beyond_chunked = codings.present && (codings.other || !codings.chunked_last);
+    let r = Response {
+        head_len,
+        status,
+        framing,
+        interim,
+        backend_keep_alive,
+        close_client,
+        dechunk,
+        coded_beyond_chunked,
+    };
+    let head = ResponseHead { reason, headers, conn, coded: codings.present, upgrade_to };
+    write(&r, &head);
+    Ok(Some(r))
+}
 
+/// Parses a backend's response head at the start of `input` and, if
+/// complete, writes the head for the client into `out` (cleared first;
+/// left empty for an interim answer an HTTP/1.0 client must not see).
+pub fn parse_response(input: &[u8], ctx: ResponseContext, out: &mut Vec<u8>) -> Result<Option<Response>, HeadError> {
     out.clear();
-    if interim && ctx.client_http10 {
-        return Ok(Some(Response { head_len, status, framing, interim, backend_keep_alive, close_client, dechunk }));
-    }
-    let _ = write!(out, "HTTP/1.1 {status} ");
-    out.extend_from_slice(reason.as_bytes());
-    out.extend_from_slice(b"\r\n");
-    for h in headers {
-        let name = h.name.as_bytes();
-        if is_hop_by_hop(name) || conn.names(name) {
-            continue;
+    scan_response(input, ctx, |r, head| {
+        if r.interim && ctx.client_http10 {
+            return;
         }
-        // A stated length goes with the body as the backend framed it;
-        // with a transfer coding (which wins over it) it is dropped.
-        if name.eq_ignore_ascii_case(b"content-length") && (matches!(framing, Framing::Length(_)) || codings.present) {
-            continue;
+        let _ = write!(out, "HTTP/1.1 {} ", r.status);
+        out.extend_from_slice(head.reason.as_bytes());
+        out.extend_from_slice(b"\r\n");
+        for (name, value) in head.end_to_end(r.framing) {
+            put_field(out, name, value);
         }
-        put_field(out, name, h.value);
-    }
-    match framing {
-        Framing::Length(n) => {
-            let _ = write!(out, "content-length: {n}\r\n");
+        match r.framing {
+            Framing::Length(n) => {
+                let _ = write!(out, "content-length: {n}\r\n");
+            }
+            Framing::Chunked if !r.dechunk => put_codings(out, head.headers),
+            // Codings without chunked: the body is delimited by close, coded.
+            Framing::UntilClose if head.coded => put_codings(out, head.headers),
+            _ => {}
         }
-        Framing::Chunked if !dechunk => put_codings(out, headers),
-        // Codings without chunked: the body is delimited by close, coded.
-        Framing::UntilClose if codings.present => put_codings(out, headers),
-        _ => {}
-    }
-    if status == 101 {
-        out.extend_from_slice(b"connection: upgrade\r\n");
-        if let Some(to) = upgrade_to {
-            put_field(out, b"upgrade", to);
+        if r.status == 101 {
+            out.extend_from_slice(b"connection: upgrade\r\n");
+            if let Some(to) = head.upgrade_to {
+                put_field(out, b"upgrade", to);
+            }
+        } else if !r.interim {
+            if r.close_client {
+                out.extend_from_slice(b"connection: close\r\n");
+            } else if ctx.client_http10 {
+                out.extend_from_slice(b"connection: keep-alive\r\n");
+            }
         }
-    } else if !interim {
-        if close_client {
-            out.extend_from_slice(b"connection: close\r\n");
-        } else if ctx.client_http10 {
-            out.extend_from_slice(b"connection: keep-alive\r\n");
+        out.extend_from_slice(b"\r\n");
+    })
+}
+
+/// Parses a backend's response head at the start of `input` for a client
+/// of another protocol (HTTP/2), which frames bodies itself: `field` gets
+/// each field that goes on, and `content-length` where the body has one.
+/// Hop-by-hop fields, Transfer-Encoding among them, never reach it.
+pub fn parse_response_fields(
+    input: &[u8],
+    ctx: ResponseContext,
+    mut field: impl FnMut(&[u8], &[u8]),
+) -> Result<Option<Response>, HeadError> {
+    scan_response(input, ctx, |r, head| {
+        for (name, value) in head.end_to_end(r.framing) {
+            field(name, value);
         }
-    }
-    out.extend_from_slice(b"\r\n");
-    Ok(Some(Response { head_len, status, framing, interim, backend_keep_alive, close_client, dechunk }))
+        if let Framing::Length(n) = r.framing {
+            field(b"content-length", n.to_string().as_bytes());
+        }
+    })
 }
 
 /// The head's length once httparse has all of it.
@@ -1155,6 +1215,75 @@ impl Rechunker {
                 out.extend_from_slice(d);
             }
         })
+    }
+}
+
+/// The part of a message body still to be copied.
+#[derive(Debug)]
+pub enum Remaining {
+    /// Nothing more.
+    Done,
+    /// So many bytes.
+    Length(u64),
+    /// Chunks, read by the rechunker.
+    Chunked(Rechunker),
+    /// Until the sender closes.
+    UntilClose,
+}
+
+impl Remaining {
+    /// The whole body of a message framed as `framing` says.
+    pub fn new(framing: Framing) -> Self {
+        match framing {
+            Framing::Empty => Remaining::Done,
+            Framing::Length(n) => Remaining::Length(n),
+            Framing::Chunked => Remaining::Chunked(Rechunker::default()),
+            Framing::UntilClose => Remaining::UntilClose,
+        }
+    }
+
+    /// Nothing is left.
+    pub fn is_done(&self) -> bool {
+        matches!(self, Remaining::Done)
+    }
+
+    /// Takes the body bytes at the front of `avail` and appends them to
+    /// `out` as the next hop gets them: a chunked body re-framed, or with
+    /// `decode` its data alone. Returns how many bytes of `avail` it took.
+    pub fn relay(&mut self, avail: &[u8], out: &mut Vec<u8>, decode: bool) -> Result<usize, ChunkError> {
+        let n = match self {
+            Remaining::Done => 0,
+            Remaining::Length(left) => {
+                let n = avail.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
+                out.extend_from_slice(&avail[..n]);
+                *left -= n as u64;
+                if *left == 0 {
+                    *self = Remaining::Done;
+                }
+                n
+            }
+            Remaining::Chunked(chunks) => {
+                let n = if decode { chunks.decode(avail, out)? } else { chunks.reframe(avail, out)? };
+                if chunks.is_done() {
+                    *self = Remaining::Done;
+                }
+                n
+            }
+            Remaining::UntilClose => {
+                out.extend_from_slice(avail);
+                avail.len()
+            }
+        };
+        Ok(n)
+    }
+
+    /// The sender closed: the end of a body delimited that way.
+    pub fn end_of_stream(&mut self) -> bool {
+        let ended = matches!(self, Remaining::UntilClose);
+        if ended {
+            *self = Remaining::Done;
+        }
+        ended
     }
 }
 

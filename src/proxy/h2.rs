@@ -1,0 +1,796 @@
+//! HTTP/2 clients' requests, over the same pooled HTTP/1.1 backend
+//! connections, codec and attempt rules as the HTTP/1 path. hyper's h2
+//! server is the client side; here the stream's fields become an HTTP/1.1
+//! request head, its body goes up as the client sends it (alongside the
+//! wait for the answer), the response head is parsed by `h1::wire` and its
+//! body handed to hyper piece by piece as it arrives. The response body owns
+//! the backend connection and puts it back in the pool once read to its end.
+
+use std::future::Future;
+use std::io::{self, Write as _};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant as StdInstant;
+
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt as _;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{
+    HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, COOKIE, HOST, LOCATION,
+};
+use hyper::{Method, Request, Response, StatusCode};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::time::{sleep_until, timeout, timeout_at, Duration, Instant, Sleep};
+use tracing::{debug, warn};
+
+use super::attempt::{AccessLog, Attempts, LocalAnswer, Outcome, Then, QUEUE_TIMEOUT};
+use super::backends::{InFlight, NotAdmitted, Pool};
+use super::h1::buf::BODY_CHUNK;
+use super::h1::upstream::{Upstream, UpstreamStream};
+use super::h1::wire::{self, https_location, Remaining, ResponseContext, Scheme};
+use super::h1::wire::{is_hop_by_hop, is_idempotent, is_valid_authority, is_valid_request_id, looks_like_framing};
+use super::idle::IdleConns;
+use super::meter::ListenerMeter;
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Removes hop-by-hop headers in place: the same rule as the HTTP/1
+/// path's ([`is_hop_by_hop`]), and whatever `Connection` names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // One pass to see whether there is anything to do: there usually is
+    // not, and each removal costs a hash and a probe.
+    // Also names a CGI/WSGI backend would read as a framing or forwarding
+    // field (`content_length`): dropped, as on the HTTP/1 path.
+    let is_hop = |k: &HeaderName| is_hop_by_hop(k.as_str().as_bytes()) || looks_like_framing(k.as_str().as_bytes());
+    if !headers.keys().any(is_hop) {
+        return;
+    }
+    let named: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    let hop: Vec<HeaderName> = headers.keys().filter(|k| is_hop(k)).cloned().collect();
+    for name in named.into_iter().chain(hop) {
+        headers.remove(name);
+    }
+}
+
+/// The host an HTTP/2 request is for: its `:authority`, which wins over a
+/// `Host` field (RFC 9113 §8.3.1), else `Host`; `None` when it names none
+/// or an invalid one (answered 400, as HTTP/1.1 without Host is).
+fn request_host(req: &Request<Incoming>) -> Option<HeaderValue> {
+    let host = match req.uri().authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok()?,
+        None => req.headers().get(HOST)?.clone(),
+    };
+    is_valid_authority(host.as_bytes()).then_some(host)
+}
+
+/// Sets `Host` to the request's `host`, adds the client to
+/// `X-Forwarded-For` and sets `X-Forwarded-Proto` and `X-Forwarded-Host`.
+pub fn add_forwarded(headers: &mut HeaderMap, client: SocketAddr, scheme: Scheme, host: HeaderValue) {
+    let ip = client.ip().to_string();
+    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prior) => HeaderValue::from_str(&format!("{prior}, {ip}")),
+        None => HeaderValue::from_str(&ip),
+    };
+    if let Ok(v) = xff {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(scheme.as_str()));
+    headers.insert(X_FORWARDED_HOST.clone(), host.clone());
+    headers.insert(HOST, host);
+}
+
+/// One `X-Request-Id`: the client's if it sent exactly one valid one, else
+/// a fresh one (as on the HTTP/1 path, [`wire::ensure_request_id`]).
+/// Returns it.
+fn ensure_request_id(headers: &mut HeaderMap) -> String {
+    let mut sent = headers.get_all(&X_REQUEST_ID).iter();
+    if let (Some(v), None) = (sent.next(), sent.next()) {
+        if is_valid_request_id(v.as_bytes()) {
+            return String::from_utf8_lossy(v.as_bytes()).into_owned();
+        }
+    }
+    let id = format!("{:016x}", fastrand::u64(..));
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        headers.insert(X_REQUEST_ID.clone(), v);
+    }
+    id
+}
+
+/// How the request body goes to the backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum UpFraming {
+    /// No body.
+    None,
+    /// No body, and `Content-Length: 0` said: the method expects content
+    /// (RFC 9110 §8.6), or the client stated the length.
+    Zero,
+    /// As many bytes as the client's Content-Length said (hyper holds the
+    /// stream to it, RFC 9113 §8.1.1).
+    Length(u64),
+    /// Chunked, re-framed from the client's DATA frames.
+    Chunked,
+}
+
+/// Writes the HTTP/1.1 request head for the backend into `out`: origin
+/// form, the fields as rewritten, the framing of our own, and Cookie
+/// fields joined into one (RFC 9113 §8.2.3).
+fn request_head(method: &Method, target: &str, headers: &HeaderMap, framing: UpFraming, out: &mut Vec<u8>) {
+    out.clear();
+    let _ = write!(out, "{} {} HTTP/1.1\r\n", method.as_str(), target);
+    let mut cookies = 0;
+    for (name, value) in headers {
+        if name == COOKIE {
+            cookies += 1;
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if cookies > 0 {
+        out.extend_from_slice(b"cookie: ");
+        for (n, v) in headers.get_all(COOKIE).iter().enumerate() {
+            if n > 0 {
+                out.extend_from_slice(b"; ");
+            }
+            out.extend_from_slice(v.as_bytes());
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+    match framing {
+        UpFraming::None => {}
+        UpFraming::Zero => out.extend_from_slice(b"content-length: 0\r\n"),
+        UpFraming::Length(n) => {
+            let _ = write!(out, "content-length: {n}\r\n");
+        }
+        UpFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The request body on its way up: the client's frames, framed for
+/// HTTP/1.1, with what the backend has not taken yet.
+struct Upload {
+    body: Incoming,
+    chunked: bool,
+    /// Bytes to write, from `sent` on.
+    pending: Vec<u8>,
+    sent: usize,
+    /// The client's body has ended (its last chunk is in `pending`).
+    ended: bool,
+    /// Written to TLS, maybe not yet sent.
+    unflushed: bool,
+    tls: bool,
+    /// Body bytes taken from the client.
+    taken: u64,
+}
+
+/// What one step of an upload did.
+enum Step {
+    /// Moved bytes on (from the client, or to the backend).
+    Moved,
+    /// The client's body failed (the stream was reset).
+    ClientFailed,
+    /// The backend did not take it (it may have answered and closed).
+    BackendFailed,
+}
+
+impl Upload {
+    fn new(body: Incoming, framing: UpFraming) -> Self {
+        let ended = matches!(framing, UpFraming::None | UpFraming::Zero);
+        let chunked = framing == UpFraming::Chunked;
+        Upload { body, chunked, pending: Vec::new(), sent: 0, ended, unflushed: false, tls: false, taken: 0 }
+    }
+
+    /// All of it is with the backend.
+    fn is_done(&self) -> bool {
+        self.ended && self.sent == self.pending.len() && !self.unflushed
+    }
+
+    /// One step: write some of what is pending, flush what TLS holds, or
+    /// take the client's next frame. Cancel-safe: each has one wait, and
+    /// its result is recorded at once.
+    async fn step<W: AsyncWrite + Unpin>(&mut self, to: &mut W) -> Step {
+        if self.sent < self.pending.len() {
+            return match to.write(&self.pending[self.sent..]).await {
+                Ok(n) if n > 0 => {
+                    self.sent += n;
+                    self.unflushed = self.tls;
+                    if self.sent == self.pending.len() {
+                        self.pending.clear();
+                        self.sent = 0;
+                    }
+                    Step::Moved
+                }
+                _ => Step::BackendFailed,
+            };
+        }
+        if self.unflushed {
+            return match to.flush().await {
+                Ok(()) => {
+                    self.unflushed = false;
+                    Step::Moved
+                }
+                Err(_) => Step::BackendFailed,
+            };
+        }
+        match self.body.frame().await {
+            None => {
+                self.ended = true;
+                if self.chunked {
+                    self.pending.extend_from_slice(b"0\r\n\r\n");
+                }
+                Step::Moved
+            }
+            Some(Ok(frame)) => {
+                // Trailers are not passed on: a backend over HTTP/1.1 is
+                // not promised them (RFC 9110 §6.5.1).
+                if let Ok(data) = frame.into_data() {
+                    self.taken += data.len() as u64;
+                    if self.chunked && !data.is_empty() {
+                        let _ = write!(self.pending, "{:x}\r\n", data.len());
+                        self.pending.extend_from_slice(&data);
+                        self.pending.extend_from_slice(b"\r\n");
+                    } else {
+                        self.pending.extend_from_slice(&data);
+                    }
+                }
+                Step::Moved
+            }
+            Some(Err(_)) => Step::ClientFailed,
+        }
+    }
+}
+
+/// A response head from the backend, ready for the client.
+struct Head {
+    response: wire::Response,
+    fields: HeaderMap,
+    /// The backend got the whole request (so the connection may serve again).
+    request_sent: bool,
+    /// From the request's first byte sent to the response head.
+    after: Duration,
+}
+
+/// How one attempt came to an end before a response was passed on.
+enum Failed {
+    /// A backend outcome, for the attempt rules.
+    Backend(Outcome),
+    /// The client's side: answer this, blaming no backend.
+    Client(LocalAnswer),
+}
+
+const CLIENT_BODY_FAILED: LocalAnswer =
+    LocalAnswer { status: 400, reason: "Bad Request", text: "request body failed\n" };
+const CLIENT_BODY_STALLED: LocalAnswer =
+    LocalAnswer { status: 408, reason: "Request Timeout", text: "request body timed out\n" };
+
+/// Sends the request head on `up`, then the body while waiting for the
+/// response head, and reads that head.
+async fn exchange(
+    up: &mut Upstream,
+    head: &[u8],
+    upload: &mut Upload,
+    pool: &Pool,
+    is_head: bool,
+) -> Result<Head, Failed> {
+    let cfg = &pool.config;
+    let reused = up.reused;
+    let started = Instant::now();
+    let send = async {
+        up.stream.write_all(head).await?;
+        up.stream.flush().await
+    };
+    match timeout(cfg.response_timeout, send).await {
+        Ok(Ok(())) => {}
+        Ok(Err(_)) => return Err(Failed::Backend(Outcome::NoAnswer { reused })),
+        Err(_) => return Err(Failed::Backend(Outcome::TimedOut)),
+    }
+    let mut deadline = Instant::now() + cfg.response_timeout;
+    let mut upload_broken = false;
+    let mut heard = false;
+    let ctx = ResponseContext { is_head, client_http10: false, close_client: false, upgrade: false };
+    loop {
+        if !up.buf.is_empty() {
+            let mut fields = HeaderMap::new();
+            let parsed = wire::parse_response_fields(up.buf.filled(), ctx, |name, value| {
+                if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
+                    fields.append(n, v);
+                }
+            });
+            match parsed {
+                // 1xx: the final answer follows; HTTP/2 clients are not sent them.
+                Ok(Some(r)) if r.interim => {
+                    up.buf.consume(r.head_len);
+                    continue;
+                }
+                Ok(Some(r)) if r.coded_beyond_chunked => {
+                    warn!("backend sent a transfer coding HTTP/2 cannot carry");
+                    return Err(Failed::Backend(Outcome::BadResponse));
+                }
+                Ok(Some(r)) => {
+                    up.buf.consume(r.head_len);
+                    let request_sent = upload.is_done() && !upload_broken;
+                    return Ok(Head { response: r, fields, request_sent, after: started.elapsed() });
+                }
+                Ok(None) if up.buf.len() >= cfg.max_header_size => {
+                    warn!("backend's response head too large");
+                    return Err(Failed::Backend(Outcome::BadResponse));
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    warn!(why = %e, "invalid response from backend");
+                    return Err(Failed::Backend(Outcome::BadResponse));
+                }
+            }
+        }
+        let uploading = !upload_broken && !upload.is_done();
+        let read = if uploading {
+            let (mut from_backend, mut to_backend) = up.stream.split();
+            tokio::select! {
+                biased;
+                r = up.buf.read_from(&mut from_backend, cfg.max_header_size) => r,
+                step = upload.step(&mut to_backend) => {
+                    match step {
+                        Step::Moved => deadline = Instant::now() + cfg.response_timeout,
+                        Step::ClientFailed => return Err(Failed::Client(CLIENT_BODY_FAILED)),
+                        // The backend may have answered and closed: read on.
+                        Step::BackendFailed => upload_broken = true,
+                    }
+                    continue;
+                }
+                _ = sleep_until(deadline) => {
+                    // Waiting on the client's body is the client's delay.
+                    let ours = upload.sent < upload.pending.len() || upload.unflushed;
+                    return Err(if ours { Failed::Backend(Outcome::TimedOut) } else { Failed::Client(CLIENT_BODY_STALLED) });
+                }
+            }
+        } else {
+            match timeout_at(deadline, up.buf.read_from(&mut up.stream, cfg.max_header_size)).await {
+                Ok(r) => r,
+                Err(_) => return Err(Failed::Backend(Outcome::TimedOut)),
+            }
+        };
+        match read {
+            Ok(n) if n > 0 => heard = true,
+            Ok(_) | Err(_) if !heard => return Err(Failed::Backend(Outcome::NoAnswer { reused })),
+            _ => {
+                warn!("backend closed the connection inside the response head");
+                return Err(Failed::Backend(Outcome::BadResponse));
+            }
+        }
+    }
+}
+
+/// Serves one HTTP/2 stream's request through the pool.
+pub async fn handle(
+    pool: Arc<Pool>,
+    idle: Arc<IdleConns<Upstream>>,
+    client: SocketAddr,
+    scheme: Scheme,
+    mut req: Request<Incoming>,
+) -> Response<ResponseBody> {
+    let started = StdInstant::now();
+    let meter = Arc::clone(pool.meter());
+    // From its start to its response head, it keeps a resigning master's
+    // VIPs (the drain gate), as an HTTP/1 request does.
+    let _begun = pool.request_begun();
+    let cfg = &pool.config;
+    let mut log = (cfg.access_log && tracing::enabled!(target: "access", tracing::Level::INFO)).then(|| {
+        Box::new(AccessLog {
+            client,
+            method: req.method().to_string(),
+            path: req.uri().path_and_query().map_or("/", |p| p.as_str()).to_string(),
+            status: 0,
+            backend: None,
+            started,
+            request_id: String::new(),
+        })
+    });
+    // The proxy's own answers are counted here, the backends' below.
+    let local = |answer: LocalAnswer, log: Option<Box<AccessLog>>| {
+        meter.responses.count(answer.status);
+        meter.request_time.observe(started.elapsed());
+        local_response(answer, log)
+    };
+    // Extended CONNECT is not offered; plain CONNECT is not served (as on
+    // the HTTP/1 path).
+    if req.method() == Method::CONNECT {
+        return local(LocalAnswer { status: 405, reason: "Method Not Allowed", text: "method not allowed\n" }, log);
+    }
+    let Some(host) = request_host(&req) else {
+        return local(LocalAnswer { status: 400, reason: "Bad Request", text: "bad request\n" }, log);
+    };
+    let target = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_string();
+    if let Some(redirect) = &cfg.redirect_https {
+        if redirect.applies_to(target.as_bytes()) {
+            let location = https_location(host.as_bytes(), target.as_bytes(), redirect.port);
+            let mut resp =
+                local(LocalAnswer { status: 308, reason: "Permanent Redirect", text: "moved to https\n" }, log);
+            if let Ok(v) = HeaderValue::from_str(&location) {
+                resp.headers_mut().insert(LOCATION, v);
+            }
+            return resp;
+        }
+    }
+
+    let headers = req.headers_mut();
+    strip_hop_by_hop(headers);
+    let stated_length = headers.remove(CONTENT_LENGTH).is_some();
+    add_forwarded(headers, client, scheme, host);
+    let id = ensure_request_id(headers);
+    if let Some(l) = log.as_mut() {
+        l.request_id = id;
+    }
+    let method = req.method().clone();
+    let body = req.body();
+    let framing = match (body.is_end_stream(), body.size_hint().exact()) {
+        (true, _) if stated_length || matches!(method, Method::POST | Method::PUT | Method::PATCH) => UpFraming::Zero,
+        (true, _) => UpFraming::None,
+        (false, Some(n)) => UpFraming::Length(n),
+        (false, None) => UpFraming::Chunked,
+    };
+    let mut head = Vec::with_capacity(1024);
+    request_head(&method, &target, req.headers(), framing, &mut head);
+    let is_head = method == Method::HEAD;
+    let replayable = is_idempotent(method.as_str()) && matches!(framing, UpFraming::None | UpFraming::Zero);
+    let (_, body) = req.into_parts();
+    let mut upload = Upload::new(body, framing);
+
+    let mut attempts = Attempts::new(cfg.retries, replayable);
+    let failure = loop {
+        if !attempts.may_start() {
+            break attempts.exhausted();
+        }
+        let (i, in_flight) = match pool.admit(attempts.tried()).await {
+            Ok(admitted) => admitted,
+            Err(NotAdmitted::NoBackend) => break attempts.exhausted(),
+            Err(NotAdmitted::QueueTimeout(i)) => {
+                let backend = pool.backends().get(i).map(|b| b.address);
+                warn!(?backend, timeout = ?cfg.queue_timeout, "backend at max_conns for the whole queue timeout");
+                break QUEUE_TIMEOUT;
+            }
+        };
+        let Some(backend) = pool.backends().get(i).map(Arc::clone) else { break attempts.exhausted() };
+        let addr = backend.address;
+        if attempts.start(i) {
+            meter.retries.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(l) = log.as_mut() {
+            l.backend = Some(addr);
+        }
+        let pooled = if attempts.may_reuse() { idle.take(addr, StdInstant::now(), Upstream::is_usable) } else { None };
+        let mut up = match pooled {
+            Some(up) => up,
+            None => match Upstream::connect(addr, cfg.connect_timeout, pool.backend_tls().as_deref()).await {
+                Ok(up) => up,
+                Err(e) => {
+                    warn!(backend = %addr, error = %e, "backend unreachable; trying another");
+                    let (blame, then) = attempts.end(Outcome::Unreachable);
+                    pool.blame(i, blame);
+                    match then {
+                        Then::Answer(a) => break a,
+                        _ => continue,
+                    }
+                }
+            },
+        };
+        // What TLS took is flushed before a wait that needs it sent.
+        upload.tls = matches!(up.stream, UpstreamStream::Tls(_));
+        let outcome = match exchange(&mut up, &head, &mut upload, &pool, is_head).await {
+            Ok(h) => {
+                let status = h.response.status;
+                backend.meter().responses.count(status);
+                backend.meter().response_time.observe(h.after);
+                meter.responses.count(status);
+                meter.bytes_in.fetch_add(upload.taken, Ordering::Relaxed);
+                meter.request_time.observe(started.elapsed());
+                let (blame, _) = attempts.end(Outcome::Answered { status });
+                pool.blame(i, blame);
+                if let Some(l) = log.as_mut() {
+                    l.status = status;
+                }
+                return relayed(h, up, in_flight, idle, log, meter, cfg.response_timeout);
+            }
+            Err(Failed::Client(answer)) => {
+                debug!(%client, backend = %addr, status = answer.status, "client's request body failed");
+                return local(answer, log);
+            }
+            Err(Failed::Backend(outcome)) => outcome,
+        };
+        drop(in_flight);
+        match outcome {
+            Outcome::NoAnswer { reused: true } => debug!(backend = %addr, "pooled connection closed under the request"),
+            Outcome::NoAnswer { reused: false } => {
+                warn!(backend = %addr, "backend connection failed before the response")
+            }
+            Outcome::TimedOut => warn!(backend = %addr, timeout = ?cfg.response_timeout, "backend response timed out"),
+            _ => {}
+        }
+        let (blame, then) = attempts.end(outcome);
+        pool.blame(i, blame);
+        match then {
+            Then::Retry => continue,
+            Then::Answer(a) => break a,
+            Then::Done => break attempts.exhausted(),
+        }
+    };
+    local(failure, log)
+}
+
+/// The client's response for a backend's head: its body read from `up`.
+fn relayed(
+    h: Head,
+    up: Upstream,
+    in_flight: InFlight,
+    idle: Arc<IdleConns<Upstream>>,
+    log: Option<Box<AccessLog>>,
+    meter: Arc<ListenerMeter>,
+    silence: Duration,
+) -> Response<ResponseBody> {
+    let r = h.response;
+    let left = Remaining::new(r.framing);
+    let reusable = r.backend_keep_alive && h.request_sent;
+    let relay = Relay { up, left, reusable, silence, timer: Box::pin(tokio::time::sleep(silence)) };
+    let settle = Settle { in_flight: Some(in_flight), idle: Some(idle), log, meter: Some(meter) };
+    let mut resp = Response::new(ResponseBody { inner: Inner::Relay(Box::new(relay)), bytes: 0, done: Some(settle) });
+    *resp.status_mut() = StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    *resp.headers_mut() = h.fields;
+    resp
+}
+
+/// A short answer made by the proxy itself.
+fn local_response(answer: LocalAnswer, mut log: Option<Box<AccessLog>>) -> Response<ResponseBody> {
+    if let Some(l) = log.as_mut() {
+        l.status = answer.status;
+    }
+    let settle = Settle { in_flight: None, idle: None, log, meter: None };
+    let body = ResponseBody {
+        inner: Inner::Full(Some(Bytes::from_static(answer.text.as_bytes()))),
+        bytes: 0,
+        done: Some(settle),
+    };
+    let mut r = Response::new(body);
+    *r.status_mut() = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    r
+}
+
+/// Bookkeeping settled when the response body is done (or dropped).
+#[derive(Debug)]
+struct Settle {
+    /// The backend's in-flight count, held until the body ends.
+    in_flight: Option<InFlight>,
+    /// Where the backend connection waits for its next request.
+    idle: Option<Arc<IdleConns<Upstream>>>,
+    /// The access-log line, if enabled.
+    log: Option<Box<AccessLog>>,
+    /// Where the body bytes are counted (a backend's body only).
+    meter: Option<Arc<ListenerMeter>>,
+}
+
+/// A backend's response body on its way to the client.
+#[derive(Debug)]
+struct Relay {
+    up: Upstream,
+    left: Remaining,
+    /// The backend keeps the connection and had the whole request.
+    reusable: bool,
+    /// Longest wait for the next piece (`response_timeout`).
+    silence: Duration,
+    timer: Pin<Box<Sleep>>,
+}
+
+#[derive(Debug)]
+enum Inner {
+    Relay(Box<Relay>),
+    Full(Option<Bytes>),
+}
+
+/// The response body sent to an HTTP/2 client.
+#[derive(Debug)]
+pub struct ResponseBody {
+    inner: Inner,
+    /// Body bytes passed on.
+    bytes: u64,
+    done: Option<Settle>,
+}
+
+impl ResponseBody {
+    fn settle(&mut self, complete: bool) {
+        let Some(mut d) = self.done.take() else { return };
+        if let Inner::Relay(relay) = std::mem::replace(&mut self.inner, Inner::Full(None)) {
+            let relay = *relay;
+            let mut up = relay.up;
+            if let (true, true, Some(guard), Some(idle)) = (complete, relay.reusable, &d.in_flight, &d.idle) {
+                if up.buf.is_empty() {
+                    up.reused = true;
+                    up.buf.shrink();
+                    idle.put(guard.address(), up, StdInstant::now());
+                }
+            }
+        }
+        if let Some(m) = &d.meter {
+            m.bytes_out.fetch_add(self.bytes, Ordering::Relaxed);
+        }
+        d.in_flight = None;
+        if let Some(l) = d.log.take() {
+            l.emit(self.bytes, complete);
+        }
+    }
+
+    fn fail(&mut self, why: &'static str) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        warn!(why, "backend response body failed");
+        self.settle(false);
+        Poll::Ready(Some(Err(io::Error::other(why))))
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let this = &mut *self;
+        loop {
+            let relay = match &mut this.inner {
+                Inner::Full(b) => {
+                    let frame = b.take().map(|d| {
+                        this.bytes += d.len() as u64;
+                        Ok(Frame::data(d))
+                    });
+                    if frame.is_none() {
+                        this.settle(true);
+                    }
+                    return Poll::Ready(frame);
+                }
+                Inner::Relay(r) => r,
+            };
+            if relay.left.is_done() {
+                this.settle(true);
+                return Poll::Ready(None);
+            }
+            if !relay.up.buf.is_empty() {
+                let mut data = Vec::new();
+                let taken = match relay.left.relay(relay.up.buf.filled(), &mut data, true) {
+                    Ok(n) => n,
+                    Err(_) => return this.fail("broken chunked body"),
+                };
+                relay.up.buf.consume(taken);
+                if !data.is_empty() {
+                    this.bytes += data.len() as u64;
+                    return Poll::Ready(Some(Ok(Frame::data(Bytes::from(data)))));
+                }
+                if taken > 0 {
+                    continue;
+                }
+            }
+            match relay.up.buf.poll_read_from(cx, &mut relay.up.stream, BODY_CHUNK) {
+                Poll::Ready(Ok(n)) if n > 0 => {
+                    let next = Instant::now() + relay.silence;
+                    relay.timer.as_mut().reset(next);
+                }
+                Poll::Ready(Ok(_)) if relay.left.end_of_stream() => {}
+                Poll::Ready(Ok(_)) => return this.fail("backend closed the connection inside the response body"),
+                Poll::Ready(Err(_)) => return this.fail("backend connection failed inside the response body"),
+                Poll::Pending => {
+                    if relay.timer.as_mut().poll(cx).is_ready() {
+                        return this.fail("backend stalled inside the response body");
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            Inner::Relay(r) => r.left.is_done(),
+            Inner::Full(b) => b.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Inner::Relay(r) => match r.left {
+                Remaining::Done => SizeHint::with_exact(0),
+                Remaining::Length(n) => SizeHint::with_exact(n),
+                _ => SizeHint::default(),
+            },
+            Inner::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            Inner::Full(None) => SizeHint::with_exact(0),
+        }
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        // A body that is empty by nature (HEAD, 204, 304) may never be polled.
+        let complete = self.is_end_stream();
+        self.settle(complete);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(HeaderName::from_bytes(k.as_bytes()).expect("name"), HeaderValue::from_str(v).expect("value"));
+        }
+        h
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_are_removed() {
+        let mut h = headers(&[
+            ("connection", "close, x-trace"),
+            ("connection", "X-Other"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-authorization", "Basic x"),
+            ("proxy-connection", "keep-alive"),
+            ("te", "trailers"),
+            ("trailer", "x-sum"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "h2c"),
+            ("x-trace", "1"),
+            ("x-other", "2"),
+            ("host", "example.test"),
+            ("accept", "*/*"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort();
+        assert_eq!(left, vec!["accept", "host"]);
+    }
+
+    #[test]
+    fn forwarded_headers_are_appended_and_set() {
+        let client: SocketAddr = "198.51.100.7:4242".parse().expect("addr");
+        let mut h = headers(&[("host", "other.test"), ("x-forwarded-for", "203.0.113.1")]);
+        add_forwarded(&mut h, client, Scheme::Http, HeaderValue::from_static("shop.test"));
+        assert_eq!(h["x-forwarded-for"], "203.0.113.1, 198.51.100.7");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "shop.test");
+        assert_eq!(h["host"], "shop.test");
+
+        let mut h = HeaderMap::new();
+        add_forwarded(&mut h, client, Scheme::Https, HeaderValue::from_static("api.test:8080"));
+        assert_eq!(h["x-forwarded-for"], "198.51.100.7");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["host"], "api.test:8080");
+        assert_eq!(h["x-forwarded-host"], "api.test:8080");
+    }
+
+    #[test]
+    fn the_backend_gets_an_http11_head_with_our_framing_and_one_cookie_field() {
+        let h = headers(&[("host", "shop.test"), ("cookie", "a=1"), ("accept", "*/*"), ("cookie", "b=2")]);
+        let mut out = Vec::new();
+        request_head(&Method::POST, "/cart?x=1", &h, UpFraming::Chunked, &mut out);
+        assert_eq!(
+            String::from_utf8(out.clone()).expect("utf-8"),
+            "POST /cart?x=1 HTTP/1.1\r\nhost: shop.test\r\naccept: */*\r\ncookie: a=1; b=2\r\ntransfer-encoding: chunked\r\n\r\n"
+        );
+        request_head(&Method::PUT, "/", &HeaderMap::new(), UpFraming::Length(5), &mut out);
+        assert_eq!(out, b"PUT / HTTP/1.1\r\ncontent-length: 5\r\n\r\n");
+        request_head(&Method::POST, "/", &HeaderMap::new(), UpFraming::Zero, &mut out);
+        assert_eq!(out, b"POST / HTTP/1.1\r\ncontent-length: 0\r\n\r\n");
+        request_head(&Method::GET, "/", &HeaderMap::new(), UpFraming::None, &mut out);
+        assert_eq!(out, b"GET / HTTP/1.1\r\n\r\n");
+    }
+}
