@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use vipd::proxy::h1::wire::{ChunkedScanner, Piece, Rechunker};
+use vipd::proxy::codec::chunked::{ChunkedScanner, Piece, Rechunker};
 
 fn data_of(body: &[u8]) -> Result<(Vec<u8>, usize, bool), ()> {
     let mut s = ChunkedScanner::default();

@@ -6,7 +6,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use libfuzzer_sys::fuzz_target;
-use vipd::proxy::h1::wire::{insert_host, parse_request, parse_response, HeadError, ResponseContext};
+use vipd::proxy::codec::head::{insert_host, parse_request, parse_response, HeadError, ResponseContext};
 
 const CLIENT: IpAddr = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7));
 

@@ -1,7 +1,7 @@
 //! What one proxied request does after each attempt on a backend, for both
 //! client protocols: try another backend, send it again, or answer. Which
 //! outcomes count against the backend is decided here and only here. Pure:
-//! outcomes in, decisions out; the I/O sides (`h1::conn`, `h2`) carry them
+//! outcomes in, decisions out; the I/O sides (`h1`, `h2`) carry them
 //! out. Also the access-log record both sides fill in.
 
 use std::net::SocketAddr;

@@ -2,7 +2,7 @@
 //! connections, codec and attempt rules as the HTTP/1 path. hyper's h2
 //! server is the client side; here the stream's fields become an HTTP/1.1
 //! request head, its body goes up as the client sends it (alongside the
-//! wait for the answer), the response head is parsed by `h1::wire` and its
+//! wait for the answer), the response head is parsed by `codec::head` and its
 //! body handed to hyper piece by piece as it arrives. The response body owns
 //! the backend connection and puts it back in the pool once read to its end.
 
@@ -26,14 +26,15 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::time::{sleep_until, timeout, timeout_at, Duration, Instant, Sleep};
 use tracing::{debug, warn};
 
-use super::attempt::{AccessLog, Attempts, LocalAnswer, Outcome, Then, QUEUE_TIMEOUT};
-use super::backends::{InFlight, NotAdmitted, Pool};
-use super::h1::buf::BODY_CHUNK;
-use super::h1::upstream::{Upstream, UpstreamStream};
-use super::h1::wire::{self, https_location, Remaining, ResponseContext, Scheme};
-use super::h1::wire::{is_hop_by_hop, is_idempotent, is_valid_authority, is_valid_request_id, looks_like_framing};
-use super::idle::IdleConns;
+use super::attempt::{AccessLog, Attempts, LocalAnswer, Outcome};
+use super::backends::{InFlight, Pool};
+use super::codec::buf::BODY_CHUNK;
+use super::codec::chunked::Remaining;
+use super::codec::head::{self as wire, https_location, ResponseContext, Scheme};
+use super::codec::head::{is_hop_by_hop, is_idempotent, is_valid_authority, is_valid_request_id, looks_like_framing};
 use super::meter::ListenerMeter;
+use super::upstream::idle::IdleConns;
+use super::upstream::{acquire, answered, conclude, Acquired, Upstream, UpstreamStream};
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -452,54 +453,20 @@ pub async fn handle(
 
     let mut attempts = Attempts::new(cfg.retries, replayable);
     let failure = loop {
-        if !attempts.may_start() {
-            break attempts.exhausted();
-        }
-        let (i, in_flight) = match pool.admit(attempts.tried()).await {
-            Ok(admitted) => admitted,
-            Err(NotAdmitted::NoBackend) => break attempts.exhausted(),
-            Err(NotAdmitted::QueueTimeout(i)) => {
-                let backend = pool.backends().get(i).map(|b| b.address);
-                warn!(?backend, timeout = ?cfg.queue_timeout, "backend at max_conns for the whole queue timeout");
-                break QUEUE_TIMEOUT;
-            }
-        };
-        let Some(backend) = pool.backends().get(i).map(Arc::clone) else { break attempts.exhausted() };
+        let Acquired { index: i, backend, in_flight, mut up } =
+            match acquire(&pool, &idle, &mut attempts, false, log.as_deref_mut()).await {
+                Ok(a) => a,
+                Err(answer) => break answer,
+            };
         let addr = backend.address;
-        if attempts.start(i) {
-            meter.retries.fetch_add(1, Ordering::Relaxed);
-        }
-        if let Some(l) = log.as_mut() {
-            l.backend = Some(addr);
-        }
-        let pooled = if attempts.may_reuse() { idle.take(addr, StdInstant::now(), Upstream::is_usable) } else { None };
-        let mut up = match pooled {
-            Some(up) => up,
-            None => match Upstream::connect(addr, cfg.connect_timeout, pool.backend_tls().as_deref()).await {
-                Ok(up) => up,
-                Err(e) => {
-                    warn!(backend = %addr, error = %e, "backend unreachable; trying another");
-                    let (blame, then) = attempts.end(Outcome::Unreachable);
-                    pool.blame(i, blame);
-                    match then {
-                        Then::Answer(a) => break a,
-                        _ => continue,
-                    }
-                }
-            },
-        };
         // What TLS took is flushed before a wait that needs it sent.
         upload.tls = matches!(up.stream, UpstreamStream::Tls(_));
         let outcome = match exchange(&mut up, &head, &mut upload, &pool, is_head).await {
             Ok(h) => {
                 let status = h.response.status;
-                backend.meter().responses.count(status);
-                backend.meter().response_time.observe(h.after);
-                meter.responses.count(status);
+                answered(&pool, &mut attempts, i, &backend, status, Some(h.after));
                 meter.bytes_in.fetch_add(upload.taken, Ordering::Relaxed);
                 meter.request_time.observe(started.elapsed());
-                let (blame, _) = attempts.end(Outcome::Answered { status });
-                pool.blame(i, blame);
                 if let Some(l) = log.as_mut() {
                     l.status = status;
                 }
@@ -520,12 +487,8 @@ pub async fn handle(
             Outcome::TimedOut => warn!(backend = %addr, timeout = ?cfg.response_timeout, "backend response timed out"),
             _ => {}
         }
-        let (blame, then) = attempts.end(outcome);
-        pool.blame(i, blame);
-        match then {
-            Then::Retry => continue,
-            Then::Answer(a) => break a,
-            Then::Done => break attempts.exhausted(),
+        if let Some(answer) = conclude(&pool, &mut attempts, i, outcome) {
+            break answer;
         }
     };
     local(failure, log)

@@ -17,9 +17,9 @@ use tracing::{info, warn};
 
 use super::backends::{Backend, ListenerPool};
 use super::balance::Hysteresis;
-use super::h1::upstream::Upstream;
-use super::h1::wire::{self, ResponseContext};
+use super::codec::head::{self as wire, ResponseContext};
 use super::tls::BackendTls;
+use super::upstream::Upstream;
 use crate::config::HealthConfig;
 
 /// Runs the checks of `listener`'s backends on the current runtime, and

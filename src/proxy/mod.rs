@@ -4,10 +4,11 @@
 pub mod attempt;
 pub mod backends;
 pub mod balance;
+pub mod codec;
 pub mod h1;
 pub mod h2;
 pub mod health;
-pub mod idle;
 pub mod meter;
 pub mod server;
 pub mod tls;
+pub mod upstream;

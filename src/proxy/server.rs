@@ -31,11 +31,11 @@ use tracing::{debug, info, warn};
 use crate::config::HttpConfig;
 
 use super::backends::{HttpListeners, ListenerPool, Serving};
-use super::h1::conn::{self, Ended};
-use super::h1::upstream::Upstream;
-use super::h1::wire::Scheme;
-use super::idle::{IdleConns, MAX_IDLE_AGE};
+use super::codec::head::Scheme;
+use super::h1::{self, Ended};
 use super::tls::{self, Failure, TlsServer};
+use super::upstream::idle::{IdleConns, MAX_IDLE_AGE};
+use super::upstream::Upstream;
 use super::{h2, health};
 
 /// Pending connections the kernel queues per listening socket.
@@ -428,7 +428,7 @@ async fn serve(
             match tls {
                 Some(tls) => serve_tls(stream, peer, accepted, &tls, pool, idle, stop).await,
                 None => {
-                    if let Ended::H2(stream, read) = conn::serve(stream, peer, &pool, &idle, &mut stop).await {
+                    if let Ended::H2(stream, read) = h1::serve(stream, peer, &pool, &idle, &mut stop).await {
                         let io = Prefixed { read, pos: 0, stream };
                         serve_h2(io, peer, Scheme::Http, accepted, pool, idle, stop).await;
                     }
@@ -481,7 +481,7 @@ async fn serve_tls(
     tls.meter().handshake(session.handshake_kind());
     if session.alpn_protocol() == Some(b"h2") {
         Box::pin(serve_h2(stream, peer, Scheme::Https, accepted, pool, idle, stop)).await;
-    } else if let Ended::H2(stream, read) = Box::pin(conn::serve(stream, peer, &pool, &idle, &mut stop)).await {
+    } else if let Ended::H2(stream, read) = Box::pin(h1::serve(stream, peer, &pool, &idle, &mut stop)).await {
         // HTTP/2 by prior knowledge only where `alpn` offers h2 at all.
         let h2 = pool.current().config.tls.as_ref().is_none_or(|t| t.alpn.contains(&crate::config::Alpn::H2));
         if h2 {

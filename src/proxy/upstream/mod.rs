@@ -1,17 +1,28 @@
-//! One HTTP/1.1 connection to a backend: the socket and its read buffer.
+//! The backend side, one for every client protocol and for health checks:
+//! an HTTP/1.1 connection to a backend (the socket, TLS or not, and its
+//! read buffer), how an attempt gets one (pooled or new, backends blamed as
+//! the attempt rules say), and each worker's pool of idle ones (`idle`).
 //! The client connection's task writes requests and reads responses on it
 //! directly; between requests it waits in the pool, undriven.
 
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tracing::warn;
 
-use super::buf::ReadBuf as Buffer;
+use super::attempt::{AccessLog, Attempts, LocalAnswer, Outcome, Then, QUEUE_TIMEOUT};
+use super::backends::{Backend, InFlight, NotAdmitted, Pool};
+use super::codec::buf::ReadBuf as Buffer;
+use idle::IdleConns;
+
+pub mod idle;
 use crate::proxy::tls::BackendTls;
 
 /// A backend connection.
@@ -174,5 +185,102 @@ pub async fn connect_stream(
     match tokio::time::timeout_at(started + timeout, t.connect(addr, tcp)).await {
         Ok(r) => r.map(|s| UpstreamStream::Tls(Box::new(s))),
         Err(_) => Err(format!("connect: TLS handshake not done within {timeout:?}")),
+    }
+}
+
+/// The backend and connection an attempt goes out on.
+#[derive(Debug)]
+pub struct Acquired {
+    /// The backend's index in the pool.
+    pub index: usize,
+    /// The backend.
+    pub backend: Arc<Backend>,
+    /// Its in-flight count and connection slot, held for the attempt.
+    pub in_flight: InFlight,
+    /// The connection.
+    pub up: Upstream,
+}
+
+/// The connection for a request's next attempt, for either client
+/// protocol: a backend the pool admits that the request has not tried, a
+/// pooled connection to it where the attempt rules allow (never with
+/// `fresh`: an upgrade's connection is its own), else a new one. Backends
+/// that cannot be reached are blamed and others tried as the rules say.
+/// `Err`: the answer when no attempt can be made.
+pub async fn acquire(
+    pool: &Pool,
+    idle: &IdleConns<Upstream>,
+    attempts: &mut Attempts,
+    fresh: bool,
+    mut log: Option<&mut AccessLog>,
+) -> Result<Acquired, LocalAnswer> {
+    let cfg = &pool.config;
+    loop {
+        if !attempts.may_start() {
+            return Err(attempts.exhausted());
+        }
+        let (index, in_flight) = match pool.admit(attempts.tried()).await {
+            Ok(admitted) => admitted,
+            Err(NotAdmitted::NoBackend) => return Err(attempts.exhausted()),
+            Err(NotAdmitted::QueueTimeout(i)) => {
+                let backend = pool.backends().get(i).map(|b| b.address);
+                warn!(?backend, timeout = ?cfg.queue_timeout, "backend at max_conns for the whole queue timeout");
+                return Err(QUEUE_TIMEOUT);
+            }
+        };
+        let Some(backend) = pool.backends().get(index).map(Arc::clone) else { return Err(attempts.exhausted()) };
+        let addr = backend.address;
+        if attempts.start(index) {
+            pool.meter().retries.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(l) = log.as_deref_mut() {
+            l.backend = Some(addr);
+        }
+        let pooled =
+            if fresh || !attempts.may_reuse() { None } else { idle.take(addr, Instant::now(), Upstream::is_usable) };
+        if let Some(up) = pooled {
+            return Ok(Acquired { index, backend, in_flight, up });
+        }
+        match Upstream::connect(addr, cfg.connect_timeout, pool.backend_tls().as_deref()).await {
+            Ok(up) => return Ok(Acquired { index, backend, in_flight, up }),
+            Err(e) => {
+                warn!(backend = %addr, error = %e, "backend unreachable; trying another");
+                if let Some(answer) = conclude(pool, attempts, index, Outcome::Unreachable) {
+                    return Err(answer);
+                }
+            }
+        }
+    }
+}
+
+/// Counts a response head a backend gave (`head_after` the request was
+/// sent, where it is a response time) and applies what it says of it.
+pub fn answered(
+    pool: &Pool,
+    attempts: &mut Attempts,
+    index: usize,
+    backend: &Backend,
+    status: u16,
+    head_after: Option<Duration>,
+) {
+    backend.meter().responses.count(status);
+    if let Some(t) = head_after {
+        backend.meter().response_time.observe(t);
+    }
+    pool.meter().responses.count(status);
+    let (blame, _) = attempts.end(Outcome::Answered { status });
+    pool.blame(index, blame);
+}
+
+/// Applies the attempt rules to an attempt on backend `index` that ended
+/// without a response for the client: blames the backend as they say, and
+/// returns the answer to give, or `None` to try again.
+pub fn conclude(pool: &Pool, attempts: &mut Attempts, index: usize, outcome: Outcome) -> Option<LocalAnswer> {
+    let (blame, then) = attempts.end(outcome);
+    pool.blame(index, blame);
+    match then {
+        Then::Retry => None,
+        Then::Answer(a) => Some(a),
+        Then::Done => Some(attempts.exhausted()),
     }
 }

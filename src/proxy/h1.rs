@@ -23,12 +23,14 @@ use tokio::sync::watch;
 use tokio::time::{timeout, timeout_at, Duration, Instant};
 use tracing::{debug, warn};
 
-use super::buf::{ReadBuf, BODY_CHUNK};
+use super::codec::buf::{self, ReadBuf, BODY_CHUNK};
+use super::codec::chunked::{ChunkError, Remaining};
+use super::codec::head::{self as wire, Framing, HeadError, Preface, Request, ResponseContext, Scheme};
+use super::upstream::idle::IdleConns;
+use super::upstream::{acquire, answered, conclude, Acquired};
 use super::upstream::{Upstream, UpstreamStream};
-use super::wire::{self, ChunkError, Framing, HeadError, Preface, Remaining, Request, ResponseContext, Scheme};
-use crate::proxy::attempt::{AccessLog, Attempts, Outcome, Then, QUEUE_TIMEOUT};
-use crate::proxy::backends::{ListenerPool, NotAdmitted, Pool};
-use crate::proxy::idle::IdleConns;
+use crate::proxy::attempt::{AccessLog, Attempts, Outcome};
+use crate::proxy::backends::{ListenerPool, Pool};
 
 /// How long a connection closed after an error answer keeps reading (and
 /// discarding) what the client still sends, so the answer is not lost to a
@@ -157,7 +159,7 @@ impl<S: ClientStream> Client<S> {
             let mut read = 0;
             while read < LINGER_BYTES {
                 self.buf.consume(usize::MAX);
-                match self.buf.read_from(&mut self.stream, super::buf::BASE).await {
+                match self.buf.read_from(&mut self.stream, buf::BASE).await {
                     Ok(n) if n > 0 => read += n,
                     _ => break,
                 }
@@ -458,60 +460,18 @@ async fn forward<S: ClientStream>(
     // connection broke under it.
     let mut attempts = Attempts::new(cfg.retries, req.framing == Framing::Empty && req.idempotent);
     let failure = loop {
-        if !attempts.may_start() {
-            break attempts.exhausted();
-        }
-        let (i, in_flight) = match pool.admit(attempts.tried()).await {
-            Ok(admitted) => admitted,
-            Err(NotAdmitted::NoBackend) => break attempts.exhausted(),
-            Err(NotAdmitted::QueueTimeout(i)) => {
-                let backend = pool.backends().get(i).map(|b| b.address);
-                warn!(?backend, timeout = ?cfg.queue_timeout, "backend at max_conns for the whole queue timeout");
-                break QUEUE_TIMEOUT;
-            }
-        };
-        let Some(backend) = pool.backends().get(i) else { break attempts.exhausted() };
+        let Acquired { index: i, backend, in_flight, mut up } =
+            match acquire(pool, idle, &mut attempts, upgrade, log.as_deref_mut()).await {
+                Ok(a) => a,
+                Err(answer) => break answer,
+            };
         let addr = backend.address;
-        if attempts.start(i) {
-            meter.retries.fetch_add(1, Ordering::Relaxed);
-        }
-        if let Some(l) = log.as_mut() {
-            l.backend = Some(addr);
-        }
-        let pooled = if upgrade || !attempts.may_reuse() {
-            None
-        } else {
-            idle.take(addr, StdInstant::now(), Upstream::is_usable)
-        };
-        let mut up = match pooled {
-            Some(up) => up,
-            None => match Upstream::connect(addr, cfg.connect_timeout, pool.backend_tls().as_deref()).await {
-                Ok(up) => up,
-                Err(e) => {
-                    warn!(backend = %addr, error = %e, "backend unreachable; trying another");
-                    match attempts.end(Outcome::Unreachable) {
-                        (blame, Then::Answer(a)) => {
-                            pool.blame(i, blame);
-                            break a;
-                        }
-                        (blame, _) => {
-                            pool.blame(i, blame);
-                            continue;
-                        }
-                    }
-                }
-            },
-        };
         let outcome = match exchange(c, &mut up, req, up_head, &mut body, pool, stop).await {
             Exchange::Answered(a) => {
-                backend.meter().responses.count(a.status);
-                backend.meter().response_time.observe(a.head_after);
-                meter.responses.count(a.status);
+                answered(pool, &mut attempts, i, &backend, a.status, Some(a.head_after));
                 meter.bytes_out.fetch_add(a.bytes, Ordering::Relaxed);
                 meter.bytes_in.fetch_add(a.uploaded, Ordering::Relaxed);
                 meter.request_time.observe(started.elapsed());
-                let (blame, _) = attempts.end(Outcome::Answered { status: a.status });
-                pool.blame(i, blame);
                 if a.reuse {
                     up.reused = true;
                     idle.put(addr, up, StdInstant::now());
@@ -529,9 +489,7 @@ async fn forward<S: ClientStream>(
                 };
             }
             Exchange::Switched => {
-                backend.meter().responses.count(101);
-                meter.responses.count(101);
-                pool.succeeded(i);
+                answered(pool, &mut attempts, i, &backend, 101, None);
                 let mut in_flight = in_flight;
                 in_flight.release_slot();
                 if let Some(mut l) = log {
@@ -580,12 +538,8 @@ async fn forward<S: ClientStream>(
             }
         };
         drop(in_flight);
-        let (blame, then) = attempts.end(outcome);
-        pool.blame(i, blame);
-        match then {
-            Then::Retry => continue,
-            Then::Answer(a) => break a,
-            Then::Done => break attempts.exhausted(),
+        if let Some(answer) = conclude(pool, &mut attempts, i, outcome) {
+            break answer;
         }
     };
     // A body the client is still sending cannot be skipped over.
