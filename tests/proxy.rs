@@ -847,6 +847,69 @@ async fn an_early_answer_comes_through_an_unfinished_upload() {
     a.task.abort();
 }
 
+/// Issue 7 §2: a backend that answers while it still reads the body (an
+/// echo, streaming as it reads) gets the rest of the body: the upload goes
+/// on beside the response, and the connection is reused after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_duplex_exchange_keeps_sending_the_body() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let backend = listener.local_addr().expect("addr");
+    let echo = tokio::spawn(async move {
+        let (mut conn, _) = listener.accept().await.expect("accept");
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        // The head first; then answer at once and echo the body as it comes.
+        let head_end = loop {
+            let n = conn.read(&mut buf).await.expect("read");
+            assert!(n > 0, "proxy closed before the head");
+            got.extend_from_slice(&buf[..n]);
+            if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+        };
+        conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n").await.expect("write");
+        let mut echoed = got.len() - head_end;
+        conn.write_all(&got[head_end..]).await.expect("write");
+        while echoed < 10 {
+            let n = conn.read(&mut buf).await.expect("read");
+            assert!(n > 0, "the rest of the body never came");
+            conn.write_all(&buf[..n]).await.expect("write");
+            echoed += n;
+        }
+        // A second request on the same connection: it was fit for reuse.
+        let n = conn.read(&mut buf).await.expect("read");
+        assert!(buf[..n].starts_with(b"GET /again "), "{:?}", String::from_utf8_lossy(&buf[..n]));
+        conn.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").await.expect("write");
+    });
+    let (addr, _, p) = proxy(&[backend], "response_timeout = \"3s\"");
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(b"PUT /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nhello").await.expect("write");
+    // The first half comes back before the second half is sent.
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.ends_with(b"hello") {
+        let n =
+            tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf)).await.expect("echo in time").expect("read");
+        assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    s.write_all(b"world").await.expect("write");
+    while !got.ends_with(b"helloworld") {
+        let n =
+            tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf)).await.expect("echo in time").expect("read");
+        assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&got).to_lowercase();
+    assert!(text.starts_with("http/1.1 200") && !text.contains("connection: close"), "{text}");
+    s.write_all(b"GET /again HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("write");
+    let mut pending = Vec::new();
+    let (status, _, _) = read_response(&mut s, &mut pending, true).await;
+    assert_eq!(status, 204);
+    tokio::time::timeout(Duration::from_secs(3), echo).await.expect("backend done").expect("backend ok");
+    p.shutdown();
+}
+
 /// A WebSocket upgrade to the echo backend through the proxy: the stream
 /// and any echoed bytes read along with the 101.
 async fn open_tunnel(addr: SocketAddr) -> (TcpStream, Vec<u8>) {

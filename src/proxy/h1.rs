@@ -596,25 +596,20 @@ async fn exchange<S: ClientStream>(
     // backend.
     let mut deadline = Instant::now() + cfg.response_timeout;
 
-    // The response head. Meanwhile the rest of the body goes up, read from
-    // the client only once the backend has taken the previous piece, and
-    // never blocking the read side: a backend may answer early (413, 401)
-    // and stop reading.
-    let mut pending: Vec<u8> = Vec::new();
-    let mut sent = 0;
-    let mut upload_broken = false;
-    // Body bytes TLS took but may not have sent yet: flushed before any
-    // wait that needs the backend to have them (a write is cancel-safe, a
-    // write-then-flush is not, so they are two steps).
-    let tls_up = matches!(up.stream, UpstreamStream::Tls(_));
-    let mut unflushed = false;
+    // The response head, then its body. Meanwhile the rest of the request
+    // body goes up, read from the client only once the backend has taken
+    // the previous piece, and never blocking the read side: a backend may
+    // answer early (413, 401) and stop reading, or answer while it reads
+    // (a full-duplex exchange) and need the rest to go on.
+    let mut upload = Upload { tls: matches!(up.stream, UpstreamStream::Tls(_)), ..Upload::default() };
     let mut heard = false;
     let resp = loop {
         if !up.buf.is_empty() {
             let ctx = ResponseContext {
                 is_head: req.is_head,
                 client_http10: req.http10,
-                close_client: !req.keep_alive || !body.is_done() || *stop.borrow(),
+                close_client: !req.keep_alive || *stop.borrow(),
+                body_unfinished: !body.is_done(),
                 upgrade: req.upgrade,
             };
             match wire::parse_response(up.buf.filled(), ctx, &mut c.out) {
@@ -633,69 +628,17 @@ async fn exchange<S: ClientStream>(
                 Err(e) => return Exchange::BadResponse(e.to_string()),
             }
         }
-        let writing = sent < pending.len();
-        let uploading = !upload_broken && (writing || !body.is_done());
-        if !uploading && unflushed {
-            // The body's last records go out before the wait for the answer.
-            unflushed = false;
-            if timeout_at(deadline, up.stream.flush()).await.is_err() {
-                return Exchange::TimedOut;
+        let read = match wait_for_backend(c, up, body, &mut upload, &mut deadline, cfg, cfg.max_header_size).await {
+            Waited::Read(r) => r,
+            Waited::Uploaded(n) => {
+                uploaded += n;
+                continue;
             }
-        }
-        let read = if !uploading {
-            match timeout_at(deadline, up.buf.read_from(&mut up.stream, cfg.max_header_size)).await {
-                Ok(r) => r,
-                Err(_) => return Exchange::TimedOut,
-            }
-        } else {
-            let (mut from_backend, mut to_backend) = up.stream.split();
-            tokio::select! {
-                biased;
-                r = up.buf.read_from(&mut from_backend, cfg.max_header_size) => r,
-                // One step to the backend: more of the body, or, once all
-                // of it is written, a flush of what TLS still holds (each
-                // alone is cancel-safe; a write-then-flush would not be).
-                w = async {
-                    if writing {
-                        to_backend.write(&pending[sent..]).await.map(Some)
-                    } else {
-                        to_backend.flush().await.map(|()| None)
-                    }
-                }, if writing || unflushed => {
-                    match w {
-                        Ok(Some(n)) if n > 0 => {
-                            unflushed = tls_up;
-                            sent += n;
-                            if sent == pending.len() {
-                                pending.clear();
-                                sent = 0;
-                            }
-                            deadline = Instant::now() + cfg.response_timeout;
-                        }
-                        Ok(None) => unflushed = false,
-                        // The backend may have answered and closed: read on.
-                        _ => upload_broken = true,
-                    }
-                    continue;
-                }
-                r = c.buf.read_from(&mut c.stream, BODY_CHUNK), if !writing => {
-                    if !matches!(r, Ok(n) if n > 0) {
-                        return Exchange::ClientGone;
-                    }
-                    match body.relay(c.buf.filled(), &mut pending, false) {
-                        Ok(n) => {
-                            uploaded += n as u64;
-                            c.buf.consume(n)
-                        }
-                        Err(e) => return Exchange::BadRequestBody(e),
-                    }
-                    deadline = Instant::now() + cfg.response_timeout;
-                    continue;
-                }
-                _ = tokio::time::sleep_until(deadline) => {
-                    return if writing || unflushed { Exchange::TimedOut } else { Exchange::ClientStalled };
-                }
-            }
+            Waited::ClientGone => return Exchange::ClientGone,
+            Waited::BadBody(e) => return Exchange::BadRequestBody(e),
+            Waited::TimedOut { uploading: true } => return Exchange::TimedOut,
+            Waited::TimedOut { uploading: false } if upload.waits_for_client(body) => return Exchange::ClientStalled,
+            Waited::TimedOut { .. } => return Exchange::TimedOut,
         };
         match read {
             Ok(n) if n > 0 => heard = true,
@@ -709,10 +652,9 @@ async fn exchange<S: ClientStream>(
     if resp.status == 101 {
         return Exchange::Switched;
     }
-    // Whether the backend got the whole request (else it is not reused).
-    let request_sent = body.is_done() && pending.is_empty() && !upload_broken && !unflushed;
 
-    // The body: what is buffered goes out with the head, then piece by piece.
+    // The body: what is buffered goes out with the head, then piece by
+    // piece, the upload going on beside it.
     let mut left = Remaining::new(resp.framing);
     let mut bytes = 0u64;
     let mut complete = true;
@@ -735,21 +677,36 @@ async fn exchange<S: ClientStream>(
         if left.is_done() || !complete {
             break;
         }
-        match timeout(cfg.response_timeout, up.buf.read_from(&mut up.stream, BODY_CHUNK)).await {
-            Ok(Ok(n)) if n > 0 => {}
-            Ok(Ok(_)) if left.end_of_stream() => break,
-            Ok(_) => {
-                warn!("backend closed the connection inside the response body");
+        deadline = Instant::now() + cfg.response_timeout;
+        let read = match wait_for_backend(c, up, body, &mut upload, &mut deadline, cfg, BODY_CHUNK).await {
+            Waited::Read(r) => r,
+            Waited::Uploaded(n) => {
+                uploaded += n;
+                continue;
+            }
+            Waited::ClientGone | Waited::BadBody(_) => {
+                // The answer goes on; the rest of the request does not.
+                upload.broken = true;
+                continue;
+            }
+            Waited::TimedOut { .. } => {
+                warn!(timeout = ?cfg.response_timeout, "backend stalled inside the response body");
                 complete = false;
                 break;
             }
-            Err(_) => {
-                warn!(timeout = ?cfg.response_timeout, "backend stalled inside the response body");
+        };
+        match read {
+            Ok(n) if n > 0 => {}
+            Ok(_) if left.end_of_stream() => break,
+            _ => {
+                warn!("backend closed the connection inside the response body");
                 complete = false;
                 break;
             }
         }
     }
+    // Whether the backend got the whole request (else it is not reused).
+    let request_sent = upload.is_done(body);
     let reuse = complete && resp.backend_keep_alive && up.buf.is_empty() && request_sent && !req.upgrade;
     up.buf.shrink();
     Exchange::Answered(Answer {
@@ -761,6 +718,125 @@ async fn exchange<S: ClientStream>(
         keep_client: complete && !resp.close_client && body.is_done(),
         reuse,
     })
+}
+
+/// The request body's way up once the head is sent: bytes taken from the
+/// client and not yet written to the backend.
+#[derive(Debug, Default)]
+struct Upload {
+    pending: Vec<u8>,
+    sent: usize,
+    /// The backend stopped taking it (it may have answered and closed).
+    broken: bool,
+    /// Body bytes TLS took but may not have sent yet: flushed before any
+    /// wait that needs the backend to have them (a write is cancel-safe, a
+    /// write-then-flush is not, so they are two steps).
+    unflushed: bool,
+    tls: bool,
+}
+
+impl Upload {
+    fn writing(&self) -> bool {
+        self.sent < self.pending.len()
+    }
+
+    /// All of the body is with the backend.
+    fn is_done(&self, body: &Remaining) -> bool {
+        body.is_done() && !self.writing() && !self.broken && !self.unflushed
+    }
+
+    /// Stalled for want of the client's bytes, not the backend's taking.
+    fn waits_for_client(&self, body: &Remaining) -> bool {
+        !self.broken && !self.writing() && !self.unflushed && !body.is_done()
+    }
+}
+
+/// What [`wait_for_backend`] saw first.
+enum Waited {
+    /// A read from the backend into its buffer.
+    Read(std::io::Result<usize>),
+    /// The upload moved on (so many request body bytes taken).
+    Uploaded(u64),
+    /// The client closed inside its body.
+    ClientGone,
+    /// The client's chunked body is broken.
+    BadBody(ChunkError),
+    /// Nothing moved until the deadline; `uploading`: bytes were waiting
+    /// for the backend to take them.
+    TimedOut { uploading: bool },
+}
+
+/// Waits for the backend's next bytes (up to `limit` buffered) while the
+/// request body goes on up: one step of it at a time, each cancel-safe.
+/// Any progress of the upload moves `deadline` on.
+async fn wait_for_backend<S: ClientStream>(
+    c: &mut Client<S>,
+    up: &mut Upstream,
+    body: &mut Remaining,
+    upload: &mut Upload,
+    deadline: &mut Instant,
+    cfg: &crate::config::HttpConfig,
+    limit: usize,
+) -> Waited {
+    let writing = upload.writing();
+    let uploading = !upload.broken && (writing || !body.is_done());
+    if !uploading && upload.unflushed {
+        // The body's last records go out before the wait for the answer.
+        upload.unflushed = false;
+        if timeout_at(*deadline, up.stream.flush()).await.is_err() {
+            return Waited::TimedOut { uploading: true };
+        }
+    }
+    if !uploading {
+        return match timeout_at(*deadline, up.buf.read_from(&mut up.stream, limit)).await {
+            Ok(r) => Waited::Read(r),
+            Err(_) => Waited::TimedOut { uploading: false },
+        };
+    }
+    let (mut from_backend, mut to_backend) = up.stream.split();
+    tokio::select! {
+        biased;
+        r = up.buf.read_from(&mut from_backend, limit) => Waited::Read(r),
+        // One step to the backend: more of the body, or, once all of it is
+        // written, a flush of what TLS still holds.
+        w = async {
+            if writing {
+                to_backend.write(&upload.pending[upload.sent..]).await.map(Some)
+            } else {
+                to_backend.flush().await.map(|()| None)
+            }
+        }, if writing || upload.unflushed => {
+            match w {
+                Ok(Some(n)) if n > 0 => {
+                    upload.unflushed = upload.tls;
+                    upload.sent += n;
+                    if upload.sent == upload.pending.len() {
+                        upload.pending.clear();
+                        upload.sent = 0;
+                    }
+                    *deadline = Instant::now() + cfg.response_timeout;
+                }
+                Ok(None) => upload.unflushed = false,
+                // The backend may have answered and closed: read on.
+                _ => upload.broken = true,
+            }
+            Waited::Uploaded(0)
+        }
+        r = c.buf.read_from(&mut c.stream, BODY_CHUNK), if !writing => {
+            if !matches!(r, Ok(n) if n > 0) {
+                return Waited::ClientGone;
+            }
+            match body.relay(c.buf.filled(), &mut upload.pending, false) {
+                Ok(n) => {
+                    c.buf.consume(n);
+                    *deadline = Instant::now() + cfg.response_timeout;
+                    Waited::Uploaded(n as u64)
+                }
+                Err(e) => Waited::BadBody(e),
+            }
+        }
+        _ = tokio::time::sleep_until(*deadline) => Waited::TimedOut { uploading: writing || upload.unflushed },
+    }
 }
 
 /// After a 101: the switch goes to the client with whatever the backend

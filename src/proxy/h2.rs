@@ -303,7 +303,8 @@ async fn exchange(
     let mut deadline = Instant::now() + cfg.response_timeout;
     let mut upload_broken = false;
     let mut heard = false;
-    let ctx = ResponseContext { is_head, client_http10: false, close_client: false, upgrade: false };
+    let ctx =
+        ResponseContext { is_head, client_http10: false, close_client: false, body_unfinished: false, upgrade: false };
     loop {
         if !up.buf.is_empty() {
             let mut fields = HeaderMap::new();

@@ -100,7 +100,13 @@ pub async fn check_once(addr: SocketAddr, cfg: &HealthConfig, tls: Option<&Backe
         );
         up.stream.write_all(request.as_bytes()).await.map_err(|e| format!("send: {e}"))?;
         up.stream.flush().await.map_err(|e| format!("send: {e}"))?;
-        let ctx = ResponseContext { is_head: false, client_http10: false, close_client: true, upgrade: false };
+        let ctx = ResponseContext {
+            is_head: false,
+            client_http10: false,
+            close_client: true,
+            body_unfinished: false,
+            upgrade: false,
+        };
         let mut scratch = Vec::new();
         loop {
             match wire::parse_response(up.buf.filled(), ctx, &mut scratch) {

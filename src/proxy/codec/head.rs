@@ -396,9 +396,11 @@ pub struct ResponseContext {
     pub is_head: bool,
     /// The client speaks HTTP/1.0 (no chunked coding, no interim answers).
     pub client_http10: bool,
-    /// The client connection closes after this response (client's wish,
-    /// shutdown, or a request body left unread).
+    /// The client connection closes after this response (client's wish or
+    /// shutdown).
     pub close_client: bool,
+    /// The request body is still on its way when the answer comes.
+    pub body_unfinished: bool,
     /// The request asked to switch protocols.
     pub upgrade: bool,
 }
@@ -496,7 +498,13 @@ fn scan_response<'a>(
         && !(codings.present && (minor == 0 || content_length.is_some()))
         && if minor == 0 { conn.keep_alive } else { !conn.close };
     let dechunk = framing == Framing::Chunked && ctx.client_http10;
-    let close_client = ctx.close_client || framing == Framing::UntilClose || dechunk;
+    // An early answer beyond 2xx (413, 401, a redirect) says the backend
+    // does not want the rest of the body: the client is told the connection
+    // closes, so it can stop sending (RFC 9112 §9.6). A 2xx while the body
+    // still comes is a full-duplex exchange: the upload goes on, and the
+    // client connection stays if the body is done by the response's end.
+    let refused_body = ctx.body_unfinished && status >= 300;
+    let close_client = ctx.close_client || refused_body || framing == Framing::UntilClose || dechunk;
     let coded_beyond_chunked = codings.present && (codings.other || !codings.chunked_last);
     let r = Response {
         head_len,
@@ -968,7 +976,13 @@ mod tests {
     }
 
     fn ctx() -> ResponseContext {
-        ResponseContext { is_head: false, client_http10: false, close_client: false, upgrade: false }
+        ResponseContext {
+            is_head: false,
+            client_http10: false,
+            close_client: false,
+            body_unfinished: false,
+            upgrade: false,
+        }
     }
 
     fn resp(head: &str, ctx: ResponseContext) -> Result<Option<(Response, String)>, HeadError> {
@@ -1322,6 +1336,17 @@ mod tests {
     }
 
     #[test]
+    fn an_early_refusal_closes_the_client_and_a_2xx_does_not() {
+        let unfinished = ResponseContext { body_unfinished: true, ..ctx() };
+        let (r, out) =
+            resp("HTTP/1.1 413 Too Big\r\nContent-Length: 0\r\n\r\n", unfinished).expect("ok").expect("complete");
+        assert!(r.close_client && out.ends_with("connection: close\r\n\r\n"), "{out}");
+        // A 2xx while the body comes: full duplex, no promise to close.
+        let (r, out) = resp("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", unfinished).expect("ok").expect("complete");
+        assert!(!r.close_client && !out.contains("connection: close"), "{out}");
+    }
+
+    #[test]
     fn interim_and_switching_responses() {
         let (r, out) = resp("HTTP/1.1 100 Continue\r\n\r\n", ctx()).expect("ok").expect("complete");
         assert!(r.interim);
@@ -1371,7 +1396,7 @@ mod tests {
         fn parsing_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
             let mut out = Vec::new();
             let _ = parse_request(&bytes, CLIENT, Scheme::Http, &mut out);
-            for ctx in [ctx(), ResponseContext { is_head: true, client_http10: true, close_client: true, upgrade: true }] {
+            for ctx in [ctx(), ResponseContext { is_head: true, client_http10: true, close_client: true, body_unfinished: true, upgrade: true }] {
                 let _ = parse_response(&bytes, ctx, &mut out);
             }
             let _ = ChunkedScanner::default().scan(&bytes, |_| {});
