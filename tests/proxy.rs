@@ -328,6 +328,30 @@ async fn slowloris_does_not_delay_others_and_is_dropped() {
     a.task.abort();
 }
 
+/// The head timeout holds for a keep-alive connection's later requests too,
+/// counted from the request's first byte (the connection's timer was set to
+/// a later deadline for the wait between requests, and is set earlier here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_second_head_gets_408_in_time() {
+    let a = backend("a").await;
+    let (addr, _, p) = proxy(&[a.addr], "client_header_timeout = \"400ms\"\nidle_timeout = \"10s\"");
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("write");
+    let mut pending = Vec::new();
+    assert_eq!(read_response(&mut s, &mut pending, false).await.0, 200);
+    // Idle longer than the head timeout: that is the idle timeout's business.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    s.write_all(b"GET / HTTP/1.1\r\nHost").await.expect("write");
+    let t = std::time::Instant::now();
+    assert!(pending.is_empty());
+    let (status, _, _) = read_response(&mut s, &mut pending, false).await;
+    assert_eq!(status, 408);
+    let took = t.elapsed();
+    assert!(took >= Duration::from_millis(300) && took < Duration::from_secs(3), "408 after {took:?}");
+    p.shutdown();
+    a.task.abort();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_requests_get_400() {
     let a = backend("a").await;

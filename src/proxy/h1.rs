@@ -12,7 +12,9 @@
 //! pieces of the response body, `tunnel_timeout` for silence on an upgraded
 //! connection.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant as StdInstant;
@@ -20,7 +22,7 @@ use std::time::Instant as StdInstant;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tokio::time::{timeout, timeout_at, Duration, Instant};
+use tokio::time::{timeout, Duration, Instant, Sleep};
 use tracing::{debug, warn};
 
 use super::codec::buf::{self, ReadBuf, BODY_CHUNK};
@@ -105,6 +107,17 @@ pub enum Ended<S> {
     H2(S, Vec<u8>),
 }
 
+/// `io` with at most `limit` to finish. Most reads and writes of a request
+/// finish at once (the socket has the bytes or the room): only one that
+/// waits reads the clock and arms a timer.
+async fn within<F: Future>(limit: Duration, io: F) -> Result<F::Output, tokio::time::error::Elapsed> {
+    let mut io = std::pin::pin!(io);
+    if let std::task::Poll::Ready(r) = std::future::poll_fn(|cx| std::task::Poll::Ready(io.as_mut().poll(cx))).await {
+        return Ok(r);
+    }
+    timeout(limit, io).await
+}
+
 /// The client side of the connection.
 struct Client<S> {
     stream: S,
@@ -114,6 +127,40 @@ struct Client<S> {
     out: Vec<u8>,
     /// Time the client gets to take a write.
     write_timeout: Duration,
+    /// For waits on the client (its next request, the rest of a head).
+    client_timer: Deadline,
+    /// For waits on a backend (its answer, the next piece of it).
+    backend_timer: Deadline,
+}
+
+/// One timer a connection keeps for one kind of wait, set again for each.
+/// Those deadlines only move later, and tokio moves a later deadline by
+/// updating the timer in place (its wheel catches up when the old one comes):
+/// a fresh timer per wait would be an insertion and a removal, under the
+/// driver's lock, for every request.
+struct Deadline(Pin<Box<Sleep>>);
+
+impl Deadline {
+    fn new() -> Self {
+        // Far off, and never polled until set.
+        Deadline(Box::pin(tokio::time::sleep(Duration::from_secs(86_400))))
+    }
+
+    /// `io`, or `None` if `at` comes first.
+    async fn run<F: Future>(&mut self, at: Instant, io: F) -> Option<F::Output> {
+        let timer = self.set(at);
+        tokio::select! {
+            biased;
+            r = io => Some(r),
+            _ = timer => None,
+        }
+    }
+
+    /// The timer, set to go off at `at`.
+    fn set(&mut self, at: Instant) -> Pin<&mut Sleep> {
+        self.0.as_mut().reset(at);
+        self.0.as_mut()
+    }
 }
 
 impl<S: ClientStream> Client<S> {
@@ -123,7 +170,7 @@ impl<S: ClientStream> Client<S> {
             self.stream.write_all(&self.out).await?;
             self.stream.flush().await
         };
-        let ok = matches!(timeout(self.write_timeout, write).await, Ok(Ok(())));
+        let ok = matches!(within(self.write_timeout, write).await, Ok(Ok(())));
         self.out.clear();
         ok
     }
@@ -184,6 +231,8 @@ pub async fn serve<S: ClientStream>(
         buf: ReadBuf::default(),
         out: Vec::with_capacity(1024),
         write_timeout: listener.current().config.idle_timeout,
+        client_timer: Deadline::new(),
+        backend_timer: Deadline::new(),
     };
     match requests(&mut c, listener, idle, stop).await {
         Served::H2(read) => Ended::H2(c.stream, read),
@@ -229,7 +278,11 @@ async fn requests<S: ClientStream>(
     let mut pool = listener.current();
     let cfg = &pool.config;
     let mut up_head = Vec::with_capacity(1024);
-    let mut head_deadline = Instant::now() + cfg.client_header_timeout;
+    // From the connection's start for its first request, else from the
+    // request's first byte (set once the head needs a second read: most
+    // come whole and never read the clock for it).
+    let accepted_deadline = Instant::now() + cfg.client_header_timeout;
+    let mut head_deadline = Some(accepted_deadline);
     let mut first = true;
     loop {
         let cfg = &pool.config;
@@ -243,16 +296,17 @@ async fn requests<S: ClientStream>(
                 return Served::Closed;
             }
             c.buf.shrink();
-            let idle_until = if first { head_deadline } else { Instant::now() + cfg.idle_timeout };
+            let now = Instant::now();
+            let idle_until = if first { accepted_deadline } else { now + cfg.idle_timeout };
             // A keep-alive connection reads with its buffers for a while
             // (one timer, as for any read); one that stays idle gives them
             // back until the client sends again (the kernel and TLS hold
             // what comes).
-            let keep_until = if first { idle_until } else { idle_until.min(Instant::now() + KEEP_BUFFERS_IDLE) };
+            let keep_until = if first { idle_until } else { idle_until.min(now + KEEP_BUFFERS_IDLE) };
             let soon = tokio::select! {
                 biased;
                 r = c.buf.read_from(&mut c.stream, cfg.max_header_size) => Some(r),
-                _ = tokio::time::sleep_until(keep_until) => None,
+                _ = c.client_timer.set(keep_until) => None,
                 _ = stop.changed(), if !first => return Served::Closed,
             };
             let read = match soon {
@@ -265,7 +319,7 @@ async fn requests<S: ClientStream>(
                     tokio::select! {
                         biased;
                         r = c.stream.readable() => if r.is_err() { return Served::Closed },
-                        _ = tokio::time::sleep_until(idle_until) => return Served::Closed,
+                        _ = c.client_timer.set(idle_until) => return Served::Closed,
                         _ = stop.changed() => return Served::Closed,
                     }
                     c.out.reserve(1024);
@@ -273,7 +327,7 @@ async fn requests<S: ClientStream>(
                     tokio::select! {
                         biased;
                         r = c.buf.read_from(&mut c.stream, cfg.max_header_size) => r,
-                        _ = tokio::time::sleep_until(idle_until) => return Served::Closed,
+                        _ = c.client_timer.set(idle_until) => return Served::Closed,
                         _ = stop.changed() => return Served::Closed,
                     }
                 }
@@ -287,7 +341,7 @@ async fn requests<S: ClientStream>(
         listener.refresh(&mut pool);
         let cfg = &pool.config;
         if !first {
-            head_deadline = Instant::now() + cfg.client_header_timeout;
+            head_deadline = None;
         }
         // From its first byte to its answer, a request keeps a resigning
         // master's VIPs (the drain gate), also before it reaches a backend.
@@ -314,10 +368,11 @@ async fn requests<S: ClientStream>(
                     return Served::Linger;
                 }
                 Ok(None) => {
-                    match timeout_at(head_deadline, c.buf.read_from(&mut c.stream, cfg.max_header_size)).await {
-                        Ok(Ok(n)) if n > 0 => {}
-                        Ok(_) => return Served::Closed,
-                        Err(_) => {
+                    let deadline = *head_deadline.get_or_insert_with(|| Instant::now() + cfg.client_header_timeout);
+                    match c.client_timer.run(deadline, c.buf.read_from(&mut c.stream, cfg.max_header_size)).await {
+                        Some(Ok(n)) if n > 0 => {}
+                        Some(_) => return Served::Closed,
+                        None => {
                             debug!(%peer, "client did not finish its request head in time");
                             pool.meter().responses.count(408);
                             c.reply(408, "Request Timeout", "request head timed out\n", true).await;
@@ -361,7 +416,7 @@ async fn requests<S: ClientStream>(
             }
         }
         // The backend and the access log see the same id.
-        req.request_id = wire::ensure_request_id(&mut up_head, fastrand::u64(..));
+        req.request_id = wire::ensure_request_id(&mut up_head, req.client_request_ids, fastrand::u64(..));
         match forward(c, &req, &up_head, &pool, idle, stop).await {
             Next::KeepOpen => {}
             Next::Close => return Served::Closed,
@@ -448,7 +503,7 @@ async fn forward<S: ClientStream>(
             path: text(req.target.clone()),
             status: 0,
             backend: None,
-            started: StdInstant::now(),
+            started,
             request_id: String::from_utf8_lossy(up_head.get(req.request_id.clone()).unwrap_or_default()).into_owned(),
         })
     });
@@ -471,10 +526,11 @@ async fn forward<S: ClientStream>(
                 answered(pool, &mut attempts, i, &backend, a.status, Some(a.head_after));
                 meter.bytes_out.fetch_add(a.bytes, Ordering::Relaxed);
                 meter.bytes_in.fetch_add(a.uploaded, Ordering::Relaxed);
-                meter.request_time.observe(started.elapsed());
+                let done = StdInstant::now();
+                meter.request_time.observe(done - started);
                 if a.reuse {
                     up.reused = true;
-                    idle.put(addr, up, StdInstant::now());
+                    idle.put(addr, up, done);
                 }
                 drop(in_flight);
                 if let Some(mut l) = log {
@@ -570,10 +626,13 @@ async fn exchange<S: ClientStream>(
     let started = Instant::now();
     let mut uploaded = 0u64;
     // First write: the head and as much of the body as has arrived. (After
-    // an upgrade's head, bytes are not the backend's until it switches.)
+    // an upgrade's head, bytes are not the backend's until it switches.) A
+    // bodiless request's head goes as it is, not copied.
     c.out.clear();
-    c.out.extend_from_slice(up_head);
-    if !body.is_done() {
+    let first: &[u8] = if body.is_done() {
+        up_head
+    } else {
+        c.out.extend_from_slice(up_head);
         match body.relay(c.buf.filled(), &mut c.out, false) {
             Ok(n) => {
                 uploaded += n as u64;
@@ -581,12 +640,13 @@ async fn exchange<S: ClientStream>(
             }
             Err(e) => return Exchange::BadRequestBody(e),
         }
-    }
+        &c.out
+    };
     let send = async {
-        up.stream.write_all(&c.out).await?;
+        up.stream.write_all(first).await?;
         up.stream.flush().await
     };
-    match timeout(cfg.response_timeout, send).await {
+    match within(cfg.response_timeout, send).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => return Exchange::NoAnswer(format!("send: {e}")),
         Err(_) => return Exchange::TimedOut,
@@ -783,14 +843,14 @@ async fn wait_for_backend<S: ClientStream>(
     if !uploading && upload.unflushed {
         // The body's last records go out before the wait for the answer.
         upload.unflushed = false;
-        if timeout_at(*deadline, up.stream.flush()).await.is_err() {
+        if c.backend_timer.run(*deadline, up.stream.flush()).await.is_none() {
             return Waited::TimedOut { uploading: true };
         }
     }
     if !uploading {
-        return match timeout_at(*deadline, up.buf.read_from(&mut up.stream, limit)).await {
-            Ok(r) => Waited::Read(r),
-            Err(_) => Waited::TimedOut { uploading: false },
+        return match c.backend_timer.run(*deadline, up.buf.read_from(&mut up.stream, limit)).await {
+            Some(r) => Waited::Read(r),
+            None => Waited::TimedOut { uploading: false },
         };
     }
     let (mut from_backend, mut to_backend) = up.stream.split();
@@ -835,7 +895,7 @@ async fn wait_for_backend<S: ClientStream>(
                 Err(e) => Waited::BadBody(e),
             }
         }
-        _ = tokio::time::sleep_until(*deadline) => Waited::TimedOut { uploading: writing || upload.unflushed },
+        _ = c.backend_timer.set(*deadline) => Waited::TimedOut { uploading: writing || upload.unflushed },
     }
 }
 

@@ -118,6 +118,9 @@ pub struct Request {
     /// An HTTP/1.0 request named no host: the head sent upstream (as
     /// HTTP/1.1, which requires one) needs [`insert_host`].
     pub needs_host: bool,
+    /// `X-Request-Id` fields the client sent (none: [`ensure_request_id`]
+    /// need not look for them).
+    pub client_request_ids: usize,
     /// Where the upstream head's `X-Request-Id` value is, once
     /// [`ensure_request_id`] made sure of one.
     pub request_id: Range<usize>,
@@ -210,7 +213,8 @@ fn parse_request_as_given(
     }
     let http10 = minor == 0;
     let headers: &[httparse::Header<'_>] = req.headers;
-    let Fields { conn, content_length, codings, upgrade_to, host, hosts, has_xff } = Fields::scan(headers)?;
+    let Fields { conn, content_length, codings, upgrade_to, host, hosts, has_xff, request_ids } =
+        Fields::scan(headers)?;
     // RFC 9112 §3.2: one Host, and a valid one.
     if hosts > 1 {
         return Err(HeadError::Malformed("more than one Host field"));
@@ -328,6 +332,7 @@ fn parse_request_as_given(
         idempotent: is_idempotent(method),
         upgrade,
         needs_host: host.is_none(),
+        client_request_ids: request_ids,
         request_id: 0..0,
     }))
 }
@@ -352,13 +357,15 @@ pub fn is_valid_request_id(v: &[u8]) -> bool {
 
 /// Gives an upstream head exactly one `X-Request-Id`: the client's if it
 /// sent exactly one valid one, else `fresh` in hex (the client's fields are
-/// dropped). Returns where the id's value is in `head`.
-pub fn ensure_request_id(head: &mut Vec<u8>, fresh: u64) -> std::ops::Range<usize> {
+/// dropped). `client_ids` is [`Request::client_request_ids`]: with none, the
+/// head is not searched (the common case, on every request). Returns where
+/// the id's value is in `head`.
+pub fn ensure_request_id(head: &mut Vec<u8>, client_ids: usize, fresh: u64) -> std::ops::Range<usize> {
     const NAME: &[u8] = b"x-request-id:";
     // Field lines: (start, end without CRLF), after the request line.
     let mut ids = Vec::new();
-    let mut at = head.windows(2).position(|w| w == b"\r\n").map_or(head.len(), |i| i + 2);
-    while let Some(len) = head[at..].windows(2).position(|w| w == b"\r\n") {
+    let mut at = if client_ids == 0 { head.len() } else { line_end(head, 0).map_or(head.len(), |i| i + 2) };
+    while let Some(len) = line_end(head, at).map(|e| e - at) {
         if len == 0 {
             break;
         }
@@ -377,6 +384,7 @@ pub fn ensure_request_id(head: &mut Vec<u8>, fresh: u64) -> std::ops::Range<usiz
     for (start, end) in ids.into_iter().rev() {
         head.drain(start..end + 2);
     }
+    debug_assert!(head.ends_with(b"\r\n\r\n"));
     // Before the blank line that ends the head (no allocation: this runs
     // for every request).
     let end = head.len().saturating_sub(2);
@@ -387,6 +395,11 @@ pub fn ensure_request_id(head: &mut Vec<u8>, fresh: u64) -> std::ops::Range<usiz
     head.splice(end..end, field);
     let value = end + 14;
     value..value + 16
+}
+
+/// Where the line starting at `from` ends (its CR of CRLF).
+fn line_end(head: &[u8], from: usize) -> Option<usize> {
+    head.get(from..)?.windows(2).position(|w| w == b"\r\n").map(|i| from + i)
 }
 
 /// What the response head depends on besides its own bytes.
@@ -601,6 +614,8 @@ struct Fields<'a> {
     /// Host fields seen (a request may have one).
     hosts: usize,
     has_xff: bool,
+    /// `X-Request-Id` fields seen.
+    request_ids: usize,
 }
 
 impl<'a> Fields<'a> {
@@ -613,6 +628,7 @@ impl<'a> Fields<'a> {
             host: None,
             hosts: 0,
             has_xff: false,
+            request_ids: 0,
         };
         for h in headers {
             let name = h.name.as_bytes();
@@ -627,6 +643,8 @@ impl<'a> Fields<'a> {
                 f.upgrade_to = Some(h.value);
             } else if name.eq_ignore_ascii_case(b"x-forwarded-for") {
                 f.has_xff = true;
+            } else if name.eq_ignore_ascii_case(b"x-request-id") {
+                f.request_ids += 1;
             }
         }
         Ok(f)
@@ -940,13 +958,13 @@ mod tests {
             |fields: &str| format!("GET / HTTP/1.1\r\nhost: a\r\n{fields}x-forwarded-proto: http\r\n\r\n").into_bytes();
         // None sent: ours, in hex, before the blank line.
         let mut h = head("");
-        let r = ensure_request_id(&mut h, 0xabc);
+        let r = ensure_request_id(&mut h, 0, 0xabc);
         assert_eq!(&h[r], b"0000000000000abc");
         assert!(h.ends_with(b"x-forwarded-proto: http\r\nx-request-id: 0000000000000abc\r\n\r\n"));
         // One valid: kept, in place.
         let mut h = head("X-Request-Id: 7f3e-11ee:b/9=\r\n");
         let before = h.clone();
-        let r = ensure_request_id(&mut h, 1);
+        let r = ensure_request_id(&mut h, 1, 1);
         assert_eq!((&h[r], h == before), (b"7f3e-11ee:b/9=".as_slice(), true));
         // Invalid (a space, too long) or two: dropped, ours instead.
         for fields in [
@@ -955,7 +973,7 @@ mod tests {
             "x-request-id: a\r\nX-REQUEST-ID: b\r\n".to_string(),
         ] {
             let mut h = head(&fields);
-            let r = ensure_request_id(&mut h, 2);
+            let r = ensure_request_id(&mut h, fields.matches("\r\n").count(), 2);
             assert_eq!(&h[r], b"0000000000000002", "{fields}");
             let text = String::from_utf8(h).expect("utf8");
             assert_eq!(text.to_ascii_lowercase().matches("x-request-id").count(), 1, "{text}");
