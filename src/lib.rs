@@ -8,6 +8,7 @@ pub mod announce;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod location;
 pub mod manpage;
 pub mod metrics;
 pub mod net;

@@ -12,7 +12,7 @@ pub mod driver;
 
 use std::time::Duration;
 
-use crate::config::VirtualIp;
+use crate::net::addr::VirtualIp;
 use crate::vrrp::track::TrackerSpec;
 
 /// One `[[announce]]`.

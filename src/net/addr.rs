@@ -18,7 +18,20 @@ use rtnetlink::{
 };
 use tokio::sync::{broadcast, watch};
 
-use crate::config::VirtualIp;
+/// A virtual address with the prefix it is added with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VirtualIp {
+    /// The address.
+    pub addr: IpAddr,
+    /// Its prefix length on the interface.
+    pub prefix_len: u8,
+}
+
+impl std::fmt::Display for VirtualIp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix_len)
+    }
+}
 
 /// Errors from the kernel's address and link tables.
 #[derive(Debug, thiserror::Error)]

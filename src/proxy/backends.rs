@@ -21,7 +21,7 @@ use super::attempt::Blame;
 use super::balance::Selector;
 use super::meter::{BackendMeter, ListenerMeter};
 use super::tls::{BackendTls, Prepared, TlsServer, TlsSnapshot};
-use crate::config::HttpConfig;
+use crate::proxy::params::HttpConfig;
 
 /// One app server.
 #[derive(Debug)]

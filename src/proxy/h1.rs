@@ -835,7 +835,7 @@ async fn wait_for_backend<S: ClientStream>(
     body: &mut Remaining,
     upload: &mut Upload,
     deadline: &mut Instant,
-    cfg: &crate::config::HttpConfig,
+    cfg: &crate::proxy::params::HttpConfig,
     limit: usize,
 ) -> Waited {
     let writing = upload.writing();

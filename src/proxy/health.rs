@@ -20,7 +20,7 @@ use super::balance::Hysteresis;
 use super::codec::head::{self as wire, ResponseContext};
 use super::tls::BackendTls;
 use super::upstream::Upstream;
-use crate::config::HealthConfig;
+use crate::proxy::params::HealthConfig;
 
 /// Runs the checks of `listener`'s backends on the current runtime, and
 /// after each reload those of its new generation, until `stop`.

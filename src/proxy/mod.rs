@@ -9,6 +9,7 @@ pub mod h1;
 pub mod h2;
 pub mod health;
 pub mod meter;
+pub mod params;
 pub mod server;
 pub mod tls;
 pub mod upstream;

@@ -28,7 +28,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc as tokio_mpsc, watch, Semaphore};
 use tracing::{debug, info, warn};
 
-use crate::config::HttpConfig;
+use crate::proxy::params::HttpConfig;
 
 use super::backends::{HttpListeners, ListenerPool, Serving};
 use super::codec::head::Scheme;
@@ -483,7 +483,7 @@ async fn serve_tls(
         Box::pin(serve_h2(stream, peer, Scheme::Https, accepted, pool, idle, stop)).await;
     } else if let Ended::H2(stream, read) = Box::pin(h1::serve(stream, peer, &pool, &idle, &mut stop)).await {
         // HTTP/2 by prior knowledge only where `alpn` offers h2 at all.
-        let h2 = pool.current().config.tls.as_ref().is_none_or(|t| t.alpn.contains(&crate::config::Alpn::H2));
+        let h2 = pool.current().config.tls.as_ref().is_none_or(|t| t.alpn.contains(&crate::proxy::params::Alpn::H2));
         if h2 {
             let io = Prefixed { read, pos: 0, stream };
             Box::pin(serve_h2(io, peer, Scheme::Https, accepted, pool, idle, stop)).await;

@@ -35,7 +35,8 @@ use rustls::crypto::aws_lc_rs as crypto;
 #[cfg(feature = "tls-ring")]
 use rustls::crypto::ring as crypto;
 
-use crate::config::{BackendTlsConfig, HttpConfig, Location, TlsConfig, TlsVersion};
+use crate::location::Location;
+use crate::proxy::params::{BackendTlsConfig, HttpConfig, TlsConfig, TlsVersion};
 
 /// A certificate expiring sooner than this is reported by `vipd check` and
 /// logged at start and reload.

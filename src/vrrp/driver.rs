@@ -24,7 +24,7 @@ use super::socket::{Recv, VrrpSocket};
 use super::stats::Stats;
 use super::sync::{member_priority, GroupShared, MemberState, Others};
 use super::timer::PreciseTimer;
-use crate::config::VirtualIp;
+use crate::net::addr::VirtualIp;
 use crate::net::addr::{AddrEvent, Netlink, NetlinkError, Vmac};
 use crate::net::announce::Announcer;
 

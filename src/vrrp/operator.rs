@@ -11,7 +11,7 @@ use super::driver::InstanceSide;
 
 use super::notify::Hooks;
 use super::router::InstanceSpec;
-use crate::config::VirtualIp;
+use crate::net::addr::VirtualIp;
 
 /// An instance's settings as a reload found them.
 #[derive(Debug, Clone, PartialEq, Eq)]
