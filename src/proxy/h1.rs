@@ -622,12 +622,26 @@ async fn exchange<S: ClientStream>(
     pool: &Pool,
     stop: &watch::Receiver<bool>,
 ) -> Exchange {
-    let cfg = &pool.config;
     let started = Instant::now();
+    match send_request(c, up, up_head, body, pool.config.response_timeout).await {
+        Ok(uploaded) => relay_response(c, up, req, body, pool, stop, started, uploaded).await,
+        Err(e) => e,
+    }
+}
+
+/// The first write of a request: its head and as much of the body as has
+/// arrived (the rest follows beside the response, in [`relay_response`]).
+/// Returns the body bytes taken from the client.
+async fn send_request<S: ClientStream>(
+    c: &mut Client<S>,
+    up: &mut Upstream,
+    up_head: &[u8],
+    body: &mut Remaining,
+    limit: Duration,
+) -> Result<u64, Exchange> {
     let mut uploaded = 0u64;
-    // First write: the head and as much of the body as has arrived. (After
-    // an upgrade's head, bytes are not the backend's until it switches.) A
-    // bodiless request's head goes as it is, not copied.
+    // (After an upgrade's head, bytes are not the backend's until it
+    // switches.) A bodiless request's head goes as it is, not copied.
     c.out.clear();
     let first: &[u8] = if body.is_done() {
         up_head
@@ -638,7 +652,7 @@ async fn exchange<S: ClientStream>(
                 uploaded += n as u64;
                 c.buf.consume(n)
             }
-            Err(e) => return Exchange::BadRequestBody(e),
+            Err(e) => return Err(Exchange::BadRequestBody(e)),
         }
         &c.out
     };
@@ -646,12 +660,29 @@ async fn exchange<S: ClientStream>(
         up.stream.write_all(first).await?;
         up.stream.flush().await
     };
-    match within(cfg.response_timeout, send).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => return Exchange::NoAnswer(format!("send: {e}")),
-        Err(_) => return Exchange::TimedOut,
-    }
+    let sent = match within(limit, send).await {
+        Ok(Ok(())) => Ok(uploaded),
+        Ok(Err(e)) => Err(Exchange::NoAnswer(format!("send: {e}"))),
+        Err(_) => Err(Exchange::TimedOut),
+    };
     c.out.clear();
+    sent
+}
+
+/// The response, relayed to the client as it comes (head, then body) while
+/// the rest of the request body goes on up.
+#[allow(clippy::too_many_arguments)]
+async fn relay_response<S: ClientStream>(
+    c: &mut Client<S>,
+    up: &mut Upstream,
+    req: &Request,
+    body: &mut Remaining,
+    pool: &Pool,
+    stop: &watch::Receiver<bool>,
+    started: Instant,
+    mut uploaded: u64,
+) -> Exchange {
+    let cfg = &pool.config;
     // Counted from the last request byte sent: a long upload is not a slow
     // backend.
     let mut deadline = Instant::now() + cfg.response_timeout;
@@ -964,4 +995,227 @@ where
         }
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    //! The exchange with a backend over in-memory streams, in virtual time:
+    //! each timeout is a deadline the paused clock jumps to, never a sleep.
+    use super::*;
+    use tokio::io::{duplex, AsyncReadExt, DuplexStream};
+
+    impl ClientStream for DuplexStream {
+        const SCHEME: Scheme = Scheme::Http;
+
+        fn local_addr(&self) -> std::io::Result<SocketAddr> {
+            Ok(SocketAddr::from(([192, 0, 2, 10], 80)))
+        }
+
+        fn halves(&mut self) -> (impl AsyncRead + Unpin + '_, impl AsyncWrite + Unpin + '_) {
+            tokio::io::split(self)
+        }
+
+        fn readable(&self) -> impl Future<Output = std::io::Result<()>> + Send + '_ {
+            std::future::ready(Ok(()))
+        }
+    }
+
+    /// The proxy's side of one client connection and one backend connection.
+    struct Proxy {
+        c: Client<DuplexStream>,
+        up: Upstream,
+        pool: Arc<Pool>,
+    }
+
+    /// The proxy, and the client's and the backend's ends, which the test plays.
+    fn rig(extra: &str) -> (Proxy, DuplexStream, DuplexStream) {
+        let text =
+            format!("[[http]]\nname = \"t\"\nlisten = \"127.0.0.1:0\"\nbackends = [\"192.0.2.21:80\"]\n{extra}\n");
+        let config = crate::config::parse(&text, std::path::Path::new("t.toml")).expect("valid config");
+        let (client_side, client) = duplex(64 * 1024);
+        let (backend_side, backend) = duplex(64 * 1024);
+        let c = Client {
+            stream: client_side,
+            peer: SocketAddr::from(([198, 51, 100, 7], 40_000)),
+            buf: ReadBuf::default(),
+            out: Vec::new(),
+            write_timeout: Duration::from_secs(5),
+            client_timer: Deadline::new(),
+            backend_timer: Deadline::new(),
+        };
+        let up = Upstream { stream: UpstreamStream::Memory(backend_side), buf: ReadBuf::default(), reused: false };
+        (Proxy { c, up, pool: Pool::new(config.http[0].clone()) }, client, backend)
+    }
+
+    impl Proxy {
+        /// Reads a request head as `requests` does, then runs the exchange.
+        async fn exchange(&mut self) -> (Exchange, Remaining) {
+            let mut up_head = Vec::new();
+            let req = loop {
+                let n = self.c.buf.read_from(&mut self.c.stream, 16_384).await.expect("read");
+                assert!(n > 0, "the client closed before its head");
+                let parsed = wire::parse_request(self.c.buf.filled(), self.c.peer.ip(), Scheme::Http, &mut up_head);
+                if let Some(r) = parsed.expect("a valid head") {
+                    break r;
+                }
+            };
+            self.c.buf.consume(req.head_len);
+            let mut body = Remaining::new(req.framing);
+            let (_stop_tx, stop) = watch::channel(false);
+            let e = exchange(&mut self.c, &mut self.up, &req, &up_head, &mut body, &self.pool, &stop).await;
+            (e, body)
+        }
+    }
+
+    /// Reads until `end` is in what was read (or the stream ends).
+    async fn read_until(s: &mut DuplexStream, got: &mut Vec<u8>, end: &[u8]) {
+        let mut buf = [0u8; 4096];
+        while !got.windows(end.len()).any(|w| w == end) {
+            let n = s.read(&mut buf).await.expect("read");
+            if n == 0 {
+                return;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    fn answer(e: Exchange) -> Answer {
+        match e {
+            Exchange::Answered(a) => a,
+            _ => panic!("not answered"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_backend_times_out_at_response_timeout() {
+        let (mut p, mut client, mut backend) = rig("response_timeout = \"7s\"");
+        client.write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("write");
+        let t = Instant::now();
+        let (e, _) = p.exchange().await;
+        assert!(matches!(e, Exchange::TimedOut));
+        let took = t.elapsed();
+        assert!(took >= Duration::from_secs(7) && took < Duration::from_millis(7_010), "{took:?}");
+        let mut got = Vec::new();
+        read_until(&mut backend, &mut got, b"\r\n\r\n").await;
+        assert!(got.starts_with(b"GET /a HTTP/1.1\r\n"), "{:?}", String::from_utf8_lossy(&got));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_stalling_in_its_body_is_not_a_slow_backend() {
+        let (mut p, mut client, mut backend) = rig("response_timeout = \"3s\"");
+        client.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nhello").await.expect("write");
+        let (e, body) = p.exchange().await;
+        assert!(matches!(e, Exchange::ClientStalled));
+        assert!(!body.is_done());
+        let mut got = Vec::new();
+        read_until(&mut backend, &mut got, b"hello").await;
+        assert!(got.ends_with(b"\r\n\r\nhello"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_duplex_backend_gets_the_whole_body_and_the_connections_stay() {
+        let (mut p, mut client, mut backend) = rig("");
+        client.write_all(b"PUT /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nhello").await.expect("write");
+        let echo = async {
+            let mut got = Vec::new();
+            read_until(&mut backend, &mut got, b"hello").await;
+            backend.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhello").await.expect("write");
+            let mut rest = Vec::new();
+            read_until(&mut backend, &mut rest, b"world").await;
+            backend.write_all(&rest).await.expect("write");
+        };
+        let client_side = async {
+            // The rest of the body only once the first half came back.
+            let mut got = Vec::new();
+            read_until(&mut client, &mut got, b"hello").await;
+            client.write_all(b"world").await.expect("write");
+            read_until(&mut client, &mut got, b"helloworld").await;
+            got
+        };
+        let ((e, body), (), got) = tokio::join!(p.exchange(), echo, client_side);
+        let a = answer(e);
+        assert!(body.is_done());
+        assert_eq!((a.status, a.complete, a.keep_client, a.reuse, a.uploaded), (200, true, true, true, 10));
+        let text = String::from_utf8_lossy(&got);
+        assert!(!text.contains("connection: close") && text.ends_with("helloworld"), "{text}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_early_refusal_closes_both_connections() {
+        let (mut p, mut client, mut backend) = rig("");
+        client.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\nxxxx").await.expect("write");
+        let refuse = async {
+            let mut got = Vec::new();
+            read_until(&mut backend, &mut got, b"\r\n\r\n").await;
+            backend.write_all(b"HTTP/1.1 413 Too Large\r\ncontent-length: 0\r\n\r\n").await.expect("write");
+        };
+        let ((e, body), ()) = tokio::join!(p.exchange(), refuse);
+        let a = answer(e);
+        assert!(!body.is_done());
+        assert_eq!((a.status, a.complete, a.keep_client, a.reuse), (413, true, false, false));
+        let mut got = Vec::new();
+        read_until(&mut client, &mut got, b"\r\n\r\n").await;
+        assert!(String::from_utf8_lossy(&got).contains("connection: close"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_response_with_length_and_chunked_goes_chunked_and_the_backend_is_not_reused() {
+        let (mut p, mut client, mut backend) = rig("");
+        client.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("write");
+        backend
+            .write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            )
+            .await
+            .expect("write");
+        let (e, _) = p.exchange().await;
+        let a = answer(e);
+        assert_eq!((a.status, a.complete, a.keep_client, a.reuse), (200, true, true, false));
+        let mut got = Vec::new();
+        read_until(&mut client, &mut got, b"0\r\n\r\n").await;
+        let text = String::from_utf8_lossy(&got).to_lowercase();
+        assert!(text.contains("transfer-encoding: chunked") && !text.contains("content-length"), "{text}");
+        assert!(text.ends_with("\r\n\r\n5\r\nhello\r\n0\r\n\r\n"), "{text}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_backend_gone_or_stalled_inside_its_body_ends_the_answer_incomplete() {
+        // Closed after 3 of 10 bytes.
+        let (mut p, mut client, mut backend) = rig("");
+        client.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("write");
+        let cut = async move {
+            let mut got = Vec::new();
+            read_until(&mut backend, &mut got, b"\r\n\r\n").await;
+            backend.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhel").await.expect("write");
+        };
+        let ((e, _), ()) = tokio::join!(p.exchange(), cut);
+        let a = answer(e);
+        assert_eq!((a.status, a.complete, a.keep_client, a.reuse, a.bytes), (200, false, false, false, 3));
+        // Silent after 3 of 10 bytes: given up at response_timeout.
+        let (mut p, mut client2, mut backend) = rig("response_timeout = \"4s\"");
+        client2.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("write");
+        backend.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhel").await.expect("write");
+        let t = Instant::now();
+        let a = answer(p.exchange().await.0);
+        assert_eq!((a.complete, a.reuse), (false, false));
+        assert!(t.elapsed() >= Duration::from_secs(4) && t.elapsed() < Duration::from_millis(4_010));
+        drop(client);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_interim_answer_goes_before_the_final_one() {
+        let (mut p, mut client, mut backend) = rig("");
+        client.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("write");
+        backend
+            .write_all(b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n")
+            .await
+            .expect("write");
+        let a = answer(p.exchange().await.0);
+        assert_eq!((a.status, a.complete, a.reuse), (204, true, true));
+        let mut got = Vec::new();
+        read_until(&mut client, &mut got, b"204 No Content\r\n").await;
+        read_until(&mut client, &mut got, b"\r\n\r\n").await;
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.1 103 Early Hints\r\n"), "{text}");
+    }
 }

@@ -71,6 +71,9 @@ pub enum UpstreamStream {
     Plain(TcpStream),
     /// HTTPS to the backend.
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    /// An in-memory backend, for the connection logic's unit tests.
+    #[cfg(test)]
+    Memory(tokio::io::DuplexStream),
 }
 
 /// The reading side of an [`UpstreamStream`], used at once with the writing one.
@@ -79,6 +82,9 @@ pub enum UpstreamRead<'a> {
     Plain(tokio::net::tcp::ReadHalf<'a>),
     /// Of TLS (one state for both directions: the halves share it).
     Tls(tokio::io::ReadHalf<&'a mut tokio_rustls::client::TlsStream<TcpStream>>),
+    /// Of an in-memory stream (tests).
+    #[cfg(test)]
+    Memory(tokio::io::ReadHalf<&'a mut tokio::io::DuplexStream>),
 }
 
 /// The writing side of an [`UpstreamStream`].
@@ -87,6 +93,9 @@ pub enum UpstreamWrite<'a> {
     Plain(tokio::net::tcp::WriteHalf<'a>),
     /// Of TLS.
     Tls(tokio::io::WriteHalf<&'a mut tokio_rustls::client::TlsStream<TcpStream>>),
+    /// Of an in-memory stream (tests).
+    #[cfg(test)]
+    Memory(tokio::io::WriteHalf<&'a mut tokio::io::DuplexStream>),
 }
 
 impl UpstreamStream {
@@ -100,6 +109,11 @@ impl UpstreamStream {
             UpstreamStream::Tls(s) => {
                 let (r, w) = tokio::io::split(&mut **s);
                 (UpstreamRead::Tls(r), UpstreamWrite::Tls(w))
+            }
+            #[cfg(test)]
+            UpstreamStream::Memory(s) => {
+                let (r, w) = tokio::io::split(s);
+                (UpstreamRead::Memory(r), UpstreamWrite::Memory(w))
             }
         }
     }
@@ -126,6 +140,8 @@ impl UpstreamStream {
                         Err(nix::errno::Errno::EAGAIN)
                     )
             }
+            #[cfg(test)]
+            UpstreamStream::Memory(_) => true,
         }
     }
 }
@@ -166,10 +182,22 @@ macro_rules! delegate_write {
     };
 }
 
-delegate_io!(UpstreamStream, Plain, Tls);
-delegate_write!(UpstreamStream, Plain, Tls);
-delegate_io!(UpstreamRead<'_>, Plain, Tls);
-delegate_write!(UpstreamWrite<'_>, Plain, Tls);
+#[cfg(not(test))]
+mod delegated {
+    use super::*;
+    delegate_io!(UpstreamStream, Plain, Tls);
+    delegate_write!(UpstreamStream, Plain, Tls);
+    delegate_io!(UpstreamRead<'_>, Plain, Tls);
+    delegate_write!(UpstreamWrite<'_>, Plain, Tls);
+}
+#[cfg(test)]
+mod delegated {
+    use super::*;
+    delegate_io!(UpstreamStream, Plain, Tls, Memory);
+    delegate_write!(UpstreamStream, Plain, Tls, Memory);
+    delegate_io!(UpstreamRead<'_>, Plain, Tls, Memory);
+    delegate_write!(UpstreamWrite<'_>, Plain, Tls, Memory);
+}
 
 /// A connection to the backend at `addr` within `timeout`, over TLS when
 /// `tls` says (the handshake within the same time).
