@@ -871,6 +871,47 @@ async fn an_early_answer_comes_through_an_unfinished_upload() {
     a.task.abort();
 }
 
+/// An HTTP/2 client that resets its stream with NO_ERROR inside its body
+/// (which hyper reads as the body's end, RFC 9113 §8.1) does not have the
+/// cut body sent up as a whole request: no chunked terminator follows it,
+/// and the backend connection is closed, not kept for the next request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_body_cut_by_a_no_error_reset_is_not_sent_as_complete() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let backend = listener.local_addr().expect("addr");
+    let recorder = tokio::spawn(async move {
+        let (mut conn, _) = listener.accept().await.expect("accept");
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        // Until the proxy closes the connection (or 5 s: it kept it).
+        let until = tokio::time::Instant::now() + Duration::from_secs(5);
+        let mut closed = false;
+        while let Ok(Ok(n)) = tokio::time::timeout_at(until, conn.read(&mut buf)).await {
+            if n == 0 {
+                closed = true;
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        (String::from_utf8_lossy(&got).into_owned(), closed)
+    });
+    let (addr, _, p) = proxy(&[backend], "");
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let (client, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    tokio::spawn(conn);
+    let mut client = client.ready().await.expect("ready");
+    let req = Request::post("http://shop.test/upload").body(()).expect("req");
+    let (_response, mut body) = client.send_request(req, false).expect("send");
+    body.send_data(Bytes::from_static(b"first part"), false).expect("data");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    body.send_reset(h2::Reason::NO_ERROR);
+    let (text, closed) = recorder.await.expect("recorder");
+    assert!(text.starts_with("POST /upload HTTP/1.1\r\n"), "{text}");
+    assert!(text.contains("transfer-encoding: chunked") && text.contains("first part"), "{text}");
+    assert!(!text.ends_with("0\r\n\r\n") && closed, "closed {closed}: {text:?}");
+    p.shutdown();
+}
+
 /// Issue 7 §2: a backend that answers while it still reads the body (an
 /// echo, streaming as it reads) gets the rest of the body: the upload goes
 /// on beside the response, and the connection is reused after.

@@ -124,6 +124,9 @@ enum UpFraming {
     Chunked,
 }
 
+/// A request HTTP/2 calls malformed, or one without a usable host.
+const MALFORMED: LocalAnswer = LocalAnswer { status: 400, reason: "Bad Request", text: "bad request\n" };
+
 /// Writes the HTTP/1.1 request head for the backend into `out`: origin
 /// form, the fields as rewritten, the framing of our own, and Cookie
 /// fields joined into one (RFC 9113 §8.2.3).
@@ -177,6 +180,8 @@ struct Upload {
     tls: bool,
     /// Body bytes taken from the client.
     taken: u64,
+    /// The length the backend was promised (`content-length`), if one was.
+    promised: Option<u64>,
 }
 
 /// What one step of an upload did.
@@ -193,7 +198,11 @@ impl Upload {
     fn new(body: Incoming, framing: UpFraming) -> Self {
         let ended = matches!(framing, UpFraming::None | UpFraming::Zero);
         let chunked = framing == UpFraming::Chunked;
-        Upload { body, chunked, pending: Vec::new(), sent: 0, ended, unflushed: false, tls: false, taken: 0 }
+        let promised = match framing {
+            UpFraming::Length(n) => Some(n),
+            _ => None,
+        };
+        Upload { body, chunked, pending: Vec::new(), sent: 0, ended, unflushed: false, tls: false, taken: 0, promised }
     }
 
     /// All of it is with the backend.
@@ -230,6 +239,16 @@ impl Upload {
         }
         match self.body.frame().await {
             None => {
+                // hyper also ends a body at a RST_STREAM(NO_ERROR) (RFC 9113
+                // §8.1: an early response): only END_STREAM, with all the
+                // bytes the backend was promised, is the end of this one. A
+                // cut body must not go up as complete (a chunked terminator,
+                // or a short length the next request on the connection
+                // would fill).
+                let whole = self.body.is_end_stream() && self.promised.is_none_or(|n| n == self.taken);
+                if !whole {
+                    return Step::ClientFailed;
+                }
                 self.ended = true;
                 if self.chunked {
                     self.pending.extend_from_slice(b"0\r\n\r\n");
@@ -414,9 +433,15 @@ pub async fn handle(
         return local(LocalAnswer { status: 405, reason: "Method Not Allowed", text: "method not allowed\n" }, log);
     }
     let Some(host) = request_host(&req) else {
-        return local(LocalAnswer { status: 400, reason: "Bad Request", text: "bad request\n" }, log);
+        return local(MALFORMED, log);
     };
-    let target = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_string();
+    // RFC 9113 §8.3.1: `:path` is present and an absolute path, or `*` for
+    // OPTIONS; anything else (none, `?q`, `*` for another method) is a
+    // malformed request, not something to guess a target for.
+    let target = match req.uri().path_and_query().map(|p| p.as_str()) {
+        Some(t) if t.starts_with('/') || (t == "*" && req.method() == Method::OPTIONS) => t.to_string(),
+        _ => return local(MALFORMED, log),
+    };
     if let Some(redirect) = &cfg.redirect_https {
         if redirect.applies_to(target.as_bytes()) {
             let location = https_location(host.as_bytes(), target.as_bytes(), redirect.port);
