@@ -134,9 +134,11 @@ struct Client<S> {
 }
 
 /// One timer a connection keeps for one kind of wait, set again for each.
-/// Those deadlines only move later, and tokio moves a later deadline by
-/// updating the timer in place (its wheel catches up when the old one comes):
-/// a fresh timer per wait would be an insertion and a removal, under the
+/// From one wait to the next of a kind the deadline mostly moves later,
+/// which tokio does by updating the timer in place (its wheel catches up
+/// when the old deadline comes); an earlier one (a head timeout after a
+/// longer idle wait) takes the slower way of a new place in the wheel. A
+/// fresh timer per wait would be an insertion and a removal, under the
 /// driver's lock, for every request.
 struct Deadline(Pin<Box<Sleep>>);
 
@@ -780,6 +782,12 @@ async fn relay_response<S: ClientStream>(
                 upload.broken = true;
                 continue;
             }
+            Waited::TimedOut { uploading: false } if upload.waits_for_client(body) => {
+                // The backend waits for the rest of the body (full duplex).
+                debug!(peer = %c.peer, "client stalled inside its body during the response");
+                complete = false;
+                break;
+            }
             Waited::TimedOut { .. } => {
                 warn!(timeout = ?cfg.response_timeout, "backend stalled inside the response body");
                 complete = false;
@@ -874,8 +882,11 @@ async fn wait_for_backend<S: ClientStream>(
     if !uploading && upload.unflushed {
         // The body's last records go out before the wait for the answer.
         upload.unflushed = false;
-        if c.backend_timer.run(*deadline, up.stream.flush()).await.is_none() {
-            return Waited::TimedOut { uploading: true };
+        match c.backend_timer.run(*deadline, up.stream.flush()).await {
+            None => return Waited::TimedOut { uploading: true },
+            // The last records may not have left: not a whole request.
+            Some(Err(_)) => upload.broken = true,
+            Some(Ok(())) => {}
         }
     }
     if !uploading {
@@ -1104,8 +1115,11 @@ mod tests {
     async fn a_client_stalling_in_its_body_is_not_a_slow_backend() {
         let (mut p, mut client, mut backend) = rig("response_timeout = \"3s\"");
         client.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nhello").await.expect("write");
+        let t = Instant::now();
         let (e, body) = p.exchange().await;
         assert!(matches!(e, Exchange::ClientStalled));
+        let took = t.elapsed();
+        assert!(took >= Duration::from_secs(3) && took < Duration::from_millis(3_010), "{took:?}");
         assert!(!body.is_done());
         let mut got = Vec::new();
         read_until(&mut backend, &mut got, b"hello").await;
@@ -1132,7 +1146,8 @@ mod tests {
             read_until(&mut client, &mut got, b"helloworld").await;
             got
         };
-        let ((e, body), (), got) = tokio::join!(p.exchange(), echo, client_side);
+        let all = async { tokio::join!(p.exchange(), echo, client_side) };
+        let ((e, body), (), got) = timeout(Duration::from_secs(60), all).await.expect("no hang");
         let a = answer(e);
         assert!(body.is_done());
         assert_eq!((a.status, a.complete, a.keep_client, a.reuse, a.uploaded), (200, true, true, true, 10));
@@ -1156,6 +1171,38 @@ mod tests {
         let mut got = Vec::new();
         read_until(&mut client, &mut got, b"\r\n\r\n").await;
         assert!(String::from_utf8_lossy(&got).contains("connection: close"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_2xx_that_ends_before_the_body_keeps_neither_connection() {
+        // Bodiless: the client is told that the connection closes.
+        let (mut p, mut client, mut backend) = rig("");
+        client.write_all(b"PUT / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nhel").await.expect("write");
+        let answer_early = async {
+            let mut got = Vec::new();
+            read_until(&mut backend, &mut got, b"hel").await;
+            backend.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").await.expect("write");
+            backend
+        };
+        let ((e, body), _backend) = tokio::join!(p.exchange(), answer_early);
+        let a = answer(e);
+        assert!(!body.is_done());
+        assert_eq!((a.status, a.complete, a.keep_client, a.reuse), (204, true, false, false));
+        let mut got = Vec::new();
+        read_until(&mut client, &mut got, b"\r\n\r\n").await;
+        assert!(String::from_utf8_lossy(&got).contains("connection: close"));
+        // With a short body: over before the upload, neither is kept.
+        let (mut p, mut client, mut backend) = rig("");
+        client.write_all(b"PUT / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nhel").await.expect("write");
+        let answer_early = async {
+            let mut got = Vec::new();
+            read_until(&mut backend, &mut got, b"hel").await;
+            backend.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await.expect("write");
+            backend
+        };
+        let ((e, _), _backend) = tokio::join!(p.exchange(), answer_early);
+        let a = answer(e);
+        assert_eq!((a.status, a.complete, a.keep_client, a.reuse), (200, true, false, false));
     }
 
     #[tokio::test(start_paused = true)]

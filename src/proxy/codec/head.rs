@@ -513,10 +513,12 @@ fn scan_response<'a>(
     let dechunk = framing == Framing::Chunked && ctx.client_http10;
     // An early answer beyond 2xx (413, 401, a redirect) says the backend
     // does not want the rest of the body: the client is told the connection
-    // closes, so it can stop sending (RFC 9112 §9.6). A 2xx while the body
-    // still comes is a full-duplex exchange: the upload goes on, and the
-    // client connection stays if the body is done by the response's end.
-    let refused_body = ctx.body_unfinished && status >= 300;
+    // closes, so it can stop sending (RFC 9112 §9.6); so is one without a
+    // body, which ends before the upload can. A 2xx with a body while the
+    // request body still comes is a full-duplex exchange: the upload goes
+    // on, and the client connection stays if it is done by the response's
+    // end.
+    let refused_body = ctx.body_unfinished && (status >= 300 || framing == Framing::Empty);
     let close_client = ctx.close_client || refused_body || framing == Framing::UntilClose || dechunk;
     let coded_beyond_chunked = codings.present && (codings.other || !codings.chunked_last);
     let r = Response {
