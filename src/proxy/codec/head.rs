@@ -448,20 +448,32 @@ struct ResponseHead<'h, 'a> {
     conn: ConnectionField<'a>,
     coded: bool,
     upgrade_to: Option<&'a [u8]>,
+    /// The Content-Length the backend stated (a list of one value, merged).
+    content_length: Option<u64>,
 }
 
 impl<'h, 'a> ResponseHead<'h, 'a> {
     /// The fields that go on as they came: not hop-by-hop nor named by
-    /// Connection (RFC 9110 §7.6.1), and not a Content-Length that the
-    /// body's framing replaces (with a transfer coding, which wins over it,
-    /// it is dropped; a stated length is written afresh).
-    fn end_to_end(&self, framing: Framing) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + '_ {
-        let drop_length = matches!(framing, Framing::Length(_)) || self.coded;
+    /// Connection (RFC 9110 §7.6.1), and not Content-Length, which
+    /// [`Self::length_for_client`] writes afresh.
+    fn end_to_end(&self) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + '_ {
         self.headers
             .iter()
             .map(|h| (h.name.as_bytes(), h.value))
             .filter(move |(name, _)| !is_hop_by_hop(name) && !self.conn.names(name))
-            .filter(move |(name, _)| !(drop_length && name.eq_ignore_ascii_case(b"content-length")))
+            .filter(|(name, _)| !name.eq_ignore_ascii_case(b"content-length"))
+    }
+
+    /// The Content-Length the client is sent, as one number: the body's,
+    /// or for a bodiless answer (HEAD, 304, a stated 0) the one the backend
+    /// stated (RFC 9110 §8.6); none with a transfer coding, which wins
+    /// over it, and none on 1xx and 204, which must not carry one.
+    fn length_for_client(&self, r: &Response) -> Option<u64> {
+        match r.framing {
+            Framing::Length(n) => Some(n),
+            Framing::Empty if !self.coded && r.status >= 200 && r.status != 204 => self.content_length,
+            _ => None,
+        }
     }
 }
 
@@ -531,7 +543,7 @@ fn scan_response<'a>(
         dechunk,
         coded_beyond_chunked,
     };
-    let head = ResponseHead { reason, headers, conn, coded: codings.present, upgrade_to };
+    let head = ResponseHead { reason, headers, conn, coded: codings.present, upgrade_to, content_length };
     write(&r, &head);
     Ok(Some(r))
 }
@@ -548,13 +560,13 @@ pub fn parse_response(input: &[u8], ctx: ResponseContext, out: &mut Vec<u8>) -> 
         let _ = write!(out, "HTTP/1.1 {} ", r.status);
         out.extend_from_slice(head.reason.as_bytes());
         out.extend_from_slice(b"\r\n");
-        for (name, value) in head.end_to_end(r.framing) {
+        for (name, value) in head.end_to_end() {
             put_field(out, name, value);
         }
+        if let Some(n) = head.length_for_client(r) {
+            let _ = write!(out, "content-length: {n}\r\n");
+        }
         match r.framing {
-            Framing::Length(n) => {
-                let _ = write!(out, "content-length: {n}\r\n");
-            }
             Framing::Chunked if !r.dechunk => put_codings(out, head.headers),
             // Codings without chunked: the body is delimited by close, coded.
             Framing::UntilClose if head.coded => put_codings(out, head.headers),
@@ -586,10 +598,10 @@ pub fn parse_response_fields(
     mut field: impl FnMut(&[u8], &[u8]),
 ) -> Result<Option<Response>, HeadError> {
     scan_response(input, ctx, |r, head| {
-        for (name, value) in head.end_to_end(r.framing) {
+        for (name, value) in head.end_to_end() {
             field(name, value);
         }
-        if let Framing::Length(n) = r.framing {
+        if let Some(n) = head.length_for_client(r) {
             field(b"content-length", n.to_string().as_bytes());
         }
     })
@@ -1288,11 +1300,12 @@ mod tests {
         // No length at all: until close, and the client connection closes too.
         let r = f("HTTP/1.1 200 OK\r\n\r\n", ctx());
         assert_eq!((r.framing, r.backend_keep_alive, r.close_client), (Framing::UntilClose, false, true));
-        // HEAD, 204 and 304 have no body whatever they say; the length stays.
+        // HEAD, 204 and 304 have no body whatever they say; the length stays
+        // (written afresh).
         let head = ResponseContext { is_head: true, ..ctx() };
         let (r, out) = resp("HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n", head).expect("ok").expect("complete");
         assert_eq!(r.framing, Framing::Empty);
-        assert!(out.contains("Content-Length: 100\r\n"), "{out}");
+        assert!(out.contains("content-length: 100\r\n"), "{out}");
         assert_eq!(f("HTTP/1.1 304 Not Modified\r\nContent-Length: 100\r\n\r\n", ctx()).framing, Framing::Empty);
         assert_eq!(f("HTTP/1.1 204 No Content\r\n\r\n", ctx()).framing, Framing::Empty);
         // HTTP/1.0 backends close unless they say keep-alive.
@@ -1353,6 +1366,25 @@ mod tests {
         let old = ResponseContext { client_http10: true, ..ctx() };
         let (_, out) = resp("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", old).expect("ok").expect("complete");
         assert!(out.ends_with("connection: keep-alive\r\n\r\n"), "{out}");
+    }
+
+    #[test]
+    fn a_bodiless_answer_states_its_length_once_and_204_none() {
+        let head = ResponseContext { is_head: true, ..ctx() };
+        let (_, out) = resp("HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\n", head).expect("ok").expect("complete");
+        assert_eq!(out, "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n");
+        let (_, out) =
+            resp("HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n", ctx()).expect("ok").expect("complete");
+        assert_eq!(out, "HTTP/1.1 304 Not Modified\r\ncontent-length: 10\r\n\r\n");
+        let (_, out) =
+            resp("HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n", ctx()).expect("ok").expect("complete");
+        assert_eq!(out, "HTTP/1.1 204 No Content\r\n\r\n");
+        // The same for an HTTP/2 client's fields.
+        let mut fields = Vec::new();
+        let input = b"HTTP/1.1 200 OK\r\nContent-Length: 0, 0\r\nX-A: 1\r\n\r\n";
+        let r = parse_response_fields(input, ctx(), |n, v| fields.push((n.to_vec(), v.to_vec())));
+        assert!(matches!(r, Ok(Some(_))));
+        assert_eq!(fields, vec![(b"X-A".to_vec(), b"1".to_vec()), (b"content-length".to_vec(), b"0".to_vec())]);
     }
 
     #[test]
