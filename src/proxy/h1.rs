@@ -721,18 +721,23 @@ async fn relay_response<S: ClientStream>(
                 Err(e) => return Exchange::BadResponse(e.to_string()),
             }
         }
-        let read = match wait_for_backend(c, up, body, &mut upload, &mut deadline, cfg, cfg.max_header_size).await {
-            Waited::Read(r) => r,
-            Waited::Uploaded(n) => {
-                uploaded += n;
-                continue;
-            }
-            Waited::ClientGone => return Exchange::ClientGone,
-            Waited::BadBody(e) => return Exchange::BadRequestBody(e),
-            Waited::TimedOut { uploading: true } => return Exchange::TimedOut,
-            Waited::TimedOut { uploading: false } if upload.waits_for_client(body) => return Exchange::ClientStalled,
-            Waited::TimedOut { .. } => return Exchange::TimedOut,
-        };
+        let read =
+            match wait_for_backend(c, up, body, &mut upload, &mut deadline, cfg.response_timeout, cfg.max_header_size)
+                .await
+            {
+                Waited::Read(r) => r,
+                Waited::Uploaded(n) => {
+                    uploaded += n;
+                    continue;
+                }
+                Waited::ClientGone => return Exchange::ClientGone,
+                Waited::BadBody(e) => return Exchange::BadRequestBody(e),
+                Waited::TimedOut { uploading: true } => return Exchange::TimedOut,
+                Waited::TimedOut { uploading: false } if upload.waits_for_client(body) => {
+                    return Exchange::ClientStalled
+                }
+                Waited::TimedOut { .. } => return Exchange::TimedOut,
+            };
         match read {
             Ok(n) if n > 0 => heard = true,
             Ok(_) if !heard => return Exchange::NoAnswer("closed".into()),
@@ -771,29 +776,30 @@ async fn relay_response<S: ClientStream>(
             break;
         }
         deadline = Instant::now() + cfg.response_timeout;
-        let read = match wait_for_backend(c, up, body, &mut upload, &mut deadline, cfg, BODY_CHUNK).await {
-            Waited::Read(r) => r,
-            Waited::Uploaded(n) => {
-                uploaded += n;
-                continue;
-            }
-            Waited::ClientGone | Waited::BadBody(_) => {
-                // The answer goes on; the rest of the request does not.
-                upload.broken = true;
-                continue;
-            }
-            Waited::TimedOut { uploading: false } if upload.waits_for_client(body) => {
-                // The backend waits for the rest of the body (full duplex).
-                debug!(peer = %c.peer, "client stalled inside its body during the response");
-                complete = false;
-                break;
-            }
-            Waited::TimedOut { .. } => {
-                warn!(timeout = ?cfg.response_timeout, "backend stalled inside the response body");
-                complete = false;
-                break;
-            }
-        };
+        let read =
+            match wait_for_backend(c, up, body, &mut upload, &mut deadline, cfg.response_timeout, BODY_CHUNK).await {
+                Waited::Read(r) => r,
+                Waited::Uploaded(n) => {
+                    uploaded += n;
+                    continue;
+                }
+                Waited::ClientGone | Waited::BadBody(_) => {
+                    // The answer goes on; the rest of the request does not.
+                    upload.broken = true;
+                    continue;
+                }
+                Waited::TimedOut { uploading: false } if upload.waits_for_client(body) => {
+                    // The backend waits for the rest of the body (full duplex).
+                    debug!(peer = %c.peer, "client stalled inside its body during the response");
+                    complete = false;
+                    break;
+                }
+                Waited::TimedOut { .. } => {
+                    warn!(timeout = ?cfg.response_timeout, "backend stalled inside the response body");
+                    complete = false;
+                    break;
+                }
+            };
         match read {
             Ok(n) if n > 0 => {}
             Ok(_) if left.end_of_stream() => break,
@@ -867,14 +873,14 @@ enum Waited {
 
 /// Waits for the backend's next bytes (up to `limit` buffered) while the
 /// request body goes on up: one step of it at a time, each cancel-safe.
-/// Any progress of the upload moves `deadline` on.
+/// Any progress of the upload moves `deadline` to `response_timeout` ahead.
 async fn wait_for_backend<S: ClientStream>(
     c: &mut Client<S>,
     up: &mut Upstream,
     body: &mut Remaining,
     upload: &mut Upload,
     deadline: &mut Instant,
-    cfg: &crate::proxy::params::HttpConfig,
+    response_timeout: Duration,
     limit: usize,
 ) -> Waited {
     let writing = upload.writing();
@@ -916,7 +922,7 @@ async fn wait_for_backend<S: ClientStream>(
                         upload.pending.clear();
                         upload.sent = 0;
                     }
-                    *deadline = Instant::now() + cfg.response_timeout;
+                    *deadline = Instant::now() + response_timeout;
                 }
                 Ok(None) => upload.unflushed = false,
                 // The backend may have answered and closed: read on.
@@ -931,7 +937,7 @@ async fn wait_for_backend<S: ClientStream>(
             match body.relay(c.buf.filled(), &mut upload.pending, false) {
                 Ok(n) => {
                     c.buf.consume(n);
-                    *deadline = Instant::now() + cfg.response_timeout;
+                    *deadline = Instant::now() + response_timeout;
                     Waited::Uploaded(n as u64)
                 }
                 Err(e) => Waited::BadBody(e),
@@ -1175,33 +1181,29 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_2xx_that_ends_before_the_body_keeps_neither_connection() {
+        /// The answer to a PUT of 10 bytes that `response` ends after 3, and
+        /// the head the client got.
+        async fn answered_early(response: &'static [u8]) -> (Answer, String) {
+            let (mut p, mut client, mut backend) = rig("");
+            client.write_all(b"PUT / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nhel").await.expect("write");
+            let answer_early = async {
+                let mut got = Vec::new();
+                read_until(&mut backend, &mut got, b"hel").await;
+                backend.write_all(response).await.expect("write");
+                backend
+            };
+            let ((e, body), _backend) = tokio::join!(p.exchange(), answer_early);
+            assert!(!body.is_done());
+            let mut got = Vec::new();
+            read_until(&mut client, &mut got, b"\r\n\r\n").await;
+            (answer(e), String::from_utf8_lossy(&got).into_owned())
+        }
         // Bodiless: the client is told that the connection closes.
-        let (mut p, mut client, mut backend) = rig("");
-        client.write_all(b"PUT / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nhel").await.expect("write");
-        let answer_early = async {
-            let mut got = Vec::new();
-            read_until(&mut backend, &mut got, b"hel").await;
-            backend.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").await.expect("write");
-            backend
-        };
-        let ((e, body), _backend) = tokio::join!(p.exchange(), answer_early);
-        let a = answer(e);
-        assert!(!body.is_done());
+        let (a, head) = answered_early(b"HTTP/1.1 204 No Content\r\n\r\n").await;
         assert_eq!((a.status, a.complete, a.keep_client, a.reuse), (204, true, false, false));
-        let mut got = Vec::new();
-        read_until(&mut client, &mut got, b"\r\n\r\n").await;
-        assert!(String::from_utf8_lossy(&got).contains("connection: close"));
+        assert!(head.contains("connection: close"));
         // With a short body: over before the upload, neither is kept.
-        let (mut p, mut client, mut backend) = rig("");
-        client.write_all(b"PUT / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nhel").await.expect("write");
-        let answer_early = async {
-            let mut got = Vec::new();
-            read_until(&mut backend, &mut got, b"hel").await;
-            backend.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await.expect("write");
-            backend
-        };
-        let ((e, _), _backend) = tokio::join!(p.exchange(), answer_early);
-        let a = answer(e);
+        let (a, _) = answered_early(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
         assert_eq!((a.status, a.complete, a.keep_client, a.reuse), (200, true, false, false));
     }
 

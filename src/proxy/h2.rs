@@ -169,7 +169,8 @@ fn request_head(method: &Method, target: &str, headers: &HeaderMap, framing: UpF
 /// HTTP/1.1, with what the backend has not taken yet.
 struct Upload {
     body: Incoming,
-    chunked: bool,
+    /// How the backend was told the body is framed.
+    framing: UpFraming,
     /// Bytes to write, from `sent` on.
     pending: Vec<u8>,
     sent: usize,
@@ -180,8 +181,6 @@ struct Upload {
     tls: bool,
     /// Body bytes taken from the client.
     taken: u64,
-    /// The length the backend was promised (`content-length`), if one was.
-    promised: Option<u64>,
 }
 
 /// What one step of an upload did.
@@ -197,12 +196,7 @@ enum Step {
 impl Upload {
     fn new(body: Incoming, framing: UpFraming) -> Self {
         let ended = matches!(framing, UpFraming::None | UpFraming::Zero);
-        let chunked = framing == UpFraming::Chunked;
-        let promised = match framing {
-            UpFraming::Length(n) => Some(n),
-            _ => None,
-        };
-        Upload { body, chunked, pending: Vec::new(), sent: 0, ended, unflushed: false, tls: false, taken: 0, promised }
+        Upload { body, framing, pending: Vec::new(), sent: 0, ended, unflushed: false, tls: false, taken: 0 }
     }
 
     /// All of it is with the backend.
@@ -245,12 +239,16 @@ impl Upload {
                 // cut body must not go up as complete (a chunked terminator,
                 // or a short length the next request on the connection
                 // would fill).
-                let whole = self.body.is_end_stream() && self.promised.is_none_or(|n| n == self.taken);
+                let promised = match self.framing {
+                    UpFraming::Length(n) => n == self.taken,
+                    _ => true,
+                };
+                let whole = self.body.is_end_stream() && promised;
                 if !whole {
                     return Step::ClientFailed;
                 }
                 self.ended = true;
-                if self.chunked {
+                if self.framing == UpFraming::Chunked {
                     self.pending.extend_from_slice(b"0\r\n\r\n");
                 }
                 Step::Moved
@@ -260,7 +258,7 @@ impl Upload {
                 // not promised them (RFC 9110 §6.5.1).
                 if let Ok(data) = frame.into_data() {
                     self.taken += data.len() as u64;
-                    if self.chunked && !data.is_empty() {
+                    if self.framing == UpFraming::Chunked && !data.is_empty() {
                         let _ = write!(self.pending, "{:x}\r\n", data.len());
                         self.pending.extend_from_slice(&data);
                         self.pending.extend_from_slice(b"\r\n");
