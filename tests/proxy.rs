@@ -912,6 +912,27 @@ async fn an_h2_body_cut_by_a_no_error_reset_is_not_sent_as_complete() {
     p.shutdown();
 }
 
+/// RFC 9110 §15.5.6: CONNECT from an HTTP/2 client is answered 405 with
+/// the methods that are allowed, and nothing reaches the backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_connect_is_refused_with_allow() {
+    let (backend, seen, task) = lenient_backend().await;
+    let (addr, _, p) = proxy(&[backend], "retries = 0");
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let (client, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    tokio::spawn(conn);
+    let mut client = client.ready().await.expect("ready");
+    let req = Request::builder().method(hyper::Method::CONNECT).uri("x.test:443").body(()).expect("req");
+    let (response, _) = client.send_request(req, true).expect("send");
+    let response = response.await.expect("response");
+    assert_eq!(response.status(), 405);
+    let allow = response.headers().get("allow").and_then(|v| v.to_str().ok());
+    assert_eq!(allow, Some("GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH"));
+    assert!(seen.lock().expect("lock").is_empty(), "CONNECT reached the backend");
+    p.shutdown();
+    task.abort();
+}
+
 /// Issue 7 §2: a backend that answers while it still reads the body (an
 /// echo, streaming as it reads) gets the rest of the body: the upload goes
 /// on beside the response, and the connection is reused after.
@@ -1306,8 +1327,10 @@ async fn request_lines_are_served_or_answered_by_their_rfc_rule() {
         let mut s = TcpStream::connect(addr).await.expect("connect");
         s.write_all(bytes).await.expect("write");
         let mut pending = Vec::new();
-        let (status, _, _) = read_response(&mut s, &mut pending, false).await;
+        let (status, head, _) = read_response(&mut s, &mut pending, false).await;
         assert_eq!(status, want, "{}", String::from_utf8_lossy(bytes));
+        // RFC 9110 §15.5.6: a 405 says what is allowed.
+        assert_eq!(want == 405, head.contains("\r\nallow: get, head, post"), "{head}");
         if let Some(line) = line {
             let last = seen.lock().expect("lock").last().map(|s| s.line.clone());
             assert_eq!(last.as_deref(), Some(line));

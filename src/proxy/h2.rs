@@ -19,7 +19,7 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt as _;
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{
-    HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, COOKIE, HOST, LOCATION,
+    HeaderMap, HeaderName, HeaderValue, ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, COOKIE, HOST, LOCATION,
 };
 use hyper::{Method, Request, Response, StatusCode};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
@@ -553,6 +553,9 @@ fn local_response(answer: LocalAnswer, mut log: Option<Box<AccessLog>>) -> Respo
     let mut r = Response::new(body);
     *r.status_mut() = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
     r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    if answer.status == 405 {
+        r.headers_mut().insert(ALLOW, HeaderValue::from_static(wire::ALLOWED_METHODS));
+    }
     r
 }
 

@@ -668,13 +668,17 @@ impl<'a> Fields<'a> {
 /// A short answer made by the proxy itself, written into `out`.
 pub fn local_response(status: u16, reason: &str, body: &str, close: bool, out: &mut Vec<u8>) {
     out.clear();
-    let _ = write!(
-        out,
-        "HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n{}\r\n{body}",
-        body.len(),
-        if close { "connection: close\r\n" } else { "" }
-    );
+    let _ = write!(out, "HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n", body.len());
+    if status == 405 {
+        let _ = write!(out, "allow: {ALLOWED_METHODS}\r\n");
+    }
+    let _ = write!(out, "{}\r\n{body}", if close { "connection: close\r\n" } else { "" });
 }
+
+/// What a 405 of the proxy's own (CONNECT, the one method it refuses)
+/// lists in `Allow`, as RFC 9110 §15.5.6 requires of a 405: the methods it
+/// forwards (every other one, but these are the ones RFC 9110 and 5789 define).
+pub const ALLOWED_METHODS: &str = "GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH";
 
 /// Where a redirect to HTTPS sends a request for `host` (a Host value,
 /// already validated) and `path` (origin-form): the same host without its
@@ -1429,6 +1433,18 @@ mod tests {
         assert_eq!(
             String::from_utf8(out).expect("utf8"),
             "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: 19\r\n\r\nno healthy backend\n"
+        );
+    }
+
+    /// RFC 9110 §15.5.6: a 405 lists what is allowed.
+    #[test]
+    fn a_405_says_which_methods_are_allowed() {
+        let mut out = Vec::new();
+        local_response(405, "Method Not Allowed", "method not allowed\n", true, &mut out);
+        assert_eq!(
+            String::from_utf8(out).expect("utf8"),
+            "HTTP/1.1 405 Method Not Allowed\r\ncontent-type: text/plain\r\ncontent-length: 19\r\n\
+             allow: GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH\r\nconnection: close\r\n\r\nmethod not allowed\n"
         );
     }
 
