@@ -202,7 +202,7 @@ impl<S: ClientStream> Client<S> {
     /// Closes after an answer while the client may still be sending: stop
     /// writing, then read and drop its bytes for a while so that the kernel
     /// does not reset the connection under the answer.
-    async fn linger(mut self) {
+    async fn linger(&mut self) {
         let _ = timeout(LINGER, async {
             let _ = self.stream.shutdown().await;
             let mut read = 0;
@@ -220,13 +220,19 @@ impl<S: ClientStream> Client<S> {
 
 /// Serves one client connection until it closes, fails, idles out or the
 /// proxy stops.
-pub async fn serve<S: ClientStream>(
+///
+/// Built outside the future it returns, and with the requests' state boxed
+/// apart: an idle keep-alive connection holds only its [`Client`] (the
+/// stream and two timers), not room for a request on its way. (An `async
+/// fn` would also keep its `stream` argument beside the `Client` it moved
+/// into.)
+pub fn serve<'a, S: ClientStream>(
     stream: S,
     peer: SocketAddr,
-    listener: &ListenerPool,
-    idle: &IdleConns<Upstream>,
-    stop: &mut watch::Receiver<bool>,
-) -> Ended<S> {
+    listener: &'a ListenerPool,
+    idle: &'a IdleConns<Upstream>,
+    stop: &'a mut watch::Receiver<bool>,
+) -> impl Future<Output = Ended<S>> + 'a {
     let mut c = Client {
         stream,
         peer,
@@ -236,26 +242,64 @@ pub async fn serve<S: ClientStream>(
         client_timer: Deadline::new(),
         backend_timer: Deadline::new(),
     };
-    match requests(&mut c, listener, idle, stop).await {
-        Served::H2(read) => Ended::H2(c.stream, read),
-        Served::Closed => {
-            // TLS says that it ends (close_notify), so that a client
-            // reading to the end can tell it from a cut connection.
-            if S::SCHEME == Scheme::Https {
-                let _ = timeout(CLOSE_NOTIFY_WAIT, c.stream.shutdown()).await;
+    // `c` is used where it was captured, not moved into a local: a
+    // future keeps room for what it captured, and would have it twice.
+    async move {
+        // The first request, or an idle connection's deadline when it
+        // wakes (a client sending a byte at a time does not move it).
+        let mut from = Resume::First;
+        let served = loop {
+            match Box::pin(requests(&mut c, listener, idle, stop, from)).await {
+                Served::Idle(until) => {
+                    from = Resume::Idle(until);
+                    // Only the kernel (and TLS) hold what comes next.
+                    let woke = tokio::select! {
+                        biased;
+                        r = c.stream.readable() => r.is_ok(),
+                        _ = c.client_timer.set(until) => false,
+                        _ = stop.changed() => false,
+                    };
+                    if !woke {
+                        break Served::Closed;
+                    }
+                    c.out.reserve(1024);
+                }
+                served => break served,
             }
-            Ended::Closed
-        }
-        Served::Linger => {
-            c.linger().await;
-            Ended::Closed
+        };
+        match served {
+            Served::H2(read) => Ended::H2(c.stream, read),
+            Served::Closed | Served::Idle(_) => {
+                // TLS says that it ends (close_notify), so that a client
+                // reading to the end can tell it from a cut connection.
+                if S::SCHEME == Scheme::Https {
+                    let _ = timeout(CLOSE_NOTIFY_WAIT, c.stream.shutdown()).await;
+                }
+                Ended::Closed
+            }
+            Served::Linger => {
+                c.linger().await;
+                Ended::Closed
+            }
         }
     }
+}
+
+/// Where [`requests`] starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Resume {
+    /// The connection's first request.
+    First,
+    /// A connection that was idle, with its idle deadline.
+    Idle(Instant),
 }
 
 /// How [`requests`] ended.
 enum Served {
     Closed,
+    /// Idle with its buffers given back: wait for the client to send again
+    /// until then (the idle timeout), and call [`requests`] again.
+    Idle(Instant),
     /// Closed after an error answer: linger.
     Linger,
     /// HTTP/2 with prior knowledge: what was read of it.
@@ -275,6 +319,7 @@ async fn requests<S: ClientStream>(
     listener: &ListenerPool,
     idle: &IdleConns<Upstream>,
     stop: &mut watch::Receiver<bool>,
+    from: Resume,
 ) -> Served {
     let peer = c.peer;
     let mut pool = listener.current();
@@ -284,8 +329,12 @@ async fn requests<S: ClientStream>(
     // request's first byte (set once the head needs a second read: most
     // come whole and never read the clock for it).
     let accepted_deadline = Instant::now() + cfg.client_header_timeout;
-    let mut head_deadline = Some(accepted_deadline);
-    let mut first = true;
+    let mut first = from == Resume::First;
+    let mut resumed = match from {
+        Resume::Idle(until) => Some(until),
+        Resume::First => None,
+    };
+    let mut head_deadline = first.then_some(accepted_deadline);
     loop {
         let cfg = &pool.config;
         if c.buf.is_empty() {
@@ -299,7 +348,11 @@ async fn requests<S: ClientStream>(
             }
             c.buf.shrink();
             let now = Instant::now();
-            let idle_until = if first { accepted_deadline } else { now + cfg.idle_timeout };
+            let idle_until = match (first, resumed.take()) {
+                (true, _) => accepted_deadline,
+                (false, Some(until)) => until,
+                (false, None) => now + cfg.idle_timeout,
+            };
             // A keep-alive connection reads with its buffers for a while
             // (one timer, as for any read); one that stays idle gives them
             // back until the client sends again (the kernel and TLS hold
@@ -317,21 +370,7 @@ async fn requests<S: ClientStream>(
                 None => {
                     c.buf.release();
                     c.out = Vec::new();
-                    up_head = Vec::new();
-                    tokio::select! {
-                        biased;
-                        r = c.stream.readable() => if r.is_err() { return Served::Closed },
-                        _ = c.client_timer.set(idle_until) => return Served::Closed,
-                        _ = stop.changed() => return Served::Closed,
-                    }
-                    c.out.reserve(1024);
-                    up_head.reserve(1024);
-                    tokio::select! {
-                        biased;
-                        r = c.buf.read_from(&mut c.stream, cfg.max_header_size) => r,
-                        _ = c.client_timer.set(idle_until) => return Served::Closed,
-                        _ = stop.changed() => return Served::Closed,
-                    }
+                    return Served::Idle(idle_until);
                 }
             };
             if !matches!(read, Ok(n) if n > 0) {
@@ -1082,6 +1121,69 @@ mod tests {
             let e = exchange(&mut self.c, &mut self.up, &req, &up_head, &mut body, &self.pool, &stop).await;
             (e, body)
         }
+    }
+
+    /// A plain listener that answers every request itself (a redirect to
+    /// HTTPS, kept alive): the keep-alive loop without a backend. Returns
+    /// the client's end and the running connection.
+    fn redirecting(idle_timeout: &str) -> (DuplexStream, tokio::task::JoinHandle<()>) {
+        let text = format!(
+            "[[http]]\nname = \"t\"\nlisten = \"127.0.0.1:0\"\nbackends = [\"192.0.2.21:80\"]\n\
+             redirect_https = true\nidle_timeout = \"{idle_timeout}\"\n"
+        );
+        let config = crate::config::parse(&text, std::path::Path::new("t.toml")).expect("valid config");
+        let listener = ListenerPool::new(config.http[0].clone());
+        let (proxy_side, client) = duplex(64 * 1024);
+        let conn = tokio::spawn(async move {
+            let idle = IdleConns::default();
+            let (_stop_tx, mut stop) = watch::channel(false);
+            let peer = SocketAddr::from(([198, 51, 100, 7], 40_000));
+            assert!(matches!(serve(proxy_side, peer, &listener, &idle, &mut stop).await, Ended::Closed));
+        });
+        (client, conn)
+    }
+
+    /// Reads until the stream ends.
+    async fn read_to_end(s: &mut DuplexStream, got: &mut Vec<u8>) {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = s.read(&mut buf).await {
+            if n == 0 {
+                return;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_keep_alive_client_idle_past_its_buffers_is_served_again() {
+        let (mut client, conn) = redirecting("10s");
+        let mut got = Vec::new();
+        client.write_all(b"GET /a HTTP/1.1\r\nHost: x.test\r\n\r\n").await.expect("write");
+        read_until(&mut client, &mut got, b"moved to https://x.test/a\n").await;
+        // Past KEEP_BUFFERS_IDLE: the connection gave its buffers back.
+        tokio::time::sleep(KEEP_BUFFERS_IDLE * 3).await;
+        client.write_all(b"GET /b HTTP/1.1\r\nHost: x.test\r\n\r\n").await.expect("write");
+        read_until(&mut client, &mut got, b"moved to https://x.test/b\n").await;
+        let text = String::from_utf8_lossy(&got);
+        assert_eq!(text.matches("HTTP/1.1 308 ").count(), 2, "{text}");
+        drop(client);
+        timeout(Duration::from_secs(1), conn).await.expect("closed at the client's close").expect("no panic");
+    }
+
+    /// The idle timeout counts from the last answer, whatever wakes the
+    /// connection meanwhile without a request (here a stream that always
+    /// says it is readable, as a TLS socket does for a partial record).
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_connection_closes_at_its_idle_timeout() {
+        let (mut client, conn) = redirecting("5s");
+        let mut got = Vec::new();
+        client.write_all(b"GET / HTTP/1.1\r\nHost: x.test\r\n\r\n").await.expect("write");
+        read_until(&mut client, &mut got, b"moved to https://x.test/\n").await;
+        let t = Instant::now();
+        timeout(Duration::from_secs(60), read_to_end(&mut client, &mut got)).await.expect("closed");
+        let took = t.elapsed();
+        assert!(took >= Duration::from_secs(5) && took < Duration::from_millis(5_010), "{took:?}");
+        conn.await.expect("no panic");
     }
 
     /// Reads until `end` is in what was read (or the stream ends).

@@ -6,6 +6,7 @@
 //! drains connections.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::io;
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -26,6 +27,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc as tokio_mpsc, watch, Semaphore};
+use tokio_rustls::server::TlsStream;
 use tracing::{debug, info, warn};
 
 use crate::proxy::params::HttpConfig;
@@ -419,22 +421,25 @@ async fn serve(
         let alive = alive.clone();
         let idle = Arc::clone(&idle);
         let open = pool.meter().connection();
-        let tls = pool.tls();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let _alive = alive;
-            let _open = open;
-            let accepted = Instant::now();
-            match tls {
-                Some(tls) => serve_tls(stream, peer, accepted, &tls, pool, idle, stop).await,
-                None => {
-                    if let Ended::H2(stream, read) = h1::serve(stream, peer, &pool, &idle, &mut stop).await {
-                        let io = Prefixed { read, pos: 0, stream };
-                        serve_h2(io, peer, Scheme::Http, accepted, pool, idle, stop).await;
-                    }
+        let held = (permit, alive, open);
+        let accepted = Instant::now();
+        // One task type per kind of listener: a task is as large as its
+        // largest state, and an idle TLS connection should not carry room
+        // for a plain connection's (it keeps its own states boxed).
+        match pool.tls() {
+            Some(tls) => tokio::spawn(async move {
+                let _held = held;
+                serve_tls(stream, peer, accepted, &tls, pool, idle, stop).await;
+            }),
+            None => tokio::spawn(async move {
+                let _held = held;
+                if let Ended::H2(stream, read) = h1::serve(stream, peer, &pool, &idle, &mut stop).await {
+                    let io = Prefixed { read, pos: 0, stream };
+                    // Boxed: an HTTP/1 connection's task has no room for it.
+                    Box::pin(serve_h2(io, peer, Scheme::Http, accepted, pool, idle, stop)).await;
                 }
-            }
-        });
+            }),
+        };
     }
     drop(listener);
     drop(alive);
@@ -449,6 +454,11 @@ async fn serve(
 /// A client of a TLS listener: the handshake, within
 /// `client_header_timeout`, then HTTP/2 if ALPN chose `h2`, else HTTP/1.x
 /// (which also serves HTTP/2 with prior knowledge, as on plain HTTP).
+///
+/// Each phase's state is boxed while it runs, and the session (over a
+/// kilobyte) is never borrowed here nor kept across an await, only moved
+/// on: the task itself stays small, and an idle TLS connection costs its
+/// session and what its current phase needs.
 #[allow(clippy::too_many_arguments)]
 async fn serve_tls(
     stream: TcpStream,
@@ -460,35 +470,68 @@ async fn serve_tls(
     mut stop: watch::Receiver<bool>,
 ) {
     let limit = pool.current().config.client_header_timeout;
-    // The handshake's state and the connection's are boxed one after the
-    // other: the task keeps only what the current one needs (an idle TLS
-    // connection costs its session and buffers, not the handshake's room).
-    let stream = match tokio::time::timeout(limit, Box::pin(tls.acceptor().accept(stream))).await {
-        Ok(Ok(s)) => s,
+    let Some((stream, alpn_h2)) = Box::pin(handshake(stream, peer, tls, limit)).await else {
+        return;
+    };
+    if alpn_h2 {
+        Box::pin(serve_h2(stream, peer, Scheme::Https, accepted, pool, idle, stop)).await;
+        return;
+    }
+    let ended = Box::pin(h1::serve(stream, peer, &pool, &idle, &mut stop)).await;
+    // (`ended` goes whole into a call: taken apart here, it would keep its
+    // room in the task while HTTP/2 runs.)
+    if let Some(h2) = h2_by_prior_knowledge(ended, peer, accepted, pool, idle, stop) {
+        h2.await;
+    }
+}
+
+/// HTTP/2 with prior knowledge after an HTTP/1 start over TLS, where
+/// `alpn` offers h2 at all.
+fn h2_by_prior_knowledge(
+    ended: Ended<TlsStream<TcpStream>>,
+    peer: SocketAddr,
+    accepted: Instant,
+    pool: Arc<ListenerPool>,
+    idle: Arc<IdleConns<Upstream>>,
+    stop: watch::Receiver<bool>,
+) -> Option<Pin<Box<impl Future<Output = ()>>>> {
+    let Ended::H2(stream, read) = ended else {
+        return None;
+    };
+    let h2 = pool.current().config.tls.as_ref().is_none_or(|t| t.alpn.contains(&crate::proxy::params::Alpn::H2));
+    if !h2 {
+        debug!(%peer, "HTTP/2 preface over TLS, but alpn does not offer h2; closing");
+        return None;
+    }
+    let io = Prefixed { read, pos: 0, stream };
+    Some(Box::pin(serve_h2(io, peer, Scheme::Https, accepted, pool, idle, stop)))
+}
+
+/// The TLS handshake within `limit`, counted; the session and whether ALPN
+/// chose `h2`.
+async fn handshake(
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: &TlsServer,
+    limit: Duration,
+) -> Option<(TlsStream<TcpStream>, bool)> {
+    match tokio::time::timeout(limit, tls.acceptor().accept(stream)).await {
+        Ok(Ok(s)) => {
+            let (_, session) = s.get_ref();
+            tls.meter().handshake(session.handshake_kind());
+            let h2 = session.alpn_protocol() == Some(b"h2");
+            Some((s, h2))
+        }
         Ok(Err(e)) => {
             let why = Failure::of(&e);
             tls.meter().failed(why);
             debug!(%peer, error = %e, reason = why.name(), "TLS handshake failed");
-            return;
+            None
         }
         Err(_) => {
             tls.meter().failed(Failure::Timeout);
             debug!(%peer, timeout = ?limit, "no TLS handshake in time");
-            return;
-        }
-    };
-    let (_, session) = stream.get_ref();
-    tls.meter().handshake(session.handshake_kind());
-    if session.alpn_protocol() == Some(b"h2") {
-        Box::pin(serve_h2(stream, peer, Scheme::Https, accepted, pool, idle, stop)).await;
-    } else if let Ended::H2(stream, read) = Box::pin(h1::serve(stream, peer, &pool, &idle, &mut stop)).await {
-        // HTTP/2 by prior knowledge only where `alpn` offers h2 at all.
-        let h2 = pool.current().config.tls.as_ref().is_none_or(|t| t.alpn.contains(&crate::proxy::params::Alpn::H2));
-        if h2 {
-            let io = Prefixed { read, pos: 0, stream };
-            Box::pin(serve_h2(io, peer, Scheme::Https, accepted, pool, idle, stop)).await;
-        } else {
-            debug!(%peer, "HTTP/2 preface over TLS, but alpn does not offer h2; closing");
+            None
         }
     }
 }
