@@ -572,10 +572,12 @@ async fn serve_h2<I>(
             let open = Streams::open(&streams);
             // Each stream on the generation current when it opens.
             let (pool, idle) = (listener.current(), Arc::clone(&idle));
-            async move {
+            // Boxed once here: hyper moves a stream's future through a few
+            // layers into the task it spawns, and this one is 3 KiB.
+            Box::pin(async move {
                 let resp = h2::handle(pool, idle, peer, scheme, req).await;
                 Ok::<_, Infallible>(resp.map(|body| CountedBody { body, _open: open }))
-            }
+            })
         })
     };
     let conn = builder.serve_connection(TokioIo::new(io), service);
