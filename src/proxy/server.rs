@@ -421,7 +421,9 @@ async fn serve(
         let alive = alive.clone();
         let idle = Arc::clone(&idle);
         let open = pool.meter().connection();
-        let held = (permit, alive, open);
+        // Dropped in this order at the end: the gauge, the drain sender, then
+        // the slot (no new connection is let in while this one still counts).
+        let held = (open, alive, permit);
         let accepted = Instant::now();
         // One task type per kind of listener: a task is as large as its
         // largest state, and an idle TLS connection should not carry room
