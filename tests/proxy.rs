@@ -933,6 +933,27 @@ async fn an_h2_connect_is_refused_with_allow() {
     task.abort();
 }
 
+/// RFC 9113 §8.2.1: an HTTP/2 field value that starts or ends with SP or
+/// HTAB makes the request malformed: 400, and it does not reach the
+/// backend; whitespace inside a value is fine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_field_value_with_whitespace_at_an_edge_is_malformed() {
+    let (backend, seen, task) = lenient_backend().await;
+    let (addr, _, p) = proxy(&[backend], "retries = 0");
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let (mut client, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    tokio::spawn(conn);
+    for (value, want) in [(" v", 400), ("v ", 400), ("\tv", 400), ("v\t", 400), ("a b", 200)] {
+        client = client.ready().await.expect("ready");
+        let req = Request::get("http://x.test/").header("x-a", value).body(()).expect("req");
+        let (response, _) = client.send_request(req, true).expect("send");
+        assert_eq!(response.await.expect("response").status(), want, "{value:?}");
+    }
+    assert_eq!(seen.lock().expect("lock").len(), 1, "a malformed request reached the backend");
+    p.shutdown();
+    task.abort();
+}
+
 /// Issue 7 §2: a backend that answers while it still reads the body (an
 /// echo, streaming as it reads) gets the rest of the body: the upload goes
 /// on beside the response, and the connection is reused after.
