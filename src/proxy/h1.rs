@@ -1083,11 +1083,16 @@ mod tests {
         pool: Arc<Pool>,
     }
 
-    /// The proxy, and the client's and the backend's ends, which the test plays.
-    fn rig(extra: &str) -> (Proxy, DuplexStream, DuplexStream) {
+    /// A listener's configuration: one backend (never reached), `extra` keys.
+    fn listener_config(extra: &str) -> crate::proxy::params::HttpConfig {
         let text =
             format!("[[http]]\nname = \"t\"\nlisten = \"127.0.0.1:0\"\nbackends = [\"192.0.2.21:80\"]\n{extra}\n");
         let config = crate::config::parse(&text, std::path::Path::new("t.toml")).expect("valid config");
+        config.http[0].clone()
+    }
+
+    /// The proxy, and the client's and the backend's ends, which the test plays.
+    fn rig(extra: &str) -> (Proxy, DuplexStream, DuplexStream) {
         let (client_side, client) = duplex(64 * 1024);
         let (backend_side, backend) = duplex(64 * 1024);
         let c = Client {
@@ -1100,7 +1105,7 @@ mod tests {
             backend_timer: Deadline::new(),
         };
         let up = Upstream { stream: UpstreamStream::Memory(backend_side), buf: ReadBuf::default(), reused: false };
-        (Proxy { c, up, pool: Pool::new(config.http[0].clone()) }, client, backend)
+        (Proxy { c, up, pool: Pool::new(listener_config(extra)) }, client, backend)
     }
 
     impl Proxy {
@@ -1127,12 +1132,8 @@ mod tests {
     /// HTTPS, kept alive): the keep-alive loop without a backend. Returns
     /// the client's end and the running connection.
     fn redirecting(idle_timeout: &str) -> (DuplexStream, tokio::task::JoinHandle<()>) {
-        let text = format!(
-            "[[http]]\nname = \"t\"\nlisten = \"127.0.0.1:0\"\nbackends = [\"192.0.2.21:80\"]\n\
-             redirect_https = true\nidle_timeout = \"{idle_timeout}\"\n"
-        );
-        let config = crate::config::parse(&text, std::path::Path::new("t.toml")).expect("valid config");
-        let listener = ListenerPool::new(config.http[0].clone());
+        let extra = format!("redirect_https = true\nidle_timeout = \"{idle_timeout}\"");
+        let listener = ListenerPool::new(listener_config(&extra));
         let (proxy_side, client) = duplex(64 * 1024);
         let conn = tokio::spawn(async move {
             let idle = IdleConns::default();
@@ -1141,6 +1142,12 @@ mod tests {
             assert!(matches!(serve(proxy_side, peer, &listener, &idle, &mut stop).await, Ended::Closed));
         });
         (client, conn)
+    }
+
+    /// Asserts that `want` passed since `t` (virtual time: to the tick).
+    fn took_exactly(t: Instant, want: Duration) {
+        let took = t.elapsed();
+        assert!(took >= want && took < want + Duration::from_millis(10), "{took:?}");
     }
 
     /// Reads until the stream ends.
@@ -1181,8 +1188,7 @@ mod tests {
         read_until(&mut client, &mut got, b"moved to https://x.test/\n").await;
         let t = Instant::now();
         timeout(Duration::from_secs(60), read_to_end(&mut client, &mut got)).await.expect("closed");
-        let took = t.elapsed();
-        assert!(took >= Duration::from_secs(5) && took < Duration::from_millis(5_010), "{took:?}");
+        took_exactly(t, Duration::from_secs(5));
         conn.await.expect("no panic");
     }
 
@@ -1212,8 +1218,7 @@ mod tests {
         let t = Instant::now();
         let (e, _) = p.exchange().await;
         assert!(matches!(e, Exchange::TimedOut));
-        let took = t.elapsed();
-        assert!(took >= Duration::from_secs(7) && took < Duration::from_millis(7_010), "{took:?}");
+        took_exactly(t, Duration::from_secs(7));
         let mut got = Vec::new();
         read_until(&mut backend, &mut got, b"\r\n\r\n").await;
         assert!(got.starts_with(b"GET /a HTTP/1.1\r\n"), "{:?}", String::from_utf8_lossy(&got));
@@ -1226,8 +1231,7 @@ mod tests {
         let t = Instant::now();
         let (e, body) = p.exchange().await;
         assert!(matches!(e, Exchange::ClientStalled));
-        let took = t.elapsed();
-        assert!(took >= Duration::from_secs(3) && took < Duration::from_millis(3_010), "{took:?}");
+        took_exactly(t, Duration::from_secs(3));
         assert!(!body.is_done());
         let mut got = Vec::new();
         read_until(&mut backend, &mut got, b"hello").await;

@@ -76,12 +76,6 @@ fn request_host(req: &Request<Incoming>) -> Option<HeaderValue> {
     is_valid_authority(host.as_bytes()).then_some(host)
 }
 
-/// A field value that starts or ends with SP or HTAB.
-fn has_edge_whitespace(value: &[u8]) -> bool {
-    let ws = |b: &u8| *b == b' ' || *b == b'\t';
-    value.first().is_some_and(ws) || value.last().is_some_and(ws)
-}
-
 /// Sets `Host` to the request's `host`, adds the client to
 /// `X-Forwarded-For` and sets `X-Forwarded-Proto` and `X-Forwarded-Host`.
 pub fn add_forwarded(headers: &mut HeaderMap, client: SocketAddr, scheme: Scheme, host: HeaderValue) {
@@ -439,7 +433,7 @@ pub async fn handle(
     // RFC 9113 §8.2.1: a field value neither starts nor ends with SP or
     // HTAB; one that does makes the request malformed, not something to
     // forward (an HTTP/1 backend would read it trimmed).
-    if req.headers().values().any(|v| has_edge_whitespace(v.as_bytes())) {
+    if req.headers().values().any(|v| wire::trim(v.as_bytes()).len() != v.len()) {
         return local(MALFORMED, log);
     }
     let Some(host) = request_host(&req) else {

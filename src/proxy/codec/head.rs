@@ -993,7 +993,8 @@ pub(super) fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
-fn trim(s: &[u8]) -> &[u8] {
+/// `s` without optional whitespace (SP, HTAB) at either end (RFC 9110 §5.6.3).
+pub fn trim(s: &[u8]) -> &[u8] {
     let start = s.iter().position(|b| !matches!(b, b' ' | b'\t')).unwrap_or(s.len());
     let end = s.iter().rposition(|b| !matches!(b, b' ' | b'\t')).map_or(start, |e| e + 1);
     &s[start..end.max(start)]
