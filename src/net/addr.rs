@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures_util::{StreamExt, TryStreamExt};
 use rtnetlink::packet_core::NetlinkPayload;
@@ -17,6 +18,7 @@ use rtnetlink::{
     AddressMessageBuilder, Handle, LinkDummy, LinkIfb, LinkMacVlan, LinkUnspec, MulticastGroup, RouteMessageBuilder,
 };
 use tokio::sync::{broadcast, watch};
+use tracing::warn;
 
 /// A virtual address with the prefix it is added with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,6 +111,20 @@ const RT_TABLE_LOCAL: u32 = 255;
 /// Metric of the local routes [`Netlink::set_local_route`] adds: the
 /// kernel's own for an interface address has 0, so both can be there.
 const HOLD_METRIC: u32 = 1;
+
+/// Longest [`Netlink::add`] waits for a new IPv6 address to take traffic,
+/// and how often it looks.
+const LOCAL_ROUTE_WAIT: Duration = Duration::from_millis(100);
+const LOCAL_ROUTE_POLL: Duration = Duration::from_millis(1);
+
+/// "No route to that destination" (`ip route get` of an address no route covers).
+const ENETUNREACH: i32 = 101;
+const EHOSTUNREACH: i32 = 113;
+
+fn is_unreachable(e: &rtnetlink::Error) -> bool {
+    matches!(e, rtnetlink::Error::NetlinkError(m)
+        if m.code.is_some_and(|c| [ENETUNREACH, EHOSTUNREACH].contains(&c.get().abs())))
+}
 
 fn is_absent(e: &rtnetlink::Error) -> bool {
     matches!(e, rtnetlink::Error::NetlinkError(m)
@@ -335,7 +351,51 @@ impl Netlink {
         if !flags.is_empty() {
             request.message_mut().attributes.push(AddressAttribute::Flags(flags));
         }
-        request.execute().await.map_err(|source| NetlinkError::Request { what: format!("adding {vip}"), source })
+        request.execute().await.map_err(|source| NetlinkError::Request { what: format!("adding {vip}"), source })?;
+        if vip.addr.is_ipv6() {
+            self.wait_until_local(vip.addr).await;
+        }
+        Ok(())
+    }
+
+    /// Waits (at most [`LOCAL_ROUTE_WAIT`]) until the kernel delivers
+    /// packets for the just added IPv6 `addr` to this host. The kernel
+    /// acknowledges the address before its `local` route exists (addrconf
+    /// inserts that from a work queue, later still while other netlink
+    /// requests hold the lock): a neighbour advertisement sent right after
+    /// the acknowledgement brings clients whose packets are dropped (seen:
+    /// a SYN lost during a planned hand-over, the client timing out).
+    async fn wait_until_local(&self, addr: IpAddr) {
+        let deadline = Instant::now() + LOCAL_ROUTE_WAIT;
+        loop {
+            match self.is_local(addr).await {
+                Ok(true) => return,
+                Ok(false) if Instant::now() < deadline => tokio::time::sleep(LOCAL_ROUTE_POLL).await,
+                Ok(false) => {
+                    warn!(%addr, waited = ?LOCAL_ROUTE_WAIT, "the kernel does not deliver to a new address yet; going on");
+                    return;
+                }
+                Err(e) => {
+                    warn!(%addr, error = %e, "could not tell whether a new address takes traffic; going on");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Whether the kernel's route for `addr` is a `local` one (packets for
+    /// it are delivered here), as `ip route get` tells.
+    pub async fn is_local(&self, addr: IpAddr) -> Result<bool, NetlinkError> {
+        let msg = match addr {
+            IpAddr::V4(a) => RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(a, 32).build(),
+            IpAddr::V6(a) => RouteMessageBuilder::<Ipv6Addr>::new().destination_prefix(a, 128).build(),
+        };
+        let mut routes = self.handle.route().get(msg).execute();
+        match routes.try_next().await {
+            Ok(route) => Ok(route.is_some_and(|r| r.header.kind == RouteType::Local)),
+            Err(e) if is_unreachable(&e) => Ok(false),
+            Err(source) => Err(NetlinkError::Request { what: format!("looking up the route to {addr}"), source }),
+        }
     }
 
     /// Deletes `vip`; an address that is not there is not an error.
@@ -488,4 +548,41 @@ pub fn watch_addresses(tx: broadcast::Sender<AddrEvent>) -> Result<(), NetlinkEr
             let _ = tx.send(AddrEvent::Changed { index: msg.header.index, addr, added });
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Needs root: it runs in a network namespace of its own (made for the
+    /// thread it runs on, gone with it), where only `lo` exists.
+    #[test]
+    fn an_added_ipv6_address_takes_traffic_when_add_returns() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root for a network namespace of its own");
+            return;
+        }
+        let run = std::thread::spawn(|| {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("a new network namespace");
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            rt.block_on(async {
+                let netlink = Netlink::connect().expect("netlink");
+                let lo = netlink.link_message("lo").await.expect("lo").header.index;
+                let up = LinkUnspec::new_with_index(lo).up().build();
+                netlink.handle.link().set(up).execute().await.expect("lo up");
+                let nowhere = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1));
+                assert!(
+                    !netlink.is_local(nowhere).await.expect("route lookup"),
+                    "{nowhere} is local before any address"
+                );
+                for i in 1..=64 {
+                    let vip =
+                        VirtualIp { addr: IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, i)), prefix_len: 64 };
+                    netlink.add(lo, &vip, true).await.expect("add");
+                    assert!(netlink.is_local(vip.addr).await.expect("route lookup"), "{vip} takes no traffic yet");
+                }
+            })
+        });
+        run.join().expect("the namespace's thread");
+    }
 }
