@@ -31,6 +31,9 @@
 #      ../target/release/examples/tls_load; built if missing), RUNS (1),
 #      DURATION (8s), CONC (32), IDLE (8000), KINDS ("ec rsa"),
 #      TARGETS ("vipd haproxy nginx"), CPU_QUOTA_PCT (unset: no cap),
+#      MODES ("full resumed h1 h2 idle": which measurements run),
+#      PROFILE (a mode: perf record -g of each target during it, into
+#      the work dir as perf-TARGET-KIND-ROUND.data; set KEEP=1 too),
 #      KEEP=1 keeps the work dir.
 NT_DIR0=$(cd "$(dirname "$0")" && pwd)
 export VIPD=${VIPD:-$NT_DIR0/../target/release/vipd}
@@ -45,6 +48,8 @@ CONC=${CONC:-32}
 IDLE=${IDLE:-8000}
 KINDS=${KINDS:-ec rsa}
 TARGETS=${TARGETS:-vipd haproxy nginx}
+MODES=${MODES:-full resumed h1 h2 idle}
+PROFILE=${PROFILE:-}
 PROXY_CPU=0
 LOAD_CPU=1
 BACKEND=127.0.0.1:8081
@@ -63,6 +68,7 @@ ensure_pkg_nosvc nginx nginx
 ensure_pkg_nosvc haproxy haproxy
 ensure_pkg h2load nghttp2-client
 ensure_pkg jq jq
+[[ -n $PROFILE ]] && ensure_pkg perf linux-perf
 [[ -x $VIPD ]] || { log "building vipd (release)"; (cd "$NT_DIR0/.." && cargo build --release) >/dev/null 2>&1; }
 [[ -x $TLS_LOAD ]] || { log "building tls_load"; (cd "$NT_DIR0/.." && cargo build --release --example tls_load) >/dev/null 2>&1; }
 [[ -x $VIPD && -x $TLS_LOAD ]] || fail "no vipd ($VIPD) or tls_load ($TLS_LOAD) binary"
@@ -238,6 +244,22 @@ load_idle() {
     awk -v a="$after" -v b="$before" -v n="${open:-0}" 'BEGIN { if (n > 0) printf "%.1f %d\n", (a - b) / n, n; else print "NA 0" }'
 }
 
+# profile_start FILE / profile_stop: perf record -g of the target's processes.
+PERF_PID=""
+profile_start() {
+    local pids
+    pids=$(IFS=,; echo "${TARGET_PIDS[*]}")
+    perf record -q -g -o "$1" -p "$pids" >/dev/null 2>&1 &
+    PERF_PID=$!
+    EXTRA_PIDS+=("$PERF_PID")
+}
+profile_stop() {
+    [[ -n $PERF_PID ]] || return 0
+    kill -INT "$PERF_PID" 2>/dev/null || true
+    wait "$PERF_PID" 2>/dev/null || true
+    PERF_PID=""
+}
+
 RESULTS="$WORK/results.txt"     # kind target round mode rate p99 cpu_s extra
 : >"$RESULTS"
 BUSY_BEFORE=$(cpu_busy_pct)
@@ -249,19 +271,28 @@ for kind in $KINDS; do
         for t in $TARGETS; do
             start_target "$t" || { log "$kind round $r: $t skipped: $WHY"; continue; }
             ns_exec $H taskset -c $LOAD_CPU timeout 30 "$TLS_LOAD" "127.0.0.1:${PORT[$t]}" "$NAME" "$PKI/ca.pem" full 8 1 >/dev/null 2>&1 || true
-            for mode in full resumed; do
-                read -r rate p99 cpu res errs <<<"$(load_handshakes $mode "${PORT[$t]}")"
-                echo "$kind $t $r $mode $rate $p99 $cpu $res/$errs" >>"$RESULTS"
-                log "$kind round $r $t $mode: $rate/s p99 $p99 ms, proxy CPU $cpu s, resumed $res, errors $errs"
+            for mode in $MODES; do
+                [[ $mode == "$PROFILE" ]] && profile_start "$WORK/perf-$t-$kind-$r.data"
+                case $mode in
+                    full | resumed)
+                        read -r rate p99 cpu res errs <<<"$(load_handshakes $mode "${PORT[$t]}")"
+                        echo "$kind $t $r $mode $rate $p99 $cpu $res/$errs" >>"$RESULTS"
+                        log "$kind round $r $t $mode: $rate/s p99 $p99 ms, proxy CPU $cpu s, resumed $res, errors $errs"
+                        ;;
+                    h1 | h2)
+                        read -r rate p99 cpu <<<"$(load_h2load $mode "${PORT[$t]}")"
+                        echo "$kind $t $r $mode $rate $p99 $cpu -" >>"$RESULTS"
+                        log "$kind round $r $t $mode: $rate req/s p99 $p99 ms, proxy CPU $cpu s"
+                        ;;
+                    idle)
+                        read -r per open <<<"$(load_idle "${PORT[$t]}")"
+                        echo "$kind $t $r idle $per NA NA $open" >>"$RESULTS"
+                        log "$kind round $r $t idle: $per KiB per connection over $open connections"
+                        ;;
+                    *) fail "unknown mode $mode in MODES" ;;
+                esac
+                [[ $mode == "$PROFILE" ]] && profile_stop
             done
-            for mode in h1 h2; do
-                read -r rate p99 cpu <<<"$(load_h2load $mode "${PORT[$t]}")"
-                echo "$kind $t $r $mode $rate $p99 $cpu -" >>"$RESULTS"
-                log "$kind round $r $t $mode: $rate req/s p99 $p99 ms, proxy CPU $cpu s"
-            done
-            read -r per open <<<"$(load_idle "${PORT[$t]}")"
-            echo "$kind $t $r idle $per NA NA $open" >>"$RESULTS"
-            log "$kind round $r $t idle: $per KiB per connection over $open connections"
             stop_target
         done
     done
