@@ -8,7 +8,8 @@
 
 use std::future::Future;
 use std::io::{self, Write as _};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -31,14 +32,12 @@ use super::backends::{InFlight, Pool};
 use super::codec::buf::BODY_CHUNK;
 use super::codec::chunked::Remaining;
 use super::codec::head::{self as wire, https_location, ResponseContext, Scheme};
-use super::codec::head::{is_hop_by_hop, is_idempotent, is_valid_authority, is_valid_request_id, looks_like_framing};
+use super::codec::head::{is_hop_by_hop, is_idempotent, is_valid_authority, looks_like_framing};
 use super::meter::ListenerMeter;
 use super::upstream::idle::IdleConns;
 use super::upstream::{acquire, answered, conclude, Acquired, Upstream, UpstreamStream};
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Removes hop-by-hop headers in place: the same rule as the HTTP/1
@@ -68,45 +67,20 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// The host an HTTP/2 request is for: its `:authority`, which wins over a
 /// `Host` field (RFC 9113 §8.3.1), else `Host`; `None` when it names none
 /// or an invalid one (answered 400, as HTTP/1.1 without Host is).
-fn request_host(req: &Request<Incoming>) -> Option<HeaderValue> {
+fn request_host(req: &Request<Incoming>) -> Option<&[u8]> {
     let host = match req.uri().authority() {
-        Some(a) => HeaderValue::from_str(a.as_str()).ok()?,
-        None => req.headers().get(HOST)?.clone(),
+        Some(a) => a.as_str().as_bytes(),
+        None => req.headers().get(HOST)?.as_bytes(),
     };
-    is_valid_authority(host.as_bytes()).then_some(host)
+    is_valid_authority(host).then_some(host)
 }
 
-/// Sets `Host` to the request's `host`, adds the client to
-/// `X-Forwarded-For` and sets `X-Forwarded-Proto` and `X-Forwarded-Host`.
-pub fn add_forwarded(headers: &mut HeaderMap, client: SocketAddr, scheme: Scheme, host: HeaderValue) {
-    let ip = client.ip().to_string();
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prior) => HeaderValue::from_str(&format!("{prior}, {ip}")),
-        None => HeaderValue::from_str(&ip),
-    };
-    if let Ok(v) = xff {
-        headers.insert(X_FORWARDED_FOR.clone(), v);
-    }
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(scheme.as_str()));
-    headers.insert(X_FORWARDED_HOST.clone(), host.clone());
-    headers.insert(HOST, host);
-}
-
-/// One `X-Request-Id`: the client's if it sent exactly one valid one, else
-/// a fresh one (as on the HTTP/1 path, [`wire::ensure_request_id`]).
-/// Returns it.
-fn ensure_request_id(headers: &mut HeaderMap) -> String {
-    let mut sent = headers.get_all(&X_REQUEST_ID).iter();
-    if let (Some(v), None) = (sent.next(), sent.next()) {
-        if is_valid_request_id(v.as_bytes()) {
-            return String::from_utf8_lossy(v.as_bytes()).into_owned();
-        }
-    }
-    let id = format!("{:016x}", fastrand::u64(..));
-    if let Ok(v) = HeaderValue::from_str(&id) {
-        headers.insert(X_REQUEST_ID.clone(), v);
-    }
-    id
+/// What the proxy says about the request in the head it sends up.
+struct Hop<'a> {
+    client: IpAddr,
+    scheme: Scheme,
+    /// The request's host ([`request_host`]).
+    host: &'a [u8],
 }
 
 /// How the request body goes to the backend.
@@ -128,21 +102,37 @@ enum UpFraming {
 const MALFORMED: LocalAnswer = LocalAnswer { status: 400, reason: "Bad Request", text: "bad request\n" };
 
 /// Writes the HTTP/1.1 request head for the backend into `out`: origin
-/// form, the fields as rewritten, the framing of our own, and Cookie
-/// fields joined into one (RFC 9113 §8.2.3).
-fn request_head(method: &Method, target: &str, headers: &HeaderMap, framing: UpFraming, out: &mut Vec<u8>) {
+/// form, `Host` first, the client's fields but those the proxy sets itself,
+/// Cookie fields joined into one (RFC 9113 §8.2.3), the forwarding fields
+/// and the framing of our own, and one `X-Request-Id` (`fresh` in hex unless
+/// the client sent exactly one valid one). Returns where the id is in `out`.
+/// The fields go straight from the client's map into `out`: nothing of the
+/// proxy's own is put in the map first (each value there is an allocation).
+fn request_head(
+    method: &Method,
+    target: &str,
+    headers: &HeaderMap,
+    hop: &Hop<'_>,
+    framing: UpFraming,
+    fresh: u64,
+    out: &mut Vec<u8>,
+) -> Range<usize> {
     out.clear();
-    let _ = write!(out, "{} {} HTTP/1.1\r\n", method.as_str(), target);
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    wire::put_field(out, b"host", hop.host);
     let mut cookies = 0;
     for (name, value) in headers {
         if name == COOKIE {
             cookies += 1;
             continue;
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        if name == HOST || name == CONTENT_LENGTH || wire::is_forwarding(name.as_str().as_bytes()) {
+            continue;
+        }
+        wire::put_field(out, name.as_str().as_bytes(), value.as_bytes());
     }
     if cookies > 0 {
         out.extend_from_slice(b"cookie: ");
@@ -154,15 +144,17 @@ fn request_head(method: &Method, target: &str, headers: &HeaderMap, framing: UpF
         }
         out.extend_from_slice(b"\r\n");
     }
+    let prior = headers.get_all(&X_FORWARDED_FOR).into_iter().map(|v| v.as_bytes());
+    wire::put_forwarded(out, prior, hop.client, hop.scheme, Some(hop.host));
     match framing {
         UpFraming::None => {}
         UpFraming::Zero => out.extend_from_slice(b"content-length: 0\r\n"),
-        UpFraming::Length(n) => {
-            let _ = write!(out, "content-length: {n}\r\n");
-        }
+        UpFraming::Length(n) => wire::put_length(out, n),
         UpFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
     }
     out.extend_from_slice(b"\r\n");
+    let client_ids = headers.get_all(&X_REQUEST_ID).iter().count();
+    wire::ensure_request_id(out, client_ids, fresh)
 }
 
 /// The request body on its way up: the client's frames, framed for
@@ -324,9 +316,22 @@ async fn exchange(
         ResponseContext { is_head, client_http10: false, close_client: false, body_unfinished: false, upgrade: false };
     loop {
         if !up.buf.is_empty() {
+            let filled = up.buf.filled();
+            // One copy of a complete head that every value is a slice of
+            // (instead of an allocation per value).
+            let shared =
+                filled.windows(4).position(|w| w == b"\r\n\r\n").map(|i| Bytes::copy_from_slice(&filled[..i + 4]));
+            let base = filled.as_ptr() as usize;
             let mut fields = HeaderMap::new();
-            let parsed = wire::parse_response_fields(up.buf.filled(), ctx, |name, value| {
-                if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
+            let parsed = wire::parse_response_fields(filled, ctx, |name, value| {
+                let at = (value.as_ptr() as usize).wrapping_sub(base);
+                let value = match &shared {
+                    Some(head) if at.checked_add(value.len()).is_some_and(|end| end <= head.len()) => {
+                        HeaderValue::from_maybe_shared(head.slice(at..at + value.len()))
+                    }
+                    _ => HeaderValue::from_bytes(value),
+                };
+                if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name), value) {
                     fields.append(n, v);
                 }
             });
@@ -436,6 +441,11 @@ pub async fn handle(
     if req.headers().values().any(|v| wire::trim(v.as_bytes()).len() != v.len()) {
         return local(MALFORMED, log);
     }
+    // What the backend is not sent: hop-by-hop fields, and the client's
+    // length (the framing that goes up is our own).
+    let headers = req.headers_mut();
+    strip_hop_by_hop(headers);
+    let stated_length = headers.remove(CONTENT_LENGTH).is_some();
     let Some(host) = request_host(&req) else {
         return local(MALFORMED, log);
     };
@@ -443,12 +453,12 @@ pub async fn handle(
     // OPTIONS; anything else (none, `?q`, `*` for another method) is a
     // malformed request, not something to guess a target for.
     let target = match req.uri().path_and_query().map(|p| p.as_str()) {
-        Some(t) if t.starts_with('/') || (t == "*" && req.method() == Method::OPTIONS) => t.to_string(),
+        Some(t) if t.starts_with('/') || (t == "*" && req.method() == Method::OPTIONS) => t,
         _ => return local(MALFORMED, log),
     };
     if let Some(redirect) = &cfg.redirect_https {
         if redirect.applies_to(target.as_bytes()) {
-            let location = https_location(host.as_bytes(), target.as_bytes(), redirect.port);
+            let location = https_location(host, target.as_bytes(), redirect.port);
             let mut resp =
                 local(LocalAnswer { status: 308, reason: "Permanent Redirect", text: "moved to https\n" }, log);
             if let Ok(v) = HeaderValue::from_str(&location) {
@@ -458,14 +468,6 @@ pub async fn handle(
         }
     }
 
-    let headers = req.headers_mut();
-    strip_hop_by_hop(headers);
-    let stated_length = headers.remove(CONTENT_LENGTH).is_some();
-    add_forwarded(headers, client, scheme, host);
-    let id = ensure_request_id(headers);
-    if let Some(l) = log.as_mut() {
-        l.request_id = id;
-    }
     let method = req.method().clone();
     let body = req.body();
     let framing = match (body.is_end_stream(), body.size_hint().exact()) {
@@ -475,7 +477,11 @@ pub async fn handle(
         (false, None) => UpFraming::Chunked,
     };
     let mut head = Vec::with_capacity(1024);
-    request_head(&method, &target, req.headers(), framing, &mut head);
+    let hop = Hop { client: client.ip(), scheme, host };
+    let id = request_head(&method, target, req.headers(), &hop, framing, fastrand::u64(..), &mut head);
+    if let Some(l) = log.as_mut() {
+        l.request_id = String::from_utf8_lossy(&head[id]).into_owned();
+    }
     let is_head = method == Method::HEAD;
     let replayable = is_idempotent(method.as_str()) && matches!(framing, UpFraming::None | UpFraming::Zero);
     let (_, body) = req.into_parts();
@@ -660,7 +666,8 @@ impl Body for ResponseBody {
                 return Poll::Ready(None);
             }
             if !relay.up.buf.is_empty() {
-                let mut data = Vec::new();
+                // At most what is buffered: one allocation, handed on as is.
+                let mut data = Vec::with_capacity(relay.up.buf.len());
                 let taken = match relay.left.relay(relay.up.buf.filled(), &mut data, true) {
                     Ok(n) => n,
                     Err(_) => return this.fail("broken chunked body"),
@@ -755,38 +762,71 @@ mod tests {
         assert_eq!(left, vec!["accept", "host"]);
     }
 
-    #[test]
-    fn forwarded_headers_are_appended_and_set() {
-        let client: SocketAddr = "198.51.100.7:4242".parse().expect("addr");
-        let mut h = headers(&[("host", "other.test"), ("x-forwarded-for", "203.0.113.1")]);
-        add_forwarded(&mut h, client, Scheme::Http, HeaderValue::from_static("shop.test"));
-        assert_eq!(h["x-forwarded-for"], "203.0.113.1, 198.51.100.7");
-        assert_eq!(h["x-forwarded-proto"], "http");
-        assert_eq!(h["x-forwarded-host"], "shop.test");
-        assert_eq!(h["host"], "shop.test");
+    fn head(method: Method, target: &str, h: &HeaderMap, hop: &Hop<'_>, framing: UpFraming) -> String {
+        let mut out = Vec::new();
+        let id = request_head(&method, target, h, hop, framing, 0xabc, &mut out);
+        assert_eq!(&out[id], b"0000000000000abc", "a fresh id where the client sent none");
+        String::from_utf8(out).expect("utf-8")
+    }
 
-        let mut h = HeaderMap::new();
-        add_forwarded(&mut h, client, Scheme::Https, HeaderValue::from_static("api.test:8080"));
-        assert_eq!(h["x-forwarded-for"], "198.51.100.7");
-        assert_eq!(h["x-forwarded-proto"], "https");
-        assert_eq!(h["host"], "api.test:8080");
-        assert_eq!(h["x-forwarded-host"], "api.test:8080");
+    const CLIENT: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(198, 51, 100, 7));
+
+    #[test]
+    fn forwarding_fields_are_the_proxys_own_and_prior_hops_stay_in_order() {
+        let h = headers(&[
+            ("host", "other.test"),
+            ("x-forwarded-for", "203.0.113.1"),
+            ("x-forwarded-proto", "gopher"),
+            ("x-forwarded-host", "evil.test"),
+            ("x-forwarded-for", "203.0.113.2"),
+        ]);
+        let hop = Hop { client: CLIENT, scheme: Scheme::Http, host: b"shop.test" };
+        assert_eq!(
+            head(Method::GET, "/", &h, &hop, UpFraming::None),
+            "GET / HTTP/1.1\r\nhost: shop.test\r\nx-forwarded-for: 203.0.113.1, 203.0.113.2, 198.51.100.7\r\n\
+             x-forwarded-proto: http\r\nx-forwarded-host: shop.test\r\nx-request-id: 0000000000000abc\r\n\r\n"
+        );
+        let hop = Hop { client: CLIENT, scheme: Scheme::Https, host: b"api.test:8080" };
+        assert_eq!(
+            head(Method::GET, "/", &HeaderMap::new(), &hop, UpFraming::None),
+            "GET / HTTP/1.1\r\nhost: api.test:8080\r\nx-forwarded-for: 198.51.100.7\r\nx-forwarded-proto: https\r\n\
+             x-forwarded-host: api.test:8080\r\nx-request-id: 0000000000000abc\r\n\r\n"
+        );
     }
 
     #[test]
     fn the_backend_gets_an_http11_head_with_our_framing_and_one_cookie_field() {
+        let hop = Hop { client: CLIENT, scheme: Scheme::Http, host: b"shop.test" };
+        let fwd = "x-forwarded-for: 198.51.100.7\r\nx-forwarded-proto: http\r\nx-forwarded-host: shop.test\r\n";
+        let id = "x-request-id: 0000000000000abc\r\n";
         let h = headers(&[("host", "shop.test"), ("cookie", "a=1"), ("accept", "*/*"), ("cookie", "b=2")]);
-        let mut out = Vec::new();
-        request_head(&Method::POST, "/cart?x=1", &h, UpFraming::Chunked, &mut out);
         assert_eq!(
-            String::from_utf8(out.clone()).expect("utf-8"),
-            "POST /cart?x=1 HTTP/1.1\r\nhost: shop.test\r\naccept: */*\r\ncookie: a=1; b=2\r\ntransfer-encoding: chunked\r\n\r\n"
+            head(Method::POST, "/cart?x=1", &h, &hop, UpFraming::Chunked),
+            format!("POST /cart?x=1 HTTP/1.1\r\nhost: shop.test\r\naccept: */*\r\ncookie: a=1; b=2\r\n{fwd}transfer-encoding: chunked\r\n{id}\r\n")
         );
-        request_head(&Method::PUT, "/", &HeaderMap::new(), UpFraming::Length(5), &mut out);
-        assert_eq!(out, b"PUT / HTTP/1.1\r\ncontent-length: 5\r\n\r\n");
-        request_head(&Method::POST, "/", &HeaderMap::new(), UpFraming::Zero, &mut out);
-        assert_eq!(out, b"POST / HTTP/1.1\r\ncontent-length: 0\r\n\r\n");
-        request_head(&Method::GET, "/", &HeaderMap::new(), UpFraming::None, &mut out);
-        assert_eq!(out, b"GET / HTTP/1.1\r\n\r\n");
+        let none = HeaderMap::new();
+        let start = "HTTP/1.1\r\nhost: shop.test\r\n";
+        assert_eq!(
+            head(Method::PUT, "/", &none, &hop, UpFraming::Length(5)),
+            format!("PUT / {start}{fwd}content-length: 5\r\n{id}\r\n")
+        );
+        assert_eq!(
+            head(Method::POST, "/", &none, &hop, UpFraming::Zero),
+            format!("POST / {start}{fwd}content-length: 0\r\n{id}\r\n")
+        );
+        assert_eq!(head(Method::GET, "/", &none, &hop, UpFraming::None), format!("GET / {start}{fwd}{id}\r\n"));
+    }
+
+    #[test]
+    fn a_clients_single_valid_request_id_is_kept() {
+        let hop = Hop { client: CLIENT, scheme: Scheme::Http, host: b"a" };
+        let mut out = Vec::new();
+        let h = headers(&[("x-request-id", "trace-1")]);
+        let id = request_head(&Method::GET, "/", &h, &hop, UpFraming::None, 1, &mut out);
+        assert_eq!(&out[id], b"trace-1");
+        let h = headers(&[("x-request-id", "a"), ("x-request-id", "b")]);
+        let id = request_head(&Method::GET, "/", &h, &hop, UpFraming::None, 2, &mut out);
+        assert_eq!(&out[id], b"0000000000000002");
+        assert!(!String::from_utf8_lossy(&out).contains("x-request-id: a"));
     }
 }

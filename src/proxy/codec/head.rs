@@ -279,29 +279,14 @@ fn parse_request_as_given(
             || looks_like_framing(name)
             || name.eq_ignore_ascii_case(b"host")
             || name.eq_ignore_ascii_case(b"content-length")
-            || name.eq_ignore_ascii_case(b"x-forwarded-for")
-            || name.eq_ignore_ascii_case(b"x-forwarded-proto")
-            || name.eq_ignore_ascii_case(b"x-forwarded-host")
+            || is_forwarding(name)
         {
             continue;
         }
         put_field(out, name, h.value);
     }
-    // X-Forwarded-For: every prior hop in order, then this client.
-    out.extend_from_slice(b"x-forwarded-for: ");
-    if has_xff {
-        for h in headers.iter().filter(|h| h.name.eq_ignore_ascii_case("x-forwarded-for")) {
-            out.extend_from_slice(h.value);
-            out.extend_from_slice(b", ");
-        }
-    }
-    put_ip(out, client);
-    out.extend_from_slice(b"\r\nx-forwarded-proto: ");
-    out.extend_from_slice(scheme.as_str().as_bytes());
-    out.extend_from_slice(b"\r\n");
-    if let Some(h) = host {
-        put_field(out, b"x-forwarded-host", h);
-    }
+    let prior = headers.iter().filter(|h| has_xff && h.name.eq_ignore_ascii_case("x-forwarded-for"));
+    put_forwarded(out, prior.map(|h| h.value), client, scheme, host);
     match framing {
         Framing::Length(n) => put_length(out, n),
         // An explicit zero stays: some servers want a length on POST or PUT.
@@ -336,6 +321,38 @@ fn parse_request_as_given(
         client_request_ids: request_ids,
         request_id: 0..0,
     }))
+}
+
+/// The fields the proxy sets on every request it sends up (the client's
+/// own are not passed on, see [`is_forwarding`]): `X-Forwarded-For` with
+/// every `prior` hop in order, then `client`; `X-Forwarded-Proto`; and
+/// `X-Forwarded-Host` when the request names a host.
+pub fn put_forwarded<'a>(
+    out: &mut Vec<u8>,
+    prior: impl Iterator<Item = &'a [u8]>,
+    client: IpAddr,
+    scheme: Scheme,
+    host: Option<&[u8]>,
+) {
+    out.extend_from_slice(b"x-forwarded-for: ");
+    for hop in prior {
+        out.extend_from_slice(hop);
+        out.extend_from_slice(b", ");
+    }
+    put_ip(out, client);
+    out.extend_from_slice(b"\r\nx-forwarded-proto: ");
+    out.extend_from_slice(scheme.as_str().as_bytes());
+    out.extend_from_slice(b"\r\n");
+    if let Some(h) = host {
+        put_field(out, b"x-forwarded-host", h);
+    }
+}
+
+/// A field [`put_forwarded`] writes itself.
+pub fn is_forwarding(name: &[u8]) -> bool {
+    [b"x-forwarded-for".as_slice(), b"x-forwarded-proto", b"x-forwarded-host"]
+        .iter()
+        .any(|f| name.eq_ignore_ascii_case(f))
 }
 
 /// Adds a Host field to an upstream head that lacks one (see
@@ -753,7 +770,7 @@ fn put_decimal(out: &mut Vec<u8>, n: impl itoa::Integer) {
 }
 
 /// A `Content-Length` field of `n`.
-fn put_length(out: &mut Vec<u8>, n: u64) {
+pub fn put_length(out: &mut Vec<u8>, n: u64) {
     out.extend_from_slice(b"content-length: ");
     put_decimal(out, n);
     out.extend_from_slice(b"\r\n");
@@ -776,7 +793,7 @@ fn put_ip(out: &mut Vec<u8>, ip: IpAddr) {
     }
 }
 
-fn put_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+pub fn put_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
