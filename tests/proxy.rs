@@ -954,11 +954,10 @@ async fn an_h2_field_value_with_whitespace_at_an_edge_is_malformed() {
     task.abort();
 }
 
-/// Issue 7 §2: a backend that answers while it still reads the body (an
-/// echo, streaming as it reads) gets the rest of the body: the upload goes
-/// on beside the response, and the connection is reused after.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_duplex_exchange_keeps_sending_the_body() {
+/// A backend that answers a 10-byte upload at once and echoes the body as
+/// it reads it (full duplex), then expects `GET /again` on the same
+/// connection and answers 204. Its task returns the first request's head.
+async fn full_duplex_echo() -> (SocketAddr, tokio::task::JoinHandle<String>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let backend = listener.local_addr().expect("addr");
     let echo = tokio::spawn(async move {
@@ -987,7 +986,17 @@ async fn a_full_duplex_exchange_keeps_sending_the_body() {
         let n = conn.read(&mut buf).await.expect("read");
         assert!(buf[..n].starts_with(b"GET /again "), "{:?}", String::from_utf8_lossy(&buf[..n]));
         conn.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").await.expect("write");
+        String::from_utf8_lossy(&got[..head_end]).into_owned()
     });
+    (backend, echo)
+}
+
+/// Issue 7 §2: a backend that answers while it still reads the body (an
+/// echo, streaming as it reads) gets the rest of the body: the upload goes
+/// on beside the response, and the connection is reused after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_duplex_exchange_keeps_sending_the_body() {
+    let (backend, echo) = full_duplex_echo().await;
     let (addr, _, p) = proxy(&[backend], "response_timeout = \"3s\"");
     let mut s = TcpStream::connect(addr).await.expect("connect");
     s.write_all(b"PUT /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nhello").await.expect("write");
@@ -1014,6 +1023,52 @@ async fn a_full_duplex_exchange_keeps_sending_the_body() {
     let (status, _, _) = read_response(&mut s, &mut pending, true).await;
     assert_eq!(status, 204);
     tokio::time::timeout(Duration::from_secs(3), echo).await.expect("backend done").expect("backend ok");
+    p.shutdown();
+}
+
+/// The same over HTTP/2: a backend that answers while it still reads the
+/// body gets the rest of it (the upload goes on beside the response body),
+/// and the connection serves the next request after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_full_duplex_exchange_keeps_sending_the_body() {
+    let (backend, echo) = full_duplex_echo().await;
+    let (addr, _, p) = proxy(&[backend], "response_timeout = \"3s\"");
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let (client, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    tokio::spawn(conn);
+    let mut client = client.ready().await.expect("ready");
+    let req = Request::put("http://x.test/echo").header("content-length", "10").body(()).expect("req");
+    let (response, mut upload) = client.send_request(req, false).expect("send");
+    upload.send_data(Bytes::from_static(b"hello"), false).expect("data");
+    let response = tokio::time::timeout(Duration::from_secs(3), response).await.expect("head in time").expect("head");
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    let mut got = Vec::new();
+    // The first half comes back before the second half is sent.
+    while got.len() < 5 {
+        let data = tokio::time::timeout(Duration::from_secs(3), body.data()).await.expect("echo in time");
+        let data = data.expect("more body").expect("data");
+        let _ = body.flow_control().release_capacity(data.len());
+        got.extend_from_slice(&data);
+    }
+    assert_eq!(got, b"hello");
+    upload.send_data(Bytes::from_static(b"world"), true).expect("data");
+    while let Some(data) = tokio::time::timeout(Duration::from_secs(3), body.data()).await.expect("echo in time") {
+        let data = data.expect("data");
+        let _ = body.flow_control().release_capacity(data.len());
+        got.extend_from_slice(&data);
+    }
+    assert_eq!(got, b"helloworld");
+    // The connection goes back to the pool once the response body is done
+    // with (hyper drops it just after the stream's end).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut client = client.ready().await.expect("ready");
+    let (response, _) =
+        client.send_request(Request::get("http://x.test/again").body(()).expect("req"), true).expect("send");
+    let response = tokio::time::timeout(Duration::from_secs(3), response).await.expect("in time").expect("response");
+    assert_eq!(response.status(), 204);
+    let head = tokio::time::timeout(Duration::from_secs(3), echo).await.expect("backend done").expect("backend ok");
+    assert!(head.contains("content-length: 10\r\n"), "the h2 request's stated length goes up: {head}");
     p.shutdown();
 }
 

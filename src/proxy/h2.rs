@@ -4,7 +4,9 @@
 //! request head, its body goes up as the client sends it (alongside the
 //! wait for the answer), the response head is parsed by `codec::head` and its
 //! body handed to hyper piece by piece as it arrives. The response body owns
-//! the backend connection and puts it back in the pool once read to its end.
+//! the backend connection, sends on what is left of the request body (a
+//! backend may answer while it reads), and puts the connection back in the
+//! pool once both are done.
 
 use std::future::Future;
 use std::io::{self, Write as _};
@@ -13,11 +15,10 @@ use std::ops::Range;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Instant as StdInstant;
 
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::BodyExt as _;
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{
     HeaderMap, HeaderName, HeaderValue, ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, COOKIE, HOST, LOCATION,
@@ -159,6 +160,7 @@ fn request_head(
 
 /// The request body on its way up: the client's frames, framed for
 /// HTTP/1.1, with what the backend has not taken yet.
+#[derive(Debug)]
 struct Upload {
     body: Incoming,
     /// How the backend was told the body is framed.
@@ -200,8 +202,14 @@ impl Upload {
     /// take the client's next frame. Cancel-safe: each has one wait, and
     /// its result is recorded at once.
     async fn step<W: AsyncWrite + Unpin>(&mut self, to: &mut W) -> Step {
+        std::future::poll_fn(|cx| self.poll_step(cx, to)).await
+    }
+
+    /// [`Upload::step`] as a poll, for the response body that carries the
+    /// upload on once the response head is out (a full-duplex exchange).
+    fn poll_step<W: AsyncWrite + Unpin>(&mut self, cx: &mut Context<'_>, to: &mut W) -> Poll<Step> {
         if self.sent < self.pending.len() {
-            return match to.write(&self.pending[self.sent..]).await {
+            return Poll::Ready(match ready!(Pin::new(to).poll_write(cx, &self.pending[self.sent..])) {
                 Ok(n) if n > 0 => {
                     self.sent += n;
                     self.unflushed = self.tls;
@@ -212,18 +220,22 @@ impl Upload {
                     Step::Moved
                 }
                 _ => Step::BackendFailed,
-            };
+            });
         }
         if self.unflushed {
-            return match to.flush().await {
+            return Poll::Ready(match ready!(Pin::new(to).poll_flush(cx)) {
                 Ok(()) => {
                     self.unflushed = false;
                     Step::Moved
                 }
                 Err(_) => Step::BackendFailed,
-            };
+            });
         }
-        match self.body.frame().await {
+        if self.ended {
+            // Done (callers stop at `is_done`): nothing more will come.
+            return Poll::Pending;
+        }
+        Poll::Ready(match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
             None => {
                 // hyper also ends a body at a RST_STREAM(NO_ERROR) (RFC 9113
                 // §8.1: an early response): only END_STREAM, with all the
@@ -237,7 +249,7 @@ impl Upload {
                 };
                 let whole = self.body.is_end_stream() && promised;
                 if !whole {
-                    return Step::ClientFailed;
+                    return Poll::Ready(Step::ClientFailed);
                 }
                 self.ended = true;
                 if self.framing == UpFraming::Chunked {
@@ -261,7 +273,7 @@ impl Upload {
                 Step::Moved
             }
             Some(Err(_)) => Step::ClientFailed,
-        }
+        })
     }
 }
 
@@ -269,8 +281,9 @@ impl Upload {
 struct Head {
     response: wire::Response,
     fields: HeaderMap,
-    /// The backend got the whole request (so the connection may serve again).
-    request_sent: bool,
+    /// Writing the request body to the backend failed (it may have
+    /// answered and closed): the connection serves no other request.
+    upload_broken: bool,
     /// From the request's first byte sent to the response head.
     after: Duration,
 }
@@ -347,8 +360,7 @@ async fn exchange(
                 }
                 Ok(Some(r)) => {
                     up.buf.consume(r.head_len);
-                    let request_sent = upload.is_done() && !upload_broken;
-                    return Ok(Head { response: r, fields, request_sent, after: started.elapsed() });
+                    return Ok(Head { response: r, fields, upload_broken, after: started.elapsed() });
                 }
                 Ok(None) if up.buf.len() >= cfg.max_header_size => {
                     warn!("backend's response head too large");
@@ -506,7 +518,7 @@ pub async fn handle(
                 if let Some(l) = log.as_mut() {
                     l.status = status;
                 }
-                return relayed(h, up, in_flight, idle, log, meter, cfg.response_timeout);
+                return relayed(h, up, upload, in_flight, idle, log, meter, cfg.response_timeout);
             }
             Err(Failed::Client(answer)) => {
                 debug!(%client, backend = %addr, status = answer.status, "client's request body failed");
@@ -530,10 +542,13 @@ pub async fn handle(
     local(failure, log)
 }
 
-/// The client's response for a backend's head: its body read from `up`.
+/// The client's response for a backend's head: its body read from `up`,
+/// and what is left of the request body sent on beside it.
+#[allow(clippy::too_many_arguments)]
 fn relayed(
     h: Head,
     up: Upstream,
+    upload: Upload,
     in_flight: InFlight,
     idle: Arc<IdleConns<Upstream>>,
     log: Option<Box<AccessLog>>,
@@ -542,8 +557,13 @@ fn relayed(
 ) -> Response<ResponseBody> {
     let r = h.response;
     let left = Remaining::new(r.framing);
-    let reusable = r.backend_keep_alive && h.request_sent;
-    let relay = Relay { up, left, reusable, silence, timer: Box::pin(tokio::time::sleep(silence)) };
+    let reusable = r.backend_keep_alive && !h.upload_broken;
+    // A backend may answer before it has read the whole body and still
+    // want the rest (full duplex: an echo, a stream that answers as it
+    // reads): the upload goes on with the response body, as on the
+    // HTTP/1 path.
+    let upload = (!h.upload_broken && !upload.is_done()).then(|| Box::new(upload));
+    let relay = Relay { up, left, reusable, upload, late: 0, silence, timer: Box::pin(tokio::time::sleep(silence)) };
     let settle = Settle { in_flight: Some(in_flight), idle: Some(idle), log, meter: Some(meter) };
     let mut resp = Response::new(ResponseBody { inner: Inner::Relay(Box::new(relay)), bytes: 0, done: Some(settle) });
     *resp.status_mut() = StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_GATEWAY);
@@ -589,11 +609,50 @@ struct Settle {
 struct Relay {
     up: Upstream,
     left: Remaining,
-    /// The backend keeps the connection and had the whole request.
+    /// The backend keeps the connection, and no write to it failed.
     reusable: bool,
+    /// The rest of the request body, while it goes on up.
+    upload: Option<Box<Upload>>,
+    /// Body bytes taken from the client after the response head.
+    late: u64,
     /// Longest wait for the next piece (`response_timeout`).
     silence: Duration,
     timer: Pin<Box<Sleep>>,
+}
+
+impl Relay {
+    /// Moves the rest of the request body on as far as it goes without
+    /// waiting (a bounded number of steps, so the response keeps moving
+    /// too); each step that moves bytes gives the backend its full
+    /// `silence` again, as the wait for the head does.
+    fn carry_upload(&mut self, cx: &mut Context<'_>) {
+        const STEPS: usize = 16;
+        for _ in 0..STEPS {
+            let Some(upload) = self.upload.as_mut() else { return };
+            let before = upload.taken;
+            let step = upload.poll_step(cx, &mut self.up.stream);
+            self.late += upload.taken - before;
+            match step {
+                Poll::Ready(Step::Moved) => {
+                    let next = Instant::now() + self.silence;
+                    self.timer.as_mut().reset(next);
+                    if upload.is_done() {
+                        // Whole now: the connection may serve again.
+                        self.upload = None;
+                    }
+                }
+                Poll::Ready(Step::ClientFailed | Step::BackendFailed) => {
+                    // The backend cannot be told where the body ends: the
+                    // connection is not reused; the answer still goes on.
+                    self.reusable = false;
+                    self.upload = None;
+                }
+                Poll::Pending => return,
+            }
+        }
+        // More to move: come back after the response had its turn.
+        cx.waker().wake_by_ref();
+    }
 }
 
 #[derive(Debug)]
@@ -617,7 +676,12 @@ impl ResponseBody {
         if let Inner::Relay(relay) = std::mem::replace(&mut self.inner, Inner::Full(None)) {
             let relay = *relay;
             let mut up = relay.up;
-            if let (true, true, Some(guard), Some(idle)) = (complete, relay.reusable, &d.in_flight, &d.idle) {
+            if let Some(m) = &d.meter {
+                m.bytes_in.fetch_add(relay.late, Ordering::Relaxed);
+            }
+            // Only a connection that had the whole request can serve another.
+            let reusable = relay.reusable && relay.upload.is_none();
+            if let (true, true, Some(guard), Some(idle)) = (complete, reusable, &d.in_flight, &d.idle) {
                 if up.buf.is_empty() {
                     up.reused = true;
                     up.buf.shrink();
@@ -661,6 +725,7 @@ impl Body for ResponseBody {
                 }
                 Inner::Relay(r) => r,
             };
+            relay.carry_upload(cx);
             if relay.left.is_done() {
                 this.settle(true);
                 return Poll::Ready(None);
