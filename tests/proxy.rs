@@ -871,19 +871,29 @@ async fn an_early_answer_comes_through_an_unfinished_upload() {
     a.task.abort();
 }
 
-/// An HTTP/2 client that resets its stream with NO_ERROR inside its body
-/// (which hyper reads as the body's end, RFC 9113 §8.1) does not have the
-/// cut body sent up as a whole request: no chunked terminator follows it,
-/// and the backend connection is closed, not kept for the next request.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_h2_body_cut_by_a_no_error_reset_is_not_sent_as_complete() {
+/// An HTTP/2 client (prior knowledge, the h2 crate's) on a connection to
+/// `addr`, ready for a request.
+async fn h2_client(addr: SocketAddr) -> h2::client::SendRequest<Bytes> {
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let (client, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    tokio::spawn(conn);
+    client.ready().await.expect("ready")
+}
+
+/// A backend for one connection that records what it reads until `whole`
+/// says the request is (then it answers `answer`), the proxy closes the
+/// connection, or 5 s pass. Its task returns the text, and whether the
+/// proxy closed the connection.
+async fn recording_backend(
+    whole: fn(&[u8]) -> bool,
+    answer: &'static [u8],
+) -> (SocketAddr, tokio::task::JoinHandle<(String, bool)>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let backend = listener.local_addr().expect("addr");
     let recorder = tokio::spawn(async move {
         let (mut conn, _) = listener.accept().await.expect("accept");
         let mut got = Vec::new();
         let mut buf = [0u8; 4096];
-        // Until the proxy closes the connection (or 5 s: it kept it).
         let until = tokio::time::Instant::now() + Duration::from_secs(5);
         let mut closed = false;
         while let Ok(Ok(n)) = tokio::time::timeout_at(until, conn.read(&mut buf)).await {
@@ -892,14 +902,26 @@ async fn an_h2_body_cut_by_a_no_error_reset_is_not_sent_as_complete() {
                 break;
             }
             got.extend_from_slice(&buf[..n]);
+            if whole(&got) {
+                conn.write_all(answer).await.expect("write");
+                break;
+            }
         }
         (String::from_utf8_lossy(&got).into_owned(), closed)
     });
+    (backend, recorder)
+}
+
+/// An HTTP/2 client that resets its stream with NO_ERROR inside its body
+/// (which hyper reads as the body's end, RFC 9113 §8.1) does not have the
+/// cut body sent up as a whole request: no chunked terminator follows it,
+/// and the backend connection is closed, not kept for the next request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_body_cut_by_a_no_error_reset_is_not_sent_as_complete() {
+    // Until the proxy closes the connection (or 5 s: it kept it).
+    let (backend, recorder) = recording_backend(|_| false, b"").await;
     let (addr, _, p) = proxy(&[backend], "");
-    let tcp = TcpStream::connect(addr).await.expect("connect");
-    let (client, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
-    tokio::spawn(conn);
-    let mut client = client.ready().await.expect("ready");
+    let mut client = h2_client(addr).await;
     let req = Request::post("http://shop.test/upload").body(()).expect("req");
     let (_response, mut body) = client.send_request(req, false).expect("send");
     body.send_data(Bytes::from_static(b"first part"), false).expect("data");
@@ -912,16 +934,41 @@ async fn an_h2_body_cut_by_a_no_error_reset_is_not_sent_as_complete() {
     p.shutdown();
 }
 
+/// An HTTP/2 client's request trailers go up in the chunked trailer
+/// section, with the fields the HTTP/1 path holds back (framing, routing,
+/// authentication, the proxy's own) left out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_requests_trailers_go_up_as_the_http1_path_passes_them() {
+    // Until the chunked body's end: its last chunk, then a blank line.
+    let chunked_end = |got: &[u8]| got.windows(5).any(|w| w == b"\r\n0\r\n") && got.ends_with(b"\r\n\r\n");
+    let (backend, recorder) = recording_backend(chunked_end, b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+    let (addr, _, p) = proxy(&[backend], "retries = 0");
+    let mut client = h2_client(addr).await;
+    let req = Request::post("http://x.test/upload").body(()).expect("req");
+    let (response, mut body) = client.send_request(req, false).expect("send");
+    body.send_data(Bytes::from_static(b"abc"), false).expect("data");
+    let mut trailers = hyper::HeaderMap::new();
+    trailers.insert("x-checksum", "sha-1".parse().expect("value"));
+    trailers.insert("host", "evil.test".parse().expect("value"));
+    trailers.insert("authorization", "Basic eDp5".parse().expect("value"));
+    trailers.insert("x-forwarded-for", "203.0.113.9".parse().expect("value"));
+    body.send_trailers(trailers).expect("trailers");
+    let response = tokio::time::timeout(Duration::from_secs(3), response).await.expect("in time").expect("response");
+    assert_eq!(response.status(), 200);
+    let (text, _) = recorder.await.expect("recorder");
+    assert!(text.contains("transfer-encoding: chunked\r\n"), "{text}");
+    assert!(text.ends_with("\r\n3\r\nabc\r\n0\r\nx-checksum: sha-1\r\n\r\n"), "{text:?}");
+    assert!(!text.contains("evil.test") && !text.contains("eDp5") && !text.contains("203.0.113.9"), "{text:?}");
+    p.shutdown();
+}
+
 /// RFC 9110 §15.5.6: CONNECT from an HTTP/2 client is answered 405 with
 /// the methods that are allowed, and nothing reaches the backend.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_h2_connect_is_refused_with_allow() {
     let (backend, seen, task) = lenient_backend().await;
     let (addr, _, p) = proxy(&[backend], "retries = 0");
-    let tcp = TcpStream::connect(addr).await.expect("connect");
-    let (client, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
-    tokio::spawn(conn);
-    let mut client = client.ready().await.expect("ready");
+    let mut client = h2_client(addr).await;
     let req = Request::builder().method(hyper::Method::CONNECT).uri("x.test:443").body(()).expect("req");
     let (response, _) = client.send_request(req, true).expect("send");
     let response = response.await.expect("response");
@@ -940,9 +987,7 @@ async fn an_h2_connect_is_refused_with_allow() {
 async fn an_h2_field_value_with_whitespace_at_an_edge_is_malformed() {
     let (backend, seen, task) = lenient_backend().await;
     let (addr, _, p) = proxy(&[backend], "retries = 0");
-    let tcp = TcpStream::connect(addr).await.expect("connect");
-    let (mut client, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
-    tokio::spawn(conn);
+    let mut client = h2_client(addr).await;
     for (value, want) in [(" v", 400), ("v ", 400), ("\tv", 400), ("v\t", 400), ("a b", 200)] {
         client = client.ready().await.expect("ready");
         let req = Request::get("http://x.test/").header("x-a", value).body(()).expect("req");
@@ -1033,10 +1078,7 @@ async fn a_full_duplex_exchange_keeps_sending_the_body() {
 async fn an_h2_full_duplex_exchange_keeps_sending_the_body() {
     let (backend, echo) = full_duplex_echo().await;
     let (addr, _, p) = proxy(&[backend], "response_timeout = \"3s\"");
-    let tcp = TcpStream::connect(addr).await.expect("connect");
-    let (client, conn) = h2::client::handshake(tcp).await.expect("h2 handshake");
-    tokio::spawn(conn);
-    let mut client = client.ready().await.expect("ready");
+    let mut client = h2_client(addr).await;
     let req = Request::put("http://x.test/echo").header("content-length", "10").body(()).expect("req");
     let (response, mut upload) = client.send_request(req, false).expect("send");
     upload.send_data(Bytes::from_static(b"hello"), false).expect("data");

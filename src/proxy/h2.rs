@@ -31,7 +31,7 @@ use tracing::{debug, warn};
 use super::attempt::{AccessLog, Attempts, LocalAnswer, Outcome};
 use super::backends::{InFlight, Pool};
 use super::codec::buf::BODY_CHUNK;
-use super::codec::chunked::Remaining;
+use super::codec::chunked::{trailer_name_may_pass, Remaining};
 use super::codec::head::{self as wire, https_location, ResponseContext, Scheme};
 use super::codec::head::{is_hop_by_hop, is_idempotent, is_valid_authority, looks_like_framing};
 use super::meter::ListenerMeter;
@@ -167,6 +167,8 @@ struct Upload {
     framing: UpFraming,
     /// Bytes to write, from `sent` on.
     pending: Vec<u8>,
+    /// The client's trailer fields that go up, as field lines.
+    trailers: Vec<u8>,
     sent: usize,
     /// The client's body has ended (its last chunk is in `pending`).
     ended: bool,
@@ -190,7 +192,17 @@ enum Step {
 impl Upload {
     fn new(body: Incoming, framing: UpFraming) -> Self {
         let ended = matches!(framing, UpFraming::None | UpFraming::Zero);
-        Upload { body, framing, pending: Vec::new(), sent: 0, ended, unflushed: false, tls: false, taken: 0 }
+        Upload {
+            body,
+            framing,
+            pending: Vec::new(),
+            trailers: Vec::new(),
+            sent: 0,
+            ended,
+            unflushed: false,
+            tls: false,
+            taken: 0,
+        }
     }
 
     /// All of it is with the backend.
@@ -253,21 +265,35 @@ impl Upload {
                 }
                 self.ended = true;
                 if self.framing == UpFraming::Chunked {
-                    self.pending.extend_from_slice(b"0\r\n\r\n");
+                    self.pending.extend_from_slice(b"0\r\n");
+                    self.pending.append(&mut self.trailers);
+                    self.pending.extend_from_slice(b"\r\n");
                 }
                 Step::Moved
             }
             Some(Ok(frame)) => {
-                // Trailers are not passed on: a backend over HTTP/1.1 is
-                // not promised them (RFC 9110 §6.5.1).
-                if let Ok(data) = frame.into_data() {
-                    self.taken += data.len() as u64;
-                    if self.framing == UpFraming::Chunked && !data.is_empty() {
-                        let _ = write!(self.pending, "{:x}\r\n", data.len());
-                        self.pending.extend_from_slice(&data);
-                        self.pending.extend_from_slice(b"\r\n");
-                    } else {
-                        self.pending.extend_from_slice(&data);
+                match frame.into_data() {
+                    Ok(data) => {
+                        self.taken += data.len() as u64;
+                        if self.framing == UpFraming::Chunked && !data.is_empty() {
+                            let _ = write!(self.pending, "{:x}\r\n", data.len());
+                            self.pending.extend_from_slice(&data);
+                            self.pending.extend_from_slice(b"\r\n");
+                        } else {
+                            self.pending.extend_from_slice(&data);
+                        }
+                    }
+                    // Trailer fields go up in the chunked trailer section,
+                    // held back by the HTTP/1 path's rule; a body of stated
+                    // length has no room for them (RFC 9112 §7.1.2).
+                    Err(frame) => {
+                        if let (Ok(fields), UpFraming::Chunked) = (frame.into_trailers(), self.framing) {
+                            for (name, value) in &fields {
+                                if trailer_name_may_pass(name.as_str().as_bytes()) {
+                                    wire::put_field(&mut self.trailers, name.as_str().as_bytes(), value.as_bytes());
+                                }
+                            }
+                        }
                     }
                 }
                 Step::Moved

@@ -373,12 +373,17 @@ impl Remaining {
     }
 }
 
-/// Whether a trailer field line goes on to the next hop. Held back: what a
+/// Whether a trailer field line goes on to the next hop ([`trailer_name_may_pass`]).
+fn trailer_may_pass(line: &[u8]) -> bool {
+    trailer_name_may_pass(line.split(|&b| b == b':').next().unwrap_or_default())
+}
+
+/// Whether a trailer field of this name goes on to the next hop. Held back: what a
 /// recipient must know before the content to act on it rightly (RFC 9110
 /// §6.5.1: framing, routing, authentication, request modifiers, response
 /// control, content format), hop-by-hop fields, and what the proxy itself
 /// states (X-Forwarded-*).
-fn trailer_may_pass(line: &[u8]) -> bool {
+pub fn trailer_name_may_pass(name: &[u8]) -> bool {
     const HELD: [&[u8]; 24] = [
         b"content-length",
         b"content-type",
@@ -405,7 +410,6 @@ fn trailer_may_pass(line: &[u8]) -> bool {
         b"x-forwarded-proto",
         b"x-forwarded-host",
     ];
-    let name = line.split(|&b| b == b':').next().unwrap_or_default();
     let conditional = name.len() >= 3 && name[..3].eq_ignore_ascii_case(b"if-");
     !(is_hop_by_hop(name) || conditional || HELD.iter().any(|h| name.eq_ignore_ascii_case(h)))
 }
