@@ -1,9 +1,10 @@
 //! HTTP/2 clients' requests, over the same pooled HTTP/1.1 backend
-//! connections, codec and attempt rules as the HTTP/1 path. hyper's h2
-//! server is the client side; here the stream's fields become an HTTP/1.1
-//! request head, its body goes up as the client sends it (alongside the
-//! wait for the answer), the response head is parsed by `codec::head` and its
-//! body handed to hyper piece by piece as it arrives. The response body owns
+//! connections, codec and attempt rules as the HTTP/1 path. The h2 crate's
+//! server is the client side ([`serve_stream`], in the connection's task);
+//! here the stream's fields become an HTTP/1.1 request head, its body goes
+//! up as the client sends it (alongside the wait for the answer), the
+//! response head is parsed by `codec::head` and its body sent piece by
+//! piece as it arrives and the client's window allows. The response body owns
 //! the backend connection, sends on what is left of the request body (a
 //! backend may answer while it reads), and puts the connection back in the
 //! pool once both are done.
@@ -19,7 +20,7 @@ use std::task::{ready, Context, Poll};
 use std::time::Instant as StdInstant;
 
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::{Bytes, Incoming};
+use hyper::body::Bytes;
 use hyper::header::{
     HeaderMap, HeaderName, HeaderValue, ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, COOKIE, HOST, LOCATION,
 };
@@ -68,7 +69,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// The host an HTTP/2 request is for: its `:authority`, which wins over a
 /// `Host` field (RFC 9113 §8.3.1), else `Host`; `None` when it names none
 /// or an invalid one (answered 400, as HTTP/1.1 without Host is).
-fn request_host(req: &Request<Incoming>) -> Option<&[u8]> {
+fn request_host(req: &Request<RecvBody>) -> Option<&[u8]> {
     let host = match req.uri().authority() {
         Some(a) => a.as_str().as_bytes(),
         None => req.headers().get(HOST)?.as_bytes(),
@@ -92,8 +93,8 @@ enum UpFraming {
     /// No body, and `Content-Length: 0` said: the method expects content
     /// (RFC 9110 §8.6), or the client stated the length.
     Zero,
-    /// As many bytes as the client's Content-Length said (hyper holds the
-    /// stream to it, RFC 9113 §8.1.1).
+    /// As many bytes as the client's Content-Length said (the h2 crate
+    /// holds the stream to it, RFC 9113 §8.1.1).
     Length(u64),
     /// Chunked, re-framed from the client's DATA frames.
     Chunked,
@@ -162,7 +163,7 @@ fn request_head(
 /// HTTP/1.1, with what the backend has not taken yet.
 #[derive(Debug)]
 struct Upload {
-    body: Incoming,
+    body: RecvBody,
     /// How the backend was told the body is framed.
     framing: UpFraming,
     /// Bytes to write, from `sent` on.
@@ -190,7 +191,7 @@ enum Step {
 }
 
 impl Upload {
-    fn new(body: Incoming, framing: UpFraming) -> Self {
+    fn new(body: RecvBody, framing: UpFraming) -> Self {
         let ended = matches!(framing, UpFraming::None | UpFraming::Zero);
         Upload {
             body,
@@ -249,12 +250,11 @@ impl Upload {
         }
         Poll::Ready(match ready!(Pin::new(&mut self.body).poll_frame(cx)) {
             None => {
-                // hyper also ends a body at a RST_STREAM(NO_ERROR) (RFC 9113
-                // §8.1: an early response): only END_STREAM, with all the
-                // bytes the backend was promised, is the end of this one. A
-                // cut body must not go up as complete (a chunked terminator,
-                // or a short length the next request on the connection
-                // would fill).
+                // Only END_STREAM, with all the bytes the backend was
+                // promised, is the end of the body (a RST_STREAM is not,
+                // whatever its code): a cut body must not go up as complete
+                // (a chunked terminator, or a short length the next request
+                // on the connection would fill).
                 let promised = match self.framing {
                     UpFraming::Length(n) => n == self.taken,
                     _ => true,
@@ -300,6 +300,141 @@ impl Upload {
             }
             Some(Err(_)) => Step::ClientFailed,
         })
+    }
+}
+
+/// An HTTP/2 client's request body as an [`http_body::Body`]: its DATA
+/// (the flow-control window given back as each piece is taken), then its
+/// trailers.
+#[derive(Debug)]
+pub struct RecvBody {
+    stream: ::h2::RecvStream,
+    /// The client's Content-Length, which the h2 crate holds the stream to
+    /// (RFC 9113 §8.1.1).
+    length: Option<u64>,
+    data_done: bool,
+    done: bool,
+}
+
+impl Body for RecvBody {
+    type Data = Bytes;
+    type Error = ::h2::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, ::h2::Error>>> {
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        if !this.data_done {
+            match ready!(this.stream.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    let _ = this.stream.flow_control().release_capacity(data.len());
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Some(Err(e)) => {
+                    this.done = true;
+                    return Poll::Ready(Some(Err(e)));
+                }
+                None => this.data_done = true,
+            }
+        }
+        this.done = true;
+        match ready!(this.stream.poll_trailers(cx)) {
+            Ok(Some(trailers)) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
+            Ok(None) => Poll::Ready(None),
+            Err(e) => Poll::Ready(Some(Err(e))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.stream.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.length.map_or_else(SizeHint::default, SizeHint::with_exact)
+    }
+}
+
+/// Serves one HTTP/2 stream, in its connection's task: the request through
+/// the pool, the response head, then its body as the client's flow control
+/// lets it go. A reset from the client cancels it at any point (the
+/// backend's connection is then not kept).
+pub async fn serve_stream(
+    pool: Arc<Pool>,
+    idle: Arc<IdleConns<Upstream>>,
+    client: SocketAddr,
+    scheme: Scheme,
+    req: Request<::h2::RecvStream>,
+    mut respond: ::h2::server::SendResponse<Bytes>,
+) {
+    let (parts, stream) = req.into_parts();
+    let length = parts.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+    let req = Request::from_parts(parts, RecvBody { stream, length, data_done: false, done: false });
+    let resp = tokio::select! {
+        r = handle(pool, idle, client, scheme, req) => r,
+        _ = std::future::poll_fn(|cx| respond.poll_reset(cx)) => return,
+    };
+    let (mut head, body) = resp.into_parts();
+    let end = body.is_end_stream();
+    if let (false, Some(n)) = (end, body.size_hint().exact()) {
+        head.headers.entry(CONTENT_LENGTH).or_insert_with(|| HeaderValue::from(n));
+    }
+    match respond.send_response(Response::from_parts(head, ()), end) {
+        Ok(send) if !end => send_body(body, send).await,
+        Ok(_) => {}
+        Err(e) => debug!(%client, error = %e, "could not send an HTTP/2 response head"),
+    }
+}
+
+/// Sends `body` on `send`, each piece once the client's window has room
+/// for it; a reset by the client, or a failed body, ends the stream.
+async fn send_body(mut body: ResponseBody, mut send: ::h2::SendStream<Bytes>) {
+    loop {
+        let frame = tokio::select! {
+            f = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)) => f,
+            _ = std::future::poll_fn(|cx| send.poll_reset(cx)) => return,
+        };
+        let mut data = match frame {
+            None => {
+                let _ = send.send_data(Bytes::new(), true);
+                return;
+            }
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => data,
+                Err(_) => continue,
+            },
+            Some(Err(_)) => {
+                send.send_reset(::h2::Reason::INTERNAL_ERROR);
+                return;
+            }
+        };
+        let end = body.is_end_stream();
+        if data.is_empty() {
+            if end {
+                let _ = send.send_data(data, true);
+                return;
+            }
+            continue;
+        }
+        while !data.is_empty() {
+            send.reserve_capacity(data.len());
+            let granted = std::future::poll_fn(|cx| {
+                if send.poll_reset(cx).is_ready() {
+                    return Poll::Ready(None);
+                }
+                send.poll_capacity(cx).map(|c| c.and_then(Result::ok))
+            })
+            .await;
+            let Some(n) = granted else { return };
+            if n == 0 {
+                continue;
+            }
+            let piece = data.split_to(n.min(data.len()));
+            let last = end && data.is_empty();
+            if send.send_data(piece, last).is_err() || last {
+                return;
+            }
+        }
     }
 }
 
@@ -437,13 +572,13 @@ async fn exchange(
     }
 }
 
-/// Serves one HTTP/2 stream's request through the pool.
-pub async fn handle(
+/// Answers one HTTP/2 stream's request through the pool.
+async fn handle(
     pool: Arc<Pool>,
     idle: Arc<IdleConns<Upstream>>,
     client: SocketAddr,
     scheme: Scheme,
-    mut req: Request<Incoming>,
+    mut req: Request<RecvBody>,
 ) -> Response<ResponseBody> {
     let started = StdInstant::now();
     let meter = Arc::clone(pool.meter());

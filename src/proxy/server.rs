@@ -2,10 +2,9 @@
 //! may use, each with its own single-threaded runtime and its own
 //! SO_REUSEPORT socket per listener (the kernel spreads connections; no
 //! work crosses threads). HTTP/1.x is served by the proxy's own path
-//! (`h1`), h2c with prior knowledge by hyper; shutdown stops accepting and
+//! (`h1`), HTTP/2 on the h2 crate (`serve_h2`); shutdown stops accepting and
 //! drains connections.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
@@ -18,11 +17,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use crate::systemd::Heartbeat;
-use http_body::{Body, Frame, SizeHint};
+use futures_util::stream::{FuturesUnordered, StreamExt as _};
 use hyper::body::Bytes;
-use hyper::server::conn::http2;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -542,13 +538,22 @@ async fn handshake(
 /// by itself once it has no stream open, before it is dropped.
 const H2_CLOSE_GRACE: Duration = Duration::from_secs(1);
 
-/// An HTTP/2 (prior knowledge) client, served by hyper until it closes, it
-/// idles out, or the proxy stops (then it is told to finish what it has in
-/// flight). Idle means no stream open (RFC 9113 §10.5: an idle connection
-/// holds a `max_connections` slot for nothing): the preface and the first
-/// request must come within `client_header_timeout` of the accept, later
-/// requests within `idle_timeout` of the last stream's end. PINGs and
-/// SETTINGS do not count as activity.
+/// How often an HTTP/2 client with streams open is sent a PING, and how
+/// long it has to answer (hyper's keep-alive, which vipd served with before).
+const H2_PING_EVERY: Duration = Duration::from_secs(20);
+
+/// Stream and connection flow-control windows (hyper's server default).
+const H2_WINDOW: u32 = 1024 * 1024;
+
+/// An HTTP/2 client (prior knowledge or ALPN), served on the h2 crate until
+/// it closes, it idles out, or the proxy stops (then it is told to finish
+/// what it has in flight). Its streams run in this task, not a task each.
+/// Idle means no stream open (RFC 9113 §10.5: an idle connection holds a
+/// `max_connections` slot for nothing): the preface and the first request
+/// must come within `client_header_timeout` of the accept, later requests
+/// within `idle_timeout` of the last stream's end. PINGs and SETTINGS do
+/// not count as activity; a client that does not answer our PING within
+/// [`H2_PING_EVERY`] while streams are open is gone.
 async fn serve_h2<I>(
     io: I,
     peer: SocketAddr,
@@ -563,58 +568,125 @@ async fn serve_h2<I>(
     let streams = Arc::new(Streams::new(accepted));
     let cfg = listener.current().config.clone();
     let (header_timeout, idle_timeout) = (cfg.client_header_timeout, cfg.idle_timeout);
-    let mut builder = http2::Builder::new(TokioExecutor::new());
+    let mut builder = ::h2::server::Builder::new();
+    // hyper's server settings, which vipd served with before.
     builder
-        .timer(TokioTimer::new())
-        .keep_alive_interval(Duration::from_secs(20))
+        .initial_window_size(H2_WINDOW)
+        .initial_connection_window_size(H2_WINDOW)
+        .max_frame_size(16 * 1024)
+        .max_header_list_size(16 * 1024)
+        .max_send_buffer_size(400 * 1024)
+        .max_local_error_reset_streams(Some(1024))
         .max_concurrent_streams(cfg.h2_max_concurrent_streams);
-    let service = {
-        let streams = Arc::clone(&streams);
-        service_fn(move |req| {
-            let open = Streams::open(&streams);
-            // Each stream on the generation current when it opens.
-            let (pool, idle) = (listener.current(), Arc::clone(&idle));
-            // Boxed once here: hyper moves a stream's future through a few
-            // layers into the task it spawns, and this one is 3 KiB.
-            Box::pin(async move {
-                let resp = h2::handle(pool, idle, peer, scheme, req).await;
-                Ok::<_, Infallible>(resp.map(|body| CountedBody { body, _open: open }))
-            })
-        })
+    let handshake = builder.handshake::<_, Bytes>(io);
+    let mut conn = match tokio::time::timeout_at((accepted + header_timeout).into(), handshake).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => {
+            debug!(%peer, error = %e, "HTTP/2 handshake failed");
+            return;
+        }
+        Err(_) => {
+            debug!(%peer, "no HTTP/2 preface in time");
+            return;
+        }
     };
-    let conn = builder.serve_connection(TokioIo::new(io), service);
-    let mut conn = std::pin::pin!(conn);
-    let result = loop {
-        let wake = streams.idle_deadline(header_timeout, idle_timeout).unwrap_or_else(|| Instant::now() + idle_timeout);
-        tokio::select! {
-            r = conn.as_mut() => break r,
-            _ = stop.changed() => {
-                conn.as_mut().graceful_shutdown();
-                break conn.await;
+    let mut pings = conn.ping_pong();
+    let mut pong_awaited = false;
+    let mut running = FuturesUnordered::new();
+    // Set once GOAWAY went for idleness: the connection is dropped then if
+    // it has not closed and no stream is open.
+    let mut drop_at: Option<Instant> = None;
+    let mut stopping = false;
+    // Two timers, moved only when their deadline does (this loop turns
+    // for every stream).
+    let mut idle_timer_at = accepted + header_timeout;
+    let idle_timer = tokio::time::sleep_until(idle_timer_at.into());
+    let ping_timer = tokio::time::sleep(H2_PING_EVERY);
+    tokio::pin!(idle_timer, ping_timer);
+    loop {
+        let idle_at = drop_at.or_else(|| streams.idle_deadline(header_timeout, idle_timeout));
+        if let Some(t) = idle_at.filter(|t| *t != idle_timer_at) {
+            idle_timer.as_mut().reset(t.into());
+            idle_timer_at = t;
+        }
+        // Every stream that can move does, then the connection once: the
+        // frames they queued go out in one write, and new streams start.
+        // Once a stream began or ended, the loop turns (the idle deadline
+        // moves), after the connection's write.
+        let drive = std::future::poll_fn(|cx| {
+            let mut changed = false;
+            loop {
+                while let Poll::Ready(Some(())) = running.poll_next_unpin(cx) {
+                    changed = true;
+                }
+                match conn.poll_accept(cx) {
+                    Poll::Ready(Some(Ok((req, respond)))) => {
+                        let open = Streams::open(&streams);
+                        // Each stream on the generation current when it opens.
+                        let (pool, idle) = (listener.current(), Arc::clone(&idle));
+                        running.push(Box::pin(async move {
+                            h2::serve_stream(pool, idle, peer, scheme, req, respond).await;
+                            drop(open);
+                        }));
+                        changed = true;
+                    }
+                    Poll::Ready(closed) => return Poll::Ready(Some(closed.map(|r| r.map(drop)))),
+                    Poll::Pending if changed => return Poll::Ready(None),
+                    Poll::Pending => return Poll::Pending,
+                }
             }
-            _ = tokio::time::sleep_until(wake.into()) => {
-                if streams.idle_deadline(header_timeout, idle_timeout).is_some_and(|d| d <= Instant::now()) {
-                    debug!(%peer, served = streams.served.load(Ordering::Relaxed), "HTTP/2 client idle; closing");
-                    conn.as_mut().graceful_shutdown();
-                    // A stream that opened just before the GOAWAY finishes;
-                    // with none open, the client gets a moment to close.
-                    let closed = loop {
-                        match tokio::time::timeout(H2_CLOSE_GRACE, conn.as_mut()).await {
-                            Ok(r) => break Some(r),
-                            Err(_) if streams.open.load(Ordering::Relaxed) > 0 => {}
-                            Err(_) => break None,
-                        }
-                    };
-                    match closed {
-                        Some(r) => break r,
-                        None => return,
+        });
+        tokio::select! {
+            biased;
+            driven = drive => match driven {
+                // Streams began or ended: look at the deadlines again.
+                None => {}
+                Some(closed) => {
+                    if let Some(Err(e)) = closed {
+                        debug!(%peer, error = %e, "HTTP/2 client connection ended with an error");
+                    }
+                    // Closed (after GOAWAY, once its streams are done), or broken.
+                    return;
+                }
+            },
+            pong = std::future::poll_fn(|cx| pings.as_mut().map_or(Poll::Pending, |p| p.poll_pong(cx))), if pong_awaited => {
+                pong_awaited = false;
+                if pong.is_err() {
+                    return;
+                }
+            }
+            _ = ping_timer.as_mut() => {
+                ping_timer.as_mut().reset((Instant::now() + H2_PING_EVERY).into());
+                if pong_awaited {
+                    debug!(%peer, "HTTP/2 client does not answer PING; closing");
+                    return;
+                }
+                if streams.open.load(Ordering::Relaxed) > 0 {
+                    if let Some(p) = pings.as_mut() {
+                        pong_awaited = p.send_ping(::h2::Ping::opaque()).is_ok();
+                    }
+                }
+            }
+            _ = stop.changed(), if !stopping => {
+                stopping = true;
+                conn.graceful_shutdown();
+            }
+            _ = idle_timer.as_mut(), if idle_at.is_some() => {
+                let open = streams.open.load(Ordering::Relaxed) > 0;
+                match drop_at {
+                    // A stream that opened just before the GOAWAY finishes.
+                    Some(_) if open => drop_at = Some(Instant::now() + H2_CLOSE_GRACE),
+                    Some(_) => return,
+                    None if open => {}
+                    None => {
+                        debug!(%peer, served = streams.served.load(Ordering::Relaxed), "HTTP/2 client idle; closing");
+                        conn.graceful_shutdown();
+                        // With none open, the client gets a moment to close.
+                        drop_at = Some(Instant::now() + H2_CLOSE_GRACE);
                     }
                 }
             }
         }
-    };
-    if let Err(e) = result {
-        debug!(%peer, error = %e, "HTTP/2 client connection ended with an error");
     }
 }
 
@@ -665,33 +737,6 @@ impl Drop for StreamOpen {
             let ms = u64::try_from(s.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
             s.idle_since_ms.store(ms, Ordering::Relaxed);
         }
-    }
-}
-
-/// An HTTP/2 response body that keeps its stream counted as open until the
-/// body ends or is dropped.
-struct CountedBody {
-    body: h2::ResponseBody,
-    _open: StreamOpen,
-}
-
-impl Body for CountedBody {
-    type Data = Bytes;
-    type Error = std::io::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
     }
 }
 

@@ -622,7 +622,7 @@ pub fn parse_response_fields(
             field(name, value);
         }
         if let Some(n) = head.length_for_client(r) {
-            field(b"content-length", n.to_string().as_bytes());
+            field(b"content-length", itoa::Buffer::new().format(n).as_bytes());
         }
     })
 }
