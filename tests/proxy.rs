@@ -962,6 +962,28 @@ async fn an_h2_requests_trailers_go_up_as_the_http1_path_passes_them() {
     p.shutdown();
 }
 
+/// A backend's interim answer (103 Early Hints) reaches an HTTP/2 client
+/// before the final one, as it reaches an HTTP/1 client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_client_gets_the_backends_early_hints() {
+    let answer = b"HTTP/1.1 103 Early Hints\r\nlink: </app.css>; rel=preload\r\n\r\n\
+        HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+    let (backend, _recorder) = recording_backend(|got| got.ends_with(b"\r\n\r\n"), answer).await;
+    let (addr, _, p) = proxy(&[backend], "retries = 0");
+    let mut client = h2_client(addr).await;
+    let (mut response, _) =
+        client.send_request(Request::get("http://x.test/").body(()).expect("req"), true).expect("send");
+    let hint = tokio::time::timeout(Duration::from_secs(3), std::future::poll_fn(|cx| response.poll_informational(cx)))
+        .await
+        .expect("in time");
+    let hint = hint.expect("an interim answer").expect("no error");
+    assert_eq!(hint.status(), 103);
+    assert_eq!(hint.headers().get("link").and_then(|v| v.to_str().ok()), Some("</app.css>; rel=preload"));
+    let response = tokio::time::timeout(Duration::from_secs(3), response).await.expect("in time").expect("response");
+    assert_eq!(response.status(), 200);
+    p.shutdown();
+}
+
 /// RFC 9110 §15.5.6: CONNECT from an HTTP/2 client is answered 405 with
 /// the methods that are allowed, and nothing reaches the backend.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

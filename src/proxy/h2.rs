@@ -355,6 +355,22 @@ impl Body for RecvBody {
     }
 }
 
+/// Interim (1xx) answers a stream's backend sent, waiting to be passed on.
+#[derive(Debug, Default)]
+struct Interim(std::sync::Mutex<Vec<Response<()>>>);
+
+impl Interim {
+    fn push(&self, answer: Response<()>) {
+        if let Ok(mut q) = self.0.lock() {
+            q.push(answer);
+        }
+    }
+
+    fn take(&self) -> Vec<Response<()>> {
+        self.0.lock().map(|mut q| std::mem::take(&mut *q)).unwrap_or_default()
+    }
+}
+
 /// Serves one HTTP/2 stream, in its connection's task: the request through
 /// the pool, the response head, then its body as the client's flow control
 /// lets it go. A reset from the client cancels it at any point (the
@@ -370,10 +386,22 @@ pub async fn serve_stream(
     let (parts, stream) = req.into_parts();
     let length = parts.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
     let req = Request::from_parts(parts, RecvBody { stream, length, data_done: false, done: false });
-    let resp = tokio::select! {
-        r = handle(pool, idle, client, scheme, req) => r,
-        _ = std::future::poll_fn(|cx| respond.poll_reset(cx)) => return,
-    };
+    let interim = Interim::default();
+    let handling = handle(pool, idle, client, scheme, req, &interim);
+    tokio::pin!(handling);
+    let answered = std::future::poll_fn(|cx| {
+        if respond.poll_reset(cx).is_ready() {
+            return Poll::Ready(None);
+        }
+        let polled = handling.as_mut().poll(cx);
+        for answer in interim.take() {
+            if let Err(e) = respond.send_informational(answer) {
+                debug!(%client, error = %e, "could not pass on an interim answer");
+            }
+        }
+        polled.map(Some)
+    });
+    let Some(resp) = answered.await else { return };
     let (mut head, body) = resp.into_parts();
     let end = body.is_end_stream();
     if let (false, Some(n)) = (end, body.size_hint().exact()) {
@@ -470,6 +498,7 @@ async fn exchange(
     upload: &mut Upload,
     pool: &Pool,
     is_head: bool,
+    interim: &Interim,
 ) -> Result<Head, Failed> {
     let cfg = &pool.config;
     let reused = up.reused;
@@ -510,9 +539,14 @@ async fn exchange(
                 }
             });
             match parsed {
-                // 1xx: the final answer follows; HTTP/2 clients are not sent them.
+                // 1xx (103 Early Hints, 100 Continue): passed on, as on the
+                // HTTP/1 path; the final answer follows.
                 Ok(Some(r)) if r.interim => {
                     up.buf.consume(r.head_len);
+                    let mut answer = Response::new(());
+                    *answer.status_mut() = StatusCode::from_u16(r.status).unwrap_or(StatusCode::CONTINUE);
+                    *answer.headers_mut() = fields;
+                    interim.push(answer);
                     continue;
                 }
                 Ok(Some(r)) if r.coded_beyond_chunked => {
@@ -579,6 +613,7 @@ async fn handle(
     client: SocketAddr,
     scheme: Scheme,
     mut req: Request<RecvBody>,
+    interim: &Interim,
 ) -> Response<ResponseBody> {
     let started = StdInstant::now();
     let meter = Arc::clone(pool.meter());
@@ -670,7 +705,7 @@ async fn handle(
         let addr = backend.address;
         // What TLS took is flushed before a wait that needs it sent.
         upload.tls = matches!(up.stream, UpstreamStream::Tls(_));
-        let outcome = match exchange(&mut up, &head, &mut upload, &pool, is_head).await {
+        let outcome = match exchange(&mut up, &head, &mut upload, &pool, is_head, interim).await {
             Ok(h) => {
                 let status = h.response.status;
                 answered(&pool, &mut attempts, i, &backend, status, Some(h.after));
