@@ -997,6 +997,9 @@ async fn an_h2_connect_is_refused_with_allow() {
     assert_eq!(response.status(), 405);
     let allow = response.headers().get("allow").and_then(|v| v.to_str().ok());
     assert_eq!(allow, Some("GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH"));
+    // RFC 9110 §6.6.1: vipd's own answers are dated.
+    let date = response.headers().get("date").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    assert!(httpdate::parse_http_date(date).is_ok(), "date {date:?}");
     assert!(seen.lock().expect("lock").is_empty(), "CONNECT reached the backend");
     p.shutdown();
     task.abort();

@@ -539,12 +539,15 @@ async fn backends_over_tls_are_verified_and_health_checked() {
     assert_eq!(plain_get(addr, "/").await.0, 502);
     proxy.shutdown();
 
-    // A CA that did not sign it: 502; the checks fail and take it out.
+    // A CA that did not sign it: 502; the checks fail and take it out (on
+    // a proxy of their own: a check that runs first would make it a 503).
     let other = Pki::new("backend-other");
     std::fs::write(pki.path("other-ca.pem"), other.ca.pem()).expect("write CA");
     let wrong_ca = "backend_tls = { ca = \"other-ca.pem\", server_name = \"app.internal\" }";
-    let (addr, pool, proxy) = start_plain(&pki, good, &format!("{wrong_ca}\n{health}"));
+    let (addr, _pool, proxy) = start_plain(&pki, good, wrong_ca);
     assert_eq!(plain_get(addr, "/").await.0, 502);
+    proxy.shutdown();
+    let (addr, pool, proxy) = start_plain(&pki, good, &format!("{wrong_ca}\n{health}"));
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert!(!pool.snapshot().backends[0].healthy, "a failed handshake fails the check");
     assert_eq!(plain_get(addr, "/").await.0, 503);

@@ -22,7 +22,7 @@ use std::time::Instant as StdInstant;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Bytes;
 use hyper::header::{
-    HeaderMap, HeaderName, HeaderValue, ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, COOKIE, HOST, LOCATION,
+    HeaderMap, HeaderName, HeaderValue, ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, COOKIE, DATE, HOST, LOCATION,
 };
 use hyper::{Method, Request, Response, StatusCode};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
@@ -338,8 +338,9 @@ impl Body for RecvBody {
                 None => this.data_done = true,
             }
         }
+        let trailers = ready!(this.stream.poll_trailers(cx));
         this.done = true;
-        match ready!(this.stream.poll_trailers(cx)) {
+        match trailers {
             Ok(Some(trailers)) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
             Ok(None) => Poll::Ready(None),
             Err(e) => Poll::Ready(Some(Err(e))),
@@ -407,11 +408,35 @@ pub async fn serve_stream(
     if let (false, Some(n)) = (end, body.size_hint().exact()) {
         head.headers.entry(CONTENT_LENGTH).or_insert_with(|| HeaderValue::from(n));
     }
+    // RFC 9110 §6.6.1: a proxy with a clock dates an answer that has no
+    // Date (vipd's own, or a backend's without one).
+    if !head.headers.contains_key(DATE) {
+        if let Some(date) = date_now() {
+            head.headers.insert(DATE, date);
+        }
+    }
     match respond.send_response(Response::from_parts(head, ()), end) {
         Ok(send) if !end => send_body(body, send).await,
         Ok(_) => {}
         Err(e) => debug!(%client, error = %e, "could not send an HTTP/2 response head"),
     }
+}
+
+/// The current HTTP-date, formatted once a second per worker thread.
+fn date_now() -> Option<HeaderValue> {
+    thread_local! {
+        static DATE: std::cell::RefCell<Option<(u64, HeaderValue)>> = const { std::cell::RefCell::new(None) };
+    }
+    let now = std::time::SystemTime::now();
+    let second = now.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    DATE.with(|cached| {
+        let mut cached = cached.borrow_mut();
+        if cached.as_ref().is_none_or(|(at, _)| *at != second) {
+            let value = HeaderValue::from_str(&httpdate::fmt_http_date(now)).ok()?;
+            *cached = Some((second, value));
+        }
+        cached.as_ref().map(|(_, v)| v.clone())
+    })
 }
 
 /// Sends `body` on `send`, each piece once the client's window has room
