@@ -674,11 +674,11 @@ async fn handle(
     if req.headers().values().any(|v| wire::trim(v.as_bytes()).len() != v.len()) {
         return local(MALFORMED, log);
     }
-    // What the backend is not sent: hop-by-hop fields, and the client's
-    // length (the framing that goes up is our own).
+    // Hop-by-hop fields are not sent up; the client's length is not either
+    // (`request_head` writes a framing of our own), only read here.
     let headers = req.headers_mut();
     strip_hop_by_hop(headers);
-    let stated_length = headers.remove(CONTENT_LENGTH).is_some();
+    let stated_length = headers.contains_key(CONTENT_LENGTH);
     let Some(host) = request_host(&req) else {
         return local(MALFORMED, log);
     };
