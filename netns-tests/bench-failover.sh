@@ -43,17 +43,19 @@ ensure_pkg keepalived keepalived
 sleep_iv() { sleep "$(awk -v n="$1" -v m="$(interval_ms "$2")" 'BEGIN{print n*m/1000}')"; }
 
 # What lb1's and lb2's adverts and lb2's announcements look like in
-# tcpdump's text, and where to capture them.
+# tcpdump's text (ANNOUNCE is a regex: a GARP's target hardware address is
+# broadcast from keepalived, the MAC itself from vipd, RFC 9568 erratum
+# 7949), and where to capture them.
 case $MODE in
     multicast)
         ADV1=" ${HOST_IP[lb1]} > 224.0.0.18: VRRP"; ADV2=" ${HOST_IP[lb2]} > 224.0.0.18: VRRP"
-        ANNOUNCE="Request who-has $VIP (ff:ff:ff:ff:ff:ff) tell $VIP,"; CAP_HOST=client; FILTER="ip proto 112 or arp" ;;
+        ANNOUNCE="Request who-has $VIP \\([0-9a-f:]+\\) tell $VIP,"; CAP_HOST=client; FILTER="ip proto 112 or arp" ;;
     ipv6)
         ADV1=" fe80::5eff:fe10:11 > ff02::12: VRRP"; ADV2=" fe80::5eff:fe10:12 > ff02::12: VRRP"
         ANNOUNCE="neighbor advertisement, tgt is $VIP,"; CAP_HOST=client; FILTER="ip6 proto 112 or icmp6" ;;
     unicast)
         ADV1=" ${HOST_IP[lb1]} > ${HOST_IP[lb2]}: VRRP"; ADV2=" ${HOST_IP[lb2]} > ${HOST_IP[lb1]}: VRRP"
-        ANNOUNCE="Request who-has $VIP (ff:ff:ff:ff:ff:ff) tell $VIP,"; CAP_HOST=lb2; FILTER="ip proto 112 or arp" ;;
+        ANNOUNCE="Request who-has $VIP \\([0-9a-f:]+\\) tell $VIP,"; CAP_HOST=lb2; FILTER="ip proto 112 or arp" ;;
 esac
 
 # measure FILE crash|graceful -> "ADVERT_MS GARP_MS" from one capture.
@@ -66,7 +68,7 @@ measure() {
             if (kind == "crash" || index($0, ", prio 0,")) ta = t
         }
         index($0, b) && ta && !tb { tb = t }
-        $2 == bmac && index($0, ann) && ta && !tg { tg = t }
+        $2 == bmac && $0 ~ ann && ta && !tg { tg = t }
         END {
             if (!ta || !tb) { print "NA NA"; exit }
             printf "%.1f %s\n", tb - ta, (tg ? sprintf("%.1f", tg - ta) : "NA")

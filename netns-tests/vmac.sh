@@ -88,7 +88,7 @@ if [[ -n $V6 ]]; then
 else
     adverts=$(grep -c "^[0-9.]* $VMAC_MAC > 01:00:5e:00:00:12.* > 224.0.0.18: VRRPv3" <<<"$cap_txt" || true)
     own=$(grep -cE "^[0-9.]* (${HOST_MAC[lb1]}|${HOST_MAC[lb2]}) > 01:00:5e:00:00:12" <<<"$cap_txt" || true)
-    garps=$(grep -c "^[0-9.]* $VMAC_MAC > ff:ff:ff:ff:ff:ff.*Request who-has $VIP (ff:ff:ff:ff:ff:ff) tell $VIP," <<<"$cap_txt" || true)
+    garps=$(grep -c "^[0-9.]* $VMAC_MAC > ff:ff:ff:ff:ff:ff.*Request who-has $VIP ($VMAC_MAC) tell $VIP," <<<"$cap_txt" || true)
 fi
 ((adverts > 10 && own == 0)) || fail "adverts: $adverts from the virtual MAC, $own from the interfaces' own MACs"
 ((garps >= 5)) || fail "$garps gratuitous ARPs (neighbour advertisements) from the virtual MAC"

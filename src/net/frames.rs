@@ -16,9 +16,14 @@ use pnet_packet::ipv6::MutableIpv6Packet;
 /// Ethernet header (14) + ARP for IPv4 over Ethernet (28).
 pub const GARP_LEN: usize = 42;
 
-/// An ARP request announcing `vip` at `mac`: sender = target = the VIP,
-/// target hardware address broadcast, sent to the broadcast address. This is
-/// the form keepalived sends and that every neighbour cache accepts.
+/// An ARP request announcing `vip` at `mac`, sent to the broadcast
+/// address: sender = target = the VIP, and the target hardware address is
+/// `mac` too, as RFC 9568 §6.4.1/§6.4.2 say with errata 7947 and 7949 (the
+/// Virtual Router's IPv4 address, target link-layer address the Virtual
+/// Router MAC). keepalived puts the broadcast address there; receivers
+/// ignore the field in a request (RFC 5227 §3), and Linux takes an ARP
+/// *reply* as gratuitous only when it equals the sender's, so this form
+/// moves every neighbour cache the other one does.
 pub fn gratuitous_arp(mac: [u8; 6], vip: Ipv4Addr) -> [u8; GARP_LEN] {
     let mut frame = [0u8; GARP_LEN];
     let mac = MacAddr::from(mac);
@@ -38,7 +43,7 @@ pub fn gratuitous_arp(mac: [u8; 6], vip: Ipv4Addr) -> [u8; GARP_LEN] {
     arp.set_operation(ArpOperations::Request);
     arp.set_sender_hw_addr(mac);
     arp.set_sender_proto_addr(vip);
-    arp.set_target_hw_addr(MacAddr::broadcast());
+    arp.set_target_hw_addr(mac);
     arp.set_target_proto_addr(vip);
     frame
 }
@@ -144,8 +149,10 @@ mod tests {
     }
 
     #[test]
-    fn matches_keepalived_garp() {
+    fn matches_keepalived_garp_but_for_the_erratum_7949_target() {
         // v3-garp in tests/vectors/vectors.txt: lb2 (02:00:5e:10:00:12) announcing 192.0.2.10.
+        // Byte for byte keepalived's, but for the target hardware address
+        // (ARP bytes 18..24): the announced MAC, not broadcast.
         let text = include_str!("../../tests/vectors/vectors.txt");
         let arp_hex = text.lines().find_map(|l| l.trim().strip_prefix("arp_hex=")).expect("a GARP vector");
         let arp: Vec<u8> =
@@ -154,6 +161,9 @@ mod tests {
         assert_eq!(&frame[0..6], &[0xff; 6]);
         assert_eq!(&frame[6..12], &[0x02, 0x00, 0x5e, 0x10, 0x00, 0x12]);
         assert_eq!(&frame[12..14], &[0x08, 0x06]);
-        assert_eq!(&frame[14..], &arp[..]);
+        assert_eq!(&frame[14..14 + 18], &arp[..18]);
+        assert_eq!(&arp[18..24], &[0xff; 6], "keepalived's target hardware address");
+        assert_eq!(&frame[14 + 18..14 + 24], &[0x02, 0x00, 0x5e, 0x10, 0x00, 0x12], "erratum 7949");
+        assert_eq!(&frame[14 + 24..], &arp[24..]);
     }
 }
