@@ -5,10 +5,12 @@
 //! worker's requests to this one's load (and break them when this one
 //! stops first).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use rustc_hash::FxHashMap;
 
 /// Idle connections kept per backend; more are closed.
 const MAX_PER_BACKEND: usize = 512;
@@ -25,8 +27,10 @@ struct Parked<T> {
 
 /// One worker's idle connections to each backend of one listener, the
 /// newest at the back. One lock for all: only its worker's tasks take it.
+/// Looked up twice a request (take, put): FxHash, not SipHash, since the
+/// keys are the configured backends, which no client chooses.
 pub struct IdleConns<T> {
-    backends: Mutex<HashMap<SocketAddr, VecDeque<Parked<T>>>>,
+    backends: Mutex<FxHashMap<SocketAddr, VecDeque<Parked<T>>>>,
 }
 
 impl<T> std::fmt::Debug for IdleConns<T> {
@@ -37,12 +41,12 @@ impl<T> std::fmt::Debug for IdleConns<T> {
 
 impl<T> Default for IdleConns<T> {
     fn default() -> Self {
-        IdleConns { backends: Mutex::new(HashMap::new()) }
+        IdleConns { backends: Mutex::new(FxHashMap::default()) }
     }
 }
 
 impl<T> IdleConns<T> {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, VecDeque<Parked<T>>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, FxHashMap<SocketAddr, VecDeque<Parked<T>>>> {
         self.backends.lock().unwrap_or_else(|p| p.into_inner())
     }
 
