@@ -5,6 +5,7 @@
 //! bodies are followed in `chunked`.
 
 use std::io::Write as _;
+use std::mem::MaybeUninit;
 use std::net::IpAddr;
 use std::ops::Range;
 
@@ -200,9 +201,13 @@ fn parse_request_as_given(
     scheme: Scheme,
     out: &mut Vec<u8>,
 ) -> Result<Option<Request>, HeadError> {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut fields);
-    let Some(head_len) = complete(req.parse(input), "malformed request head")? else { return Ok(None) };
+    // Left uninitialised for httparse to fill: zeroing 100 fields was a
+    // measurable part of every parse.
+    let mut fields = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let Some(head_len) = complete(req.parse_with_uninit_headers(input, &mut fields), "malformed request head")? else {
+        return Ok(None);
+    };
     let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version) else {
         return Err(HeadError::Malformed("malformed request line"));
     };
@@ -213,7 +218,7 @@ fn parse_request_as_given(
     }
     let http10 = minor == 0;
     let headers: &[httparse::Header<'_>] = req.headers;
-    let Fields { conn, content_length, codings, upgrade_to, host, hosts, has_xff, request_ids } =
+    let Fields { conn, content_length, codings, upgrade_to, host, hosts, has_xff, request_ids, kinds } =
         Fields::scan(headers)?;
     // RFC 9112 §3.2: one Host, and a valid one.
     if hosts > 1 {
@@ -272,21 +277,21 @@ fn parse_request_as_given(
     if let Some(h) = host {
         put_field(out, b"host", h);
     }
-    for h in headers {
+    for (h, kind) in headers.iter().zip(kinds) {
         let name = h.name.as_bytes();
-        if is_hop_by_hop(name)
-            || conn.names(name)
-            || looks_like_framing(name)
-            || name.eq_ignore_ascii_case(b"host")
-            || name.eq_ignore_ascii_case(b"content-length")
-            || is_forwarding(name)
-        {
-            continue;
+        // Host and Content-Length are written afresh, the X-Forwarded-*
+        // fields by `put_forwarded`.
+        let passes = match kind {
+            Known::Other => !conn.names(name) && !looks_like_framing(name),
+            Known::XRequestId => !conn.names(name),
+            _ => false,
+        };
+        if passes {
+            put_field(out, name, h.value);
         }
-        put_field(out, name, h.value);
     }
-    let prior = headers.iter().filter(|h| has_xff && h.name.eq_ignore_ascii_case("x-forwarded-for"));
-    put_forwarded(out, prior.map(|h| h.value), client, scheme, host);
+    let prior = headers.iter().zip(kinds).filter(|(_, k)| has_xff && *k == Known::XForwardedFor);
+    put_forwarded(out, prior.map(|(h, _)| h.value), client, scheme, host);
     match framing {
         Framing::Length(n) => put_length(out, n),
         // An explicit zero stays: some servers want a length on POST or PUT.
@@ -350,9 +355,7 @@ pub fn put_forwarded<'a>(
 
 /// A field [`put_forwarded`] writes itself.
 pub fn is_forwarding(name: &[u8]) -> bool {
-    [b"x-forwarded-for".as_slice(), b"x-forwarded-proto", b"x-forwarded-host"]
-        .iter()
-        .any(|f| name.eq_ignore_ascii_case(f))
+    matches!(Known::of(name), Known::XForwardedFor | Known::XForwardedProto | Known::XForwardedHost)
 }
 
 /// Adds a Host field to an upstream head that lacks one (see
@@ -403,14 +406,15 @@ pub fn ensure_request_id(head: &mut Vec<u8>, client_ids: usize, fresh: u64) -> s
         head.drain(start..end + 2);
     }
     debug_assert!(head.ends_with(b"\r\n\r\n"));
-    // Before the blank line that ends the head (no allocation: this runs
-    // for every request).
+    // In place of the blank line that ends the head, which then follows
+    // it (no allocation, no splice: this runs for every request).
     let end = head.len().saturating_sub(2);
-    let mut field = *b"x-request-id: 0123456789abcdef\r\n";
+    let mut field = *b"x-request-id: 0123456789abcdef\r\n\r\n";
     for (i, b) in field[14..30].iter_mut().enumerate() {
         *b = b"0123456789abcdef"[((fresh >> (60 - 4 * i)) & 0xf) as usize];
     }
-    head.splice(end..end, field);
+    head.truncate(end);
+    head.extend_from_slice(&field);
     let value = end + 14;
     value..value + 16
 }
@@ -463,6 +467,8 @@ pub struct Response {
 struct ResponseHead<'h, 'a> {
     reason: &'a str,
     headers: &'h [httparse::Header<'a>],
+    /// What each of `headers` is, as [`Known::of`] says.
+    kinds: &'h [Known],
     conn: ConnectionField<'a>,
     coded: bool,
     upgrade_to: Option<&'a [u8]>,
@@ -477,9 +483,10 @@ impl<'h, 'a> ResponseHead<'h, 'a> {
     fn end_to_end(&self) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + '_ {
         self.headers
             .iter()
-            .map(|h| (h.name.as_bytes(), h.value))
-            .filter(move |(name, _)| !is_hop_by_hop(name) && !self.conn.names(name))
-            .filter(|(name, _)| !name.eq_ignore_ascii_case(b"content-length"))
+            .zip(self.kinds)
+            .filter(|(_, kind)| !kind.is_hop_by_hop() && **kind != Known::ContentLength)
+            .map(|(h, _)| (h.name.as_bytes(), h.value))
+            .filter(move |(name, _)| !self.conn.names(name))
     }
 
     /// The Content-Length the client is sent, as one number: the body's,
@@ -502,15 +509,16 @@ fn scan_response<'a>(
     ctx: ResponseContext,
     write: impl FnOnce(&Response, &ResponseHead<'_, 'a>),
 ) -> Result<Option<Response>, HeadError> {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut fields);
-    let Some(head_len) = complete(resp.parse(input), "malformed response head")? else { return Ok(None) };
+    let mut fields = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut resp, input, &mut fields);
+    let Some(head_len) = complete(parsed, "malformed response head")? else { return Ok(None) };
     let (Some(minor), Some(status)) = (resp.version, resp.code) else {
         return Err(HeadError::Malformed("malformed status line"));
     };
     let reason = resp.reason.unwrap_or("");
     let headers: &[httparse::Header<'_>] = resp.headers;
-    let Fields { conn, content_length, codings, upgrade_to, .. } = Fields::scan(headers)?;
+    let Fields { conn, content_length, codings, upgrade_to, kinds, .. } = Fields::scan(headers)?;
     // Three digits, the first 1 to 5 (RFC 9110 §15): `099` is no status.
     if !(100..600).contains(&status) {
         return Err(HeadError::Malformed("invalid status code"));
@@ -561,7 +569,15 @@ fn scan_response<'a>(
         dechunk,
         coded_beyond_chunked,
     };
-    let head = ResponseHead { reason, headers, conn, coded: codings.present, upgrade_to, content_length };
+    let head = ResponseHead {
+        reason,
+        headers,
+        kinds: &kinds[..headers.len()],
+        conn,
+        coded: codings.present,
+        upgrade_to,
+        content_length,
+    };
     write(&r, &head);
     Ok(Some(r))
 }
@@ -650,12 +666,18 @@ struct Fields<'a> {
     has_xff: bool,
     /// `X-Request-Id` fields seen.
     request_ids: usize,
+    /// What each field is, in order: the writers go by it rather than
+    /// compare every name again.
+    kinds: [Known; MAX_HEADERS],
 }
 
 impl<'a> Fields<'a> {
+    // Inlined into its two callers: returned by value, the struct (a few
+    // hundred bytes with its arrays) was copied once more per message.
+    #[inline(always)]
     fn scan(headers: &[httparse::Header<'a>]) -> Result<Self, HeadError> {
         let mut f = Fields {
-            conn: ConnectionField::scan(headers)?,
+            conn: ConnectionField::default(),
             content_length: None,
             codings: Codings::default(),
             upgrade_to: None,
@@ -663,25 +685,93 @@ impl<'a> Fields<'a> {
             hosts: 0,
             has_xff: false,
             request_ids: 0,
+            kinds: [Known::Other; MAX_HEADERS],
         };
-        for h in headers {
-            let name = h.name.as_bytes();
-            if name.eq_ignore_ascii_case(b"content-length") {
-                f.content_length = Some(merge_content_length(f.content_length, h.value)?);
-            } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-                f.codings.add(h.value);
-            } else if name.eq_ignore_ascii_case(b"host") {
-                f.host = Some(h.value);
-                f.hosts += 1;
-            } else if name.eq_ignore_ascii_case(b"upgrade") {
-                f.upgrade_to = Some(h.value);
-            } else if name.eq_ignore_ascii_case(b"x-forwarded-for") {
-                f.has_xff = true;
-            } else if name.eq_ignore_ascii_case(b"x-request-id") {
-                f.request_ids += 1;
+        for (h, kind) in headers.iter().zip(&mut f.kinds) {
+            *kind = Known::of(h.name.as_bytes());
+            match kind {
+                Known::Connection => f.conn.add(h.value)?,
+                Known::ContentLength => f.content_length = Some(merge_content_length(f.content_length, h.value)?),
+                Known::TransferEncoding => f.codings.add(h.value),
+                Known::Host => {
+                    f.host = Some(h.value);
+                    f.hosts += 1;
+                }
+                Known::Upgrade => f.upgrade_to = Some(h.value),
+                Known::XForwardedFor => f.has_xff = true,
+                Known::XRequestId => f.request_ids += 1,
+                _ => {}
             }
         }
         Ok(f)
+    }
+}
+
+/// The field names the codec acts on; every other name is `Other`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Known {
+    Other,
+    Connection,
+    KeepAlive,
+    Te,
+    Trailer,
+    TransferEncoding,
+    Upgrade,
+    /// `Proxy` or any `Proxy-*`.
+    Proxy,
+    ContentLength,
+    Host,
+    XForwardedFor,
+    XForwardedProto,
+    XForwardedHost,
+    XRequestId,
+}
+
+impl Known {
+    /// Which one `name` is (case-insensitive). Every field of every
+    /// message goes through here once: the length and one letter pick the
+    /// single name it can be, so a name is compared at most once.
+    fn of(name: &[u8]) -> Known {
+        let Some(&first) = name.first() else { return Known::Other };
+        let first = first.to_ascii_lowercase();
+        if first == b'p' && name.len() >= 6 && name[..6].eq_ignore_ascii_case(b"proxy-") {
+            return Known::Proxy;
+        }
+        let (candidate, kind): (&[u8], Known) = match (name.len(), first) {
+            (2, b't') => (b"te", Known::Te),
+            (4, b'h') => (b"host", Known::Host),
+            (5, b'p') => (b"proxy", Known::Proxy),
+            (7, b'u') => (b"upgrade", Known::Upgrade),
+            (7, b't') => (b"trailer", Known::Trailer),
+            (10, b'c') => (b"connection", Known::Connection),
+            (10, b'k') => (b"keep-alive", Known::KeepAlive),
+            (12, b'x') => (b"x-request-id", Known::XRequestId),
+            (14, b'c') => (b"content-length", Known::ContentLength),
+            (15, b'x') => (b"x-forwarded-for", Known::XForwardedFor),
+            (16, b'x') => (b"x-forwarded-host", Known::XForwardedHost),
+            (17, b't') => (b"transfer-encoding", Known::TransferEncoding),
+            (17, b'x') => (b"x-forwarded-proto", Known::XForwardedProto),
+            _ => return Known::Other,
+        };
+        if eq_lowercase(name, candidate) {
+            kind
+        } else {
+            Known::Other
+        }
+    }
+
+    /// Describes one hop (see [`is_hop_by_hop`]).
+    fn is_hop_by_hop(self) -> bool {
+        matches!(
+            self,
+            Known::Connection
+                | Known::KeepAlive
+                | Known::Te
+                | Known::Trailer
+                | Known::TransferEncoding
+                | Known::Upgrade
+                | Known::Proxy
+        )
     }
 }
 
@@ -762,6 +852,28 @@ fn put_codings(out: &mut Vec<u8>, headers: &[httparse::Header<'_>]) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// `name` equals `lower`, which holds only lowercase letters and `-`,
+/// ignoring ASCII case; eight bytes at a time. OR-ing 0x20 into the
+/// bytes where `lower` has a letter maps an uppercase letter to its
+/// lowercase and nothing else onto a lowercase letter; where it has `-`
+/// the byte must be `-` itself.
+fn eq_lowercase(name: &[u8], lower: &[u8]) -> bool {
+    if name.len() != lower.len() {
+        return false;
+    }
+    if name.len() < 8 {
+        return name.eq_ignore_ascii_case(lower);
+    }
+    let word = |s: &[u8], at: usize| u64::from_le_bytes(s[at..at + 8].try_into().unwrap_or_default());
+    let same = |at: usize| {
+        let want = word(lower, at);
+        // 0x40 is set in every lowercase letter and not in `-`.
+        word(name, at) | ((want & 0x4040_4040_4040_4040) >> 1) == want
+    };
+    let last = name.len() - 8;
+    (0..last).step_by(8).all(same) && same(last)
+}
+
 /// Appends `n` in decimal. The head writers' numbers and the client's
 /// address go in by hand, not through `write!`: its formatting machinery
 /// was a per-request cost of its own in the profile.
@@ -826,12 +938,11 @@ pub fn looks_like_framing(name: &[u8]) -> bool {
 /// itself is no standard field: CGI backends would read it as their proxy
 /// setting ("httpoxy").
 pub fn is_hop_by_hop(name: &[u8]) -> bool {
-    const HOP: [&[u8]; 7] =
-        [b"connection", b"keep-alive", b"te", b"trailer", b"transfer-encoding", b"upgrade", b"proxy"];
-    HOP.iter().any(|h| name.eq_ignore_ascii_case(h)) || (name.len() >= 6 && name[..6].eq_ignore_ascii_case(b"proxy-"))
+    Known::of(name).is_hop_by_hop()
 }
 
 /// What the `Connection` fields of a message say.
+#[derive(Default)]
 struct ConnectionField<'a> {
     close: bool,
     keep_alive: bool,
@@ -841,24 +952,22 @@ struct ConnectionField<'a> {
 }
 
 impl<'a> ConnectionField<'a> {
-    fn scan(headers: &[httparse::Header<'a>]) -> Result<Self, HeadError> {
-        let mut c = ConnectionField { close: false, keep_alive: false, upgrade: false, named: [&[]; 16], count: 0 };
-        for h in headers.iter().filter(|h| h.name.eq_ignore_ascii_case("connection")) {
-            for token in h.value.split(|&b| b == b',').map(trim).filter(|t| !t.is_empty()) {
-                if token.eq_ignore_ascii_case(b"close") {
-                    c.close = true;
-                } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                    c.keep_alive = true;
-                } else if token.eq_ignore_ascii_case(b"upgrade") {
-                    c.upgrade = true;
-                } else {
-                    let slot = c.named.get_mut(c.count).ok_or(HeadError::Malformed("too many Connection options"))?;
-                    *slot = token;
-                    c.count += 1;
-                }
+    /// Takes in one `Connection` field's value (a message may have several).
+    fn add(&mut self, value: &'a [u8]) -> Result<(), HeadError> {
+        for token in value.split(|&b| b == b',').map(trim).filter(|t| !t.is_empty()) {
+            if token.eq_ignore_ascii_case(b"close") {
+                self.close = true;
+            } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                self.keep_alive = true;
+            } else if token.eq_ignore_ascii_case(b"upgrade") {
+                self.upgrade = true;
+            } else {
+                let slot = self.named.get_mut(self.count).ok_or(HeadError::Malformed("too many Connection options"))?;
+                *slot = token;
+                self.count += 1;
             }
         }
-        Ok(c)
+        Ok(())
     }
 
     /// Whether `name` is a field the sender marked as hop-by-hop.
@@ -1021,6 +1130,53 @@ pub fn trim(s: &[u8]) -> &[u8] {
 mod tests {
     use super::*;
     use crate::proxy::codec::chunked::ChunkedScanner;
+
+    #[test]
+    fn field_names_are_known_in_any_case_and_near_misses_are_not() {
+        let known = [
+            ("connection", Known::Connection),
+            ("keep-alive", Known::KeepAlive),
+            ("te", Known::Te),
+            ("trailer", Known::Trailer),
+            ("transfer-encoding", Known::TransferEncoding),
+            ("upgrade", Known::Upgrade),
+            ("proxy", Known::Proxy),
+            ("proxy-", Known::Proxy),
+            ("proxy-authorization", Known::Proxy),
+            ("content-length", Known::ContentLength),
+            ("host", Known::Host),
+            ("x-forwarded-for", Known::XForwardedFor),
+            ("x-forwarded-proto", Known::XForwardedProto),
+            ("x-forwarded-host", Known::XForwardedHost),
+            ("x-request-id", Known::XRequestId),
+        ];
+        for (name, kind) in known {
+            assert_eq!(Known::of(name.as_bytes()), kind, "{name}");
+            assert_eq!(Known::of(name.to_ascii_uppercase().as_bytes()), kind, "{name} in capitals");
+            // One letter off, anywhere: another field.
+            for i in 0..name.len() {
+                let mut other = name.as_bytes().to_vec();
+                other[i] = if other[i] == b'q' { b'w' } else { b'q' };
+                let expect = if name.starts_with("proxy-") && i >= 6 { Known::Proxy } else { Known::Other };
+                assert_eq!(Known::of(&other), expect, "{}", String::from_utf8_lossy(&other));
+            }
+        }
+        for other in ["", "t", "hosts", "content-type", "x-request-ids", "connectio", "proxy_x", "teh"] {
+            assert_eq!(Known::of(other.as_bytes()), Known::Other, "{other}");
+        }
+        // Bytes that fold onto `-` or a letter when 0x20 is OR-ed in
+        // everywhere (CR, `@`, `^`): no match.
+        for near in ["x\rforwarded-for", "x-forwarded\rfor", "x-request\rid", "transfer\rencoding"] {
+            assert_eq!(Known::of(near.as_bytes()), Known::Other, "{near:?}");
+        }
+        assert_eq!(Known::of(b"CONTENT-LENGTH"), Known::ContentLength);
+        assert_eq!(Known::of(b"content-lengt\x48"), Known::ContentLength, "H");
+        assert_eq!(Known::of(b"content-lengt\x08"), Known::Other, "H ^ 0x40");
+        assert_eq!(Known::of(b"conten\x34-length"), Known::Other, "t ^ 0x40");
+        assert_eq!(Known::of(b"content\x0dlength"), Known::Other, "CR | 0x20 is -");
+        assert!(is_hop_by_hop(b"Keep-Alive") && is_hop_by_hop(b"PROXY-Connection") && !is_hop_by_hop(b"host"));
+        assert!(is_forwarding(b"X-Forwarded-Host") && !is_forwarding(b"x-forwarded-by"));
+    }
 
     #[test]
     fn a_request_gets_one_request_id_the_clients_if_valid() {
