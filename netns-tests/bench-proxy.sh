@@ -36,7 +36,9 @@
 #      VIPD_MAX_HEADER_SIZE (unset: vipd's default 16384),
 #      RUNS (3), DURATION (10s), CPU_QUOTA_PCT (unset: no cap; 1..100),
 #      CONNS ("64 256"), TARGETS ("direct vipd haproxy nginx"), WARMUP (1s),
-#      KEEP=1 keeps the work dir (configs, logs, raw wrk output).
+#      KEEP=1 keeps the work dir (configs, logs, raw wrk output),
+#      VIPD_B: a second vipd build, target `vipd-b` (e.g. TARGETS="vipd vipd-b
+#      haproxy"), to compare two builds in one run, alternating like the rest.
 NT_DIR0=$(cd "$(dirname "$0")" && pwd)
 export VIPD=${VIPD:-$NT_DIR0/../target/release/vipd}
 source "$NT_DIR0/lib.sh"
@@ -52,7 +54,8 @@ PROXY_CPU=0
 LOAD_CPU=1
 BACKEND=127.0.0.1:8081
 VIPD_CONTROL=127.0.0.1:9099
-declare -A PORT=([direct]=8081 [vipd]=8082 [haproxy]=8083 [nginx]=8084)
+declare -A PORT=([direct]=8081 [vipd]=8082 [haproxy]=8083 [nginx]=8084 [vipd-b]=8085)
+VIPD_B=${VIPD_B:-}
 
 ((RUNS >= 1 && RUNS <= 50)) || fail "RUNS=$RUNS out of range 1..50"
 dur_s=$(interval_s "$DURATION")
@@ -95,6 +98,10 @@ VIPD_CONF="$WORK/vipd.toml"
 if [[ -n ${VIPD_MAX_HEADER_SIZE:-} ]]; then
     sed -i "s/^retries = .*/&\nmax_header_size = $VIPD_MAX_HEADER_SIZE/" "$VIPD_CONF"
 fi
+# vipd-b: the same config on its own ports and socket.
+VIPD_B_CONF="$WORK/vipd-b.toml"
+sed "s/127.0.0.1:${PORT[vipd]}/127.0.0.1:${PORT[vipd-b]}/; s/127.0.0.1:9099/127.0.0.1:9098/; s/vipd.sock/vipd-b.sock/" \
+    "$VIPD_CONF" >"$VIPD_B_CONF"
 
 HAPROXY_CONF=$(haproxy_conf haproxy "127.0.0.1:${PORT[haproxy]}" "$BACKEND")
 
@@ -129,24 +136,26 @@ start_target() {
     TARGET_PID=""; TARGET_RSS_PIDS=()
     case $t in
         direct) return 0 ;;
-        vipd)
-            [[ -x $VIPD ]] || { WHY="no vipd binary at $VIPD"; return 1; }
+        vipd | vipd-b)
+            local bin=$VIPD conf=$VIPD_CONF control=$VIPD_CONTROL
+            [[ $t == vipd-b ]] && { bin=$VIPD_B conf=$VIPD_B_CONF control=127.0.0.1:9098; }
+            [[ -x $bin ]] || { WHY="no vipd binary at '$bin'"; return 1; }
             # Access logging off, as for HAProxy and nginx (filtering the
             # "access" target out makes vipd skip building the line at all).
             ip netns exec "$(ns $H)" env RUST_LOG="${VIPD_RUST_LOG:-info,access=off}" \
-                taskset -c $PROXY_CPU "$VIPD" run --config "$VIPD_CONF" >>"$WORK/vipd.log" 2>&1 &
+                taskset -c $PROXY_CPU "$bin" run --config "$conf" >>"$WORK/$t.log" 2>&1 &
             TARGET_PID=$!
             EXTRA_PIDS+=("$TARGET_PID")
-            NODE_LOG[vipd]="$WORK/vipd.log"
+            NODE_LOG[$t]="$WORK/$t.log"
             # Backends may start unhealthy (rise 2 x 2 s): wait for a 200 and,
             # if the status page has it, the backend reported healthy.
             if ! wait_for 15000 ok_or_dead "$TARGET_PID" "$url" || ! pid_alive "$TARGET_PID"; then
-                if pid_alive "$TARGET_PID"; then WHY="vipd did not serve 200 at $url within 15 s"; else WHY="vipd exited"; fi
-                WHY+="; log: $(tail -n 3 "$WORK/vipd.log" | tr '\n' ' ')"
+                if pid_alive "$TARGET_PID"; then WHY="$t did not serve 200 at $url within 15 s"; else WHY="$t exited"; fi
+                WHY+="; log: $(tail -n 3 "$WORK/$t.log" | tr '\n' ' ')"
                 stop_daemon "$TARGET_PID" 5000
                 return 1
             fi
-            wait_for 10000 vipd_backends_healthy $H "$VIPD_CONTROL" || log "vipd status does not report the backend healthy (serving anyway)"
+            wait_for 10000 vipd_backends_healthy $H "$control" || log "$t status does not report the backend healthy (serving anyway)"
             TARGET_RSS_PIDS=("$TARGET_PID")
             ;;
         haproxy)
@@ -299,7 +308,7 @@ for t in $TARGETS; do
 done
 if [[ " $TARGETS " == *" vipd "* && -z ${SKIPPED[vipd]:-} ]]; then
     echo
-    for o in haproxy nginx; do
+    for o in haproxy nginx vipd-b; do
         [[ " $TARGETS " == *" $o "* && -z ${SKIPPED[$o]:-} ]] || continue
         for c in $CONNS; do
             printf 'vipd/%-7s c%-4s rps %5s   p99 %5s   RSS %5s   req/CPU-s %5s\n' "$o" "$c" \
