@@ -1737,3 +1737,48 @@ async fn redirect_https_answers_308_and_spares_the_exempt_paths() {
     p.shutdown();
     a.task.abort();
 }
+
+/// RFC 9110 §6.6.1: an answer the backend sent without a Date reaches an
+/// HTTP/1 client dated by the proxy; one with a Date keeps it, alone; and
+/// the proxy's own answers are dated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_answers_without_a_date_get_the_proxys() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let backend = listener.local_addr().expect("addr");
+    let server = tokio::spawn(async move {
+        let (mut conn, _) = listener.accept().await.expect("accept");
+        let mut buf = [0u8; 4096];
+        for answer in [
+            &b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"[..],
+            b"HTTP/1.1 200 OK\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\ncontent-length: 2\r\n\r\nok",
+        ] {
+            let n = conn.read(&mut buf).await.expect("read");
+            assert!(n > 0, "the proxy closed");
+            conn.write_all(answer).await.expect("write");
+        }
+    });
+    let (addr, _, p) = proxy(&[backend], "");
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    let mut pending = Vec::new();
+    let mut dates = Vec::new();
+    for _ in 0..2 {
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("write");
+        let (status, head, body) = read_response(&mut s, &mut pending, false).await;
+        assert_eq!((status, body.as_slice()), (200, &b"ok"[..]), "{head}");
+        let found: Vec<String> = head.lines().filter_map(|l| l.strip_prefix("date: ")).map(str::to_string).collect();
+        assert_eq!(found.len(), 1, "one Date: {head}");
+        dates.push(found[0].clone());
+    }
+    // (read_response lowercases the head.)
+    let now = std::time::SystemTime::now();
+    let recent = (0..5).map(|s| httpdate::fmt_http_date(now - Duration::from_secs(s)).to_lowercase());
+    assert!(recent.into_iter().any(|d| d == dates[0]), "the proxy's date is now: {:?}", dates[0]);
+    assert_eq!(dates[1], "sun, 06 nov 1994 08:49:37 gmt", "the backend's date kept (head lowercased)");
+    server.await.expect("backend");
+    // The backend is gone: the proxy's own 502/503 is dated too.
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("write");
+    let (status, head, _) = read_response(&mut s, &mut pending, false).await;
+    assert!(status == 502 || status == 503, "{head}");
+    assert!(head.lines().any(|l| l.starts_with("date: ")), "{head}");
+    p.shutdown();
+}

@@ -179,7 +179,8 @@ impl<S: ClientStream> Client<S> {
 
     /// A short answer of the proxy's own.
     async fn reply(&mut self, status: u16, reason: &str, text: &str, close: bool) -> bool {
-        wire::local_response(status, reason, text, close, &mut self.out);
+        let date = super::date::now();
+        wire::local_response(status, reason, text, close, date.as_ref().map(|d| d.as_bytes()), &mut self.out);
         self.write_out().await
     }
 
@@ -444,7 +445,8 @@ async fn requests<S: ClientStream>(
                 let location = wire::https_location(host, target, redirect.port);
                 // A body is not read: the connection closes after the answer.
                 let close = !req.keep_alive || req.framing != Framing::Empty;
-                wire::redirect_response(&location, close, &mut c.out);
+                let date = super::date::now();
+                wire::redirect_response(&location, close, date.as_ref().map(|d| d.as_bytes()), &mut c.out);
                 pool.meter().responses.count(308);
                 if !c.write_out().await {
                     return Served::Closed;
@@ -752,7 +754,16 @@ async fn relay_response<S: ClientStream>(
                     }
                     continue;
                 }
-                Ok(Some(r)) => break r,
+                Ok(Some(r)) => {
+                    // Most backends date their answers; one that does not
+                    // gets the proxy's date (RFC 9110 §6.6.1).
+                    if !r.dated && r.status >= 200 {
+                        if let Some(date) = super::date::now() {
+                            wire::put_date(&mut c.out, date.as_bytes());
+                        }
+                    }
+                    break r;
+                }
                 Ok(None) if up.buf.len() >= cfg.max_header_size => {
                     return Exchange::BadResponse("response head too large".into());
                 }

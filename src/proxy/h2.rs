@@ -411,7 +411,7 @@ pub async fn serve_stream(
     // RFC 9110 §6.6.1: a proxy with a clock dates an answer that has no
     // Date (vipd's own, or a backend's without one).
     if !head.headers.contains_key(DATE) {
-        if let Some(date) = date_now() {
+        if let Some(date) = super::date::now() {
             head.headers.insert(DATE, date);
         }
     }
@@ -420,23 +420,6 @@ pub async fn serve_stream(
         Ok(_) => {}
         Err(e) => debug!(%client, error = %e, "could not send an HTTP/2 response head"),
     }
-}
-
-/// The current HTTP-date, formatted once a second per worker thread.
-fn date_now() -> Option<HeaderValue> {
-    thread_local! {
-        static DATE: std::cell::RefCell<Option<(u64, HeaderValue)>> = const { std::cell::RefCell::new(None) };
-    }
-    let now = std::time::SystemTime::now();
-    let second = now.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    DATE.with(|cached| {
-        let mut cached = cached.borrow_mut();
-        if cached.as_ref().is_none_or(|(at, _)| *at != second) {
-            let value = HeaderValue::from_str(&httpdate::fmt_http_date(now)).ok()?;
-            *cached = Some((second, value));
-        }
-        cached.as_ref().map(|(_, v)| v.clone())
-    })
 }
 
 /// Sends `body` on `send`, each piece once the client's window has room

@@ -5,6 +5,7 @@ pub mod attempt;
 pub mod backends;
 pub mod balance;
 pub mod codec;
+pub mod date;
 pub mod h1;
 pub mod h2;
 pub mod health;

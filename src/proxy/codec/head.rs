@@ -218,7 +218,7 @@ fn parse_request_as_given(
     }
     let http10 = minor == 0;
     let headers: &[httparse::Header<'_>] = req.headers;
-    let Fields { conn, content_length, codings, upgrade_to, host, hosts, has_xff, request_ids, kinds } =
+    let Fields { conn, content_length, codings, upgrade_to, host, hosts, has_xff, request_ids, kinds, .. } =
         Fields::scan(headers)?;
     // RFC 9112 §3.2: one Host, and a valid one.
     if hosts > 1 {
@@ -283,7 +283,7 @@ fn parse_request_as_given(
         // fields by `put_forwarded`.
         let passes = match kind {
             Known::Other => !conn.names(name) && !looks_like_framing(name),
-            Known::XRequestId => !conn.names(name),
+            Known::XRequestId | Known::Date => !conn.names(name),
             _ => false,
         };
         if passes {
@@ -461,6 +461,8 @@ pub struct Response {
     /// A transfer coding other than chunked applies to the body (it can
     /// go on only to an HTTP/1.1 client, coded as it is).
     pub coded_beyond_chunked: bool,
+    /// It has a `Date` (one without gets the proxy's, [`put_date`]).
+    pub dated: bool,
 }
 
 /// A parsed response head, for whoever writes it on to the client.
@@ -518,7 +520,7 @@ fn scan_response<'a>(
     };
     let reason = resp.reason.unwrap_or("");
     let headers: &[httparse::Header<'_>] = resp.headers;
-    let Fields { conn, content_length, codings, upgrade_to, kinds, .. } = Fields::scan(headers)?;
+    let Fields { conn, content_length, codings, upgrade_to, dated, kinds, .. } = Fields::scan(headers)?;
     // Three digits, the first 1 to 5 (RFC 9110 §15): `099` is no status.
     if !(100..600).contains(&status) {
         return Err(HeadError::Malformed("invalid status code"));
@@ -568,6 +570,7 @@ fn scan_response<'a>(
         close_client,
         dechunk,
         coded_beyond_chunked,
+        dated,
     };
     let head = ResponseHead {
         reason,
@@ -666,6 +669,8 @@ struct Fields<'a> {
     has_xff: bool,
     /// `X-Request-Id` fields seen.
     request_ids: usize,
+    /// A `Date` field is present.
+    dated: bool,
     /// What each field is, in order: the writers go by it rather than
     /// compare every name again.
     kinds: [Known; MAX_HEADERS],
@@ -685,6 +690,7 @@ impl<'a> Fields<'a> {
             hosts: 0,
             has_xff: false,
             request_ids: 0,
+            dated: false,
             kinds: [Known::Other; MAX_HEADERS],
         };
         for (h, kind) in headers.iter().zip(&mut f.kinds) {
@@ -700,6 +706,7 @@ impl<'a> Fields<'a> {
                 Known::Upgrade => f.upgrade_to = Some(h.value),
                 Known::XForwardedFor => f.has_xff = true,
                 Known::XRequestId => f.request_ids += 1,
+                Known::Date => f.dated = true,
                 _ => {}
             }
         }
@@ -725,6 +732,7 @@ enum Known {
     XForwardedProto,
     XForwardedHost,
     XRequestId,
+    Date,
 }
 
 impl Known {
@@ -740,6 +748,7 @@ impl Known {
         let (candidate, kind): (&[u8], Known) = match (name.len(), first) {
             (2, b't') => (b"te", Known::Te),
             (4, b'h') => (b"host", Known::Host),
+            (4, b'd') => (b"date", Known::Date),
             (5, b'p') => (b"proxy", Known::Proxy),
             (7, b'u') => (b"upgrade", Known::Upgrade),
             (7, b't') => (b"trailer", Known::Trailer),
@@ -775,10 +784,14 @@ impl Known {
     }
 }
 
-/// A short answer made by the proxy itself, written into `out`.
-pub fn local_response(status: u16, reason: &str, body: &str, close: bool, out: &mut Vec<u8>) {
+/// A short answer made by the proxy itself, written into `out`; dated
+/// with `date` (RFC 9110 §6.6.1: the proxy is its origin).
+pub fn local_response(status: u16, reason: &str, body: &str, close: bool, date: Option<&[u8]>, out: &mut Vec<u8>) {
     out.clear();
     let _ = write!(out, "HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n", body.len());
+    if let Some(d) = date {
+        put_field(out, b"date", d);
+    }
     if status == 405 {
         let _ = write!(out, "allow: {ALLOWED_METHODS}\r\n");
     }
@@ -821,16 +834,29 @@ pub fn upstream_host_and_target(head: &[u8]) -> Option<(&[u8], &[u8])> {
     Some((host, target))
 }
 
-/// A 308 to `location`, with a short body saying where.
-pub fn redirect_response(location: &str, close: bool, out: &mut Vec<u8>) {
+/// A 308 to `location`, with a short body saying where; dated with `date`.
+pub fn redirect_response(location: &str, close: bool, date: Option<&[u8]>, out: &mut Vec<u8>) {
     out.clear();
     let body = format!("moved to {location}\n");
     let _ = write!(
         out,
-        "HTTP/1.1 308 Permanent Redirect\r\nlocation: {location}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n{}\r\n{body}",
+        "HTTP/1.1 308 Permanent Redirect\r\nlocation: {location}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n",
         body.len(),
-        if close { "connection: close\r\n" } else { "" }
     );
+    if let Some(d) = date {
+        put_field(out, b"date", d);
+    }
+    let _ = write!(out, "{}\r\n{body}", if close { "connection: close\r\n" } else { "" });
+}
+
+/// Adds `date` as the `Date` of a response head that has none (RFC 9110
+/// §6.6.1: a proxy with a clock dates what it forwards undated), before
+/// the blank line that ends `head`.
+pub fn put_date(head: &mut Vec<u8>, date: &[u8]) {
+    debug_assert!(head.ends_with(b"\r\n\r\n"));
+    head.truncate(head.len().saturating_sub(2));
+    put_field(head, b"date", date);
+    head.extend_from_slice(b"\r\n");
 }
 
 /// The message's transfer codings as one `Transfer-Encoding` field of the
@@ -1637,11 +1663,45 @@ mod tests {
     #[test]
     fn local_response_is_complete() {
         let mut out = Vec::new();
-        local_response(503, "Service Unavailable", "no healthy backend\n", false, &mut out);
+        local_response(503, "Service Unavailable", "no healthy backend\n", false, None, &mut out);
         assert_eq!(
             String::from_utf8(out).expect("utf8"),
             "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: 19\r\n\r\nno healthy backend\n"
         );
+        let mut out = Vec::new();
+        local_response(502, "Bad Gateway", "x\n", true, Some(b"Sun, 06 Nov 1994 08:49:37 GMT"), &mut out);
+        assert_eq!(
+            String::from_utf8(out).expect("utf8"),
+            "HTTP/1.1 502 Bad Gateway\r\ncontent-type: text/plain\r\ncontent-length: 2\r\n\
+             date: Sun, 06 Nov 1994 08:49:37 GMT\r\nconnection: close\r\n\r\nx\n"
+        );
+    }
+
+    /// RFC 9110 §6.6.1: an answer forwarded without a Date gets one; one
+    /// with a Date keeps it, whatever its case.
+    #[test]
+    fn undated_answers_are_marked_and_dated_once() {
+        for (date_field, dated) in
+            [("", false), ("Date: Mon, 07 Nov 1994 08:49:37 GMT\r\n", true), ("DATE: x\r\n", true)]
+        {
+            let input = format!("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n{date_field}\r\nok");
+            let mut out = Vec::new();
+            let r = parse_response(input.as_bytes(), ctx(), &mut out).expect("valid").expect("complete");
+            assert_eq!(r.dated, dated, "{input:?}");
+            if !r.dated {
+                put_date(&mut out, b"Sun, 06 Nov 1994 08:49:37 GMT");
+            }
+            let text = String::from_utf8(out).expect("utf8");
+            assert_eq!(
+                text.matches("date: ").count() + text.matches("Date: ").count() + text.matches("DATE: ").count(),
+                1,
+                "{text}"
+            );
+            assert!(text.ends_with("\r\n\r\n") && text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+            if !dated {
+                assert!(text.contains("\r\ndate: Sun, 06 Nov 1994 08:49:37 GMT\r\n\r\n"), "{text}");
+            }
+        }
     }
 
     #[test]
@@ -1664,7 +1724,7 @@ mod tests {
     #[test]
     fn a_405_says_which_methods_are_allowed() {
         let mut out = Vec::new();
-        local_response(405, "Method Not Allowed", "method not allowed\n", true, &mut out);
+        local_response(405, "Method Not Allowed", "method not allowed\n", true, None, &mut out);
         assert_eq!(
             String::from_utf8(out).expect("utf8"),
             "HTTP/1.1 405 Method Not Allowed\r\ncontent-type: text/plain\r\ncontent-length: 19\r\n\
@@ -1733,7 +1793,7 @@ mod tests {
         parse_request(input, CLIENT, Scheme::Http, &mut up).expect("valid").expect("complete");
         assert_eq!(upstream_host_and_target(&up), Some((&b"shop.test:80"[..], &b"/p?q"[..])));
         let mut out = Vec::new();
-        redirect_response("https://shop.test/p?q", false, &mut out);
+        redirect_response("https://shop.test/p?q", false, None, &mut out);
         let text = String::from_utf8(out).expect("utf8");
         assert!(text.starts_with("HTTP/1.1 308 Permanent Redirect\r\nlocation: https://shop.test/p?q\r\n"), "{text}");
         assert!(!text.contains("connection: close"));
