@@ -280,6 +280,17 @@ median() {
 errsum() { awk -v t="$1" -v c="$2" '$1 == t && $2 == c && $8 != "NA" { s += $8 } END { print s + 0 }' "$RESULTS"; }
 nruns() { awk -v t="$1" -v c="$2" '$1 == t && $2 == c && $4 != "NA" { n++ } END { print n + 0 }' "$RESULTS"; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "NA" || b == "NA" || b == 0) print "NA"; else printf "%.2f", a / b }'; }
+# paired A B CONNS: the median, over the rounds both ran, of A's requests
+# per CPU-second over B's in the same round: drift of the machine between
+# rounds cancels out of each pair (the ratio of medians mixes rounds).
+paired() {
+    awk -v a="$1" -v b="$2" -v c="$3" '
+        $2 == c && $4 != "NA" && $9 != "NA" && $9 > 0 && ($1 == a || $1 == b) { eff[$1, $3] = $4 / $9; rounds[$3] = 1 }
+        END { for (r in rounds) if ((a, r) in eff && (b, r) in eff) print eff[a, r] / eff[b, r] }' "$RESULTS" |
+        sort -g | awk '{ v[NR] = $1 } END {
+            if (!NR) { print "NA"; exit }
+            printf "%.2f (%d pairs, %.2f-%.2f)", (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2, NR, v[1], v[NR] }'
+}
 
 declare -A M=()
 echo
@@ -311,11 +322,12 @@ if [[ " $TARGETS " == *" vipd "* && -z ${SKIPPED[vipd]:-} ]]; then
     for o in haproxy nginx vipd-b; do
         [[ " $TARGETS " == *" $o "* && -z ${SKIPPED[$o]:-} ]] || continue
         for c in $CONNS; do
-            printf 'vipd/%-7s c%-4s rps %5s   p99 %5s   RSS %5s   req/CPU-s %5s\n' "$o" "$c" \
+            printf 'vipd/%-7s c%-4s rps %5s   p99 %5s   RSS %5s   req/CPU-s %5s   paired by round %s\n' "$o" "$c" \
                 "$(ratio "${M[vipd,$c,rps]}" "${M[$o,$c,rps]}")" \
                 "$(ratio "${M[vipd,$c,p99]}" "${M[$o,$c,p99]}")" \
                 "$(ratio "${M[vipd,$c,rss]}" "${M[$o,$c,rss]}")" \
-                "$(ratio "${M[vipd,$c,eff]}" "${M[$o,$c,eff]}")"
+                "$(ratio "${M[vipd,$c,eff]}" "${M[$o,$c,eff]}")" \
+                "$(paired vipd "$o" "$c")"
         done
     done
 fi
