@@ -10,7 +10,7 @@
 //! pool once both are done.
 
 use std::future::Future;
-use std::io::{self, Write as _};
+use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::pin::Pin;
@@ -32,7 +32,7 @@ use tracing::{debug, warn};
 use super::attempt::{AccessLog, Attempts, LocalAnswer, Outcome};
 use super::backends::{InFlight, Pool};
 use super::codec::buf::BODY_CHUNK;
-use super::codec::chunked::{trailer_name_may_pass, Remaining};
+use super::codec::chunked::{put_chunk, trailer_name_may_pass, Remaining};
 use super::codec::head::{self as wire, https_location, ResponseContext, Scheme};
 use super::codec::head::{is_hop_by_hop, is_idempotent, is_valid_authority, looks_like_framing};
 use super::meter::ListenerMeter;
@@ -276,9 +276,7 @@ impl Upload {
                     Ok(data) => {
                         self.taken += data.len() as u64;
                         if self.framing == UpFraming::Chunked && !data.is_empty() {
-                            let _ = write!(self.pending, "{:x}\r\n", data.len());
-                            self.pending.extend_from_slice(&data);
-                            self.pending.extend_from_slice(b"\r\n");
+                            put_chunk(&mut self.pending, &data);
                         } else {
                             self.pending.extend_from_slice(&data);
                         }

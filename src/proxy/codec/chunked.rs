@@ -275,11 +275,7 @@ impl Rechunker {
     pub fn reframe(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<usize, ChunkError> {
         let line = &mut self.line;
         self.scanner.scan(input, |piece| match piece {
-            Piece::Data(d) => {
-                let _ = write!(out, "{:x}\r\n", d.len());
-                out.extend_from_slice(d);
-                out.extend_from_slice(b"\r\n");
-            }
+            Piece::Data(d) => put_chunk(out, d),
             Piece::LastChunk => out.extend_from_slice(b"0\r\n"),
             Piece::Trailer(bytes) => line.extend_from_slice(bytes),
             Piece::TrailerEnd => {
@@ -371,6 +367,15 @@ impl Remaining {
         }
         ended
     }
+}
+
+/// Appends `data` as one chunk of the proxy's own framing: a bare size
+/// line, no extensions (RFC 9112 §7.1). `data` is not empty (an empty
+/// chunk is the last one).
+pub fn put_chunk(out: &mut Vec<u8>, data: &[u8]) {
+    let _ = write!(out, "{:x}\r\n", data.len());
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Whether a trailer field line goes on to the next hop ([`trailer_name_may_pass`]).
