@@ -1797,5 +1797,12 @@ mod tests {
         let text = String::from_utf8(out).expect("utf8");
         assert!(text.starts_with("HTTP/1.1 308 Permanent Redirect\r\nlocation: https://shop.test/p?q\r\n"), "{text}");
         assert!(!text.contains("connection: close"));
+        // Dated as its origin, the head still ending before the body.
+        let mut out = Vec::new();
+        redirect_response("https://shop.test/", true, Some(b"Sun, 06 Nov 1994 08:49:37 GMT"), &mut out);
+        let text = String::from_utf8(out).expect("utf8");
+        let (head, body) = text.split_once("\r\n\r\n").expect("a head");
+        assert!(head.contains("\r\ndate: Sun, 06 Nov 1994 08:49:37 GMT\r\n"), "{head}");
+        assert!(head.ends_with("connection: close") && body == "moved to https://shop.test/\n", "{text}");
     }
 }
