@@ -218,8 +218,9 @@ fn parse_request_as_given(
     }
     let http10 = minor == 0;
     let headers: &[httparse::Header<'_>] = req.headers;
-    let Fields { conn, content_length, codings, upgrade_to, host, hosts, has_xff, request_ids, kinds, .. } =
-        Fields::scan(headers)?;
+    let mut f = Fields::new();
+    f.scan(headers)?;
+    let Fields { ref conn, content_length, codings, upgrade_to, host, hosts, has_xff, request_ids, ref kinds, .. } = f;
     // RFC 9112 §3.2: one Host, and a valid one.
     if hosts > 1 {
         return Err(HeadError::Malformed("more than one Host field"));
@@ -290,7 +291,7 @@ fn parse_request_as_given(
             put_field(out, name, h.value);
         }
     }
-    let prior = headers.iter().zip(kinds).filter(|(_, k)| has_xff && *k == Known::XForwardedFor);
+    let prior = headers.iter().zip(kinds).filter(|(_, k)| has_xff && **k == Known::XForwardedFor);
     put_forwarded(out, prior.map(|(h, _)| h.value), client, scheme, host);
     match framing {
         Framing::Length(n) => put_length(out, n),
@@ -469,13 +470,9 @@ pub struct Response {
 struct ResponseHead<'h, 'a> {
     reason: &'a str,
     headers: &'h [httparse::Header<'a>],
-    /// What each of `headers` is, as [`Known::of`] says.
-    kinds: &'h [Known],
-    conn: ConnectionField<'a>,
-    coded: bool,
-    upgrade_to: Option<&'a [u8]>,
-    /// The Content-Length the backend stated (a list of one value, merged).
-    content_length: Option<u64>,
+    /// What `headers` say, read once (and referred to, not moved: with its
+    /// arrays it is a few hundred bytes).
+    fields: &'h Fields<'a>,
 }
 
 impl<'h, 'a> ResponseHead<'h, 'a> {
@@ -485,10 +482,10 @@ impl<'h, 'a> ResponseHead<'h, 'a> {
     fn end_to_end(&self) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + '_ {
         self.headers
             .iter()
-            .zip(self.kinds)
+            .zip(&self.fields.kinds)
             .filter(|(_, kind)| !kind.is_hop_by_hop() && **kind != Known::ContentLength)
             .map(|(h, _)| (h.name.as_bytes(), h.value))
-            .filter(move |(name, _)| !self.conn.names(name))
+            .filter(move |(name, _)| !self.fields.conn.names(name))
     }
 
     /// The Content-Length the client is sent, as one number: the body's,
@@ -498,7 +495,9 @@ impl<'h, 'a> ResponseHead<'h, 'a> {
     fn length_for_client(&self, r: &Response) -> Option<u64> {
         match r.framing {
             Framing::Length(n) => Some(n),
-            Framing::Empty if !self.coded && r.status >= 200 && r.status != 204 => self.content_length,
+            Framing::Empty if !self.fields.codings.present && r.status >= 200 && r.status != 204 => {
+                self.fields.content_length
+            }
             _ => None,
         }
     }
@@ -520,7 +519,9 @@ fn scan_response<'a>(
     };
     let reason = resp.reason.unwrap_or("");
     let headers: &[httparse::Header<'_>] = resp.headers;
-    let Fields { conn, content_length, codings, upgrade_to, dated, kinds, .. } = Fields::scan(headers)?;
+    let mut f = Fields::new();
+    f.scan(headers)?;
+    let Fields { ref conn, content_length, codings, upgrade_to, dated, .. } = f;
     // Three digits, the first 1 to 5 (RFC 9110 §15): `099` is no status.
     if !(100..600).contains(&status) {
         return Err(HeadError::Malformed("invalid status code"));
@@ -572,15 +573,7 @@ fn scan_response<'a>(
         coded_beyond_chunked,
         dated,
     };
-    let head = ResponseHead {
-        reason,
-        headers,
-        kinds: &kinds[..headers.len()],
-        conn,
-        coded: codings.present,
-        upgrade_to,
-        content_length,
-    };
+    let head = ResponseHead { reason, headers, fields: &f };
     write(&r, &head);
     Ok(Some(r))
 }
@@ -608,12 +601,12 @@ pub fn parse_response(input: &[u8], ctx: ResponseContext, out: &mut Vec<u8>) -> 
         match r.framing {
             Framing::Chunked if !r.dechunk => put_codings(out, head.headers),
             // Codings without chunked: the body is delimited by close, coded.
-            Framing::UntilClose if head.coded => put_codings(out, head.headers),
+            Framing::UntilClose if head.fields.codings.present => put_codings(out, head.headers),
             _ => {}
         }
         if r.status == 101 {
             out.extend_from_slice(b"connection: upgrade\r\n");
-            if let Some(to) = head.upgrade_to {
+            if let Some(to) = head.fields.upgrade_to {
                 put_field(out, b"upgrade", to);
             }
         } else if !r.interim {
@@ -677,11 +670,8 @@ struct Fields<'a> {
 }
 
 impl<'a> Fields<'a> {
-    // Inlined into its two callers: returned by value, the struct (a few
-    // hundred bytes with its arrays) was copied once more per message.
-    #[inline(always)]
-    fn scan(headers: &[httparse::Header<'a>]) -> Result<Self, HeadError> {
-        let mut f = Fields {
+    fn new() -> Self {
+        Fields {
             conn: ConnectionField::default(),
             content_length: None,
             codings: Codings::default(),
@@ -692,7 +682,14 @@ impl<'a> Fields<'a> {
             request_ids: 0,
             dated: false,
             kinds: [Known::Other; MAX_HEADERS],
-        };
+        }
+    }
+
+    /// Reads `headers` into `self` (a fresh [`Fields::new`]). Filled in
+    /// place: returned by value, the struct (a few hundred bytes with its
+    /// arrays) was copied on each move, several times per message.
+    fn scan(&mut self, headers: &[httparse::Header<'a>]) -> Result<(), HeadError> {
+        let f = self;
         for (h, kind) in headers.iter().zip(&mut f.kinds) {
             *kind = Known::of(h.name.as_bytes());
             match kind {
@@ -710,7 +707,7 @@ impl<'a> Fields<'a> {
                 _ => {}
             }
         }
-        Ok(f)
+        Ok(())
     }
 }
 
@@ -918,12 +915,27 @@ pub fn put_length(out: &mut Vec<u8>, n: u64) {
 fn put_ip(out: &mut Vec<u8>, ip: IpAddr) {
     match ip {
         IpAddr::V4(v4) => {
+            // Into a buffer of its own, then one copy (a copy per octet
+            // and dot was most of its cost).
+            let mut text = [0u8; 15];
+            let mut n = 0;
             for (i, octet) in v4.octets().into_iter().enumerate() {
                 if i > 0 {
-                    out.push(b'.');
+                    text[n] = b'.';
+                    n += 1;
                 }
-                put_decimal(out, octet);
+                if octet >= 100 {
+                    text[n] = b'0' + octet / 100;
+                    n += 1;
+                }
+                if octet >= 10 {
+                    text[n] = b'0' + octet / 10 % 10;
+                    n += 1;
+                }
+                text[n] = b'0' + octet % 10;
+                n += 1;
             }
+            out.extend_from_slice(&text[..n]);
         }
         IpAddr::V6(v6) => {
             let _ = write!(out, "{v6}");
@@ -980,6 +992,15 @@ struct ConnectionField<'a> {
 impl<'a> ConnectionField<'a> {
     /// Takes in one `Connection` field's value (a message may have several).
     fn add(&mut self, value: &'a [u8]) -> Result<(), HeadError> {
+        // Nearly always a single option: no list to take apart.
+        if eq_lowercase(value, b"keep-alive") {
+            self.keep_alive = true;
+            return Ok(());
+        }
+        if eq_lowercase(value, b"close") {
+            self.close = true;
+            return Ok(());
+        }
         for token in value.split(|&b| b == b',').map(trim).filter(|t| !t.is_empty()) {
             if token.eq_ignore_ascii_case(b"close") {
                 self.close = true;
@@ -1042,12 +1063,18 @@ impl Codings {
 
 /// Content-Length may repeat (as fields or a list) only with one value.
 fn merge_content_length(prior: Option<u64>, value: &[u8]) -> Result<u64, HeadError> {
+    let digits = |item: &[u8]| (1..=19).contains(&item.len()) && item.iter().all(u8::is_ascii_digit);
+    let number = |item: &[u8]| item.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+    // The usual field: one number, the first of its kind.
+    if prior.is_none() && digits(value) {
+        return Ok(number(value));
+    }
     let mut merged = prior;
     for item in value.split(|&b| b == b',').map(trim) {
-        if item.is_empty() || item.len() > 19 || !item.iter().all(u8::is_ascii_digit) {
+        if !digits(item) {
             return Err(HeadError::Malformed("invalid Content-Length"));
         }
-        let n = item.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+        let n = number(item);
         if merged.is_some_and(|m| m != n) {
             return Err(HeadError::Malformed("conflicting Content-Length values"));
         }
@@ -1116,12 +1143,13 @@ pub fn is_valid_authority(a: &[u8]) -> bool {
         let mut i = 0;
         while ok && i < host.len() {
             let b = host[i];
-            if b == b'%' {
+            if NAME_CHAR[usize::from(b)] {
+                i += 1;
+            } else if b == b'%' {
                 ok = host.get(i + 1..i + 3).is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit));
                 i += 3;
             } else {
-                ok = b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~');
-                i += 1;
+                ok = false;
             }
         }
         (ok, port)
@@ -1134,6 +1162,20 @@ pub fn is_valid_authority(a: &[u8]) -> bool {
     };
     host_ok && port.is_none_or(port_ok)
 }
+
+/// The bytes a host name in an authority has besides %-escapes: letters,
+/// digits and `-._~` (one lookup per byte: every request's Host goes
+/// through here).
+static NAME_CHAR: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~');
+        b += 1;
+    }
+    t
+};
 
 /// Safe to send twice (RFC 9110 §9.2.2).
 pub fn is_idempotent(method: &str) -> bool {
@@ -1705,8 +1747,42 @@ mod tests {
     }
 
     #[test]
+    fn a_single_connection_option_reads_as_the_same_option_in_a_list() {
+        for (value, close, keep_alive) in [
+            ("close", true, false),
+            ("CLOSE", true, false),
+            ("Keep-Alive", false, true),
+            ("keep-alive", false, true),
+            ("keep-alive, close", true, true),
+            ("x, Close", true, false),
+        ] {
+            let mut conn = ConnectionField::default();
+            conn.add(value.as_bytes()).expect("valid");
+            assert_eq!(
+                (conn.close, conn.keep_alive, conn.count),
+                (close, keep_alive, usize::from(value.contains('x')))
+            );
+            let mut listed = ConnectionField::default();
+            let list = format!("{value},");
+            listed.add(list.as_bytes()).expect("valid");
+            assert_eq!((listed.close, listed.keep_alive), (close, keep_alive), "{value}");
+        }
+        let mut conn = ConnectionField::default();
+        conn.add(b"keep-alivex").expect("valid");
+        assert!(!conn.keep_alive && conn.names(b"Keep-AliveX"));
+    }
+
+    #[test]
     fn numbers_and_addresses_written_by_hand_read_as_display_writes_them() {
-        let ips = ["0.0.0.0", "255.255.255.255", "10.0.20.3", "198.51.100.7", "2001:db8::1", "::ffff:192.0.2.1"];
+        let ips = [
+            "0.0.0.0",
+            "255.255.255.255",
+            "10.0.20.3",
+            "198.51.100.7",
+            "1.99.100.109",
+            "2001:db8::1",
+            "::ffff:192.0.2.1",
+        ];
         for ip in ips {
             let ip: IpAddr = ip.parse().expect("ip");
             let mut out = Vec::new();
