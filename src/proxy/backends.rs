@@ -391,13 +391,8 @@ impl Pool {
     /// way). Bounds the backend connections in use whatever the clients do
     /// (an HTTP/2 client's streams each need one).
     pub async fn admit(&self, tried: &[usize]) -> Result<(usize, InFlight), NotAdmitted> {
-        if let Some(i) = self.pick_where(tried, Backend::has_free_slot) {
-            let slots = self.backends.get(i).and_then(|b| b.slots.as_ref());
-            match slots.map(|s| Arc::clone(s).try_acquire_owned()) {
-                None => return self.start(i, None),
-                Some(Ok(slot)) => return self.start(i, Some(slot)),
-                Some(Err(_)) => {} // taken meanwhile: queue below
-            }
+        if let Some(admitted) = self.admit_now(tried) {
+            return admitted;
         }
         let i = self.pick(tried).ok_or(NotAdmitted::NoBackend)?;
         let Some(slots) = self.backends.get(i).and_then(|b| b.slots.clone()) else {
@@ -406,6 +401,17 @@ impl Pool {
         match tokio::time::timeout(self.config.queue_timeout, slots.acquire_owned()).await {
             Ok(Ok(slot)) => self.start(i, Some(slot)),
             _ => Err(NotAdmitted::QueueTimeout(i)),
+        }
+    }
+
+    /// [`Self::admit`] where it needs no wait; `None` where it would queue.
+    pub fn admit_now(&self, tried: &[usize]) -> Option<Result<(usize, InFlight), NotAdmitted>> {
+        let i = self.pick_where(tried, Backend::has_free_slot)?;
+        let slots = self.backends.get(i).and_then(|b| b.slots.as_ref());
+        match slots.map(|s| Arc::clone(s).try_acquire_owned()) {
+            None => Some(self.start(i, None)),
+            Some(Ok(slot)) => Some(self.start(i, Some(slot))),
+            Some(Err(_)) => None, // taken meanwhile: queue
         }
     }
 

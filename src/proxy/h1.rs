@@ -17,7 +17,6 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant as StdInstant;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -109,12 +108,17 @@ pub enum Ended<S> {
 
 /// `io` with at most `limit` to finish. Most reads and writes of a request
 /// finish at once (the socket has the bytes or the room): only one that
-/// waits reads the clock and arms a timer.
-async fn within<F: Future>(limit: Duration, io: F) -> Result<F::Output, tokio::time::error::Elapsed> {
+/// waits reads the clock and arms a timer, and sets `waited`.
+async fn within<F: Future>(
+    limit: Duration,
+    io: F,
+    waited: &mut bool,
+) -> Result<F::Output, tokio::time::error::Elapsed> {
     let mut io = std::pin::pin!(io);
     if let std::task::Poll::Ready(r) = std::future::poll_fn(|cx| std::task::Poll::Ready(io.as_mut().poll(cx))).await {
         return Ok(r);
     }
+    *waited = true;
     timeout(limit, io).await
 }
 
@@ -127,6 +131,8 @@ struct Client<S> {
     out: Vec<u8>,
     /// Time the client gets to take a write.
     write_timeout: Duration,
+    /// The last [`Client::write_out`] had to wait for the client.
+    write_waited: bool,
     /// For waits on the client (its next request, the rest of a head).
     client_timer: Deadline,
     /// For waits on a backend (its answer, the next piece of it).
@@ -172,7 +178,8 @@ impl<S: ClientStream> Client<S> {
             self.stream.write_all(&self.out).await?;
             self.stream.flush().await
         };
-        let ok = matches!(within(self.write_timeout, write).await, Ok(Ok(())));
+        self.write_waited = false;
+        let ok = matches!(within(self.write_timeout, write, &mut self.write_waited).await, Ok(Ok(())));
         self.out.clear();
         ok
     }
@@ -240,6 +247,7 @@ pub fn serve<'a, S: ClientStream>(
         buf: ReadBuf::default(),
         out: Vec::with_capacity(1024),
         write_timeout: listener.current().config.idle_timeout,
+        write_waited: false,
         client_timer: Deadline::new(),
         backend_timer: Deadline::new(),
     };
@@ -336,8 +344,12 @@ async fn requests<S: ClientStream>(
         Resume::First => None,
     };
     let mut head_deadline = first.then_some(accepted_deadline);
+    // When the last answer went out, if that was just before (no wait
+    // since): the idle time counts from it, and the clock is not read again.
+    let mut answered_at = None;
     loop {
         let cfg = &pool.config;
+        let answered = answered_at.take();
         if c.buf.is_empty() {
             // A stop (a planned stop, an upgrade) closes idle keep-alive
             // connections, whose clients may send again elsewhere. A new
@@ -348,7 +360,7 @@ async fn requests<S: ClientStream>(
                 return Served::Closed;
             }
             c.buf.shrink();
-            let now = Instant::now();
+            let now = answered.unwrap_or_else(Instant::now);
             let idle_until = match (first, resumed.take()) {
                 (true, _) => accepted_deadline,
                 (false, Some(until)) => until,
@@ -461,7 +473,7 @@ async fn requests<S: ClientStream>(
         // The backend and the access log see the same id.
         req.request_id = wire::ensure_request_id(&mut up_head, req.client_request_ids, fastrand::u64(..));
         match forward(c, &req, &up_head, &pool, idle, stop).await {
-            Next::KeepOpen => {}
+            Next::KeepOpen(at) => answered_at = at,
             Next::Close => return Served::Closed,
             Next::Linger => {
                 return Served::Linger;
@@ -483,7 +495,9 @@ fn refusal_text(e: &HeadError) -> &'static str {
 
 /// What becomes of the client connection after a request.
 enum Next {
-    KeepOpen,
+    /// Keep it for the next request; the time the answer ended, if known
+    /// without reading the clock.
+    KeepOpen(Option<Instant>),
     Close,
     /// Close, but the client may still be sending (an unread body).
     Linger,
@@ -516,8 +530,10 @@ struct Answer {
     bytes: u64,
     /// Request body bytes taken from the client.
     uploaded: u64,
-    /// From the request's first byte sent to the response head.
+    /// From the request sent to the response head.
     head_after: Duration,
+    /// When the response was done.
+    finished: Instant,
     /// The whole response went out.
     complete: bool,
     keep_client: bool,
@@ -536,7 +552,7 @@ async fn forward<S: ClientStream>(
 ) -> Next {
     let cfg = &pool.config;
     let meter = pool.meter();
-    let started = StdInstant::now();
+    let started = Instant::now();
     let mut log = (cfg.access_log && tracing::enabled!(target: "access", tracing::Level::INFO)).then(|| {
         let head = c.buf.filled();
         let text = |r: std::ops::Range<usize>| String::from_utf8_lossy(head.get(r).unwrap_or_default()).into_owned();
@@ -546,7 +562,7 @@ async fn forward<S: ClientStream>(
             path: text(req.target.clone()),
             status: 0,
             backend: None,
-            started,
+            started: started.into_std(),
             request_id: String::from_utf8_lossy(up_head.get(req.request_id.clone()).unwrap_or_default()).into_owned(),
         })
     });
@@ -557,9 +573,11 @@ async fn forward<S: ClientStream>(
     // Only a bodiless idempotent request may be sent a second time after a
     // connection broke under it.
     let mut attempts = Attempts::new(cfg.retries, req.framing == Framing::Empty && req.idempotent);
+    // The first attempt's pool lookup goes by `started` (a clock read less).
+    let mut now = Some(started.into_std());
     let failure = loop {
         let Acquired { index: i, backend, in_flight, mut up } =
-            match acquire(pool, idle, &mut attempts, upgrade, log.as_deref_mut()).await {
+            match acquire(pool, idle, &mut attempts, upgrade, log.as_deref_mut(), now.take()).await {
                 Ok(a) => a,
                 Err(answer) => break answer,
             };
@@ -569,11 +587,11 @@ async fn forward<S: ClientStream>(
                 answered(pool, &mut attempts, i, &backend, a.status, Some(a.head_after));
                 meter.bytes_out.fetch_add(a.bytes, Ordering::Relaxed);
                 meter.bytes_in.fetch_add(a.uploaded, Ordering::Relaxed);
-                let done = StdInstant::now();
+                let done = a.finished;
                 meter.request_time.observe(done - started);
                 if a.reuse {
                     up.reused = true;
-                    idle.put(addr, up, done);
+                    idle.put(addr, up, done.into_std());
                 }
                 drop(in_flight);
                 if let Some(mut l) = log {
@@ -581,7 +599,7 @@ async fn forward<S: ClientStream>(
                     l.emit(a.bytes, a.complete);
                 }
                 return match (a.keep_client, body.is_done()) {
-                    (true, _) => Next::KeepOpen,
+                    (true, _) => Next::KeepOpen(Some(done)),
                     // Answered before the client finished sending its body.
                     (false, false) => Next::Linger,
                     (false, true) => Next::Close,
@@ -648,7 +666,7 @@ async fn forward<S: ClientStream>(
     meter.request_time.observe(started.elapsed());
     let sent = c.reply_logged(log, (failure.status, failure.reason, failure.text), close).await;
     match (sent, close, unread_body) {
-        (true, false, _) => Next::KeepOpen,
+        (true, false, _) => Next::KeepOpen(None),
         (true, true, true) => Next::Linger,
         _ => Next::Close,
     }
@@ -665,9 +683,8 @@ async fn exchange<S: ClientStream>(
     pool: &Pool,
     stop: &watch::Receiver<bool>,
 ) -> Exchange {
-    let started = Instant::now();
     match send_request(c, up, up_head, body, pool.config.response_timeout).await {
-        Ok(uploaded) => relay_response(c, up, req, body, pool, stop, started, uploaded).await,
+        Ok(uploaded) => relay_response(c, up, req, body, pool, stop, uploaded).await,
         Err(e) => e,
     }
 }
@@ -703,7 +720,8 @@ async fn send_request<S: ClientStream>(
         up.stream.write_all(first).await?;
         up.stream.flush().await
     };
-    let sent = match within(limit, send).await {
+    let mut waited = false;
+    let sent = match within(limit, send, &mut waited).await {
         Ok(Ok(())) => Ok(uploaded),
         Ok(Err(e)) => Err(Exchange::NoAnswer(format!("send: {e}"))),
         Err(_) => Err(Exchange::TimedOut),
@@ -722,13 +740,13 @@ async fn relay_response<S: ClientStream>(
     body: &mut Remaining,
     pool: &Pool,
     stop: &watch::Receiver<bool>,
-    started: Instant,
     mut uploaded: u64,
 ) -> Exchange {
     let cfg = &pool.config;
     // Counted from the last request byte sent: a long upload is not a slow
     // backend.
-    let mut deadline = Instant::now() + cfg.response_timeout;
+    let sent = Instant::now();
+    let mut deadline = sent + cfg.response_timeout;
 
     // The response head, then its body. Meanwhile the rest of the request
     // body goes up, read from the client only once the backend has taken
@@ -796,7 +814,8 @@ async fn relay_response<S: ClientStream>(
         }
     };
     up.buf.consume(resp.head_len);
-    let head_after = started.elapsed();
+    let head_at = Instant::now();
+    let head_after = head_at - sent;
     if resp.status == 101 {
         return Exchange::Switched;
     }
@@ -806,6 +825,9 @@ async fn relay_response<S: ClientStream>(
     let mut left = Remaining::new(resp.framing);
     let mut bytes = 0u64;
     let mut complete = true;
+    // The time the response is done: the head's, unless something waited
+    // after it (most answers go out with their head, in one write).
+    let mut finished = Some(head_at);
     loop {
         if !left.is_done() && !up.buf.is_empty() {
             let before = c.out.len();
@@ -822,9 +844,13 @@ async fn relay_response<S: ClientStream>(
         if !c.out.is_empty() && !c.write_out().await {
             complete = false;
         }
+        if c.write_waited {
+            finished = None;
+        }
         if left.is_done() || !complete {
             break;
         }
+        finished = None;
         deadline = Instant::now() + cfg.response_timeout;
         let read =
             match wait_for_backend(c, up, body, &mut upload, &mut deadline, cfg.response_timeout, BODY_CHUNK).await {
@@ -869,6 +895,7 @@ async fn relay_response<S: ClientStream>(
         bytes,
         uploaded,
         head_after,
+        finished: finished.unwrap_or_else(Instant::now),
         complete,
         keep_client: complete && !resp.close_client && body.is_done(),
         reuse,
@@ -1112,6 +1139,7 @@ mod tests {
             buf: ReadBuf::default(),
             out: Vec::new(),
             write_timeout: Duration::from_secs(5),
+            write_waited: false,
             client_timer: Deadline::new(),
             backend_timer: Deadline::new(),
         };

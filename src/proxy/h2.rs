@@ -479,7 +479,7 @@ struct Head {
     /// Writing the request body to the backend failed (it may have
     /// answered and closed): the connection serves no other request.
     upload_broken: bool,
-    /// From the request's first byte sent to the response head.
+    /// From the request sent to the response head.
     after: Duration,
 }
 
@@ -508,7 +508,6 @@ async fn exchange(
 ) -> Result<Head, Failed> {
     let cfg = &pool.config;
     let reused = up.reused;
-    let started = Instant::now();
     let send = async {
         up.stream.write_all(head).await?;
         up.stream.flush().await
@@ -518,7 +517,9 @@ async fn exchange(
         Ok(Err(_)) => return Err(Failed::Backend(Outcome::NoAnswer { reused })),
         Err(_) => return Err(Failed::Backend(Outcome::TimedOut)),
     }
-    let mut deadline = Instant::now() + cfg.response_timeout;
+    // Counted from the request sent, the response time as well.
+    let sent = Instant::now();
+    let mut deadline = sent + cfg.response_timeout;
     let mut upload_broken = false;
     let mut heard = false;
     let ctx =
@@ -561,7 +562,7 @@ async fn exchange(
                 }
                 Ok(Some(r)) => {
                     up.buf.consume(r.head_len);
-                    return Ok(Head { response: r, fields, upload_broken, after: started.elapsed() });
+                    return Ok(Head { response: r, fields, upload_broken, after: sent.elapsed() });
                 }
                 Ok(None) if up.buf.len() >= cfg.max_header_size => {
                     warn!("backend's response head too large");
@@ -702,9 +703,11 @@ async fn handle(
     let mut upload = Upload::new(body, framing);
 
     let mut attempts = Attempts::new(cfg.retries, replayable);
+    // The first attempt's pool lookup goes by `started` (a clock read less).
+    let mut now = Some(started);
     let failure = loop {
         let Acquired { index: i, backend, in_flight, mut up } =
-            match acquire(&pool, &idle, &mut attempts, false, log.as_deref_mut()).await {
+            match acquire(&pool, &idle, &mut attempts, false, log.as_deref_mut(), now.take()).await {
                 Ok(a) => a,
                 Err(answer) => break answer,
             };

@@ -234,20 +234,30 @@ pub struct Acquired {
 /// pooled connection to it where the attempt rules allow (never with
 /// `fresh`: an upgrade's connection is its own), else a new one. Backends
 /// that cannot be reached are blamed and others tried as the rules say.
-/// `Err`: the answer when no attempt can be made.
+/// `Err`: the answer when no attempt can be made. `now` is the time if the
+/// caller has just read it (a clock read is a measurable part of a
+/// request); it is not used past anything that waited.
 pub async fn acquire(
     pool: &Pool,
     idle: &IdleConns<Upstream>,
     attempts: &mut Attempts,
     fresh: bool,
     mut log: Option<&mut AccessLog>,
+    mut now: Option<Instant>,
 ) -> Result<Acquired, LocalAnswer> {
     let cfg = &pool.config;
     loop {
         if !attempts.may_start() {
             return Err(attempts.exhausted());
         }
-        let (index, in_flight) = match pool.admit(attempts.tried()).await {
+        let admitted = match pool.admit_now(attempts.tried()) {
+            Some(admitted) => admitted,
+            None => {
+                now = None;
+                pool.admit(attempts.tried()).await
+            }
+        };
+        let (index, in_flight) = match admitted {
             Ok(admitted) => admitted,
             Err(NotAdmitted::NoBackend) => return Err(attempts.exhausted()),
             Err(NotAdmitted::QueueTimeout(i)) => {
@@ -264,11 +274,16 @@ pub async fn acquire(
         if let Some(l) = log.as_deref_mut() {
             l.backend = Some(addr);
         }
-        let pooled =
-            if fresh || !attempts.may_reuse() { None } else { idle.take(addr, Instant::now(), Upstream::is_usable) };
+        let pooled = if fresh || !attempts.may_reuse() {
+            None
+        } else {
+            idle.take(addr, now.take().unwrap_or_else(Instant::now), Upstream::is_usable)
+        };
         if let Some(up) = pooled {
             return Ok(Acquired { index, backend, in_flight, up });
         }
+        // A connection is opened: what `now` said is past.
+        now = None;
         match Upstream::connect(addr, cfg.connect_timeout, pool.backend_tls().as_deref()).await {
             Ok(up) => return Ok(Acquired { index, backend, in_flight, up }),
             Err(e) => {
