@@ -871,6 +871,66 @@ async fn an_early_answer_comes_through_an_unfinished_upload() {
     a.task.abort();
 }
 
+/// A backend for one request that answers a 12-byte body in `pieces`
+/// (sent `gap` apart), then stays silent with the connection open.
+async fn trickling_backend(pieces: &'static [&'static [u8]], gap: Duration) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let (mut conn, _) = listener.accept().await.expect("accept");
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            match tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+                _ => return,
+            }
+        }
+        let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n").await;
+        for piece in pieces {
+            tokio::time::sleep(gap).await;
+            let _ = conn.write_all(piece).await;
+        }
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    });
+    addr
+}
+
+/// `response_timeout` bounds each wait for the next piece of an HTTP/2
+/// client's response body, not the whole body: a body trickling in
+/// within it goes through; one that stops is ended with a reset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_response_body_may_trickle_but_not_stall() {
+    async fn body_of(addr: SocketAddr) -> Result<Vec<u8>, h2::Error> {
+        let mut client = h2_client(addr).await;
+        let req = Request::get("http://x.test/").body(()).expect("req");
+        let (response, _) = client.send_request(req, true).expect("send");
+        let response = tokio::time::timeout(Duration::from_secs(3), response).await.expect("head in time")?;
+        let mut body = response.into_body();
+        let mut got = Vec::new();
+        while let Some(data) = tokio::time::timeout(Duration::from_secs(5), body.data()).await.expect("no hang") {
+            let data = data?;
+            let _ = body.flow_control().release_capacity(data.len());
+            got.extend_from_slice(&data);
+        }
+        Ok(got)
+    }
+    // Five gaps of 150 ms: more than the timeout in all, less in each.
+    let backend = trickling_backend(&[b"he", b"ll", b"o ", b"wo", b"rl"], Duration::from_millis(150)).await;
+    let (addr, _, p) = proxy(&[backend], "response_timeout = \"400ms\"");
+    let started = tokio::time::Instant::now();
+    let got = body_of(addr).await.expect_err("the last two bytes never come");
+    assert!(got.is_reset() || got.is_io(), "{got:?}");
+    // Given up once silent for the timeout after the last piece.
+    assert!(started.elapsed() >= Duration::from_millis(750 + 400), "{:?}", started.elapsed());
+    p.shutdown();
+
+    let backend = trickling_backend(&[b"he", b"ll", b"o ", b"wo", b"rl", b"d!"], Duration::from_millis(150)).await;
+    let (addr, _, p) = proxy(&[backend], "response_timeout = \"400ms\"");
+    assert_eq!(body_of(addr).await.expect("whole body"), b"hello world!");
+    p.shutdown();
+}
+
 /// An HTTP/2 client (prior knowledge, the h2 crate's) on a connection to
 /// `addr`, ready for a request.
 async fn h2_client(addr: SocketAddr) -> h2::client::SendRequest<Bytes> {

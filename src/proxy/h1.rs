@@ -30,6 +30,7 @@ use super::codec::head::{self as wire, Framing, HeadError, Preface, Request, Res
 use super::upstream::idle::IdleConns;
 use super::upstream::{acquire, answered, conclude, Acquired};
 use super::upstream::{Upstream, UpstreamStream};
+use super::within::within;
 use crate::proxy::attempt::{AccessLog, Attempts, Outcome};
 use crate::proxy::backends::{ListenerPool, Pool};
 
@@ -104,22 +105,6 @@ pub enum Ended<S> {
     /// The client speaks HTTP/2 with prior knowledge: the connection and
     /// the bytes already read from it, for the HTTP/2 server.
     H2(S, Vec<u8>),
-}
-
-/// `io` with at most `limit` to finish. Most reads and writes of a request
-/// finish at once (the socket has the bytes or the room): only one that
-/// waits reads the clock and arms a timer, and sets `waited`.
-async fn within<F: Future>(
-    limit: Duration,
-    io: F,
-    waited: &mut bool,
-) -> Result<F::Output, tokio::time::error::Elapsed> {
-    let mut io = std::pin::pin!(io);
-    if let std::task::Poll::Ready(r) = std::future::poll_fn(|cx| std::task::Poll::Ready(io.as_mut().poll(cx))).await {
-        return Ok(r);
-    }
-    *waited = true;
-    timeout(limit, io).await
 }
 
 /// The client side of the connection.

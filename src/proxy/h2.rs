@@ -26,7 +26,7 @@ use hyper::header::{
 };
 use hyper::{Method, Request, Response, StatusCode};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::time::{sleep_until, timeout, timeout_at, Duration, Instant, Sleep};
+use tokio::time::{sleep_until, timeout_at, Duration, Instant, Sleep};
 use tracing::{debug, warn};
 
 use super::attempt::{AccessLog, Attempts, LocalAnswer, Outcome};
@@ -38,6 +38,7 @@ use super::codec::head::{is_hop_by_hop, is_idempotent, is_valid_authority, looks
 use super::meter::ListenerMeter;
 use super::upstream::idle::IdleConns;
 use super::upstream::{acquire, answered, conclude, Acquired, Upstream, UpstreamStream};
+use super::within::within;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -481,6 +482,8 @@ struct Head {
     upload_broken: bool,
     /// From the request sent to the response head.
     after: Duration,
+    /// When the head came.
+    at: Instant,
 }
 
 /// How one attempt came to an end before a response was passed on.
@@ -512,7 +515,8 @@ async fn exchange(
         up.stream.write_all(head).await?;
         up.stream.flush().await
     };
-    match timeout(cfg.response_timeout, send).await {
+    let mut waited = false;
+    match within(cfg.response_timeout, send, &mut waited).await {
         Ok(Ok(())) => {}
         Ok(Err(_)) => return Err(Failed::Backend(Outcome::NoAnswer { reused })),
         Err(_) => return Err(Failed::Backend(Outcome::TimedOut)),
@@ -562,7 +566,8 @@ async fn exchange(
                 }
                 Ok(Some(r)) => {
                     up.buf.consume(r.head_len);
-                    return Ok(Head { response: r, fields, upload_broken, after: sent.elapsed() });
+                    let at = Instant::now();
+                    return Ok(Head { response: r, fields, upload_broken, after: at - sent, at });
                 }
                 Ok(None) if up.buf.len() >= cfg.max_header_size => {
                     warn!("backend's response head too large");
@@ -719,7 +724,7 @@ async fn handle(
                 let status = h.response.status;
                 answered(&pool, &mut attempts, i, &backend, status, Some(h.after));
                 meter.bytes_in.fetch_add(upload.taken, Ordering::Relaxed);
-                meter.request_time.observe(started.elapsed());
+                meter.request_time.observe(h.at.into_std().saturating_duration_since(started));
                 if let Some(l) = log.as_mut() {
                     l.status = status;
                 }
@@ -768,7 +773,8 @@ fn relayed(
     // reads): the upload goes on with the response body, as on the
     // HTTP/1 path.
     let upload = (!h.upload_broken && !upload.is_done()).then(|| Box::new(upload));
-    let relay = Relay { up, left, reusable, upload, late: 0, silence, timer: Box::pin(tokio::time::sleep(silence)) };
+    let relay =
+        Relay { up, left, reusable, upload, late: 0, silence, timer: None, armed: false, answered_at: h.at.into_std() };
     let settle = Settle { in_flight: Some(in_flight), idle: Some(idle), log, meter: Some(meter) };
     let mut resp = Response::new(ResponseBody { inner: Inner::Relay(Box::new(relay)), bytes: 0, done: Some(settle) });
     *resp.status_mut() = StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_GATEWAY);
@@ -822,7 +828,33 @@ struct Relay {
     late: u64,
     /// Longest wait for the next piece (`response_timeout`).
     silence: Duration,
-    timer: Pin<Box<Sleep>>,
+    /// Made at the first wait: most bodies come with their head, and never
+    /// wait (nor read the clock, nor allocate a timer).
+    timer: Option<Pin<Box<Sleep>>>,
+    /// The timer counts the current wait (set when it begins; a piece
+    /// moved ends it).
+    armed: bool,
+    /// When the head came: the body's end too, if it never waited.
+    answered_at: StdInstant,
+}
+
+impl Relay {
+    /// Polls the wait's timer, setting it `silence` ahead when the wait
+    /// has just begun. Ready: silent for that long.
+    fn poll_silence(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if !self.armed {
+            self.armed = true;
+            let at = Instant::now() + self.silence;
+            match self.timer.as_mut() {
+                Some(t) => t.as_mut().reset(at),
+                None => self.timer = Some(Box::pin(sleep_until(at))),
+            }
+        }
+        match self.timer.as_mut() {
+            Some(t) => t.as_mut().poll(cx),
+            None => Poll::Pending,
+        }
+    }
 }
 
 impl Relay {
@@ -839,8 +871,7 @@ impl Relay {
             self.late += upload.taken - before;
             match step {
                 Poll::Ready(Step::Moved) => {
-                    let next = Instant::now() + self.silence;
-                    self.timer.as_mut().reset(next);
+                    self.armed = false;
                     if upload.is_done() {
                         // Whole now: the connection may serve again.
                         self.upload = None;
@@ -890,7 +921,9 @@ impl ResponseBody {
                 if up.buf.is_empty() {
                     up.reused = true;
                     up.buf.shrink();
-                    idle.put(guard.address(), up, StdInstant::now());
+                    // A body that came with its head ended when it did.
+                    let done = if relay.timer.is_some() { StdInstant::now() } else { relay.answered_at };
+                    idle.put(guard.address(), up, done);
                 }
             }
         }
@@ -952,15 +985,12 @@ impl Body for ResponseBody {
                 }
             }
             match relay.up.buf.poll_read_from(cx, &mut relay.up.stream, BODY_CHUNK) {
-                Poll::Ready(Ok(n)) if n > 0 => {
-                    let next = Instant::now() + relay.silence;
-                    relay.timer.as_mut().reset(next);
-                }
+                Poll::Ready(Ok(n)) if n > 0 => relay.armed = false,
                 Poll::Ready(Ok(_)) if relay.left.end_of_stream() => {}
                 Poll::Ready(Ok(_)) => return this.fail("backend closed the connection inside the response body"),
                 Poll::Ready(Err(_)) => return this.fail("backend connection failed inside the response body"),
                 Poll::Pending => {
-                    if relay.timer.as_mut().poll(cx).is_ready() {
+                    if relay.poll_silence(cx).is_ready() {
                         return this.fail("backend stalled inside the response body");
                     }
                     return Poll::Pending;

@@ -282,9 +282,12 @@ pub async fn acquire(
         if let Some(up) = pooled {
             return Ok(Acquired { index, backend, in_flight, up });
         }
-        // A connection is opened: what `now` said is past.
+        // A connection is opened: what `now` said is past. Boxed: the
+        // connect (with its TLS handshake) is the largest part of this
+        // future and rare with pooling, and every request's future (an
+        // HTTP/2 stream's is allocated and moved whole) would carry it.
         now = None;
-        match Upstream::connect(addr, cfg.connect_timeout, pool.backend_tls().as_deref()).await {
+        match Box::pin(Upstream::connect(addr, cfg.connect_timeout, pool.backend_tls().as_deref())).await {
             Ok(up) => return Ok(Acquired { index, backend, in_flight, up }),
             Err(e) => {
                 warn!(backend = %addr, error = %e, "backend unreachable; trying another");
