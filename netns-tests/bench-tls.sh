@@ -30,7 +30,8 @@
 # Env: VIPD (default ../target/release/vipd), TLS_LOAD (default
 #      ../target/release/examples/tls_load; built if missing), RUNS (1),
 #      DURATION (8s), CONC (32), IDLE (8000), KINDS ("ec rsa"),
-#      TARGETS ("vipd haproxy nginx"), CPU_QUOTA_PCT (unset: no cap),
+#      TARGETS ("vipd haproxy nginx"; also vipd-ring, vipd-b with VIPD_B),
+#      CPU_QUOTA_PCT (unset: no cap),
 #      MODES ("full resumed h1 h2 idle": which measurements run),
 #      PROFILE (a mode: perf record -g of each target during it, into
 #      the work dir as perf-TARGET-KIND-ROUND.data; set KEEP=1 too),
@@ -54,11 +55,14 @@ PROXY_CPU=0
 LOAD_CPU=1
 BACKEND=127.0.0.1:8081
 NAME=vipd.test
-declare -A PORT=([vipd]=8443 [haproxy]=8444 [nginx]=8445 [vipd-ring]=8446)
+declare -A PORT=([vipd]=8443 [haproxy]=8444 [nginx]=8445 [vipd-ring]=8446 [vipd-b]=8447)
 # vipd-ring (in TARGETS): vipd built with the ring provider (VIPD_RING,
 # default ../target/ring/release/vipd: cargo build --release --features
 # tls-ring --target-dir target/ring), to compare with aws-lc-rs.
 VIPD_RING=${VIPD_RING:-$NT_DIR0/../target/ring/release/vipd}
+# vipd-b (in TARGETS): a second vipd build (VIPD_B=path), to compare two
+# builds in the same run, as bench-proxy.sh does.
+VIPD_B=${VIPD_B:-}
 
 ((RUNS >= 1 && RUNS <= 20)) || fail "RUNS=$RUNS out of range 1..20"
 ((IDLE >= 100 && IDLE <= 30000)) || fail "IDLE=$IDLE out of range 100..30000"
@@ -97,6 +101,7 @@ write_configs() {
     local pki=$1
     VIPD_CONF="$WORK/vipd.toml"
     VIPD_RING_CONF="$WORK/vipd-ring.toml"
+    VIPD_B_CONF="$WORK/vipd-b.toml"
     cat >"$VIPD_CONF" <<EOF
 [control]
 listen = "127.0.0.1:9099"
@@ -115,6 +120,8 @@ key = "$pki/leaf.key"
 EOF
     sed "s/127.0.0.1:${PORT[vipd]}/127.0.0.1:${PORT[vipd-ring]}/; s/127.0.0.1:9099/127.0.0.1:9098/; s/vipd.sock/vipd-ring.sock/" \
         "$VIPD_CONF" >"$VIPD_RING_CONF"
+    sed "s/127.0.0.1:${PORT[vipd]}/127.0.0.1:${PORT[vipd-b]}/; s/127.0.0.1:9099/127.0.0.1:9097/; s/vipd.sock/vipd-b.sock/" \
+        "$VIPD_CONF" >"$VIPD_B_CONF"
     # Two descriptors per connection must fit under the open files limit.
     HAPROXY_CONF=$(HAPROXY_MAXCONN=$((IDLE + 500)) HAPROXY_BIND_OPTS="ssl crt $pki/combined.pem alpn h2,http/1.1" \
         haproxy_conf haproxy "127.0.0.1:${PORT[haproxy]}" "$BACKEND")
@@ -149,9 +156,10 @@ start_target() {
     local t=$1
     WHY=""
     case $t in
-        vipd | vipd-ring)
+        vipd | vipd-ring | vipd-b)
             local bin=$VIPD conf=$VIPD_CONF
             [[ $t == vipd-ring ]] && { bin=$VIPD_RING; conf=$VIPD_RING_CONF; }
+            [[ $t == vipd-b ]] && { bin=$VIPD_B; conf=$VIPD_B_CONF; }
             [[ -x $bin ]] || { WHY="no binary $bin"; return 1; }
             ip netns exec "$(ns $H)" env RUST_LOG=info,access=off taskset -c $PROXY_CPU \
                 "$bin" run --config "$conf" >>"$WORK/$t.log" 2>&1 &
@@ -330,7 +338,7 @@ for kind in $KINDS; do
         row+=$(printf ' %8s' "${E[$kind,$t,idle]}")
         echo "$row"
     done
-    for o in haproxy nginx vipd-ring; do
+    for o in haproxy nginx vipd-ring vipd-b; do
         [[ " $TARGETS " == *" vipd "* && " $TARGETS " == *" $o "* ]] || continue
         printf 'vipd/%-7s per CPU-second: full %s, resumed %s, h1 %s, h2 %s; KiB per idle connection %s\n' "$o" \
             "$(ratio "${E[$kind,vipd,full]}" "${E[$kind,$o,full]}")" "$(ratio "${E[$kind,vipd,resumed]}" "${E[$kind,$o,resumed]}")" \
