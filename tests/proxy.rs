@@ -1041,6 +1041,23 @@ async fn an_h2_client_gets_the_backends_early_hints() {
     assert_eq!(hint.headers().get("link").and_then(|v| v.to_str().ok()), Some("</app.css>; rel=preload"));
     let response = tokio::time::timeout(Duration::from_secs(3), response).await.expect("in time").expect("response");
     assert_eq!(response.status(), 200);
+    // RFC 9110 §6.6.1: the backend's answer had no Date; the proxy's is added.
+    let date = response.headers().get("date").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    assert!(httpdate::parse_http_date(date).is_ok(), "date {date:?}");
+    p.shutdown();
+}
+
+/// A backend's own Date reaches an HTTP/2 client as it is, alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_answer_keeps_the_backends_date() {
+    let answer = b"HTTP/1.1 200 OK\r\nDate: Sun, 06 Nov 1994 08:49:37 GMT\r\ncontent-length: 2\r\n\r\nok";
+    let (backend, _recorder) = recording_backend(|got| got.ends_with(b"\r\n\r\n"), answer).await;
+    let (addr, _, p) = proxy(&[backend], "retries = 0");
+    let mut client = h2_client(addr).await;
+    let (response, _) = client.send_request(Request::get("http://x.test/").body(()).expect("req"), true).expect("send");
+    let response = tokio::time::timeout(Duration::from_secs(3), response).await.expect("in time").expect("response");
+    let dates: Vec<_> = response.headers().get_all("date").iter().collect();
+    assert_eq!(dates, ["Sun, 06 Nov 1994 08:49:37 GMT"]);
     p.shutdown();
 }
 

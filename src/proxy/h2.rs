@@ -407,13 +407,6 @@ pub async fn serve_stream(
     if let (false, Some(n)) = (end, body.size_hint().exact()) {
         head.headers.entry(CONTENT_LENGTH).or_insert_with(|| HeaderValue::from(n));
     }
-    // RFC 9110 §6.6.1: a proxy with a clock dates an answer that has no
-    // Date (vipd's own, or a backend's without one).
-    if !head.headers.contains_key(DATE) {
-        if let Some(date) = super::date::now() {
-            head.headers.insert(DATE, date);
-        }
-    }
     match respond.send_response(Response::from_parts(head, ()), end) {
         Ok(send) if !end => send_body(body, send).await,
         Ok(_) => {}
@@ -779,7 +772,19 @@ fn relayed(
     let mut resp = Response::new(ResponseBody { inner: Inner::Relay(Box::new(relay)), bytes: 0, done: Some(settle) });
     *resp.status_mut() = StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_GATEWAY);
     *resp.headers_mut() = h.fields;
+    // RFC 9110 §6.6.1: a proxy with a clock dates an answer that has none
+    // (the parse said whether it has).
+    if !r.dated {
+        put_date(resp.headers_mut());
+    }
     resp
+}
+
+/// Dates an answer with the proxy's clock.
+fn put_date(headers: &mut HeaderMap) {
+    if let Some(date) = super::date::now() {
+        headers.insert(DATE, date);
+    }
 }
 
 /// A short answer made by the proxy itself.
@@ -796,6 +801,7 @@ fn local_response(answer: LocalAnswer, mut log: Option<Box<AccessLog>>) -> Respo
     let mut r = Response::new(body);
     *r.status_mut() = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
     r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    put_date(r.headers_mut());
     if answer.status == 405 {
         r.headers_mut().insert(ALLOW, HeaderValue::from_static(wire::ALLOWED_METHODS));
     }
