@@ -17,3 +17,26 @@ pub async fn within<F: Future>(limit: Duration, io: F, waited: &mut bool) -> Res
     *waited = true;
     timeout(limit, io).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn io_that_is_ready_arms_nothing_and_io_that_waits_is_bounded() {
+        let mut waited = false;
+        assert_eq!(within(Duration::from_secs(1), async { 7 }, &mut waited).await.ok(), Some(7));
+        assert!(!waited, "ready at once");
+
+        let t = tokio::time::Instant::now();
+        let never = std::future::pending::<()>();
+        assert!(within(Duration::from_secs(3), never, &mut waited).await.is_err());
+        assert!(waited);
+        assert_eq!(t.elapsed(), Duration::from_secs(3));
+
+        let mut waited = false;
+        let later = tokio::time::sleep(Duration::from_millis(10));
+        assert!(within(Duration::from_secs(3), later, &mut waited).await.is_ok());
+        assert!(waited, "it had to wait");
+    }
+}
