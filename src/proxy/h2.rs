@@ -856,14 +856,10 @@ impl Relay {
                 None => self.timer = Some(Box::pin(sleep_until(at))),
             }
         }
-        match self.timer.as_mut() {
-            Some(t) => t.as_mut().poll(cx),
-            None => Poll::Pending,
-        }
+        // Armed above: there is a timer.
+        self.timer.as_mut().map_or(Poll::Pending, |t| t.as_mut().poll(cx))
     }
-}
 
-impl Relay {
     /// Moves the rest of the request body on as far as it goes without
     /// waiting (a bounded number of steps, so the response keeps moving
     /// too); each step that moves bytes gives the backend its full
