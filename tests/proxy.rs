@@ -1101,6 +1101,19 @@ async fn an_h2_field_value_with_whitespace_at_an_edge_is_malformed() {
     task.abort();
 }
 
+/// Reads from `conn` into `got` until a head has come; returns where it ends.
+async fn read_head(conn: &mut TcpStream, got: &mut Vec<u8>) -> usize {
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            return i + 4;
+        }
+        let n = conn.read(&mut buf).await.expect("read");
+        assert!(n > 0, "proxy closed before the head");
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
 /// A backend that answers a 10-byte upload at once and echoes the body as
 /// it reads it (full duplex), then expects `GET /again` on the same
 /// connection and answers 204. Its task returns the first request's head.
@@ -1112,14 +1125,7 @@ async fn full_duplex_echo() -> (SocketAddr, tokio::task::JoinHandle<String>) {
         let mut got = Vec::new();
         let mut buf = [0u8; 4096];
         // The head first; then answer at once and echo the body as it comes.
-        let head_end = loop {
-            let n = conn.read(&mut buf).await.expect("read");
-            assert!(n > 0, "proxy closed before the head");
-            got.extend_from_slice(&buf[..n]);
-            if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
-            }
-        };
+        let head_end = read_head(&mut conn, &mut got).await;
         conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n").await.expect("write");
         let mut echoed = got.len() - head_end;
         conn.write_all(&got[head_end..]).await.expect("write");
@@ -1170,6 +1176,75 @@ async fn a_full_duplex_exchange_keeps_sending_the_body() {
     let (status, _, _) = read_response(&mut s, &mut pending, true).await;
     assert_eq!(status, 204);
     tokio::time::timeout(Duration::from_secs(3), echo).await.expect("backend done").expect("backend ok");
+    p.shutdown();
+}
+
+/// A 2xx that ends before the upload does (the backend answered at once and
+/// reads the rest after) promised the client nothing about closing: the rest
+/// of the body still goes up, and the client's connection serves its next
+/// request (before, it was closed with no `Connection: close` in the head).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_2xx_ending_before_the_upload_keeps_the_client_connection() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let backend = listener.local_addr().expect("addr");
+    let served = tokio::spawn(async move {
+        let (mut conn, _) = listener.accept().await.expect("accept");
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        let head_end = read_head(&mut conn, &mut got).await;
+        conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await.expect("write");
+        while got.len() < head_end + 10 {
+            let n = conn.read(&mut buf).await.expect("read");
+            assert!(n > 0, "the rest of the body never came");
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(&got[head_end..], b"helloworld");
+        // The same connection again: the request was whole, so it is reusable.
+        let n = conn.read(&mut buf).await.expect("read");
+        assert!(buf[..n].starts_with(b"GET /again "), "{:?}", String::from_utf8_lossy(&buf[..n]));
+        conn.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").await.expect("write");
+    });
+    let (addr, _, p) = proxy(&[backend], "response_timeout = \"3s\"");
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nhello").await.expect("write");
+    let mut pending = Vec::new();
+    let (status, head, body) = read_response(&mut s, &mut pending, false).await;
+    assert_eq!((status, body.as_slice()), (200, &b"ok"[..]), "{head}");
+    assert!(!head.contains("connection: close"), "{head}");
+    // The rest of the body after the whole answer, then the next request.
+    s.write_all(b"world").await.expect("write");
+    s.write_all(b"GET /again HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("write");
+    let (status, head, _) = read_response(&mut s, &mut pending, true).await;
+    assert_eq!(status, 204, "{head}");
+    tokio::time::timeout(Duration::from_secs(3), served).await.expect("backend done").expect("backend ok");
+    p.shutdown();
+}
+
+/// ...and a client that stops inside that body is closed once the upload
+/// has not moved for `response_timeout`: the wait is bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_stalling_in_its_body_after_the_answer_is_closed_in_time() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let backend = listener.local_addr().expect("addr");
+    let served = tokio::spawn(async move {
+        let (mut conn, _) = listener.accept().await.expect("accept");
+        let mut buf = [0u8; 4096];
+        let n = conn.read(&mut buf).await.expect("read");
+        assert!(buf[..n].ends_with(b"hello"), "{:?}", String::from_utf8_lossy(&buf[..n]));
+        conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await.expect("write");
+        // Waits for the rest; the proxy gives up and closes.
+        while matches!(conn.read(&mut buf).await, Ok(n) if n > 0) {}
+    });
+    let (addr, _, p) = proxy(&[backend], "response_timeout = \"1s\"");
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nhello").await.expect("write");
+    let mut pending = Vec::new();
+    let (status, _, body) = read_response(&mut s, &mut pending, false).await;
+    assert_eq!((status, body.as_slice()), (200, &b"ok"[..]));
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(4), s.read(&mut buf)).await.expect("closed in time");
+    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+    tokio::time::timeout(Duration::from_secs(3), served).await.expect("backend done").expect("backend ok");
     p.shutdown();
 }
 

@@ -871,6 +871,15 @@ async fn relay_response<S: ClientStream>(
             }
         }
     }
+    // A whole answer that came before the whole upload (a 2xx while the
+    // body comes, full duplex) said nothing about closing: the rest of the
+    // body goes up as before, then both connections stay (a close the head
+    // did not announce leaves the client to guess, RFC 9112 §9.6).
+    if complete && !resp.close_client && !upload.is_done(body) {
+        finished = None;
+        deadline = Instant::now() + cfg.response_timeout;
+        uploaded += finish_upload(c, up, body, &mut upload, &mut deadline, cfg.response_timeout).await;
+    }
     // Whether the backend got the whole request (else it is not reused).
     let request_sent = upload.is_done(body);
     let reuse = complete && resp.backend_keep_alive && up.buf.is_empty() && request_sent && !req.upgrade;
@@ -1007,6 +1016,40 @@ async fn wait_for_backend<S: ClientStream>(
         }
         _ = c.backend_timer.set(*deadline) => Waited::TimedOut { uploading: writing || upload.unflushed },
     }
+}
+
+/// Sends the rest of the request body up after its whole response, each
+/// step within `response_timeout` of the last; stops at anything from the
+/// backend (bytes past its answer, or a close), a client that goes or
+/// stalls, or a backend that stops taking it. Returns the body bytes taken.
+async fn finish_upload<S: ClientStream>(
+    c: &mut Client<S>,
+    up: &mut Upstream,
+    body: &mut Remaining,
+    upload: &mut Upload,
+    deadline: &mut Instant,
+    response_timeout: Duration,
+) -> u64 {
+    let mut taken = 0;
+    while !upload.broken && !upload.is_done(body) {
+        if body.is_done() && !upload.writing() {
+            // Only what TLS holds is left (`wait_for_backend` would flush
+            // it, then wait for an answer that has already come).
+            upload.unflushed = false;
+            if !matches!(c.backend_timer.run(*deadline, up.stream.flush()).await, Some(Ok(()))) {
+                upload.broken = true;
+            }
+            continue;
+        }
+        match wait_for_backend(c, up, body, upload, deadline, response_timeout, BODY_CHUNK).await {
+            Waited::Uploaded(n) => taken += n,
+            Waited::Read(_) | Waited::ClientGone | Waited::BadBody(_) | Waited::TimedOut { .. } => {
+                debug!(peer = %c.peer, "request body not finished after its answer; closing");
+                break;
+            }
+        }
+    }
+    taken
 }
 
 /// After a 101: the switch goes to the client with whatever the backend
