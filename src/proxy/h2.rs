@@ -375,42 +375,51 @@ impl Interim {
 /// the pool, the response head, then its body as the client's flow control
 /// lets it go. A reset from the client cancels it at any point (the
 /// backend's connection is then not kept).
-pub async fn serve_stream(
+pub fn serve_stream(
     pool: Arc<Pool>,
     idle: Arc<IdleConns<Upstream>>,
     client: SocketAddr,
     scheme: Scheme,
     req: Request<::h2::RecvStream>,
     mut respond: ::h2::server::SendResponse<Bytes>,
-) {
+) -> impl Future<Output = ()> + Send {
     let (parts, stream) = req.into_parts();
     let length = parts.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
     let req = Request::from_parts(parts, RecvBody { stream, length, data_done: false, done: false });
-    let interim = Interim::default();
-    let handling = handle(pool, idle, client, scheme, req, &interim);
-    tokio::pin!(handling);
-    let answered = std::future::poll_fn(|cx| {
-        if respond.poll_reset(cx).is_ready() {
-            return Poll::Ready(None);
+    // A plain function around a block: the arguments are held once, not
+    // again as the body's locals (a larger future, moved and allocated whole).
+    async move {
+        // In a block of its own: the request's future is gone (not kept in this
+        // one's state) while the body goes out.
+        let answered = {
+            let interim = Interim::default();
+            let handling = handle(pool, idle, client, scheme, req, &interim);
+            tokio::pin!(handling);
+            std::future::poll_fn(|cx| {
+                if respond.poll_reset(cx).is_ready() {
+                    return Poll::Ready(None);
+                }
+                let polled = handling.as_mut().poll(cx);
+                for answer in interim.take() {
+                    if let Err(e) = respond.send_informational(answer) {
+                        debug!(%client, error = %e, "could not pass on an interim answer");
+                    }
+                }
+                polled.map(Some)
+            })
+            .await
+        };
+        let Some(resp) = answered else { return };
+        let (mut head, body) = resp.into_parts();
+        let end = body.is_end_stream();
+        if let (false, Some(n)) = (end, body.size_hint().exact()) {
+            head.headers.entry(CONTENT_LENGTH).or_insert_with(|| HeaderValue::from(n));
         }
-        let polled = handling.as_mut().poll(cx);
-        for answer in interim.take() {
-            if let Err(e) = respond.send_informational(answer) {
-                debug!(%client, error = %e, "could not pass on an interim answer");
-            }
+        match respond.send_response(Response::from_parts(head, ()), end) {
+            Ok(send) if !end => send_body(body, send).await,
+            Ok(_) => {}
+            Err(e) => debug!(%client, error = %e, "could not send an HTTP/2 response head"),
         }
-        polled.map(Some)
-    });
-    let Some(resp) = answered.await else { return };
-    let (mut head, body) = resp.into_parts();
-    let end = body.is_end_stream();
-    if let (false, Some(n)) = (end, body.size_hint().exact()) {
-        head.headers.entry(CONTENT_LENGTH).or_insert_with(|| HeaderValue::from(n));
-    }
-    match respond.send_response(Response::from_parts(head, ()), end) {
-        Ok(send) if !end => send_body(body, send).await,
-        Ok(_) => {}
-        Err(e) => debug!(%client, error = %e, "could not send an HTTP/2 response head"),
     }
 }
 
@@ -526,8 +535,7 @@ async fn exchange(
             let filled = up.buf.filled();
             // One copy of a complete head that every value is a slice of
             // (instead of an allocation per value).
-            let shared =
-                filled.windows(4).position(|w| w == b"\r\n\r\n").map(|i| Bytes::copy_from_slice(&filled[..i + 4]));
+            let shared = memchr::memmem::find(filled, b"\r\n\r\n").map(|i| Bytes::copy_from_slice(&filled[..i + 4]));
             let base = filled.as_ptr() as usize;
             let mut fields = HeaderMap::new();
             let parsed = wire::parse_response_fields(filled, ctx, |name, value| {
@@ -611,138 +619,149 @@ async fn exchange(
     }
 }
 
-/// Answers one HTTP/2 stream's request through the pool.
-async fn handle(
+/// Answers one HTTP/2 stream's request through the pool. Not an `async
+/// fn`, as `serve_stream` is not: its future would hold the arguments
+/// twice (as arguments and as the body's locals).
+#[allow(clippy::manual_async_fn)]
+fn handle<'a>(
     pool: Arc<Pool>,
     idle: Arc<IdleConns<Upstream>>,
     client: SocketAddr,
     scheme: Scheme,
     mut req: Request<RecvBody>,
-    interim: &Interim,
-) -> Response<ResponseBody> {
-    let started = StdInstant::now();
-    let meter = Arc::clone(pool.meter());
-    // From its start to its response head, it keeps a resigning master's
-    // VIPs (the drain gate), as an HTTP/1 request does.
-    let _begun = pool.request_begun();
-    let cfg = &pool.config;
-    let mut log = (cfg.access_log && tracing::enabled!(target: "access", tracing::Level::INFO)).then(|| {
-        Box::new(AccessLog {
-            client,
-            method: req.method().to_string(),
-            path: req.uri().path_and_query().map_or("/", |p| p.as_str()).to_string(),
-            status: 0,
-            backend: None,
-            started,
-            request_id: String::new(),
-        })
-    });
-    // The proxy's own answers are counted here, the backends' below.
-    let local = |answer: LocalAnswer, log: Option<Box<AccessLog>>| {
-        meter.responses.count(answer.status);
-        meter.request_time.observe(started.elapsed());
-        local_response(answer, log)
-    };
-    // Extended CONNECT is not offered; plain CONNECT is not served (as on
-    // the HTTP/1 path).
-    if req.method() == Method::CONNECT {
-        return local(LocalAnswer { status: 405, reason: "Method Not Allowed", text: "method not allowed\n" }, log);
-    }
-    // RFC 9113 §8.2.1: a field value neither starts nor ends with SP or
-    // HTAB; one that does makes the request malformed, not something to
-    // forward (an HTTP/1 backend would read it trimmed).
-    if req.headers().values().any(|v| wire::trim(v.as_bytes()).len() != v.len()) {
-        return local(MALFORMED, log);
-    }
-    // Hop-by-hop fields are not sent up; the client's length is not either
-    // (`request_head` writes a framing of our own), only read here.
-    let headers = req.headers_mut();
-    strip_hop_by_hop(headers);
-    let stated_length = headers.contains_key(CONTENT_LENGTH);
-    let Some(host) = request_host(&req) else {
-        return local(MALFORMED, log);
-    };
-    // RFC 9113 §8.3.1: `:path` is present and an absolute path, or `*` for
-    // OPTIONS; anything else (none, `?q`, `*` for another method) is a
-    // malformed request, not something to guess a target for.
-    let target = match req.uri().path_and_query().map(|p| p.as_str()) {
-        Some(t) if t.starts_with('/') || (t == "*" && req.method() == Method::OPTIONS) => t,
-        _ => return local(MALFORMED, log),
-    };
-    if let Some(redirect) = &cfg.redirect_https {
-        if redirect.applies_to(target.as_bytes()) {
-            let location = https_location(host, target.as_bytes(), redirect.port);
-            let mut resp =
-                local(LocalAnswer { status: 308, reason: "Permanent Redirect", text: "moved to https\n" }, log);
-            if let Ok(v) = HeaderValue::from_str(&location) {
-                resp.headers_mut().insert(LOCATION, v);
-            }
-            return resp;
-        }
-    }
-
-    let method = req.method().clone();
-    let body = req.body();
-    let framing = match (body.is_end_stream(), body.size_hint().exact()) {
-        (true, _) if stated_length || matches!(method, Method::POST | Method::PUT | Method::PATCH) => UpFraming::Zero,
-        (true, _) => UpFraming::None,
-        (false, Some(n)) => UpFraming::Length(n),
-        (false, None) => UpFraming::Chunked,
-    };
-    let mut head = Vec::with_capacity(1024);
-    let hop = Hop { client: client.ip(), scheme, host };
-    let id = request_head(&method, target, req.headers(), &hop, framing, fastrand::u64(..), &mut head);
-    if let Some(l) = log.as_mut() {
-        l.request_id = String::from_utf8_lossy(&head[id]).into_owned();
-    }
-    let is_head = method == Method::HEAD;
-    let replayable = is_idempotent(method.as_str()) && matches!(framing, UpFraming::None | UpFraming::Zero);
-    let (_, body) = req.into_parts();
-    let mut upload = Upload::new(body, framing);
-
-    let mut attempts = Attempts::new(cfg.retries, replayable);
-    // The first attempt's pool lookup goes by `started` (a clock read less).
-    let mut now = Some(started);
-    let failure = loop {
-        let Acquired { index: i, backend, in_flight, mut up } =
-            match acquire(&pool, &idle, &mut attempts, false, log.as_deref_mut(), now.take()).await {
-                Ok(a) => a,
-                Err(answer) => break answer,
-            };
-        let addr = backend.address;
-        // What TLS took is flushed before a wait that needs it sent.
-        upload.tls = matches!(up.stream, UpstreamStream::Tls(_));
-        let outcome = match exchange(&mut up, &head, &mut upload, &pool, is_head, interim).await {
-            Ok(h) => {
-                let status = h.response.status;
-                answered(&pool, &mut attempts, i, &backend, status, Some(h.after));
-                meter.bytes_in.fetch_add(upload.taken, Ordering::Relaxed);
-                meter.request_time.observe(h.at.into_std().saturating_duration_since(started));
-                if let Some(l) = log.as_mut() {
-                    l.status = status;
-                }
-                return relayed(h, up, upload, in_flight, idle, log, meter, cfg.response_timeout);
-            }
-            Err(Failed::Client(answer)) => {
-                debug!(%client, backend = %addr, status = answer.status, "client's request body failed");
-                return local(answer, log);
-            }
-            Err(Failed::Backend(outcome)) => outcome,
+    interim: &'a Interim,
+) -> impl Future<Output = Response<ResponseBody>> + Send + 'a {
+    async move {
+        let started = StdInstant::now();
+        let meter = Arc::clone(pool.meter());
+        // From its start to its response head, it keeps a resigning master's
+        // VIPs (the drain gate), as an HTTP/1 request does.
+        let _begun = pool.request_begun();
+        let cfg = &pool.config;
+        let mut log = (cfg.access_log && tracing::enabled!(target: "access", tracing::Level::INFO)).then(|| {
+            Box::new(AccessLog {
+                client,
+                method: req.method().to_string(),
+                path: req.uri().path_and_query().map_or("/", |p| p.as_str()).to_string(),
+                status: 0,
+                backend: None,
+                started,
+                request_id: String::new(),
+            })
+        });
+        // The proxy's own answers are counted here, the backends' below.
+        let local = |answer: LocalAnswer, log: Option<Box<AccessLog>>| {
+            meter.responses.count(answer.status);
+            meter.request_time.observe(started.elapsed());
+            local_response(answer, log)
         };
-        drop(in_flight);
-        match outcome {
-            Outcome::NoAnswer { reused: true } => debug!(backend = %addr, "pooled connection closed under the request"),
-            Outcome::NoAnswer { reused: false } => {
-                warn!(backend = %addr, "backend connection failed before the response")
+        // Extended CONNECT is not offered; plain CONNECT is not served (as on
+        // the HTTP/1 path).
+        if req.method() == Method::CONNECT {
+            return local(LocalAnswer { status: 405, reason: "Method Not Allowed", text: "method not allowed\n" }, log);
+        }
+        // RFC 9113 §8.2.1: a field value neither starts nor ends with SP or
+        // HTAB; one that does makes the request malformed, not something to
+        // forward (an HTTP/1 backend would read it trimmed).
+        if req.headers().values().any(|v| wire::trim(v.as_bytes()).len() != v.len()) {
+            return local(MALFORMED, log);
+        }
+        // Hop-by-hop fields are not sent up; the client's length is not either
+        // (`request_head` writes a framing of our own), only read here.
+        let headers = req.headers_mut();
+        strip_hop_by_hop(headers);
+        let stated_length = headers.contains_key(CONTENT_LENGTH);
+        let Some(host) = request_host(&req) else {
+            return local(MALFORMED, log);
+        };
+        // RFC 9113 §8.3.1: `:path` is present and an absolute path, or `*` for
+        // OPTIONS; anything else (none, `?q`, `*` for another method) is a
+        // malformed request, not something to guess a target for.
+        let target = match req.uri().path_and_query().map(|p| p.as_str()) {
+            Some(t) if t.starts_with('/') || (t == "*" && req.method() == Method::OPTIONS) => t,
+            _ => return local(MALFORMED, log),
+        };
+        if let Some(redirect) = &cfg.redirect_https {
+            if redirect.applies_to(target.as_bytes()) {
+                let location = https_location(host, target.as_bytes(), redirect.port);
+                let mut resp =
+                    local(LocalAnswer { status: 308, reason: "Permanent Redirect", text: "moved to https\n" }, log);
+                if let Ok(v) = HeaderValue::from_str(&location) {
+                    resp.headers_mut().insert(LOCATION, v);
+                }
+                return resp;
             }
-            Outcome::TimedOut => warn!(backend = %addr, timeout = ?cfg.response_timeout, "backend response timed out"),
-            _ => {}
         }
-        if let Some(answer) = conclude(&pool, &mut attempts, i, outcome) {
-            break answer;
+
+        let method = req.method().clone();
+        let body = req.body();
+        let framing = match (body.is_end_stream(), body.size_hint().exact()) {
+            (true, _) if stated_length || matches!(method, Method::POST | Method::PUT | Method::PATCH) => {
+                UpFraming::Zero
+            }
+            (true, _) => UpFraming::None,
+            (false, Some(n)) => UpFraming::Length(n),
+            (false, None) => UpFraming::Chunked,
+        };
+        let mut head = Vec::with_capacity(1024);
+        let hop = Hop { client: client.ip(), scheme, host };
+        let id = request_head(&method, target, req.headers(), &hop, framing, fastrand::u64(..), &mut head);
+        if let Some(l) = log.as_mut() {
+            l.request_id = String::from_utf8_lossy(&head[id]).into_owned();
         }
-    };
-    local(failure, log)
+        let is_head = method == Method::HEAD;
+        let replayable = is_idempotent(method.as_str()) && matches!(framing, UpFraming::None | UpFraming::Zero);
+        let (_, body) = req.into_parts();
+        let mut upload = Upload::new(body, framing);
+
+        let mut attempts = Attempts::new(cfg.retries, replayable);
+        // The first attempt's pool lookup goes by `started` (a clock read less).
+        let mut now = Some(started);
+        let failure = loop {
+            let Acquired { index: i, backend, in_flight, mut up } =
+                match acquire(&pool, &idle, &mut attempts, false, log.as_deref_mut(), now.take()).await {
+                    Ok(a) => a,
+                    Err(answer) => break answer,
+                };
+            let addr = backend.address;
+            // What TLS took is flushed before a wait that needs it sent.
+            upload.tls = matches!(up.stream, UpstreamStream::Tls(_));
+            let outcome = match exchange(&mut up, &head, &mut upload, &pool, is_head, interim).await {
+                Ok(h) => {
+                    let status = h.response.status;
+                    answered(&pool, &mut attempts, i, &backend, status, Some(h.after));
+                    meter.bytes_in.fetch_add(upload.taken, Ordering::Relaxed);
+                    meter.request_time.observe(h.at.into_std().saturating_duration_since(started));
+                    if let Some(l) = log.as_mut() {
+                        l.status = status;
+                    }
+                    return relayed(h, up, upload, in_flight, idle, log, meter, cfg.response_timeout);
+                }
+                Err(Failed::Client(answer)) => {
+                    debug!(%client, backend = %addr, status = answer.status, "client's request body failed");
+                    return local(answer, log);
+                }
+                Err(Failed::Backend(outcome)) => outcome,
+            };
+            drop(in_flight);
+            match outcome {
+                Outcome::NoAnswer { reused: true } => {
+                    debug!(backend = %addr, "pooled connection closed under the request")
+                }
+                Outcome::NoAnswer { reused: false } => {
+                    warn!(backend = %addr, "backend connection failed before the response")
+                }
+                Outcome::TimedOut => {
+                    warn!(backend = %addr, timeout = ?cfg.response_timeout, "backend response timed out")
+                }
+                _ => {}
+            }
+            if let Some(answer) = conclude(&pool, &mut attempts, i, outcome) {
+                break answer;
+            }
+        };
+        local(failure, log)
+    }
 }
 
 /// The client's response for a backend's head: its body read from `up`,

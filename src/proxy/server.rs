@@ -17,6 +17,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use crate::systemd::Heartbeat;
+use futures_util::future::FutureExt as _;
 use futures_util::stream::{FuturesUnordered, StreamExt as _};
 use hyper::body::Bytes;
 use socket2::{Domain, Protocol, Socket, Type};
@@ -624,10 +625,10 @@ async fn serve_h2<I>(
                         let open = Streams::open(&streams);
                         // Each stream on the generation current when it opens.
                         let (pool, idle) = (listener.current(), Arc::clone(&idle));
-                        running.push(Box::pin(async move {
-                            h2::serve_stream(pool, idle, peer, scheme, req, respond).await;
-                            drop(open);
-                        }));
+                        // The guard goes with the stream's end (mapped: an
+                        // async block would hold the future twice).
+                        let stream = h2::serve_stream(pool, idle, peer, scheme, req, respond);
+                        running.push(Box::pin(stream.map(move |()| drop(open))));
                         changed = true;
                     }
                     Poll::Ready(closed) => return Poll::Ready(Some(closed.map(|r| r.map(drop)))),
