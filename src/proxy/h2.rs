@@ -537,7 +537,9 @@ async fn exchange(
             // (instead of an allocation per value).
             let shared = memchr::memmem::find(filled, b"\r\n\r\n").map(|i| Bytes::copy_from_slice(&filled[..i + 4]));
             let base = filled.as_ptr() as usize;
-            let mut fields = HeaderMap::new();
+            // Room for every field line at once (growing it rehashes).
+            let lines = shared.as_ref().map_or(0, |h| memchr::memchr_iter(b'\n', h).count().saturating_sub(2));
+            let mut fields = HeaderMap::with_capacity(lines);
             let parsed = wire::parse_response_fields(filled, ctx, |name, value| {
                 let at = (value.as_ptr() as usize).wrapping_sub(base);
                 let value = match &shared {

@@ -488,6 +488,15 @@ impl<'h, 'a> ResponseHead<'h, 'a> {
             .filter(move |(name, _)| !self.fields.conn.names(name))
     }
 
+    /// The value of the first Content-Length field, as received.
+    fn stated_length(&self) -> Option<&'a [u8]> {
+        self.headers
+            .iter()
+            .zip(&self.fields.kinds)
+            .find(|(_, kind)| **kind == Known::ContentLength)
+            .map(|(h, _)| h.value)
+    }
+
     /// The Content-Length the client is sent, as one number: the body's,
     /// or for a bodiless answer (HEAD, 304, a stated 0) the one the backend
     /// stated (RFC 9110 §8.6); none with a transfer coding, which wins
@@ -634,7 +643,11 @@ pub fn parse_response_fields(
             field(name, value);
         }
         if let Some(n) = head.length_for_client(r) {
-            field(b"content-length", itoa::Buffer::new().format(n).as_bytes());
+            let mut number = itoa::Buffer::new();
+            let number = number.format(n).as_bytes();
+            // The backend's own bytes when they are that number as written
+            // here (the usual case): a caller may share them, not copy.
+            field(b"content-length", head.stated_length().filter(|v| *v == number).unwrap_or(number));
         }
     })
 }
@@ -1665,6 +1678,29 @@ mod tests {
         let r = parse_response_fields(input, ctx(), |n, v| fields.push((n.to_vec(), v.to_vec())));
         assert!(matches!(r, Ok(Some(_))));
         assert_eq!(fields, vec![(b"X-A".to_vec(), b"1".to_vec()), (b"content-length".to_vec(), b"0".to_vec())]);
+    }
+
+    #[test]
+    fn an_http2_clients_length_is_the_backends_bytes_only_when_they_are_the_number() {
+        // Where the value lies: in the input (shareable) or not.
+        let length = |input: &[u8]| {
+            let mut got = None;
+            let r = parse_response_fields(input, ctx(), |n, v| {
+                if n == b"content-length" {
+                    let inside = input.as_ptr_range().contains(&v.as_ptr());
+                    got = Some((v.to_vec(), inside));
+                }
+            });
+            assert!(matches!(r, Ok(Some(_))), "{r:?}");
+            got
+        };
+        let body = b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n";
+        assert_eq!(length(body), Some((b"12".to_vec(), true)));
+        // A list or a second field is sent as the one number it means.
+        let list = b"HTTP/1.1 200 OK\r\nContent-Length: 12, 12\r\n\r\n";
+        assert_eq!(length(list), Some((b"12".to_vec(), false)));
+        let twice = b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\ncontent-length: 12\r\n\r\n";
+        assert_eq!(length(twice), Some((b"12".to_vec(), true)));
     }
 
     #[test]
