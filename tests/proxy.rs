@@ -94,6 +94,11 @@ async fn answer(
             Response::new(full(name))
         }
         "/fail" => Response::builder().status(500).body(full("boom")).expect("response"),
+        // `?N`: N bytes of a known pattern, with a Content-Length.
+        "/bytes" => {
+            let n: usize = req.uri().query().and_then(|q| q.parse().ok()).unwrap_or(0);
+            Response::new(full(pattern(n)))
+        }
         "/early" => Response::builder().status(413).body(full("too large")).expect("response"),
         "/headers" => {
             let mut lines: Vec<String> =
@@ -515,6 +520,17 @@ async fn http2_requests_use_the_one_backend_client_and_its_pool() {
         assert_eq!(text(sender.send_request(req).await.expect("h2 response")).await, (200, "a".to_string()));
     }
     assert_eq!(a.conns.lock().expect("lock").len(), 1, "five sequential streams, one pooled backend connection");
+    // Bodies that come with their head (taken with its copy) and longer
+    // ones (relayed as they come), whole and in order, the connection
+    // serving on after each.
+    for n in [0, 1, 900, 1000, 1024, 1100, 5000, 100_000] {
+        let req = Request::get(format!("http://shop.test/bytes?{n}")).body(full(Bytes::new())).expect("req");
+        let resp = sender.send_request(req).await.expect("h2 response");
+        assert_eq!(resp.status(), 200);
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        assert!(body == pattern(n), "{n} bytes asked, {} came", body.len());
+    }
+    assert_eq!(a.conns.lock().expect("lock").len(), 1, "still the one pooled backend connection");
 
     // Two cookie fields (as HTTP/2 clients send them) are one for HTTP/1.1.
     let req = Request::get("http://shop.test/headers")
@@ -1112,6 +1128,11 @@ async fn read_head(conn: &mut TcpStream, got: &mut Vec<u8>) -> usize {
         assert!(n > 0, "proxy closed before the head");
         got.extend_from_slice(&buf[..n]);
     }
+}
+
+/// `n` bytes that show their order: byte `i` is `i % 251`.
+fn pattern(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i % 251) as u8).collect()
 }
 
 /// A backend that answers a 10-byte upload at once and echoes the body as

@@ -33,7 +33,7 @@ use super::attempt::{AccessLog, Attempts, LocalAnswer, Outcome};
 use super::backends::{InFlight, Pool};
 use super::codec::buf::BODY_CHUNK;
 use super::codec::chunked::{put_chunk, trailer_name_may_pass, Remaining};
-use super::codec::head::{self as wire, https_location, ResponseContext, Scheme};
+use super::codec::head::{self as wire, https_location, Framing, ResponseContext, Scheme};
 use super::codec::head::{is_hop_by_hop, is_idempotent, is_valid_authority, looks_like_framing};
 use super::meter::ListenerMeter;
 use super::upstream::idle::IdleConns;
@@ -486,7 +486,15 @@ struct Head {
     after: Duration,
     /// When the head came.
     at: Instant,
+    /// The whole body, when it came with the head (taken from the buffer).
+    body: Option<Bytes>,
 }
+
+/// Body bytes that came with a head are copied with it, up to this many:
+/// a body that is all there then needs no copy (nor read) of its own. A
+/// small bound, as the copy lives while any of its values does (HPACK's
+/// table keeps some).
+const BODY_WITH_HEAD: usize = 1024;
 
 /// How one attempt came to an end before a response was passed on.
 enum Failed {
@@ -534,11 +542,19 @@ async fn exchange(
         if !up.buf.is_empty() {
             let filled = up.buf.filled();
             // One copy of a complete head that every value is a slice of
-            // (instead of an allocation per value).
-            let shared = memchr::memmem::find(filled, b"\r\n\r\n").map(|i| Bytes::copy_from_slice(&filled[..i + 4]));
+            // (instead of an allocation per value), with a small body that
+            // came along.
+            let head_end = memchr::memmem::find(filled, b"\r\n\r\n").map(|i| i + 4);
+            let shared = head_end.map(|end| {
+                let with_body = if filled.len() - end <= BODY_WITH_HEAD { filled.len() } else { end };
+                Bytes::copy_from_slice(&filled[..with_body])
+            });
             let base = filled.as_ptr() as usize;
             // Room for every field line at once (growing it rehashes).
-            let lines = shared.as_ref().map_or(0, |h| memchr::memchr_iter(b'\n', h).count().saturating_sub(2));
+            let lines = match (&shared, head_end) {
+                (Some(copy), Some(end)) => memchr::memchr_iter(b'\n', &copy[..end]).count().saturating_sub(2),
+                _ => 0,
+            };
             let mut fields = HeaderMap::with_capacity(lines);
             let parsed = wire::parse_response_fields(filled, ctx, |name, value| {
                 let at = (value.as_ptr() as usize).wrapping_sub(base);
@@ -569,8 +585,21 @@ async fn exchange(
                 }
                 Ok(Some(r)) => {
                     up.buf.consume(r.head_len);
+                    // A body of stated length that is all in the copy (not
+                    // while the upload goes on: the relay carries that).
+                    let body = match (r.framing, &shared) {
+                        (Framing::Length(n), Some(copy)) if upload_broken || upload.is_done() => usize::try_from(n)
+                            .ok()
+                            .and_then(|n| r.head_len.checked_add(n))
+                            .filter(|&end| end <= copy.len())
+                            .map(|end| copy.slice(r.head_len..end)),
+                        _ => None,
+                    };
+                    if let Some(b) = &body {
+                        up.buf.consume(b.len());
+                    }
                     let at = Instant::now();
-                    return Ok(Head { response: r, fields, upload_broken, after: at - sent, at });
+                    return Ok(Head { response: r, fields, upload_broken, after: at - sent, at, body });
                 }
                 Ok(None) if up.buf.len() >= cfg.max_header_size => {
                     warn!("backend's response head too large");
@@ -780,17 +809,32 @@ fn relayed(
     silence: Duration,
 ) -> Response<ResponseBody> {
     let r = h.response;
-    let left = Remaining::new(r.framing);
     let reusable = r.backend_keep_alive && !h.upload_broken;
-    // A backend may answer before it has read the whole body and still
-    // want the rest (full duplex: an echo, a stream that answers as it
-    // reads): the upload goes on with the response body, as on the
-    // HTTP/1 path.
-    let upload = (!h.upload_broken && !upload.is_done()).then(|| Box::new(upload));
-    let relay =
-        Relay { up, left, reusable, upload, late: 0, silence, timer: None, armed: false, answered_at: h.at.into_std() };
-    let settle = Settle { in_flight: Some(in_flight), idle: Some(idle), log, meter: Some(meter) };
-    let mut resp = Response::new(ResponseBody { inner: Inner::Relay(Box::new(relay)), bytes: 0, done: Some(settle) });
+    let (inner, settle) = if let Some(body) = h.body {
+        // All of it came with the head: the backend is done with this
+        // request, and its connection serves the next one now.
+        let mut up = up;
+        if reusable && up.buf.is_empty() {
+            up.reused = true;
+            up.buf.shrink();
+            idle.put(in_flight.address(), up, h.at.into_std());
+        }
+        drop(in_flight);
+        let settle = Settle { in_flight: None, idle: None, log, meter: Some(meter) };
+        (Inner::Full((!body.is_empty()).then_some(body)), settle)
+    } else {
+        // A backend may answer before it has read the whole body and
+        // still want the rest (full duplex: an echo, a stream that answers
+        // as it reads): the upload goes on with the response body, as on
+        // the HTTP/1 path.
+        let upload = (!h.upload_broken && !upload.is_done()).then(|| Box::new(upload));
+        let left = Remaining::new(r.framing);
+        let answered_at = h.at.into_std();
+        let relay = Relay { up, left, reusable, upload, late: 0, silence, timer: None, armed: false, answered_at };
+        let settle = Settle { in_flight: Some(in_flight), idle: Some(idle), log, meter: Some(meter) };
+        (Inner::Relay(Box::new(relay)), settle)
+    };
+    let mut resp = Response::new(ResponseBody { inner, bytes: 0, done: Some(settle) });
     *resp.status_mut() = StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_GATEWAY);
     *resp.headers_mut() = h.fields;
     // RFC 9110 §6.6.1: a proxy with a clock dates an answer that has none
