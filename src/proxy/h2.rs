@@ -126,15 +126,21 @@ fn request_head(
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     wire::put_field(out, b"host", hop.host);
-    let mut cookies = 0;
+    // Counted on the way (rather than looked up after, a hash each).
+    let (mut cookies, mut forwarded_for, mut request_ids) = (0, false, 0);
     for (name, value) in headers {
         if name == COOKIE {
             cookies += 1;
             continue;
         }
-        if name == HOST || name == CONTENT_LENGTH || wire::is_forwarding(name.as_str().as_bytes()) {
+        if name == HOST || name == CONTENT_LENGTH {
             continue;
         }
+        if wire::is_forwarding(name.as_str().as_bytes()) {
+            forwarded_for |= name == X_FORWARDED_FOR;
+            continue;
+        }
+        request_ids += usize::from(name == X_REQUEST_ID);
         wire::put_field(out, name.as_str().as_bytes(), value.as_bytes());
     }
     if cookies > 0 {
@@ -147,7 +153,7 @@ fn request_head(
         }
         out.extend_from_slice(b"\r\n");
     }
-    let prior = headers.get_all(&X_FORWARDED_FOR).into_iter().map(|v| v.as_bytes());
+    let prior = forwarded_for.then(|| headers.get_all(&X_FORWARDED_FOR)).into_iter().flatten().map(|v| v.as_bytes());
     wire::put_forwarded(out, prior, hop.client, hop.scheme, Some(hop.host));
     match framing {
         UpFraming::None => {}
@@ -156,8 +162,7 @@ fn request_head(
         UpFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
     }
     out.extend_from_slice(b"\r\n");
-    let client_ids = headers.get_all(&X_REQUEST_ID).iter().count();
-    wire::ensure_request_id(out, client_ids, fresh)
+    wire::ensure_request_id(out, request_ids, fresh)
 }
 
 /// The request body on its way up: the client's frames, framed for
@@ -699,9 +704,10 @@ fn handle<'a>(
         }
         // Hop-by-hop fields are not sent up; the client's length is not either
         // (`request_head` writes a framing of our own), only read here.
-        let headers = req.headers_mut();
-        strip_hop_by_hop(headers);
-        let stated_length = headers.contains_key(CONTENT_LENGTH);
+        strip_hop_by_hop(req.headers_mut());
+        // Read with the request (the h2 crate refuses a stream whose
+        // Content-Length does not parse): no second lookup.
+        let stated_length = req.body().length.is_some();
         let Some(host) = request_host(&req) else {
             return local(MALFORMED, log);
         };
