@@ -1077,6 +1077,26 @@ async fn an_h2_answer_keeps_the_backends_date() {
     p.shutdown();
 }
 
+/// A backend head of far more field lines than a head may have (allowed
+/// in size by a large `max_header_size`) is a 502 for an HTTP/2 client, in
+/// time, not a failed connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_client_gets_502_for_a_head_of_too_many_lines() {
+    let mut head = b"HTTP/1.1 200 OK\r\n".to_vec();
+    for _ in 0..40_000 {
+        head.extend_from_slice(b"a:1\r\n");
+    }
+    head.extend_from_slice(b"content-length: 0\r\n\r\n");
+    let answer: &'static [u8] = Box::leak(head.into_boxed_slice());
+    let (backend, _recorder) = recording_backend(|got| got.ends_with(b"\r\n\r\n"), answer).await;
+    let (addr, _, p) = proxy(&[backend], "retries = 0\nmax_header_size = 1048576");
+    let mut client = h2_client(addr).await;
+    let (response, _) = client.send_request(Request::get("http://x.test/").body(()).expect("req"), true).expect("send");
+    let response = tokio::time::timeout(Duration::from_secs(5), response).await.expect("in time").expect("response");
+    assert_eq!(response.status(), 502);
+    p.shutdown();
+}
+
 /// RFC 9110 §15.5.6: CONNECT from an HTTP/2 client is answered 405 with
 /// the methods that are allowed, and nothing reaches the backend.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

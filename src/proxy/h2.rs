@@ -557,7 +557,7 @@ async fn exchange(
             let base = filled.as_ptr() as usize;
             // Room for every field line at once (growing it rehashes).
             let lines = match (&shared, head_end) {
-                (Some(copy), Some(end)) => memchr::memchr_iter(b'\n', &copy[..end]).count().saturating_sub(2),
+                (Some(copy), Some(end)) => field_lines(&copy[..end]),
                 _ => 0,
             };
             let mut fields = HeaderMap::with_capacity(lines);
@@ -653,6 +653,13 @@ async fn exchange(
             }
         }
     }
+}
+
+/// How many field lines a complete response `head` has, at most
+/// [`wire::MAX_HEADERS`]: the parse refuses more, and a header map asked
+/// for room beyond its limit panics.
+fn field_lines(head: &[u8]) -> usize {
+    memchr::memchr_iter(b'\n', head).count().saturating_sub(2).min(wire::MAX_HEADERS)
 }
 
 /// Answers one HTTP/2 stream's request through the pool. Not an `async
@@ -801,8 +808,9 @@ fn handle<'a>(
     }
 }
 
-/// The client's response for a backend's head: its body read from `up`,
-/// and what is left of the request body sent on beside it.
+/// The client's response for a backend's head: its body (the one that came
+/// with it, or read from `up` as it comes), and what is left of the request
+/// body sent on beside it.
 #[allow(clippy::too_many_arguments)]
 fn relayed(
     h: Head,
@@ -1110,6 +1118,18 @@ mod tests {
             h.append(HeaderName::from_bytes(k.as_bytes()).expect("name"), HeaderValue::from_str(v).expect("value"));
         }
         h
+    }
+
+    #[test]
+    fn a_heads_field_lines_are_counted_up_to_what_a_head_may_have() {
+        assert_eq!(field_lines(b"HTTP/1.1 200 OK\r\n\r\n"), 0);
+        assert_eq!(field_lines(b"HTTP/1.1 200 OK\r\na: 1\r\nb: 2\r\n\r\n"), 2);
+        let mut many = b"HTTP/1.1 200 OK\r\n".to_vec();
+        many.extend(b"a:1\r\n".repeat(40_000));
+        many.extend_from_slice(b"\r\n");
+        assert_eq!(field_lines(&many), wire::MAX_HEADERS);
+        // What the map is then made with stays within its bounds.
+        assert!(HeaderMap::<HeaderValue>::try_with_capacity(field_lines(&many)).is_ok());
     }
 
     #[test]
