@@ -38,7 +38,8 @@ page_master() { ns_exec client curl -s -m 1 "http://$VIP_URL:9090/status" | jq -
 own_address() { vipd_field "$1" .master_ip; }
 # page_names HOST: the page through the VIP names HOST as master (asked
 # again for a while: one curl may meet the moment the switch relearns
-# where the virtual MAC is, or time out on a loaded machine).
+# where the virtual MAC is, or time out on a loaded machine; 4 s, as two
+# curls of 1 s each within 2 s once missed it right after a preempt).
 page_names() { local p; p=$(page_master) && [[ -n $p && $p == "$(own_address "$1")" ]]; }
 ping_vip() { ns_exec client "${PING[@]}" -c 1 -W 1 "$VIP" >/dev/null 2>&1; }
 
@@ -52,7 +53,7 @@ wait_pair_settled lb1 lb2 5000
     fail "lb2's $VMAC_IF does not carry $VMAC_MAC"
 wait_for 2000 ping_vip || fail "the client cannot ping the VIP on lb1"
 neigh_is "$VMAC_MAC" || fail "the client's entry for the VIP is $(client_neigh_mac), want the virtual MAC"
-wait_for 2000 page_names lb1 || fail "the page through the VIP says master $(page_master), want lb1 ($(own_address lb1))"
+wait_for 4000 page_names lb1 || fail "the page through the VIP says master $(page_master), want lb1 ($(own_address lb1))"
 # A fresh ARP: only the macvlan may answer, with the virtual MAC.
 ip -n "$(ns client)" neigh flush dev eth0
 ping_vip || fail "no answer after the client flushed its neighbours"
@@ -65,13 +66,13 @@ wait_for $((lim + 2000)) has_vip lb2 || fail "lb2 never took the VIP"
 crash=$(($(now_ms) - t0))
 ((crash <= lim)) || fail "takeover $crash ms > MDI + $MARGIN_MS ms"
 wait_for 2000 ping_vip || fail "the client cannot ping the VIP on lb2"
-wait_for 2000 page_names lb2 || fail "the page through the VIP says master $(page_master), want lb2 ($(own_address lb2))"
+wait_for 4000 page_names lb2 || fail "the page through the VIP says master $(page_master), want lb2 ($(own_address lb2))"
 neigh_is "$VMAC_MAC" || fail "the client's entry changed to $(client_neigh_mac) on the failover"
 
 start_vipd lb1 "$(vmac_conf lb1 150)" "$WORK/lb1.log"
 wait_for 5000 pair_settled lb1 lb2 || fail "restarted lb1 did not take back: lb1=$(node_state lb1) lb2=$(node_state lb2)"
 wait_for 4000 ping_vip || fail "the client cannot ping the VIP on lb1 again"
-wait_for 2000 page_names lb1 || fail "after the preempt the page says master $(page_master), want lb1 ($(own_address lb1))"
+wait_for 4000 page_names lb1 || fail "after the preempt the page says master $(page_master), want lb1 ($(own_address lb1))"
 kill -TERM "${NODE_PID[lb1]}"
 wait_for 3000 has_vip lb2 || fail "lb2 never took the VIP on lb1's planned stop"
 reap_node lb1 || fail "lb1 exited non-zero on SIGTERM"
