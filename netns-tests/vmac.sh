@@ -44,7 +44,8 @@ page_names() { local p; p=$(page_master) && [[ -n $p && $p == "$(own_address "$1
 ping_vip() { ns_exec client "${PING[@]}" -c 1 -W 1 "$VIP" >/dev/null 2>&1; }
 
 topo_up lb1 lb2 client
-start_capture client "$WORK/vmac.pcap" "ip proto 112 or arp or ip6 proto 112 or icmp6"
+# TCP to the control endpoint too: the page checks go through it.
+start_capture client "$WORK/vmac.pcap" "ip proto 112 or arp or ip6 proto 112 or icmp6 or tcp port 9090"
 cap=$CAPTURE_PID
 start_vipd lb1 "$(vmac_conf lb1 150)" "$WORK/lb1.log"
 start_vipd lb2 "$(vmac_conf lb2 100)" "$WORK/lb2.log"
