@@ -575,8 +575,7 @@ async fn forward<S: ClientStream>(
                 let done = a.finished;
                 meter.request_time.observe(done - started);
                 if a.reuse {
-                    up.reused = true;
-                    idle.put(addr, up, done.into_std());
+                    up.pool_again(idle, addr, done.into_std());
                 }
                 drop(in_flight);
                 if let Some(mut l) = log {

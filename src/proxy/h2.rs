@@ -827,11 +827,8 @@ fn relayed(
     let (inner, settle) = if let Some(body) = h.body {
         // All of it came with the head: the backend is done with this
         // request, and its connection serves the next one now.
-        let mut up = up;
         if reusable && up.buf.is_empty() {
-            up.reused = true;
-            up.buf.shrink();
-            idle.put(in_flight.address(), up, h.at.into_std());
+            up.pool_again(&idle, in_flight.address(), h.at.into_std());
         }
         drop(in_flight);
         let settle = Settle { in_flight: None, idle: None, log, meter: Some(meter) };
@@ -992,7 +989,7 @@ impl ResponseBody {
         let Some(mut d) = self.done.take() else { return };
         if let Inner::Relay(relay) = std::mem::replace(&mut self.inner, Inner::Full(None)) {
             let relay = *relay;
-            let mut up = relay.up;
+            let up = relay.up;
             if let Some(m) = &d.meter {
                 m.bytes_in.fetch_add(relay.late, Ordering::Relaxed);
             }
@@ -1000,11 +997,9 @@ impl ResponseBody {
             let reusable = relay.reusable && relay.upload.is_none();
             if let (true, true, Some(guard), Some(idle)) = (complete, reusable, &d.in_flight, &d.idle) {
                 if up.buf.is_empty() {
-                    up.reused = true;
-                    up.buf.shrink();
                     // A body that came with its head ended when it did.
                     let done = if relay.timer.is_some() { StdInstant::now() } else { relay.answered_at };
-                    idle.put(guard.address(), up, done);
+                    up.pool_again(idle, guard.address(), done);
                 }
             }
         }

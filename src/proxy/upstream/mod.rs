@@ -51,6 +51,15 @@ pub async fn connect_tcp(addr: SocketAddr, timeout: Duration) -> Result<TcpStrea
 }
 
 impl Upstream {
+    /// Gives the connection, its exchange done, to `idle` for the next
+    /// request to `addr` (`done`: when it finished, where its idle time
+    /// counts from).
+    pub fn pool_again(mut self, idle: &IdleConns<Upstream>, addr: SocketAddr, done: Instant) {
+        self.reused = true;
+        self.buf.shrink();
+        idle.put(addr, self, done);
+    }
+
     /// Opens a connection, within `timeout`, over TLS if `tls` says.
     pub async fn connect(addr: SocketAddr, timeout: Duration, tls: Option<&BackendTls>) -> Result<Self, String> {
         let stream = connect_stream(addr, timeout, tls).await?;
